@@ -1,0 +1,714 @@
+#!/usr/bin/env python
+"""Benchmark the sliced low-rank linear (y = x @ v[:r].T @ u[:n, :r].T + b) against dense.
+
+On a GPU: dense F.linear (cuBLAS), the unfused torch backend and the fused triton / cuda
+backends on ViT-B / SAM-B shapes, with correctness against fp32, % of the measured roofline,
+first-call (JIT) cost, JSONL records, two target checks and, with --write-dispatch, a
+dispatch table derived from the measurements. Without a GPU: a small CPU smoke run.
+
+    python benchmarks/bench_lowrank.py --quick --write-dispatch   # ~2 min on an H100
+    python benchmarks/bench_lowrank.py                            # full sweep, ~4 min
+    python benchmarks/bench_lowrank.py --smoke                    # CPU, < 60 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+_HERE = Path(__file__).resolve().parent
+# harness from any cwd; the package from this checkout even when it is not pip-installed.
+sys.path[:0] = [p for p in (str(_HERE), str(_HERE.parent)) if p not in sys.path]
+
+import harness as H  # noqa: E402
+
+LOWRANK_BACKENDS = ("torch", "triton", "cuda")
+# Relative Frobenius error vs fp32 that a correct kernel stays under. fp16/bf16 kernels
+# accumulate in fp32; the unfused path also rounds its (M, r) intermediate, hence the slack.
+TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    ms: tuple[int, ...]
+    kns: tuple[tuple[int, int], ...]
+    ranks: tuple[int, ...]
+    dtypes: tuple[str, ...]
+
+
+# M: one ViT-B image (197 tokens), a batch of 64 images, SAM-B 64x64 windows, 4 of those.
+# (K, N): attention proj, qkv, MLP fc1, MLP fc2. M order puts the target shapes first so a
+# time budget cut loses the least important ones.
+FULL = Sweep(
+    "full",
+    ms=(197, 4096, 4 * 4096, 197 * 64),
+    kns=((768, 768), (768, 2304), (768, 3072), (3072, 768)),
+    ranks=(32, 64, 128, 256, 384),
+    dtypes=("float16", "bfloat16"),
+)
+QUICK = Sweep(
+    "quick",
+    ms=(197, 4096, 4 * 4096),
+    kns=((768, 3072), (3072, 768)),
+    ranks=(32, 128, 384),
+    dtypes=("float16",),
+)
+SMOKE = Sweep("smoke", ms=(64,), kns=((96, 80),), ranks=(8, 24), dtypes=("float32",))
+# Triton's interpreter runs every program instance in Python: keep it tiny.
+SMOKE_INTERPRET = Sweep(
+    "smoke-interpret", ms=(16,), kns=((32, 48),), ranks=(8,), dtypes=("float32",)
+)
+
+
+# --------------------------------------------------------------------------- formulas
+
+
+def lowrank_flops(*, m: int, k: int, n: int, rank: int) -> int:
+    return 2 * m * rank * (k + n)
+
+
+def lowrank_bytes(*, m: int, k: int, n: int, rank: int, elem: int, bias: bool) -> int:
+    """Ideal traffic of the fused op: x read, y written, the used weight slices, bias.
+    The (M, r) intermediate is not counted: a fused kernel keeps it on chip."""
+    return elem * (m * k + m * n + rank * k + n * rank + (n if bias else 0))
+
+
+def dense_flops(*, m: int, k: int, n: int) -> int:
+    return 2 * m * k * n
+
+
+def dense_bytes(*, m: int, k: int, n: int, elem: int, bias: bool) -> int:
+    return elem * (m * k + k * n + m * n + (n if bias else 0))
+
+
+def flops_ratio(*, k: int, n: int, rank: int) -> float:
+    """Dense FLOPs / low-rank FLOPs: the best speedup a compute-bound kernel could get."""
+    return k * n / (rank * (k + n))
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    diff = torch.linalg.vector_norm(out.float() - ref)
+    return float(diff / torch.linalg.vector_norm(ref).clamp_min(1e-30))
+
+
+# --------------------------------------------------------------------------- package API
+
+
+@dataclass
+class Api:
+    lowrank_linear: Any = None
+    backend: Any = None  # context manager factory: supernet_kernels.backend(name)
+    backend_status: Any = None
+    write_dispatch_table: Any = None
+    error: str | None = None
+
+
+def load_api() -> Api:
+    """Import the package lazily so a half-written package costs rows, not the whole run."""
+    try:
+        import supernet_kernels as sk
+        from supernet_kernels.backends import backend_status
+        from supernet_kernels.ops import lowrank_linear
+    except Exception as exc:  # noqa: BLE001
+        return Api(error=f"supernet_kernels not importable: {type(exc).__name__}: {exc}")
+    try:
+        from supernet_kernels.dispatch import write_dispatch_table
+    except Exception:  # noqa: BLE001 - only needed with --write-dispatch
+        write_dispatch_table = None
+    return Api(lowrank_linear, sk.backend, backend_status, write_dispatch_table)
+
+
+def usable_backends(
+    api: Api, device: torch.device, wanted: tuple[str, ...]
+) -> dict[str, str | None]:
+    """backend -> None if usable, else the reason it is skipped."""
+    if api.error:
+        return {b: api.error for b in wanted}
+    try:
+        status = api.backend_status(device)
+    except Exception as exc:  # noqa: BLE001
+        return {b: f"backend_status failed: {exc}" for b in wanted}
+    out: dict[str, str | None] = {}
+    for b in wanted:
+        ok, reason = status.get(b, (False, "not reported by backend_status"))
+        if b == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            ok, reason = False, "CPU run without TRITON_INTERPRET=1"
+        out[b] = None if ok else (reason or "unavailable")
+    return out
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class InputSet:
+    x: torch.Tensor
+    u: torch.Tensor  # (N, R_max): the supernet's full factor, sliced per call
+    v: torch.Tensor  # (R_max, K)
+    w: torch.Tensor  # (N, K) dense weight of the same layer
+    b: torch.Tensor | None
+
+
+def make_set(*, m: int, k: int, n: int, rank_max: int, dtype: torch.dtype, device, bias: bool):
+    # randn, scaled so outputs are O(1): timing zeros can flatter (and fp16 must not overflow).
+    def rnd(*shape: int, scale: float) -> torch.Tensor:
+        return (torch.randn(*shape, device=device) * scale).to(dtype)
+
+    return InputSet(
+        x=rnd(m, k, scale=1.0),
+        u=rnd(n, rank_max, scale=rank_max**-0.5),
+        v=rnd(rank_max, k, scale=k**-0.5),
+        w=rnd(n, k, scale=k**-0.5),
+        b=rnd(n, scale=0.1) if bias else None,
+    )
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+@dataclass
+class Runner:
+    api: Api
+    device: torch.device
+    settings: H.BenchSettings
+    ceilings: H.Ceilings | None
+    env: dict[str, Any]
+    run_id: str
+    graph_max_m: int
+    bias: bool
+
+    def time(self, sets: list[InputSet], call, *, m: int) -> tuple[H.Timing, H.Timing | None]:
+        if self.device.type == "cpu":
+            return H.bench_cpu(lambda: call(sets[0])), None
+        return H.bench_gpu(
+            lambda i: lambda s=sets[i]: call(s),
+            len(sets),
+            settings=self.settings,
+            cuda_graph=m <= self.graph_max_m,
+        )
+
+    def record(
+        self, base: dict[str, Any], timing, graph, flops: int, nbytes: int
+    ) -> dict[str, Any]:
+        rec = dict(base)
+        rec.update(
+            median_us=timing.median_us,
+            timing_method=timing.method,
+            n_rotate=timing.n_rotate,
+            graph_us=graph.median_us if graph else None,
+            tflops=H.tflops(flops, timing.median_s),
+            gbps=H.gbps(nbytes, timing.median_s),
+        )
+        if self.ceilings is not None:
+            peak = self.ceilings.peak_flops.get(base["dtype"])
+            if peak:
+                floor = H.time_floor_s(
+                    bytes_moved=nbytes,
+                    flops=flops,
+                    bw_bytes_per_s=self.ceilings.hbm_bytes_per_s,
+                    peak_flops=peak,
+                )
+                rec.update(
+                    floor_us=floor * 1e6,
+                    pct_roofline=H.percent_of_roofline(floor_s=floor, measured_s=timing.median_s),
+                )
+        return rec
+
+    def run_group(
+        self, *, dtype: str, m: int, k: int, n: int, ranks, backends, skipped
+    ) -> list[dict]:
+        tdtype, elem = DTYPES[dtype], DTYPES[dtype].itemsize
+        rank_max = max(ranks)
+        if self.device.type == "cuda":
+            set_bytes = lowrank_bytes(m=m, k=k, n=n, rank=min(ranks), elem=elem, bias=self.bias)
+            n_rotate = H.rotation_count(set_bytes=set_bytes, l2_bytes=H.l2_cache_bytes(self.device))
+        else:
+            n_rotate = 1
+        kw = dict(
+            m=m, k=k, n=n, rank_max=rank_max, dtype=tdtype, device=self.device, bias=self.bias
+        )
+        sets = [make_set(**kw) for _ in range(n_rotate)]
+        s0 = sets[0]
+        b32 = s0.b.float() if s0.b is not None else None
+        common = dict(
+            self.env,
+            run_id=self.run_id,
+            dtype=dtype,
+            M=m,
+            K=k,
+            N=n,
+            rank_max=rank_max,
+            bias=self.bias,
+        )
+
+        # Dense baseline (independent of rank).
+        dense_call = lambda s: F.linear(s.x, s.w, s.b)
+        first, out = H.first_call_s(lambda: dense_call(s0), self.device)
+        err = rel_err(out, F.linear(s0.x.float(), s0.w.float(), b32))
+        timing, graph = self.time(sets, dense_call, m=m)
+        fl, nb = dense_flops(m=m, k=k, n=n), dense_bytes(m=m, k=k, n=n, elem=elem, bias=self.bias)
+        dense = self.record(
+            dict(
+                common,
+                backend="dense",
+                rank=None,
+                status="ok",
+                first_call_ms=first * 1e3,
+                rel_err=err,
+                tol=TOLERANCE[dtype],
+                correct=err <= TOLERANCE[dtype],
+                flops=fl,
+                bytes=nb,
+            ),
+            timing,
+            graph,
+            fl,
+            nb,
+        )
+        records = [dense]
+
+        for rank in ranks:
+            x32 = s0.x.float()
+            ref = F.linear(F.linear(x32, s0.v[:rank].float()), s0.u[:n, :rank].float(), b32)
+            fl = lowrank_flops(m=m, k=k, n=n, rank=rank)
+            nb = lowrank_bytes(m=m, k=k, n=n, rank=rank, elem=elem, bias=self.bias)
+            base = dict(
+                common,
+                rank=rank,
+                flops=fl,
+                bytes=nb,
+                flops_ratio=flops_ratio(k=k, n=n, rank=rank),
+                tol=TOLERANCE[dtype],
+                dense_us=dense["median_us"],
+            )
+            row: dict[str, dict] = {}
+            for backend in backends:
+                if skipped.get(backend):
+                    row[backend] = dict(
+                        base, backend=backend, status="skipped", reason=skipped[backend]
+                    )
+                    continue
+                row[backend] = self.run_backend(
+                    base, backend, sets, rank=rank, n=n, ref=ref, fl=fl, nb=nb
+                )
+            torch_us = row.get("torch", {}).get("median_us")
+            for rec in row.values():
+                if rec.get("median_us"):
+                    rec["speedup_vs_dense"] = dense["median_us"] / rec["median_us"]
+                    rec["speedup_vs_torch"] = torch_us / rec["median_us"] if torch_us else None
+                records.append(rec)
+        del sets
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return records
+
+    def run_backend(self, base, backend, sets, *, rank, n, ref, fl, nb) -> dict:
+        api = self.api
+        call = lambda s: api.lowrank_linear(s.x, s.u, s.v, rank, out_features=n, bias=s.b)
+        try:
+            with api.backend(backend):
+                first, out = H.first_call_s(lambda: call(sets[0]), self.device)
+                err = rel_err(out, ref)
+                ok = err <= base["tol"]  # NaN compares False: NaN output counts as incorrect
+                timing, graph = self.time(sets, call, m=base["M"])
+        except Exception as exc:  # noqa: BLE001 - one broken backend must not stop the sweep
+            return dict(
+                base, backend=backend, status="error", reason=f"{type(exc).__name__}: {exc}"[:400]
+            )
+        rec = dict(
+            base,
+            backend=backend,
+            status="ok" if ok else "incorrect",
+            first_call_ms=first * 1e3,
+            rel_err=err,
+            correct=ok,
+        )
+        return self.record(rec, timing, graph, fl, nb)
+
+
+def run_sweeps(runner: Runner, sweeps, backends, *, budget_s: float) -> tuple[list[dict], int]:
+    """Run every (dtype, M, K, N) group; returns records and the number of groups cut by budget."""
+    t0 = time.perf_counter()
+    skipped = usable_backends(runner.api, runner.device, backends)
+    for b, why in skipped.items():
+        if why:
+            print(f"[bench] backend {b!r} skipped: {why}")
+    records: list[dict] = []
+    not_run = 0
+    for sweep, sweep_backends in sweeps:
+        for dtype in sweep.dtypes:
+            for m in sweep.ms:
+                for k, n in sweep.kns:
+                    if budget_s and time.perf_counter() - t0 > budget_s:
+                        not_run += 1
+                        continue
+                    group = runner.run_group(
+                        dtype=dtype,
+                        m=m,
+                        k=k,
+                        n=n,
+                        ranks=sweep.ranks,
+                        backends=sweep_backends,
+                        skipped=skipped,
+                    )
+                    for rec in group:
+                        rec["sweep"] = sweep.name
+                    records.extend(group)
+                    elapsed = time.perf_counter() - t0
+                    print(f"[bench] {dtype} M={m} K={k} N={n} done ({elapsed:.1f} s)", flush=True)
+    return records, not_run
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _config_key(r: dict) -> tuple:
+    return (r["dtype"], r["M"], r["K"], r["N"], r["rank"])
+
+
+def best_rows(records: list[dict]) -> dict[tuple, dict]:
+    """Fastest correct low-rank backend per configuration."""
+    best: dict[tuple, dict] = {}
+    for r in records:
+        if r["backend"] == "dense" or r.get("status") != "ok":
+            continue
+        key = _config_key(r)
+        if key not in best or r["median_us"] < best[key]["median_us"]:
+            best[key] = r
+    return best
+
+
+def format_table(records: list[dict]) -> str:
+    by_key: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        if r["backend"] != "dense":
+            by_key.setdefault(_config_key(r), {})[r["backend"]] = r
+    best = best_rows(records)
+    backends = [b for b in LOWRANK_BACKENDS if any(b in row for row in by_key.values())]
+
+    def us(rec: dict | None) -> str | float | None:
+        if rec is None or rec.get("status") == "skipped":
+            return None
+        if rec.get("status") == "error":
+            return "ERR"
+        return f"{rec['median_us']:.1f}" + ("!" if rec.get("status") == "incorrect" else "")
+
+    rows = []
+    for key, row in by_key.items():
+        b = best.get(key)
+        any_rec = next(iter(row.values()))
+        rows.append(
+            [
+                *key,
+                any_rec.get("dense_us"),
+                *(us(row.get(name)) for name in backends),
+                b["backend"] if b else None,
+                b.get("tflops") if b else None,
+                b.get("pct_roofline") if b else None,
+                b.get("speedup_vs_dense") if b else None,
+                b.get("speedup_vs_torch") if b else None,
+                any_rec.get("flops_ratio"),
+            ]
+        )
+    header = [
+        "dtype",
+        "M",
+        "K",
+        "N",
+        "r",
+        "dense_us",
+        *(f"{n}_us" for n in backends),
+        "best",
+        "TFLOP/s",
+        "%roof",
+        "x_dense",
+        "x_torch",
+        "flops_x",
+    ]
+    methods = ", ".join(sorted({r["timing_method"] for r in records if r.get("timing_method")}))
+    legend = f"(us: {methods}; '!' = failed the fp32 check; '-' = skipped; best = fastest correct)"
+    return H.format_table(header, rows) + "\n" + legend
+
+
+def format_first_calls(records: list[dict]) -> str:
+    """First call per new shape/dtype, JIT compile included: median and max per backend."""
+    per: dict[str, list[float]] = {}
+    for r in records:
+        if r.get("first_call_ms") is not None:
+            per.setdefault(r["backend"], []).append(r["first_call_ms"])
+    rows = [[b, len(v), sorted(v)[len(v) // 2], max(v)] for b, v in per.items()]
+    return "first-call cost (ms, wall, synchronized):\n" + H.format_table(
+        ["backend", "shapes", "median_ms", "max_ms"], rows
+    )
+
+
+def evaluate_targets(records: list[dict]) -> dict[str, dict]:
+    """(1) M >= 4096: best backend >= 85% of roofline; (2) M = 197, rank <= 128: best beats dense.
+    'pass' is None when no configuration of that kind was measured (e.g. the CPU smoke run)."""
+    best = best_rows(records)
+
+    def check(name: str, rows: list[dict], ok, metric: str) -> dict:
+        hits = [r for r in rows if ok(r)]
+        worst = min(rows, key=lambda r: r.get(metric) or 0.0, default=None)
+        return {
+            "target": name,
+            "pass": (len(hits) == len(rows)) if rows else None,
+            "n": len(rows),
+            "n_pass": len(hits),
+            "worst": {k: worst.get(k) for k in ("dtype", "M", "K", "N", "rank", "backend", metric)}
+            if worst
+            else None,
+        }
+
+    big = [r for r in best.values() if r["M"] >= 4096 and r.get("pct_roofline") is not None]
+    small = [r for r in best.values() if r["M"] == 197 and r["rank"] <= 128]
+    return {
+        "roofline85_m_ge_4096": check(
+            "M >= 4096: best backend >= 85% of roofline",
+            big,
+            lambda r: r["pct_roofline"] >= 85.0,
+            "pct_roofline",
+        ),
+        "beats_dense_m197_rank_le_128": check(
+            "M = 197, rank <= 128: best backend beats dense",
+            small,
+            lambda r: r["speedup_vs_dense"] > 1.0,
+            "speedup_vs_dense",
+        ),
+    }
+
+
+def format_targets(targets: dict[str, dict]) -> str:
+    lines = []
+    for t in targets.values():
+        verdict = {True: "PASS", False: "MISS", None: "N/A "}[t["pass"]]
+        lines.append(
+            f"[target] {verdict} {t['target']}: {t['n_pass']}/{t['n']} configs; worst {t['worst']}"
+        )
+    return "\n".join(lines)
+
+
+def derive_dispatch(records: list[dict]) -> list[dict]:
+    """Entries for write_dispatch_table, ordered (dtype, m_max, rank_max) ascending so that
+    'first entry with M <= m_max and rank <= rank_max' picks the nearest measured bucket."""
+    rows = [r for r in records if r["backend"] != "dense" and r.get("M") is not None]
+    entries: list[dict] = []
+    for dtype in sorted({r["dtype"] for r in rows}):
+        rows_d = [r for r in rows if r["dtype"] == dtype]
+        for m, m_max in H.bucket_bounds(r["M"] for r in rows_d):
+            for rank, rank_max in H.bucket_bounds(r["rank"] for r in rows_d):
+                cell = [r for r in rows_d if r["M"] == m and r["rank"] == rank]
+                choice = _pick_backend(cell)
+                if (
+                    entries
+                    and entries[-1]["dtype"] == dtype
+                    and entries[-1]["m_max"] == m_max
+                    and entries[-1]["backend"] == choice
+                ):
+                    entries[-1]["rank_max"] = rank_max  # same backend as the smaller ranks: widen
+                else:
+                    entries.append(
+                        {"dtype": dtype, "m_max": m_max, "rank_max": rank_max, "backend": choice}
+                    )
+    return entries
+
+
+def _pick_backend(cell: list[dict]) -> str:
+    shapes = {(r["K"], r["N"]) for r in cell}
+    best_us = {
+        s: min(
+            (r["median_us"] for r in cell if (r["K"], r["N"]) == s and r.get("status") == "ok"),
+            default=None,
+        )
+        for s in shapes
+    }
+    scores: dict[str, float] = {}
+    for backend in LOWRANK_BACKENDS:
+        mine = {
+            (r["K"], r["N"]): r for r in cell if r["backend"] == backend and r.get("status") == "ok"
+        }
+        if not shapes or set(mine) != shapes:
+            continue  # must be measured and correct on every shape of the bucket
+        logs = [math.log(mine[s]["median_us"] / best_us[s]) for s in shapes]
+        scores[backend] = math.exp(sum(logs) / len(logs))
+    # torch is the always-correct fallback when no fused backend qualifies.
+    return min(scores, key=scores.get) if scores else "torch"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="small GPU subset (~2 min on an H100)")
+    mode.add_argument(
+        "--smoke", action="store_true", help="CPU smoke configuration, even if a GPU exists"
+    )
+    p.add_argument(
+        "--write-dispatch", action="store_true", help="derive and write the dispatch table"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=H.RESULTS_DIR,
+        help="folder for lowrank.jsonl (and a dispatch copy)",
+    )
+    p.add_argument(
+        "--summary-json", type=Path, default=None, help="also write targets/summary here"
+    )
+    p.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=0.0,
+        help="stop starting new shapes after this (0: none)",
+    )
+    p.add_argument(
+        "--backends", default=",".join(LOWRANK_BACKENDS), help="comma list among torch,triton,cuda"
+    )
+    p.add_argument("--dtypes", default=None, help="override dtypes, e.g. float16,bfloat16")
+    p.add_argument("--warmup-ms", type=int, default=10)
+    p.add_argument("--rep-ms", type=int, default=40)
+    p.add_argument(
+        "--graph-max-m", type=int, default=256, help="also time CUDA-graph replay for M <= this"
+    )
+    p.add_argument("--no-bias", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    backends = tuple(b for b in args.backends.split(",") if b)
+    gpu = torch.cuda.is_available() and not args.smoke
+    device = torch.device("cuda") if gpu else torch.device("cpu")
+    if not gpu:
+        print(
+            "[bench] no GPU found (or --smoke): running the CPU smoke configuration"
+            if not args.smoke
+            else "[bench] --smoke: running the CPU smoke configuration"
+        )
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        # Unusable backends (cuda here) are still listed so their skip reason is recorded.
+        interp = os.environ.get("TRITON_INTERPRET") == "1" and "triton" in backends
+        sweeps = [(SMOKE, tuple(b for b in backends if not (interp and b == "triton")))]
+        if interp:
+            sweeps.append((SMOKE_INTERPRET, tuple(b for b in backends if b in ("torch", "triton"))))
+    else:
+        sweep = QUICK if args.quick else FULL
+        if args.dtypes:
+            sweep = Sweep(
+                sweep.name, sweep.ms, sweep.kns, sweep.ranks, tuple(args.dtypes.split(","))
+            )
+        sweeps = [(sweep, backends)]
+
+    env = H.environment(device)
+    run_id = f"{env['date']}-{os.getpid()}"
+    ceilings = None
+    if gpu:
+        print(f"[bench] {env['gpu']}  commit {env['commit'][:12]}", end="  ")
+        print(f"torch {env['torch']}  triton {env['triton']}")
+        ceilings = H.measure_ceilings(device)
+        c = ceilings.to_dict()
+        print(
+            f"[bench] ceilings: HBM {c['hbm_gbps']:.0f} GB/s, "
+            + ", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in c["peak_tflops"].items())
+        )
+        env = dict(env, ceilings=c)
+
+    runner = Runner(
+        api=load_api(),
+        device=device,
+        settings=H.BenchSettings(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms),
+        ceilings=ceilings,
+        env=env,
+        run_id=run_id,
+        graph_max_m=args.graph_max_m,
+        bias=not args.no_bias,
+    )
+    t0 = time.perf_counter()
+    records, not_run = run_sweeps(runner, sweeps, backends, budget_s=args.time_budget_s)
+    path = H.append_results(args.out / "lowrank.jsonl", records)
+    print(format_table(records))
+    print(format_first_calls(records))
+    targets = evaluate_targets(records)
+    print(format_targets(targets))
+    if not_run:
+        print(f"[bench] time budget: {not_run} (dtype, M, K, N) groups not run")
+    print(f"[bench] {len(records)} records appended to {path} in {time.perf_counter() - t0:.1f} s")
+
+    dispatch_path = None
+    if args.write_dispatch:
+        dispatch_path = write_dispatch(runner, records, sweeps, args.out)
+
+    bad = [r for r in records if r.get("status") in ("error", "incorrect")]
+    for r in bad:
+        what = r.get("reason") or f"rel_err={r.get('rel_err')}"
+        where = f"{r['dtype']} M={r['M']} K={r['K']} N={r['N']} rank={r['rank']}"
+        print(f"[bench] {r['status'].upper()}: {r['backend']} {where}: {what}")
+    if args.summary_json:
+        summary = dict(
+            env=env,
+            sweep=[s.name for s, _ in sweeps],
+            records=len(records),
+            groups_not_run=not_run,
+            targets=targets,
+            dispatch=str(dispatch_path) if dispatch_path else None,
+            bad=[
+                {
+                    k: r.get(k)
+                    for k in ("backend", "dtype", "M", "K", "N", "rank", "status", "reason")
+                }
+                for r in bad
+            ],
+        )
+        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+        args.summary_json.write_text(json.dumps(H._jsonable(summary), indent=1, sort_keys=True))
+    return 1 if bad else 0
+
+
+def write_dispatch(runner: Runner, records, sweeps, out: Path) -> Path | None:
+    if runner.device.type != "cuda":
+        print("[bench] --write-dispatch ignored: dispatch tables come from GPU measurements only")
+        return None
+    if runner.api.write_dispatch_table is None:
+        print(
+            "[bench] --write-dispatch: supernet_kernels.dispatch.write_dispatch_table unavailable"
+        )
+        return None
+    entries = derive_dispatch(records)
+    meta = {
+        "source": "benchmarks/bench_lowrank.py",
+        "sweep": [s.name for s, _ in sweeps],
+        "criterion": "per (dtype, M bucket, rank bucket): lowest geometric mean over (K, N) of "
+        "time / best time, among backends correct on every (K, N) of the bucket",
+        **{
+            k: runner.env.get(k)
+            for k in ("gpu", "commit", "date", "torch", "triton", "cuda", "ceilings")
+        },
+    }
+    path = Path(runner.api.write_dispatch_table(runner.env["gpu"], "lowrank_linear", entries, meta))
+    print(f"[bench] dispatch table ({len(entries)} entries) written to {path}")
+    if out.resolve() != path.parent.resolve():
+        shutil.copy(path, out / f"dispatch_{path.name}")  # so a GPU run's $OUT brings it back
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

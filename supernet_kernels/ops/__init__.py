@@ -1,0 +1,10 @@
+"""Ops: ``torch.ops.supernet_kernels.*`` registered with torch.library, and their wrappers.
+
+Each op has a schema, a fake implementation (for torch.compile), a pure-PyTorch default that is
+the CPU path and the test reference, and Triton and CUDA implementations picked by
+:mod:`supernet_kernels.backends`.
+"""
+
+from .lowrank import lowrank_linear, lowrank_linear_reference
+
+__all__ = ["lowrank_linear", "lowrank_linear_reference"]
