@@ -76,7 +76,7 @@ def split_count(m: int, n: int, cfg: LowRankConfig, num_sms: int) -> int:
     """Output-column splits: enough programs for about two waves, each split >= one N tile."""
     if cfg.n_splits is not None:
         return max(1, min(cfg.n_splits, -(-n // cfg.block_n)))
-    programs_m = -(-m // cfg.block_m)
+    programs_m = max(1, -(-m // cfg.block_m))
     want = -(-2 * num_sms // programs_m)
     return max(1, min(want, -(-n // cfg.block_n)))
 
