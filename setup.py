@@ -90,15 +90,13 @@ def _extensions():
         _log("torch is not importable at build time: no native extension")
         return [], {}
 
-    cxx_flags = ["-O3", "-std=c++17"]
+    # torch >= 2.10 headers need C++20 (std::strong_ordering, requires-clauses).
+    cxx_flags = ["-O3", "-std=c++20"]
     sources = ["csrc/bindings.cpp"]
     nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else shutil.which("nvcc")
     want_cuda = not _flag("SUPERNET_KERNELS_NO_CUDA")
     has_cuda = (
-        want_cuda
-        and torch.version.cuda is not None
-        and nvcc is not None
-        and os.path.exists(nvcc)
+        want_cuda and torch.version.cuda is not None and nvcc is not None and os.path.exists(nvcc)
     )
     if want_cuda and not has_cuda:
         why = "torch has no CUDA" if torch.version.cuda is None else "no CUDA toolkit (nvcc) found"

@@ -324,7 +324,7 @@ def append_results(path: str | os.PathLike[str], records: Iterable[dict[str, Any
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("a", encoding="utf-8") as fh:
         for rec in records:
-            fh.write(json.dumps(_jsonable(rec), sort_keys=True) + "\n")
+            fh.write(json.dumps(jsonable(rec), sort_keys=True) + "\n")
     return target
 
 
@@ -336,13 +336,13 @@ def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     if hasattr(obj, "__dataclass_fields__"):
-        return _jsonable(asdict(obj))
+        return jsonable(asdict(obj))
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None  # JSON has no NaN/inf; None reads as "not measured"
     if isinstance(obj, (torch.dtype, torch.device, Path)):

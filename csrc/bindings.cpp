@@ -4,10 +4,9 @@
 // include costs ~1.5 min of compile on 2 cores); all tensor handling lives here.
 // The public ops (`supernet_kernels::lowrank_linear`, ...) are defined in Python with
 // torch.library; this file only adds the private native implementations they dispatch to.
-#include <Python.h>
-
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <Python.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -77,12 +76,11 @@ int num_sms(int device) {
 }
 
 // x: (M, K); u: (N_max, R_max); v: (R_max, K). Reads u[:n, :rank] and v[:rank] in place.
-at::Tensor lowrank_linear_cuda(const at::Tensor& x, const at::Tensor& u, const at::Tensor& v,
-                               int64_t rank, int64_t out_features,
-                               const std::optional<at::Tensor>& bias) {
+at::Tensor lowrank_linear_cuda_op(const at::Tensor& x, const at::Tensor& u, const at::Tensor& v,
+                                  int64_t rank, int64_t out_features,
+                                  const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2, "lowrank_linear (cuda): x must be 2-D (M, K), got ", x.sizes());
-  TORCH_CHECK(u.dim() == 2, "lowrank_linear (cuda): u must be 2-D (N_max, R_max), got ",
-              u.sizes());
+  TORCH_CHECK(u.dim() == 2, "lowrank_linear (cuda): u must be 2-D (N_max, R_max), got ", u.sizes());
   TORCH_CHECK(v.dim() == 2, "lowrank_linear (cuda): v must be 2-D (R_max, K), got ", v.sizes());
   TORCH_CHECK(x.is_cuda() && u.is_cuda() && v.is_cuda(),
               "lowrank_linear (cuda): x, u and v must be CUDA tensors");
@@ -96,8 +94,9 @@ at::Tensor lowrank_linear_cuda(const at::Tensor& x, const at::Tensor& u, const a
   TORCH_CHECK(rank >= 1 && rank <= u.size(1) && rank <= v.size(0),
               "lowrank_linear (cuda): rank must be in 1..", std::min(u.size(1), v.size(0)),
               ", got ", rank);
-  TORCH_CHECK(rank <= kMaxFusedRank, "lowrank_linear (cuda): the fused kernel takes rank <= ",
-              kMaxFusedRank, ", got ", rank);
+  TORCH_CHECK(rank <= kMaxFusedRank,
+              "lowrank_linear (cuda): the fused kernel takes rank <= ", kMaxFusedRank, ", got ",
+              rank);
   TORCH_CHECK(out_features >= 1 && out_features <= u.size(0),
               "lowrank_linear (cuda): out_features must be in 1..", u.size(0), ", got ",
               out_features);
@@ -141,8 +140,8 @@ at::Tensor lowrank_linear_cuda(const at::Tensor& x, const at::Tensor& u, const a
   const int device = x.get_device();
   const cudaError_t err = supernet_kernels::lowrank_linear_cuda(
       args, num_sms(device), c10::cuda::getCurrentCUDAStream(device).stream());
-  TORCH_CHECK(err == cudaSuccess, "lowrank_linear (cuda): kernel launch failed: ",
-              cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess,
+              "lowrank_linear (cuda): kernel launch failed: ", cudaGetErrorString(err));
   return y;
 }
 #endif
@@ -158,7 +157,7 @@ TORCH_LIBRARY_FRAGMENT(supernet_kernels, m) {
   m.def(
       "_lowrank_linear_cuda(Tensor x, Tensor u, Tensor v, int rank, int out_features, "
       "Tensor? bias) -> Tensor");
-  m.impl("_lowrank_linear_cuda", c10::DispatchKey::CUDA, TORCH_FN(lowrank_linear_cuda));
+  m.impl("_lowrank_linear_cuda", c10::DispatchKey::CUDA, TORCH_FN(lowrank_linear_cuda_op));
 #endif
 }
 

@@ -1,11 +1,13 @@
-"""supernet-kernels: weight-sharing supernets for ViT and SAM on sliced low-rank and mixed-bit kernels.
+"""supernet-kernels: ViT and SAM supernets on sliced low-rank and mixed-bit GPU kernels.
 
 Importing the package never touches CUDA and never requires the native extension or Triton:
 both are loaded on first use, and their absence is reported by ``supernet-kernels info``.
 """
 
-from . import ops  # registers torch.ops.supernet_kernels.*
-from . import nn
+from . import (
+    nn,
+    ops,  # registers torch.ops.supernet_kernels.*
+)
 from ._version import __version__
 from .backends import BackendUnavailable, backend, backend_status, get_backend
 

@@ -85,7 +85,9 @@ def _triton_reason(device: torch.device) -> str | None:
     return f"Triton kernels do not run on {device.type} tensors"
 
 
-def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype | None = None) -> str | None:
+def unavailable_reason(
+    name: str, device: torch.device, dtype: torch.dtype | None = None
+) -> str | None:
     """None if backend ``name`` can run on this device and dtype, else the reason."""
     if name == "torch":
         return None

@@ -14,8 +14,12 @@ def _versions() -> list[tuple[str, str]]:
 
     from ._version import __version__
 
-    rows = [("supernet-kernels", __version__), ("python", platform.python_version()),
-            ("torch", torch.__version__), ("torch CUDA", str(torch.version.cuda))]
+    rows = [
+        ("supernet-kernels", __version__),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("torch CUDA", str(torch.version.cuda)),
+    ]
     try:
         import triton
 
@@ -53,8 +57,10 @@ def info_text() -> str:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            lines.append(f"  cuda:{i} {p.name} (sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
-                         f"{p.total_memory / 2**30:.0f} GiB)")
+            lines.append(
+                f"  cuda:{i} {p.name} (sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
+                f"{p.total_memory / 2**30:.0f} GiB)"
+            )
     else:
         lines.append("  none found")
 
@@ -72,22 +78,29 @@ def info_text() -> str:
         for be in backends:
             runs = verified.get(op, {}).get(be, [])
             if runs:
-                where = "; ".join(f"{r.get('gpu')} @ {str(r.get('commit', '?'))[:10]}" for r in runs)
+                where = "; ".join(
+                    f"{r.get('gpu')} @ {str(r.get('commit', '?'))[:10]}" for r in runs
+                )
                 lines.append(f"  {op:<16} {be:<7} verified: {where}")
             else:
-                lines.append(f"  {op:<16} {be:<7} UNVERIFIED: never passed the test suite on a real "
-                             "GPU; 'auto' will not pick it")
+                lines.append(
+                    f"  {op:<16} {be:<7} UNVERIFIED: never passed the test suite on a real "
+                    "GPU; 'auto' will not pick it"
+                )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="supernet-kernels",
-        description="Weight-sharing supernets for ViT and SAM on sliced low-rank and mixed-bit kernels.",
+        description="ViT and SAM supernets on sliced low-rank and mixed-bit GPU kernels.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("info", help="versions, usable backends, compiled CUDA architectures, GPU, "
-                                "and which kernels are verified on a real GPU")
+    sub.add_parser(
+        "info",
+        help="versions, usable backends, compiled CUDA architectures, GPU, "
+        "and which kernels are verified on a real GPU",
+    )
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info_text())

@@ -135,7 +135,10 @@ class _Store:
         mem_key = (gpu, k)
         if mem_key in self._mem:
             return self._mem[mem_key]
-        for path in (cache_dir() / "tuning" / f"{slug(gpu)}.json", PACKAGE_TUNING / f"{slug(gpu)}.json"):
+        for path in (
+            cache_dir() / "tuning" / f"{slug(gpu)}.json",
+            PACKAGE_TUNING / f"{slug(gpu)}.json",
+        ):
             entry = self._file_entries(path).get(k)
             if entry is not None:
                 cfg = LowRankConfig.from_json(entry, f"{path} [{k}]")
@@ -168,8 +171,9 @@ def autotune(
     times: dict[LowRankConfig, float] = {}
     for cfg in configs:
         try:
-            times[cfg] = triton.testing.do_bench(lambda c=cfg: run(c), warmup=5, rep=20,
-                                                 return_mode="median")
+            times[cfg] = triton.testing.do_bench(
+                lambda c=cfg: run(c), warmup=5, rep=20, return_mode="median"
+            )
         except Exception:  # noqa: BLE001 - an unlaunchable configuration is just not a candidate
             continue
     if not times:

@@ -14,8 +14,12 @@ from supernet_kernels.backends import BACKENDS, unavailable_reason
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8,
-                 torch.float64: 2.0**-53}
+UNIT_ROUNDOFF = {
+    torch.float32: 2.0**-24,
+    torch.float16: 2.0**-11,
+    torch.bfloat16: 2.0**-8,
+    torch.float64: 2.0**-53,
+}
 
 
 def backend_params():
@@ -44,13 +48,17 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def worst(out: torch.Tensor, ref: torch.Tensor, k: int = 3) -> str:
     """Where out and ref differ most: a few indices and values, for failure messages."""
-    diff = (out.detach().double().cpu() - ref.detach().double().cpu()).abs().nan_to_num(float("inf"))
+    diff = (
+        (out.detach().double().cpu() - ref.detach().double().cpu()).abs().nan_to_num(float("inf"))
+    )
     flat = diff.flatten()
     idx = flat.topk(min(k, flat.numel())).indices
     parts = []
     for i in idx.tolist():
         pos = tuple(int(p) for p in torch.unravel_index(torch.tensor(i), diff.shape))
-        parts.append(f"{pos}: got {out.flatten()[i].item():.6g}, want {ref.flatten()[i].item():.6g}")
+        parts.append(
+            f"{pos}: got {out.flatten()[i].item():.6g}, want {ref.flatten()[i].item():.6g}"
+        )
     return "; ".join(parts)
 
 
@@ -61,4 +69,6 @@ def assert_matches(out, ref64, torch_out, what: str = "") -> None:
     e_torch = rel_err(torch_out, ref64)
     tol = 2 * max(e_torch, UNIT_ROUNDOFF[torch_out.dtype])
     e = rel_err(out, ref64)
-    assert e <= tol, f"{what}: rel err {e:.3g} > {tol:.3g} (torch: {e_torch:.3g}); worst: {worst(out, ref64)}"
+    assert e <= tol, (
+        f"{what}: rel err {e:.3g} > {tol:.3g} (torch: {e_torch:.3g}); worst: {worst(out, ref64)}"
+    )

@@ -38,7 +38,9 @@ def test_env_var_and_bad_names(monkeypatch):
 
 
 def test_explicit_unavailable_backend_raises(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    # Not monkeypatch.delenv: triton.language decides interpreted-or-compiled for its own
+    # functions when first imported, and torch may import it during this test.
+    monkeypatch.setattr(backends, "triton_interpret", lambda: False)
     x, u, v = torch.randn(2, 8), torch.randn(6, 4), torch.randn(4, 8)
     with sk.backend("triton"), pytest.raises(sk.BackendUnavailable, match="TRITON_INTERPRET=1"):
         sk.ops.lowrank_linear(x, u, v, 2)
@@ -53,7 +55,9 @@ def test_kernels_reject_float64_with_reason():
 
 def test_auto_is_torch_on_cpu_even_with_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert backends.resolve("lowrank_linear", torch.device("cpu"), torch.float16, 4096, 64) == "torch"
+    assert (
+        backends.resolve("lowrank_linear", torch.device("cpu"), torch.float16, 4096, 64) == "torch"
+    )
 
 
 def test_auto_uses_table_only_for_verified_kernels(monkeypatch, tmp_path):
@@ -62,21 +66,26 @@ def test_auto_uses_table_only_for_verified_kernels(monkeypatch, tmp_path):
     dispatch._load_table.cache_clear()
     dispatch.verified_kernels.cache_clear()
     dispatch.write_dispatch_table(
-        "Fake GPU 9000", "lowrank_linear",
+        "Fake GPU 9000",
+        "lowrank_linear",
         [{"dtype": "float16", "m_max": 256, "rank_max": 128, "backend": "triton"}],
-        {"commit": "abc"}, config_dir=tmp_path,
+        {"commit": "abc"},
+        config_dir=tmp_path,
     )
     monkeypatch.setattr(backends, "_gpu_name", lambda index: "Fake GPU 9000")
     monkeypatch.setattr(backends, "unavailable_reason", lambda *a, **k: None)
     dev = torch.device("cuda", 0)
     assert dispatch.lookup("lowrank_linear", "Fake GPU 9000", "float16", 197, 64) == "triton"
     assert backends.resolve("lowrank_linear", dev, torch.float16, 197, 64) == "torch"  # unverified
-    (tmp_path / "verified.json").write_text(json.dumps(
-        {"lowrank_linear": {"triton": [{"gpu": "Fake GPU 9000", "commit": "abc"}]}}))
+    (tmp_path / "verified.json").write_text(
+        json.dumps({"lowrank_linear": {"triton": [{"gpu": "Fake GPU 9000", "commit": "abc"}]}})
+    )
     dispatch.verified_kernels.cache_clear()
     try:
         assert backends.resolve("lowrank_linear", dev, torch.float16, 197, 64) == "triton"
-        assert backends.resolve("lowrank_linear", dev, torch.float16, 4096, 64) == "torch"  # no entry
+        assert (
+            backends.resolve("lowrank_linear", dev, torch.float16, 4096, 64) == "torch"
+        )  # no entry
         assert backends.resolve("lowrank_linear", dev, torch.bfloat16, 197, 64) == "torch"
     finally:
         dispatch.verified_kernels.cache_clear()
@@ -88,8 +97,12 @@ def test_dispatch_table_validation_and_corruption(tmp_path, monkeypatch):
         dispatch.write_dispatch_table("G", "op", [{"dtype": "float16"}], {}, config_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown backend"):
         dispatch.write_dispatch_table(
-            "G", "op", [{"dtype": "float16", "m_max": 1, "rank_max": 1, "backend": "x"}], {},
-            config_dir=tmp_path)
+            "G",
+            "op",
+            [{"dtype": "float16", "m_max": 1, "rank_max": 1, "backend": "x"}],
+            {},
+            config_dir=tmp_path,
+        )
     (tmp_path / "dispatch").mkdir()
     (tmp_path / "dispatch" / "broken-gpu.json").write_text('{"lowrank_linear": [')
     monkeypatch.setenv("SUPERNET_KERNELS_CONFIG_DIR", str(tmp_path))
@@ -112,11 +125,14 @@ def test_tuning_store_round_trip_and_validation(tmp_path, monkeypatch):
     assert path.exists()
     fresh = tuning._Store("lowrank_fused")  # a new process: read back from disk
     assert fresh.get("GPU X", k) == cfg
-    path.write_text(json.dumps({"lowrank_fused": {k: {"block_m": 48, "block_n": 64, "block_k": 32}}}))
+    path.write_text(
+        json.dumps({"lowrank_fused": {k: {"block_m": 48, "block_n": 64, "block_k": 32}}})
+    )
     with pytest.raises(ValueError, match="block_m must be a power of two"):
         tuning._Store("lowrank_fused").get("GPU X", k)
-    path.write_text(json.dumps({"lowrank_fused": {k: {"block_m": 64, "block_n": 64, "block_k": 32,
-                                                      "tile": 1}}}))
+    path.write_text(
+        json.dumps({"lowrank_fused": {k: {"block_m": 64, "block_n": 64, "block_k": 32, "tile": 1}}})
+    )
     with pytest.raises(ValueError, match="unknown configuration keys"):
         tuning._Store("lowrank_fused").get("GPU X", k)
 
@@ -132,10 +148,12 @@ def test_split_count_fills_gpu_without_empty_splits(m, n):
 
 
 def test_import_touches_neither_cuda_nor_triton():
-    code = ("import sys, torch, supernet_kernels, supernet_kernels.nn, supernet_kernels.ops;"
-            "assert not torch.cuda.is_initialized(), 'CUDA initialised at import';"
-            "assert 'triton' not in sys.modules, 'triton imported at import';"
-            "assert 'supernet_kernels._C' not in sys.modules, 'native loaded at import'")
+    code = (
+        "import sys, torch, supernet_kernels, supernet_kernels.nn, supernet_kernels.ops;"
+        "assert not torch.cuda.is_initialized(), 'CUDA initialised at import';"
+        "assert 'triton' not in sys.modules, 'triton imported at import';"
+        "assert 'supernet_kernels._C' not in sys.modules, 'native loaded at import'"
+    )
     env = {**os.environ, "PYTHONPATH": REPO}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
@@ -145,8 +163,14 @@ def test_info_reports_everything(capsys):
 
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
-    for needle in ("torch", "native extension", "GPU", "backends usable here",
-                   "verified on a real GPU", "lowrank_linear"):
+    for needle in (
+        "torch",
+        "native extension",
+        "GPU",
+        "backends usable here",
+        "verified on a real GPU",
+        "lowrank_linear",
+    ):
         assert needle in out
     # Nothing is verified until a GPU run records it (configs/verified.json).
     if not dispatch.verified_kernels().get("lowrank_linear", {}).get("cuda"):

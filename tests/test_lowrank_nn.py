@@ -114,7 +114,9 @@ def test_layer_on_every_backend(device, be, dtype):
             plain = layer(x)
         ref = torch.nn.functional.linear(
             torch.nn.functional.linear(x.double(), layer.v[:7].double()),
-            layer.u[:13, :7].double(), layer.bias[:13].double())
+            layer.u[:13, :7].double(),
+            layer.bias[:13].double(),
+        )
         with sk.backend(be):
             got = layer(x)
     assert_matches(got, ref, plain, f"{be} layer")

@@ -30,8 +30,9 @@ def _factors(lead, k, n_max, r_max, dtype, device, gen):
 
 
 def _check(device, be, x, u, v, rank, n, bias, what):
-    ref64 = lowrank_linear_reference(x.double(), u.double(), v.double(), rank, n,
-                                     bias.double() if bias is not None else None)
+    ref64 = lowrank_linear_reference(
+        x.double(), u.double(), v.double(), rank, n, bias.double() if bias is not None else None
+    )
     torch_out = lowrank_linear_reference(x, u, v, rank, n, bias)
     with sk.backend(be):
         out = sk.ops.lowrank_linear(x, u, v, rank, n, bias)
@@ -107,8 +108,12 @@ def test_opcheck(device, be, dtype):
     x, u, v, b = _factors((6,), 18, 12, 9, dtype, device, gen)
     x.requires_grad_(True)
     with sk.backend(be):
-        torch.library.opcheck(torch.ops.supernet_kernels.lowrank_linear.default, (x, u, v, 5, 10, b))
-        torch.library.opcheck(torch.ops.supernet_kernels.lowrank_linear.default, (x, u, v, 9, None, None))
+        torch.library.opcheck(
+            torch.ops.supernet_kernels.lowrank_linear.default, (x, u, v, 5, 10, b)
+        )
+        torch.library.opcheck(
+            torch.ops.supernet_kernels.lowrank_linear.default, (x, u, v, 9, None, None)
+        )
 
 
 def test_gradcheck_float64():
@@ -135,12 +140,14 @@ def test_gradients_match_and_vanish_outside_active_slices(device, be, dtype):
         fn(*ts).backward(g.to(ts[0].dtype))
         return [t.grad for t in ts]
 
-    ref = grads(lambda *t: lowrank_linear_reference(*t[:3], rank, n, t[3]),
-                [t.double() for t in (x, u, v, b)])
+    ref = grads(
+        lambda *t: lowrank_linear_reference(*t[:3], rank, n, t[3]),
+        [t.double() for t in (x, u, v, b)],
+    )
     plain = grads(lambda *t: lowrank_linear_reference(*t[:3], rank, n, t[3]), (x, u, v, b))
     with sk.backend(be):
         got = grads(lambda *t: sk.ops.lowrank_linear(*t[:3], rank, n, t[3]), (x, u, v, b))
-    for name, gt, gp, gr in zip("xuvb", got, plain, ref):
+    for name, gt, gp, gr in zip("xuvb", got, plain, ref, strict=True):
         assert_matches(gt, gr, gp, f"grad {name} {be} {dtype}")
     gu, gv, gb = got[1], got[2], got[3]
     assert (gu[n:] == 0).all() and (gu[:, rank:] == 0).all(), "grad u outside u[:n, :rank]"
@@ -181,7 +188,11 @@ def _ok():
         (lambda a: {**a, "out_features": 9}, ValueError, r"out_features must be in 1\.\.8"),
         (lambda a: {**a, "out_features": 0}, ValueError, "out_features"),
         (lambda a: {**a, "x": torch.randn(4, 11)}, ValueError, "x has 11 features"),
-        (lambda a: {**a, "x": torch.randint(0, 5, (4, 10))}, TypeError, "x must be a floating-point"),
+        (
+            lambda a: {**a, "x": torch.randint(0, 5, (4, 10))},
+            TypeError,
+            "x must be a floating-point",
+        ),
         (lambda a: {**a, "u": a["u"].double()}, TypeError, "u has dtype torch.float64"),
         (lambda a: {**a, "bias": a["bias"].half()}, TypeError, "bias has dtype"),
         (lambda a: {**a, "u": torch.randn(8, 6, 1)}, ValueError, "u must be 2-D"),

@@ -17,13 +17,13 @@
 //
 // Known performance limitations (correctness first): element-wise (non-vectorised) global loads
 // because strides are arbitrary; no cp.async / double buffering; each N split recomputes t.
-#include "lowrank_cuda.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
 
 #include <type_traits>
+
+#include "lowrank_cuda.h"
 
 namespace supernet_kernels {
 namespace {
@@ -78,11 +78,12 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
 }
 
 // Register budget (256 threads): phase-1 accumulators are 64 x 256 fp32 per block at R = 256,
-// i.e. 64 registers per thread (8 wmma fragments of 8 floats per warp-lane, or a 4 x 16 FMA
-// tile), which keeps the kernel under the 255-register cap without spilling.
+// i.e. 64 registers per thread (8 wmma fragments of 8 floats per lane, or a 4 x 16 FMA tile).
+// ptxas (CUDA 13.0, -O3): 128 registers for all three types on sm_90 (bf16: 8 B spill) and for
+// fp32/fp16 on sm_80; bf16 on sm_80 takes 173 (1 block/SM). __launch_bounds__(256, 2) forces
+// 128 everywhere but spills 12-36 B per thread, so it is not used (unmeasured trade-off).
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    lowrank_fused_kernel(const LowRankKernelParams<T> p) {
+__global__ void __launch_bounds__(kThreads) lowrank_fused_kernel(const LowRankKernelParams<T> p) {
   constexpr bool kUseMma = !std::is_same<T, float>::value;
   const LowRankSmemLayout L = make_lowrank_smem_layout(p.r_pad, static_cast<int>(sizeof(T)));
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -116,8 +117,9 @@ __global__ void __launch_bounds__(kThreads)
       if (m < p.M && k < p.K) val = p.x[m * p.x_sm + k * p.x_sk];
       sX[row * ld_k + col] = val;
     }
-    // Partial unroll: a full 32x unroll hoists all loads and costs ~40 extra registers.
-#pragma unroll 2
+    // Partial unroll: a full 32x unroll hoists all 32 loads -> 200-224 registers (1 block/SM);
+    // with 8x, ptxas fits the kernel in 128 registers (2 blocks/SM of 256 threads).
+#pragma unroll 8
     for (int i = 0; i < kMaxRank * kBlockK / kThreads; ++i) {  // up to 32 per thread
       const int e = tid + i * kThreads;
       const int row = e / kBlockK, col = e % kBlockK;
@@ -172,7 +174,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int i = 0; i < kFragsPerWarp; ++i) {
           const int j = wr + 2 * i;
           if (j < r_tiles) {  // warp-uniform
-            FragB b;  // B = v^T (k x r); sV[r][k] is its column-major storage
+            FragB b;          // B = v^T (k x r); sV[r][k] is its column-major storage
             wmma::load_matrix_sync(b, sV + (j * 16) * ld_k + kk, ld_k);
             wmma::mma_sync(acc[i], a, b, acc[i]);
           }
@@ -327,8 +329,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T>
 cudaError_t launch_lowrank(const LowRankArgs& a, int num_sms, cudaStream_t stream) {
-  const LowRankPlan plan =
-      make_lowrank_plan(a.M, a.N, a.R, num_sms, static_cast<int>(sizeof(T)));
+  const LowRankPlan plan = make_lowrank_plan(a.M, a.N, a.R, num_sms, static_cast<int>(sizeof(T)));
   if (plan.grid_x <= 0 || plan.grid_y <= 0) return cudaErrorInvalidValue;
 
   LowRankKernelParams<T> p;
@@ -361,8 +362,8 @@ cudaError_t launch_lowrank(const LowRankArgs& a, int num_sms, cudaStream_t strea
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.smem_bytes));
     if (err != cudaSuccess) return err;
   }
-  kernel<<<dim3(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y)),
-           kThreads, plan.smem_bytes, stream>>>(p);
+  kernel<<<dim3(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y)), kThreads,
+           plan.smem_bytes, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -5,9 +5,9 @@
 // NOTE: the kernel has only been compiled, never run on a real GPU yet (see lowrank_cuda.cu).
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_runtime.h>
+
+#include <cstdint>
 
 #include "lowrank_plan.h"
 

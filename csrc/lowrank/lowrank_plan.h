@@ -23,15 +23,15 @@ namespace lowrank_tiling {
 // N tiles of its split computing y_tile = t @ u_tile.T (phase 2, r consumed in kBlockR chunks).
 constexpr int kBlockM = 64;
 constexpr int kBlockN = 64;
-constexpr int kBlockK = 32;   // phase-1 reduction chunk (over K)
-constexpr int kBlockR = 32;   // phase-2 reduction chunk (over r)
-constexpr int kThreads = 256; // 8 warps
+constexpr int kBlockK = 32;    // phase-1 reduction chunk (over K)
+constexpr int kBlockR = 32;    // phase-2 reduction chunk (over r)
+constexpr int kThreads = 256;  // 8 warps
 constexpr int kWarps = kThreads / 32;
 constexpr int kRankAlign = 16;  // r_pad is a multiple of the 16-wide MMA fragment
 // Maximum fused rank. Shared memory at R = 256 (r_pad = 256), see make_lowrank_smem_layout:
 //   fp32 : t 64 x 257 x 4 B = 65,792 B + stage (64 + 256) x 33 x 4 B = 42,240 B
 //          -> 108,032 B (105.5 KB): fits the per-block opt-in limit of sm_80 (163 KB, 1 block/SM)
-//          and sm_90 (227 KB, 2 blocks/SM). sm_86/89 (99 KB opt-in) cannot run fp32 at R > ~208:
+//          and sm_90 (227 KB, 2 blocks/SM). sm_86/89 (99 KB opt-in) cannot run fp32 at R > 224:
 //          cudaFuncSetAttribute then fails and the launcher returns that error.
 //   fp16/bf16 : t 64 x 264 x 2 B = 33,792 B + stage 320 x 40 x 2 B = 25,600 B
 //          + fp32 per-warp fragment scratch 8 x 16 x 16 x 4 B = 8,192 B -> 67,584 B (66 KB).
@@ -90,15 +90,16 @@ SK_PLAN_HD LowRankSmemLayout make_lowrank_smem_layout(int r_pad, int elem_bytes)
 
 struct LowRankPlan {
   int block_m, block_n, r_pad, n_splits;
-  int64_t n_per_split;  // multiple of block_n; split s owns n in [s*n_per_split, min(N, ...+n_per_split))
+  int64_t n_per_split;  // multiple of block_n; split s owns n in [s*n_per_split, min(N,
+                        // ...+n_per_split))
   int grid_x, grid_y;
   size_t smem_bytes;
 };
 
 // N range [*n_begin, *n_end) of split `split` (blockIdx.y). Splits are block_n-aligned, so every
 // N tile belongs to exactly one split. Used by the kernel and the host emulation.
-SK_PLAN_HD void lowrank_split_range(int64_t n_per_split, int64_t N, int64_t split,
-                                    int64_t* n_begin, int64_t* n_end) {
+SK_PLAN_HD void lowrank_split_range(int64_t n_per_split, int64_t N, int64_t split, int64_t* n_begin,
+                                    int64_t* n_end) {
   const int64_t b = split * n_per_split;
   const int64_t e = b + n_per_split;
   *n_begin = b < N ? b : N;

@@ -212,7 +212,9 @@ def launch_fused(x, u, v, rank: int, n: int, bias, cfg, n_splits: int):
     return y
 
 
-def gemm_nt(a, b, bias, block_m: int = 64, block_n: int = 64, block_k: int = 32, num_warps: int = 4):
+def gemm_nt(
+    a, b, bias, block_m: int = 64, block_n: int = 64, block_k: int = 32, num_warps: int = 4
+):
     """c = a @ b.T (+ bias), a (M, K) and b (N, K) read through their strides."""
     import torch
 

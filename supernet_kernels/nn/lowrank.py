@@ -23,11 +23,15 @@ def svd_factors(weight: torch.Tensor, rank: int | None = None) -> tuple[torch.Te
     (then cast back) so that the full-rank factorization reproduces the weight to ~1e-7 in fp32.
     """
     if weight.dim() != 2:
-        raise ValueError(f"svd_factors: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"svd_factors: weight must be 2-D (out, in), got shape {tuple(weight.shape)}"
+        )
     full = min(weight.shape)
     r = full if rank is None else rank
     if not 1 <= r <= full:
-        raise ValueError(f"svd_factors: rank must be in 1..{full} for a {tuple(weight.shape)} weight, got {r}")
+        raise ValueError(
+            f"svd_factors: rank must be in 1..{full} for a {tuple(weight.shape)} weight, got {r}"
+        )
     U, S, Vh = torch.linalg.svd(weight.detach().to(torch.float64), full_matrices=False)
     root = S[:r].sqrt()
     u = (U[:, :r] * root).to(weight.dtype)
@@ -50,8 +54,15 @@ def _init_factors(u: nn.Parameter, v: nn.Parameter, bias: nn.Parameter | None) -
 class LowRankLinear(nn.Module):
     """y = x @ v.T @ u.T + bias, with u (out, rank) and v (rank, in)."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         if not 1 <= rank <= min(in_features, out_features):
             raise ValueError(
@@ -70,8 +81,14 @@ class LowRankLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
         """Truncated SVD of ``linear``; at rank min(in, out) it reproduces the layer."""
-        layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None,
-                    device=linear.weight.device, dtype=linear.weight.dtype)
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            rank,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         u, v = svd_factors(linear.weight, rank)
         with torch.no_grad():
             layer.u.copy_(u)
@@ -81,11 +98,15 @@ class LowRankLinear(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.supernet_kernels.lowrank_linear(x, self.u, self.v, self.rank, None, self.bias)
+        return torch.ops.supernet_kernels.lowrank_linear(
+            x, self.u, self.v, self.rank, None, self.bias
+        )
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"rank={self.rank}, bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"rank={self.rank}, bias={self.bias is not None}"
+        )
 
 
 class ElasticLowRankLinear(nn.Module):
@@ -96,8 +117,15 @@ class ElasticLowRankLinear(nn.Module):
     u[:out, :rank].T + bias[:out]. All slices are views of the stored factors.
     """
 
-    def __init__(self, in_features: int, out_features: int, max_rank: int | None = None,
-                 bias: bool = True, device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        max_rank: int | None = None,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         full = min(in_features, out_features)
         max_rank = full if max_rank is None else max_rank
@@ -116,9 +144,14 @@ class ElasticLowRankLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, max_rank: int | None = None) -> ElasticLowRankLinear:
         """SVD weight inheritance: components ordered by singular value, largest first."""
-        layer = cls(linear.in_features, linear.out_features, max_rank,
-                    bias=linear.bias is not None, device=linear.weight.device,
-                    dtype=linear.weight.dtype)
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            max_rank,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         u, v = svd_factors(linear.weight, layer.max_rank)
         with torch.no_grad():
             layer.u.copy_(u)
@@ -130,18 +163,29 @@ class ElasticLowRankLinear(nn.Module):
     def set_rank(self, rank: int) -> None:
         self.set_active(rank=rank)
 
-    def set_active(self, rank: int | None = None, out_features: int | None = None,
-                   in_features: int | None = None) -> None:
+    def set_active(
+        self,
+        rank: int | None = None,
+        out_features: int | None = None,
+        in_features: int | None = None,
+    ) -> None:
         """Choose the active sub-layer; arguments left None keep their current value."""
-        checks = (("rank", rank, self.max_rank), ("out_features", out_features, self.out_features),
-                  ("in_features", in_features, self.in_features))
+        checks = (
+            ("rank", rank, self.max_rank),
+            ("out_features", out_features, self.out_features),
+            ("in_features", in_features, self.in_features),
+        )
         for name, val, hi in checks:
             if val is None:
                 continue
             if not isinstance(val, int) or isinstance(val, bool):
-                raise TypeError(f"ElasticLowRankLinear.set_active: {name} must be an int, got {val!r}")
+                raise TypeError(
+                    f"ElasticLowRankLinear.set_active: {name} must be an int, got {val!r}"
+                )
             if not 1 <= val <= hi:
-                raise ValueError(f"ElasticLowRankLinear.set_active: {name} must be in 1..{hi}, got {val}")
+                raise ValueError(
+                    f"ElasticLowRankLinear.set_active: {name} must be in 1..{hi}, got {val}"
+                )
         if rank is not None:
             self.active_rank = rank
         if out_features is not None:
@@ -153,7 +197,8 @@ class ElasticLowRankLinear(nn.Module):
         k = self.active_in_features
         if x.shape[-1] != k:
             raise ValueError(
-                f"ElasticLowRankLinear: input has {x.shape[-1]} features, the active in_features is {k}"
+                f"ElasticLowRankLinear: input has {x.shape[-1]} features, "
+                f"the active in_features is {k}"
             )
         v = self.v if k == self.in_features else self.v[:, :k]  # column slice: a strided view
         return torch.ops.supernet_kernels.lowrank_linear(
@@ -161,7 +206,9 @@ class ElasticLowRankLinear(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"max_rank={self.max_rank}, active_rank={self.active_rank}, "
-                f"active_out_features={self.active_out_features}, "
-                f"active_in_features={self.active_in_features}, bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"max_rank={self.max_rank}, active_rank={self.active_rank}, "
+            f"active_out_features={self.active_out_features}, "
+            f"active_in_features={self.active_in_features}, bias={self.bias is not None}"
+        )

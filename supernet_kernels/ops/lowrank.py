@@ -26,19 +26,29 @@ def check_lowrank_args(x, u, v, rank, out_features, bias) -> int:
     """Validate the arguments; return n. Errors name the argument and what was expected."""
     for name, t in (("x", x), ("u", u), ("v", v)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"lowrank_linear: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(
+                f"lowrank_linear: {name} must be a torch.Tensor, got {type(t).__name__}"
+            )
     if bias is not None and not isinstance(bias, torch.Tensor):
-        raise TypeError(f"lowrank_linear: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        raise TypeError(
+            f"lowrank_linear: bias must be a torch.Tensor or None, got {type(bias).__name__}"
+        )
     if x.dtype not in _FLOATS:
         raise TypeError(f"lowrank_linear: x must be a floating-point tensor, got {x.dtype}")
     named = [("u", u), ("v", v)] + ([("bias", bias)] if bias is not None else [])
     for name, t in named:
         if t.dtype != x.dtype:
-            raise TypeError(f"lowrank_linear: {name} has dtype {t.dtype}, expected x's dtype {x.dtype}")
+            raise TypeError(
+                f"lowrank_linear: {name} has dtype {t.dtype}, expected x's dtype {x.dtype}"
+            )
         if t.device != x.device:
-            raise ValueError(f"lowrank_linear: {name} is on {t.device}, expected x's device {x.device}")
+            raise ValueError(
+                f"lowrank_linear: {name} is on {t.device}, expected x's device {x.device}"
+            )
     if u.dim() != 2:
-        raise ValueError(f"lowrank_linear: u must be 2-D (N_max, R_max), got shape {tuple(u.shape)}")
+        raise ValueError(
+            f"lowrank_linear: u must be 2-D (N_max, R_max), got shape {tuple(u.shape)}"
+        )
     if v.dim() != 2:
         raise ValueError(f"lowrank_linear: v must be 2-D (R_max, K), got shape {tuple(v.shape)}")
     if x.dim() < 1:
@@ -61,16 +71,19 @@ def check_lowrank_args(x, u, v, rank, out_features, bias) -> int:
     else:
         if not _is_int(out_features):
             raise TypeError(
-                f"lowrank_linear: out_features must be an int or None, got {type(out_features).__name__}"
+                "lowrank_linear: out_features must be an int or None, "
+                f"got {type(out_features).__name__}"
             )
         if out_features < 1 or out_features > u.shape[0]:
             raise ValueError(
-                f"lowrank_linear: out_features must be in 1..{u.shape[0]} (rows of u), got {out_features}"
+                f"lowrank_linear: out_features must be in 1..{u.shape[0]} (rows of u), "
+                f"got {out_features}"
             )
         n = out_features
     if bias is not None and (bias.dim() != 1 or bias.shape[0] < n):
         raise ValueError(
-            f"lowrank_linear: bias must be 1-D with at least {n} elements, got shape {tuple(bias.shape)}"
+            f"lowrank_linear: bias must be 1-D with at least {n} elements, "
+            f"got shape {tuple(bias.shape)}"
         )
     return n
 
@@ -117,7 +130,9 @@ def _autotune(x2, u, v, rank, n, bias, gpu, tkey, num_sms):
     from ..kernels import triton_lowrank as tk
 
     def run(cfg):
-        tk.launch_fused(x2, u, v, rank, n, bias, cfg, tuning.split_count(x2.shape[0], n, cfg, num_sms))
+        tk.launch_fused(
+            x2, u, v, rank, n, bias, cfg, tuning.split_count(x2.shape[0], n, cfg, num_sms)
+        )
 
     best, _ = tuning.autotune(run, tuning.candidates(x2.shape[0], rank))
     tuning.LOWRANK.put(gpu, tkey, best)

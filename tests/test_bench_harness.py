@@ -1,0 +1,221 @@
+"""CPU tests of the benchmark harness (benchmarks/): arithmetic, result files, report logic,
+and the CPU smoke run of bench_lowrank.py end to end. No GPU needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+import bench_lowrank as B  # noqa: E402
+import harness as H  # noqa: E402
+
+SMOKE_BUDGET_S = 60
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def test_roofline_floor_and_percent():
+    # 1 GB at 2 TB/s = 0.5 ms; 1 TFLOP at 500 TFLOP/s = 2 ms: compute-bound, floor 2 ms.
+    floor = H.time_floor_s(bytes_moved=1e9, flops=1e12, bw_bytes_per_s=2e12, peak_flops=5e14)
+    assert floor == pytest.approx(2e-3)
+    assert H.percent_of_roofline(floor_s=floor, measured_s=4e-3) == pytest.approx(50.0)
+    # Memory-bound side wins when bytes dominate.
+    floor = H.time_floor_s(bytes_moved=4e9, flops=1e9, bw_bytes_per_s=2e12, peak_flops=5e14)
+    assert floor == pytest.approx(2e-3)
+    assert H.tflops(2e12, 0.5) == pytest.approx(4.0)
+    assert H.gbps(3e9, 2.0) == pytest.approx(1.5)
+
+
+def test_rotation_count_exceeds_twice_l2():
+    l2 = 50 * 2**20
+    n = H.rotation_count(set_bytes=3 * 2**20, l2_bytes=l2)
+    assert n * 3 * 2**20 > 2 * l2
+    assert H.rotation_count(set_bytes=10**9, l2_bytes=l2) == 2  # at least two sets
+    assert H.rotation_count(set_bytes=1, l2_bytes=l2) == H.MAX_ROTATE
+
+
+def test_lowrank_formulas_by_hand():
+    # M=197, K=768, N=3072, r=64, fp16, bias.
+    assert B.lowrank_flops(m=197, k=768, n=3072, rank=64) == 2 * 197 * 64 * 3840 == 96_829_440
+    expected = 2 * (197 * 768 + 197 * 3072 + 64 * 768 + 3072 * 64 + 3072)
+    assert expected == 2 * (151_296 + 605_184 + 49_152 + 196_608 + 3072) == 2_010_624
+    assert B.lowrank_bytes(m=197, k=768, n=3072, rank=64, elem=2, bias=True) == expected
+    assert B.lowrank_bytes(m=197, k=768, n=3072, rank=64, elem=2, bias=False) == expected - 6144
+    assert B.dense_flops(m=197, k=768, n=3072) == 929_562_624
+    assert B.dense_bytes(m=4, k=8, n=16, elem=4, bias=True) == 4 * (32 + 128 + 64 + 16)
+    # ViT-B attention proj at rank 384 does as many FLOPs as dense: ratio 1.
+    assert B.flops_ratio(k=768, n=768, rank=384) == pytest.approx(1.0)
+    assert B.flops_ratio(k=768, n=3072, rank=32) == pytest.approx(768 * 3072 / (32 * 3840))
+
+
+def test_rel_err():
+    ref = torch.tensor([3.0, 4.0])
+    assert B.rel_err(ref.clone(), ref) == 0.0
+    assert B.rel_err(torch.tensor([3.0, 4.5]), ref) == pytest.approx(0.1)
+    assert not B.rel_err(torch.tensor([float("nan"), 0.0]), ref) <= 1.0  # NaN never passes
+
+
+def test_bucket_bounds_geometric_midpoints():
+    assert H.bucket_bounds([4096, 197, 4096]) == [(197, 898), (4096, 2**31 - 1)]
+    assert H.bucket_bounds([32, 128]) == [(32, 64), (128, 2**31 - 1)]
+
+
+# --------------------------------------------------------------------------- result files
+
+
+def test_append_results_appends_json_lines(tmp_path):
+    path = tmp_path / "sub" / "lowrank.jsonl"
+    H.append_results(path, [{"a": 1, "x": float("nan")}, {"dtype": torch.float16}])
+    H.append_results(path, [{"a": 2}])
+    lines = path.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"a": 1, "x": None},
+        {"dtype": "torch.float16"},
+        {"a": 2},
+    ]
+    assert H.read_results(path)[2] == {"a": 2}
+    assert H.read_results(tmp_path / "missing.jsonl") == []
+
+
+def test_environment_fields():
+    env = H.environment(torch.device("cpu"))
+    assert env["device"] == "cpu" and env["commit"] and "T" in env["date"]
+
+
+# --------------------------------------------------------------------------- timers
+
+
+def test_bench_cpu_median():
+    calls = []
+    timing = H.bench_cpu(lambda: calls.append(1), warmup=2, repeats=5)
+    assert len(calls) == 7 and timing.method == "cpu_perf_counter_median" and timing.median_s >= 0
+
+
+def test_bench_gpu_rotates_input_sets(monkeypatch):
+    """The do_bench plumbing, with do_bench and synchronize faked so it runs on a CPU."""
+    triton_testing = pytest.importorskip("triton.testing")
+    seen = []
+
+    def fake_do_bench(fn, warmup, rep, return_mode):
+        assert return_mode == "median"
+        for _ in range(7):
+            fn()
+        return 0.25
+
+    monkeypatch.setattr(triton_testing, "do_bench", fake_do_bench)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    timing, graph = H.bench_gpu(lambda i: lambda: seen.append(i), 3)
+    assert graph is None and timing.median_us == pytest.approx(250.0)
+    assert seen[:3] == [0, 1, 2]  # warm-up of every set
+    assert seen[3:] == [0, 1, 2, 0, 1, 2, 0]  # do_bench cycles through the sets
+
+
+# --------------------------------------------------------------------------- report logic
+
+
+def _fake_records():
+    """GPU-like records: triton wins at large M, cuda at M=197 for small ranks."""
+    recs = []
+    for m in (197, 4096):
+        for k, n in ((768, 3072), (3072, 768)):
+            dense_us = 10.0 if m == 197 else 100.0
+            for rank in (32, 128, 384):
+                us = {
+                    "torch": 20.0,
+                    "triton": 5.0 + rank / 100,
+                    "cuda": 4.0 if rank <= 128 else 9.0,
+                }
+                if m == 4096:
+                    us = {"torch": 90.0, "triton": 40.0, "cuda": 50.0}
+                for backend, t in us.items():
+                    status = (
+                        "incorrect" if (backend == "cuda" and m == 4096 and k == 3072) else "ok"
+                    )
+                    recs.append(dict(
+                        dtype="float16", M=m, K=k, N=n, rank=rank, backend=backend, status=status,
+                        median_us=t, dense_us=dense_us, speedup_vs_dense=dense_us / t,
+                        pct_roofline=90.0 if backend == "triton" else 50.0, flops_ratio=2.0,
+                        gpu="FAKE GPU", commit="abc", date="2026-01-01T00:00:00+00:00",
+                    ))  # fmt: skip
+    return recs
+
+
+def _lookup(entries, dtype, m, rank):
+    for e in entries:  # the documented matching rule of write_dispatch_table's entries
+        if e["dtype"] == dtype and m <= e["m_max"] and rank <= e["rank_max"]:
+            return e["backend"]
+    return None
+
+
+def test_derive_dispatch_picks_fastest_correct_backend():
+    entries = B.derive_dispatch(_fake_records())
+    assert all(set(e) == {"dtype", "m_max", "rank_max", "backend"} for e in entries)
+    assert _lookup(entries, "float16", 197, 32) == "cuda"
+    assert _lookup(entries, "float16", 197, 100) == "cuda"
+    assert _lookup(entries, "float16", 197, 384) == "triton"
+    assert _lookup(entries, "float16", 500, 384) == "triton"  # 500 < sqrt(197*4096): small bucket
+    # cuda is fastest-but-one and wrong on one shape at M=4096: never chosen there.
+    assert _lookup(entries, "float16", 4096, 64) == "triton"
+    assert _lookup(entries, "float16", 10**6, 10**4) == "triton"  # last buckets are open-ended
+    assert _lookup(entries, "bfloat16", 197, 32) is None
+
+
+def test_evaluate_targets():
+    targets = B.evaluate_targets(_fake_records())
+    big, small = targets["roofline85_m_ge_4096"], targets["beats_dense_m197_rank_le_128"]
+    assert big["pass"] is True and big["n"] == 6
+    assert small["pass"] is True and small["n"] == 4 and small["worst"]["backend"] == "cuda"
+    assert "PASS" in B.format_targets(targets)
+    assert B.evaluate_targets([])["roofline85_m_ge_4096"]["pass"] is None
+
+
+def test_format_table_marks_incorrect():
+    text = B.format_table(_fake_records())
+    assert "triton_us" in text and "!" in text and "FAKE" not in text
+
+
+def test_plot_from_fake_records(tmp_path):
+    pytest.importorskip("matplotlib")
+    import plot_lowrank
+
+    results = tmp_path / "lowrank.jsonl"
+    H.append_results(results, _fake_records())
+    assert plot_lowrank.main(["--results", str(results), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "lowrank_speedup_fake_gpu_float16.png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- smoke run
+
+
+def test_smoke_run_exits_zero_within_budget(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the smoke run is the CPU path even on a GPU machine
+    summary = tmp_path / "summary.json"
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "bench_lowrank.py"), "--smoke", "--out", str(tmp_path),
+         "--summary-json", str(summary)],
+        capture_output=True, text=True, timeout=SMOKE_BUDGET_S * 2, env=env,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert elapsed < SMOKE_BUDGET_S
+    records = H.read_results(tmp_path / "lowrank.jsonl")
+    assert records and all(r["device"] == "cpu" for r in records)
+    timed = [r for r in records if r["status"] == "ok"]
+    assert {"dense", "torch"} <= {r["backend"] for r in timed}, proc.stdout
+    assert all(r["correct"] and r["median_us"] > 0 for r in timed)
+    skipped = [r for r in records if r["status"] == "skipped"]
+    assert all(r["reason"] for r in skipped)
+    assert json.loads(summary.read_text())["records"] == len(records)
