@@ -119,7 +119,7 @@ class _Store:
 
     def __init__(self, op: str):
         self.op = op
-        self._mem: dict[tuple[str, str], LowRankConfig] = {}
+        self._mem: dict[tuple[str, str], LowRankConfig | None] = {}
         self._lock = threading.Lock()
 
     def _file_entries(self, path: Path) -> dict[str, Any]:
@@ -132,9 +132,12 @@ class _Store:
         return entries
 
     def get(self, gpu: str, k: str) -> LowRankConfig | None:
+        """The configuration for key ``k`` on ``gpu``, or None. Misses are remembered too: this
+        sits on every call's path, and re-reading JSON files costs more than a small kernel."""
         mem_key = (gpu, k)
         if mem_key in self._mem:
             return self._mem[mem_key]
+        cfg = None
         for path in (
             cache_dir() / "tuning" / f"{slug(gpu)}.json",
             PACKAGE_TUNING / f"{slug(gpu)}.json",
@@ -142,9 +145,9 @@ class _Store:
             entry = self._file_entries(path).get(k)
             if entry is not None:
                 cfg = LowRankConfig.from_json(entry, f"{path} [{k}]")
-                self._mem[mem_key] = cfg
-                return cfg
-        return None
+                break
+        self._mem[mem_key] = cfg
+        return cfg
 
     def put(self, gpu: str, k: str, cfg: LowRankConfig) -> Path:
         path = cache_dir() / "tuning" / f"{slug(gpu)}.json"

@@ -156,7 +156,7 @@ def test_gradients_match_and_vanish_outside_active_slices(device, be, dtype):
     assert gu[:n, :rank].abs().sum() > 0 and gv[:rank].abs().sum() > 0
 
 
-def test_torch_compile_fullgraph():
+def test_torch_compile_fullgraph_cpu():
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -229,3 +229,37 @@ def test_device_mismatch_meta():
     x, u, v, b = _ok()
     with pytest.raises(ValueError, match="v is on meta"):
         sk.ops.lowrank_linear(x, u, v.to("meta"), 3, None, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device,be", [p for p in backend_params() if p.values[0] == "cuda"])
+def test_cuda_graph_capture_and_replay(device, be):
+    """No host synchronisation and no CPU tensors in the forward: it captures into a CUDA graph
+    (at ViT-B batch 1 the model is launch-bound, so end-to-end speed depends on this)."""
+    gen = torch.Generator().manual_seed(13)
+    x, u, v, b = _factors((197,), 768, 768, 128, torch.float16, device, gen)
+    with sk.backend(be):
+        sk.ops.lowrank_linear(x, u, v, 64, None, b)  # compile / autotune outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = sk.ops.lowrank_linear(x, u, v, 64, None, b)
+    x.copy_(torch.randn(x.shape, generator=gen).to(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(
+        y, lowrank_linear_reference(x, u, v, 64, None, b), rtol=2e-2, atol=2e-2
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device,be", [p for p in backend_params() if p.values[0] == "cuda"])
+def test_torch_compile_reduce_overhead(device, be):
+    layer = sk.nn.LowRankLinear(96, 80, 24).to(device=device, dtype=torch.float16)
+    x = torch.randn(3, 96, device=device, dtype=torch.float16)
+    with sk.backend(be), torch.no_grad():
+        compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True)
+        for _ in range(3):  # warm-up runs, then graph replays
+            got = compiled(x)
+        want = layer(x)
+    torch.testing.assert_close(got, want)

@@ -1,0 +1,205 @@
+"""Reporting for bench_lowrank.py: the table, first-call costs, target checks and the
+dispatch table derived from measured records. Pure functions of the JSONL records."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import harness as H
+
+LOWRANK_BACKENDS = ("torch", "triton", "cuda")
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _config_key(r: dict) -> tuple:
+    return (r["dtype"], r["M"], r["K"], r["N"], r["rank"])
+
+
+def best_rows(records: list[dict]) -> dict[tuple, dict]:
+    """Fastest correct low-rank backend per configuration."""
+    best: dict[tuple, dict] = {}
+    for r in records:
+        if r["backend"] == "dense" or r.get("status") != "ok":
+            continue
+        key = _config_key(r)
+        if key not in best or r["median_us"] < best[key]["median_us"]:
+            best[key] = r
+    return best
+
+
+def format_table(records: list[dict]) -> str:
+    by_key: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        if r["backend"] != "dense":
+            by_key.setdefault(_config_key(r), {})[r["backend"]] = r
+    best = best_rows(records)
+    backends = [b for b in LOWRANK_BACKENDS if any(b in row for row in by_key.values())]
+
+    def us(rec: dict | None) -> str | float | None:
+        if rec is None or rec.get("status") == "skipped":
+            return None
+        if rec.get("status") == "error":
+            return "ERR"
+        return f"{rec['median_us']:.1f}" + ("!" if rec.get("status") == "incorrect" else "")
+
+    rows = []
+    for key, row in by_key.items():
+        b = best.get(key)
+        any_rec = next(iter(row.values()))
+        rows.append(
+            [
+                *key,
+                any_rec.get("dense_us"),
+                *(us(row.get(name)) for name in backends),
+                b["backend"] if b else None,
+                b.get("tflops") if b else None,
+                b.get("pct_roofline") if b else None,
+                b.get("speedup_vs_dense") if b else None,
+                b.get("speedup_vs_torch") if b else None,
+                any_rec.get("flops_ratio"),
+            ]
+        )
+    header = [
+        "dtype",
+        "M",
+        "K",
+        "N",
+        "r",
+        "dense_us",
+        *(f"{n}_us" for n in backends),
+        "best",
+        "TFLOP/s",
+        "%roof",
+        "x_dense",
+        "x_torch",
+        "flops_x",
+    ]
+    methods = ", ".join(sorted({r["timing_method"] for r in records if r.get("timing_method")}))
+    legend = f"(us: {methods}; '!' = failed the fp32 check; '-' = skipped; best = fastest correct)"
+    return H.format_table(header, rows) + "\n" + legend
+
+
+def format_first_calls(records: list[dict]) -> str:
+    """First call per new shape/dtype, JIT compile included: median and max per backend."""
+    per: dict[str, list[float]] = {}
+    for r in records:
+        if r.get("first_call_ms") is not None:
+            per.setdefault(r["backend"], []).append(r["first_call_ms"])
+    rows = [[b, len(v), statistics.median(v), max(v)] for b, v in per.items()]
+    return "first-call cost (ms, wall, synchronized):\n" + H.format_table(
+        ["backend", "shapes", "median_ms", "max_ms"], rows
+    )
+
+
+def evaluate_targets(records: list[dict]) -> dict[str, dict]:
+    """(1) M >= 4096: best backend >= 85% of roofline; (2) M = 197, rank <= 128: best beats dense.
+    'pass' is None when no configuration of that kind was measured (e.g. the CPU smoke run)."""
+    best = best_rows(records)
+
+    def check(name: str, rows: list[dict], ok, metric: str) -> dict:
+        hits = [r for r in rows if ok(r)]
+        worst = min(rows, key=lambda r: r.get(metric) or 0.0, default=None)
+        return {
+            "target": name,
+            "pass": (len(hits) == len(rows)) if rows else None,
+            "n": len(rows),
+            "n_pass": len(hits),
+            "worst": {k: worst.get(k) for k in ("dtype", "M", "K", "N", "rank", "backend", metric)}
+            if worst
+            else None,
+        }
+
+    big = [r for r in best.values() if r["M"] >= 4096 and r.get("pct_roofline") is not None]
+    small = [r for r in best.values() if r["M"] == 197 and r["rank"] <= 128]
+    # Same check on CUDA-graph replay (GPU time without launch overhead), for information.
+    graph_best: dict[tuple, float] = {}
+    for r in records:
+        if r["backend"] != "dense" and r.get("status") == "ok" and r.get("graph_us"):
+            key = _config_key(r)
+            graph_best[key] = min(graph_best.get(key, float("inf")), r["graph_us"])
+    graph_wins = [
+        graph_best[_config_key(r)] < r["dense_graph_us"]
+        for r in small
+        if r.get("dense_graph_us") and _config_key(r) in graph_best
+    ]
+    result = {
+        "roofline85_m_ge_4096": check(
+            "M >= 4096: best backend >= 85% of roofline",
+            big,
+            lambda r: r["pct_roofline"] >= 85.0,
+            "pct_roofline",
+        ),
+        "beats_dense_m197_rank_le_128": check(
+            "M = 197, rank <= 128: best backend beats dense",
+            small,
+            lambda r: r["speedup_vs_dense"] > 1.0,
+            "speedup_vs_dense",
+        ),
+    }
+    result["beats_dense_m197_rank_le_128"]["cuda_graph_n_pass"] = (
+        f"{sum(graph_wins)}/{len(graph_wins)}" if graph_wins else None
+    )
+    return result
+
+
+def format_targets(targets: dict[str, dict]) -> str:
+    lines = []
+    for t in targets.values():
+        verdict = {True: "PASS", False: "MISS", None: "N/A "}[t["pass"]]
+        line = f"[target] {verdict} {t['target']}: {t['n_pass']}/{t['n']} configs (do_bench)"
+        if t.get("cuda_graph_n_pass"):
+            line += f", {t['cuda_graph_n_pass']} on CUDA-graph replay"
+        lines.append(f"{line}; worst {t['worst']}")
+    return "\n".join(lines)
+
+
+def derive_dispatch(records: list[dict]) -> list[dict]:
+    """Entries for write_dispatch_table, ordered (dtype, m_max, rank_max) ascending so that
+    'first entry with M <= m_max and rank <= rank_max' picks the nearest measured bucket."""
+    rows = [r for r in records if r["backend"] != "dense" and r.get("M") is not None]
+    entries: list[dict] = []
+    for dtype in sorted({r["dtype"] for r in rows}):
+        rows_d = [r for r in rows if r["dtype"] == dtype]
+        for m, m_max in H.bucket_bounds(r["M"] for r in rows_d):
+            for rank, rank_max in H.bucket_bounds(r["rank"] for r in rows_d):
+                cell = [r for r in rows_d if r["M"] == m and r["rank"] == rank]
+                choice = _pick_backend(cell)
+                if (
+                    entries
+                    and entries[-1]["dtype"] == dtype
+                    and entries[-1]["m_max"] == m_max
+                    and entries[-1]["backend"] == choice
+                ):
+                    entries[-1]["rank_max"] = rank_max  # same backend as the smaller ranks: widen
+                else:
+                    entries.append(
+                        {"dtype": dtype, "m_max": m_max, "rank_max": rank_max, "backend": choice}
+                    )
+    return entries
+
+
+def _pick_backend(cell: list[dict]) -> str:
+    shapes = {(r["K"], r["N"]) for r in cell}
+    best_us = {
+        s: min(
+            (r["median_us"] for r in cell if (r["K"], r["N"]) == s and r.get("status") == "ok"),
+            default=None,
+        )
+        for s in shapes
+    }
+    scores: dict[str, float] = {}
+    for backend in LOWRANK_BACKENDS:
+        mine = {
+            (r["K"], r["N"]): r for r in cell if r["backend"] == backend and r.get("status") == "ok"
+        }
+        if not shapes or set(mine) != shapes:
+            continue  # must be measured and correct on every shape of the bucket
+        logs = [math.log(mine[s]["median_us"] / best_us[s]) for s in shapes]
+        scores[backend] = math.exp(sum(logs) / len(logs))
+    # torch is the always-correct fallback when no fused backend qualifies.
+    return min(scores, key=scores.get) if scores else "torch"
+
+
+# --------------------------------------------------------------------------- main
