@@ -115,8 +115,8 @@ def _gpu_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
 
 
-def resolve(op: str, device: torch.device, dtype: torch.dtype, m: int, rank: int) -> str:
-    """The backend that runs this call of ``op``."""
+def resolve(op: str, device: torch.device, dtype: torch.dtype, m: int, **shape: int) -> str:
+    """The backend that runs this call of ``op`` (``shape``: the op's dispatch keys)."""
     name = get_backend()
     if name != "auto":
         reason = unavailable_reason(name, device, dtype)
@@ -127,7 +127,7 @@ def resolve(op: str, device: torch.device, dtype: torch.dtype, m: int, rank: int
         return "torch"
     index = device.index if device.index is not None else torch.cuda.current_device()
     dtype_name = str(dtype).removeprefix("torch.")
-    chosen = dispatch.lookup(op, _gpu_name(index), dtype_name, m, rank)
+    chosen = dispatch.lookup(op, _gpu_name(index), dtype_name, m, **shape)
     if (
         chosen is None
         or chosen == "torch"

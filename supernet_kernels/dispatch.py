@@ -1,9 +1,9 @@
 """Dispatch tables and the record of which kernels passed the test suite on a real GPU.
 
-* ``configs/dispatch/<gpu>.json``: written by ``benchmarks/bench_lowrank.py --write-dispatch``
-  from measurements on that GPU. Per op, an ordered list of entries
-  ``{"dtype", "m_max", "rank_max", "backend"}``; the first entry whose dtype matches and whose
-  bounds hold wins.
+* ``configs/dispatch/<gpu>.json``: written by the benchmarks' ``--write-dispatch`` from
+  measurements on that GPU. Per op, an ordered list of entries such as
+  ``{"dtype": "float16", "m_max": 256, "rank_max": 128, "backend": "triton"}``; the first entry
+  whose dtype matches and whose bounds hold wins.
 * ``configs/verified.json``: per op and backend, the GPUs (name, commit, tests passed) on which
   the whole test suite passed. "auto" never picks a GPU kernel that is not listed there.
 
@@ -43,10 +43,25 @@ def _load_table(gpu_slug: str) -> dict[str, Any]:
     return {}
 
 
-def lookup(op: str, gpu_name: str, dtype: str, m: int, rank: int) -> str | None:
-    """The backend the table names for this shape, or None where no entry applies."""
+def _matches(entry: dict[str, Any], dtype: str, m: int, shape: dict[str, int]) -> bool:
+    if entry.get("dtype") != dtype or m > entry["m_max"]:
+        return False
+    for name, value in shape.items():
+        if f"{name}_max" in entry and value > entry[f"{name}_max"]:
+            return False
+        if name in entry and entry[name] != value:
+            return False
+    return True
+
+
+def lookup(op: str, gpu_name: str, dtype: str, m: int, **shape: int) -> str | None:
+    """The backend the table names for this call, or None where no entry applies.
+
+    ``shape`` holds the op's other keys (``rank`` for lowrank_linear, ``bits`` for
+    quant_linear): an entry bounds a key with ``<key>_max`` or pins it with ``<key>``.
+    """
     for entry in _load_table(slug(gpu_name)).get(op, []):
-        if entry.get("dtype") == dtype and m <= entry["m_max"] and rank <= entry["rank_max"]:
+        if _matches(entry, dtype, m, shape):
             return entry["backend"]
     return None
 
@@ -60,7 +75,7 @@ def write_dispatch_table(
 ) -> Path:
     """Replace ``op``'s entries in ``<config_dir>/dispatch/<gpu>.json`` (atomically)."""
     for i, e in enumerate(entries):
-        missing = {"dtype", "m_max", "rank_max", "backend"} - set(e)
+        missing = {"dtype", "m_max", "backend"} - set(e)
         if missing:
             raise ValueError(f"dispatch entry {i} lacks {sorted(missing)}: {e}")
         if e["backend"] not in ("torch", "triton", "cuda"):

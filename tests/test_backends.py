@@ -56,7 +56,8 @@ def test_kernels_reject_float64_with_reason():
 def test_auto_is_torch_on_cpu_even_with_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert (
-        backends.resolve("lowrank_linear", torch.device("cpu"), torch.float16, 4096, 64) == "torch"
+        backends.resolve("lowrank_linear", torch.device("cpu"), torch.float16, 4096, rank=64)
+        == "torch"
     )
 
 
@@ -75,18 +76,20 @@ def test_auto_uses_table_only_for_verified_kernels(monkeypatch, tmp_path):
     monkeypatch.setattr(backends, "_gpu_name", lambda index: "Fake GPU 9000")
     monkeypatch.setattr(backends, "unavailable_reason", lambda *a, **k: None)
     dev = torch.device("cuda", 0)
-    assert dispatch.lookup("lowrank_linear", "Fake GPU 9000", "float16", 197, 64) == "triton"
-    assert backends.resolve("lowrank_linear", dev, torch.float16, 197, 64) == "torch"  # unverified
+    assert dispatch.lookup("lowrank_linear", "Fake GPU 9000", "float16", 197, rank=64) == "triton"
+    assert (
+        backends.resolve("lowrank_linear", dev, torch.float16, 197, rank=64) == "torch"
+    )  # unverified
     (tmp_path / "verified.json").write_text(
         json.dumps({"lowrank_linear": {"triton": [{"gpu": "Fake GPU 9000", "commit": "abc"}]}})
     )
     dispatch.verified_kernels.cache_clear()
     try:
-        assert backends.resolve("lowrank_linear", dev, torch.float16, 197, 64) == "triton"
+        assert backends.resolve("lowrank_linear", dev, torch.float16, 197, rank=64) == "triton"
         assert (
-            backends.resolve("lowrank_linear", dev, torch.float16, 4096, 64) == "torch"
+            backends.resolve("lowrank_linear", dev, torch.float16, 4096, rank=64) == "torch"
         )  # no entry
-        assert backends.resolve("lowrank_linear", dev, torch.bfloat16, 197, 64) == "torch"
+        assert backends.resolve("lowrank_linear", dev, torch.bfloat16, 197, rank=64) == "torch"
     finally:
         dispatch.verified_kernels.cache_clear()
         dispatch._load_table.cache_clear()
@@ -109,7 +112,7 @@ def test_dispatch_table_validation_and_corruption(tmp_path, monkeypatch):
     dispatch._load_table.cache_clear()
     try:
         with pytest.raises(ValueError, match="broken-gpu.json is not valid JSON"):
-            dispatch.lookup("lowrank_linear", "Broken GPU", "float16", 1, 1)
+            dispatch.lookup("lowrank_linear", "Broken GPU", "float16", 1, rank=1)
     finally:
         dispatch._load_table.cache_clear()
 

@@ -6,5 +6,13 @@ the CPU path and the test reference, and Triton and CUDA implementations picked 
 """
 
 from .lowrank import lowrank_linear, lowrank_linear_reference
+from .quant import int8_linear, int8_linear_reference, quant_linear, quant_linear_reference
 
-__all__ = ["lowrank_linear", "lowrank_linear_reference"]
+__all__ = [
+    "int8_linear",
+    "int8_linear_reference",
+    "lowrank_linear",
+    "lowrank_linear_reference",
+    "quant_linear",
+    "quant_linear_reference",
+]

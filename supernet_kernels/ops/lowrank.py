@@ -167,7 +167,7 @@ def _lowrank_linear_op(
     n = check_lowrank_args(x, u, v, rank, out_features, bias)
     k = x.shape[-1]
     m = x.numel() // k if k else 0
-    name = backends.resolve("lowrank_linear", x.device, x.dtype, m, rank)
+    name = backends.resolve("lowrank_linear", x.device, x.dtype, m, rank=rank)
     if name == "torch":
         return lowrank_linear_reference(x, u, v, rank, n, bias)
     x2 = x.reshape(m, k)

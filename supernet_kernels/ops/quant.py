@@ -1,0 +1,277 @@
+"""Quantized matmul ops.
+
+* ``torch.ops.supernet_kernels.quant_linear(x, packed, scales, zeros, bits, group_size,
+  in_features, act_bits=16, bias=None)``: x times a packed 2/3/4/8-bit weight (the
+  ``sk-pack-v1`` format of :mod:`supernet_kernels.quant.packing`). ``act_bits=16``: weight-only,
+  the weight is dequantized in registers and multiplied in x's precision with fp32
+  accumulation. ``act_bits=8``: x is quantized per token to int8 (scale max|x| / 127) and
+  multiplied with the integer codes in int32, so W8A8 and W4A8 run on int8 tensor cores.
+* ``torch.ops.supernet_kernels.int8_linear(x, weight, weight_scale, bias=None)``: W8A8 with a
+  plain int8 weight (N, K) and a float32 per-channel scale (N,), for weights made by other tools.
+
+Gradients flow to x (straight through the activation quantizer for act_bits=8) and to bias,
+so a frozen quantized base can carry trainable adapters.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import backends
+from ..quant.packing import unpack
+from ..quant.quantize import QuantizedWeight, quantize_activations_int8, validate_qweight
+
+QUANT_OP = "supernet_kernels::quant_linear"
+INT8_OP = "supernet_kernels::int8_linear"
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _check_x_bias(x, bias, n: int, k: int, device, op: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{op}: x must be a floating-point tensor, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"{op}: x must have shape (..., {k}) (in_features), got {tuple(x.shape)}")
+    if x.device != device:
+        raise ValueError(f"{op}: x is on {x.device}, the weight is on {device}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"{op}: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if bias.dim() != 1 or bias.shape[0] != n:
+            raise ValueError(f"{op}: bias must have shape ({n},), got {tuple(bias.shape)}")
+        if bias.dtype != x.dtype or bias.device != x.device:
+            raise TypeError(
+                f"{op}: bias must match x's dtype and device ({x.dtype}, {x.device}), "
+                f"got {bias.dtype} on {bias.device}"
+            )
+
+
+def check_quant_args(
+    x, packed, scales, zeros, bits, group_size, in_features, act_bits, bias
+) -> int:
+    """Validate quant_linear's arguments; return N."""
+    n = validate_qweight(packed, scales, zeros, bits, group_size, in_features, where="quant_linear")
+    if act_bits not in (8, 16):
+        raise ValueError(f"quant_linear: act_bits must be 8 or 16, got {act_bits!r}")
+    _check_x_bias(x, bias, n, in_features, packed.device, "quant_linear")
+    return n
+
+
+def check_int8_args(x, weight, weight_scale, bias) -> int:
+    for name, t in (("weight", weight), ("weight_scale", weight_scale)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"int8_linear: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if weight.dtype != torch.int8 or weight.dim() != 2:
+        raise TypeError(
+            f"int8_linear: weight must be a 2-D int8 tensor (N, K), got {weight.dtype} "
+            f"{tuple(weight.shape)}"
+        )
+    n, k = weight.shape
+    if weight_scale.dtype != torch.float32 or tuple(weight_scale.shape) != (n,):
+        raise TypeError(
+            f"int8_linear: weight_scale must be float32 of shape ({n},), got "
+            f"{weight_scale.dtype} {tuple(weight_scale.shape)}"
+        )
+    if weight_scale.device != weight.device:
+        raise ValueError(
+            f"int8_linear: weight_scale is on {weight_scale.device}, weight on {weight.device}"
+        )
+    _check_x_bias(x, bias, n, k, weight.device, "int8_linear")
+    return n
+
+
+def _dequantize(packed, scales, zeros, bits, group_size, k) -> torch.Tensor:
+    n = packed.shape[0]
+    q = unpack(packed, bits, k).to(torch.float32).view(n, k // group_size, group_size)
+    return ((q - zeros[..., None]) * scales[..., None]).reshape(n, k)
+
+
+def quant_linear_reference(
+    x, packed, scales, zeros, bits, group_size, in_features, act_bits=16, bias=None
+):
+    """The pure-PyTorch definition (CPU path and test reference)."""
+    w = _dequantize(packed, scales, zeros, bits, group_size, in_features)
+    if act_bits == 16:
+        return F.linear(x, w.to(x.dtype), bias)
+    # y = xs * (xq @ w.T): the integer codes and the dequantized weight are exact in float64
+    # (the CPU path); on a GPU float32 rounds each product sum once (relative error ~1e-7).
+    xq, xs = quantize_activations_int8(x)
+    acc_dtype = torch.float64 if x.device.type == "cpu" else torch.float32
+    y = (xq.to(acc_dtype) @ w.to(acc_dtype).T) * xs.to(acc_dtype)
+    if bias is not None:
+        y = y + bias.to(acc_dtype)
+    return y.to(x.dtype)
+
+
+def int8_linear_reference(x, weight, weight_scale, bias=None):
+    """W8A8 definition: per-token int8 x, int8 weight, int32-exact products, fp32 scales."""
+    xq, xs = quantize_activations_int8(x)
+    acc_dtype = torch.float64 if x.device.type == "cpu" else torch.float32
+    y = (xq.to(acc_dtype) @ weight.to(acc_dtype).T) * xs.to(acc_dtype) * weight_scale.to(acc_dtype)
+    if bias is not None:
+        y = y + bias.to(acc_dtype)
+    return y.to(x.dtype)
+
+
+def _flat(x, k):
+    m = x.numel() // k
+    return x.reshape(m, k), m
+
+
+def _quant_triton(x2, packed, scales, zeros, bits, group_size, k, act_bits, bias):
+    from ..kernels import triton_quant as tq
+
+    return tq.quant_linear(x2, packed, scales, zeros, bits, group_size, k, act_bits, bias)
+
+
+def _quant_cuda(x2, packed, scales, zeros, bits, group_size, k, act_bits, bias):
+    if act_bits == 8:
+        raise backends.BackendUnavailable(
+            "quant_linear: the CUDA backend has no act_bits=8 kernel for packed weights yet; "
+            "use backend 'triton' (or int8_linear for plain int8 weights)"
+        )
+    return torch.ops.supernet_kernels._quant_linear_cuda(
+        x2, packed, scales, zeros, bits, group_size, k, bias
+    )
+
+
+@torch.library.custom_op(QUANT_OP, mutates_args=())
+def _quant_linear_op(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group_size: int,
+    in_features: int,
+    act_bits: int = 16,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    n = check_quant_args(x, packed, scales, zeros, bits, group_size, in_features, act_bits, bias)
+    x2, m = _flat(x, in_features)
+    name = backends.resolve("quant_linear", x.device, x.dtype, m, bits=bits, act_bits=act_bits)
+    if name == "torch":
+        return quant_linear_reference(
+            x, packed, scales, zeros, bits, group_size, in_features, act_bits, bias
+        )
+    impl = _quant_triton if name == "triton" else _quant_cuda
+    y = impl(x2, packed, scales, zeros, bits, group_size, in_features, act_bits, bias)
+    return y.reshape(*x.shape[:-1], n)
+
+
+@_quant_linear_op.register_fake
+def _(x, packed, scales, zeros, bits, group_size, in_features, act_bits=16, bias=None):
+    n = check_quant_args(x, packed, scales, zeros, bits, group_size, in_features, act_bits, bias)
+    return x.new_empty((*x.shape[:-1], n))
+
+
+def _quant_setup(ctx, inputs, output):
+    x, packed, scales, zeros, bits, group_size, in_features, act_bits, bias = inputs
+    ctx.meta = (bits, group_size, in_features)
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(packed, scales, zeros)
+
+
+def _quant_backward(ctx, grad):
+    packed, scales, zeros = ctx.saved_tensors
+    bits, group_size, k = ctx.meta
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        # Straight through the activation quantizer: d(x @ w.T)/dx = g @ w.
+        w = _dequantize(packed, scales, zeros, bits, group_size, k).to(grad.dtype)
+        grad_x = grad @ w
+    if ctx.has_bias and ctx.needs_input_grad[8]:
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
+    return grad_x, None, None, None, None, None, None, None, grad_bias
+
+
+_quant_linear_op.register_autograd(_quant_backward, setup_context=_quant_setup)
+
+
+@torch.library.custom_op(INT8_OP, mutates_args=())
+def _int8_linear_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    n = check_int8_args(x, weight, weight_scale, bias)
+    k = weight.shape[1]
+    x2, m = _flat(x, k)
+    name = backends.resolve("int8_linear", x.device, x.dtype, m)
+    if name == "torch":
+        return int8_linear_reference(x, weight, weight_scale, bias)
+    if name == "triton":
+        from ..kernels import triton_quant as tq
+
+        y = tq.int8_linear(x2, weight, weight_scale, bias)
+    else:
+        y = torch.ops.supernet_kernels._int8_linear_cuda(x2, weight, weight_scale, bias)
+    return y.reshape(*x.shape[:-1], n)
+
+
+@_int8_linear_op.register_fake
+def _(x, weight, weight_scale, bias=None):
+    n = check_int8_args(x, weight, weight_scale, bias)
+    return x.new_empty((*x.shape[:-1], n))
+
+
+def _int8_setup(ctx, inputs, output):
+    x, weight, weight_scale, bias = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(weight, weight_scale)
+
+
+def _int8_backward(ctx, grad):
+    weight, weight_scale = ctx.saved_tensors
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = grad @ (weight.to(torch.float32) * weight_scale[:, None]).to(grad.dtype)
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
+    return grad_x, None, None, grad_bias
+
+
+_int8_linear_op.register_autograd(_int8_backward, setup_context=_int8_setup)
+
+
+def quant_linear(
+    x: torch.Tensor, qweight: QuantizedWeight, bias: torch.Tensor | None = None, act_bits: int = 16
+) -> torch.Tensor:
+    """``x @ qweight.dequantize().T + bias``, on the packed weight.
+
+    Args:
+        x: (..., K) float32, float16 or bfloat16 (float64 on the torch backend).
+        qweight: a :class:`~supernet_kernels.quant.QuantizedWeight` (see ``quantize_weight``).
+        bias: optional (N,) in x's dtype.
+        act_bits: 16 for weight-only (A16); 8 for per-token dynamic int8 activations (A8).
+    """
+    if not isinstance(qweight, QuantizedWeight):
+        raise TypeError(
+            f"quant_linear: qweight must be a QuantizedWeight, got {type(qweight).__name__}"
+        )
+    return torch.ops.supernet_kernels.quant_linear(
+        x,
+        qweight.packed,
+        qweight.scales,
+        qweight.zeros,
+        qweight.bits,
+        qweight.group_size,
+        qweight.in_features,
+        act_bits,
+        bias,
+    )
+
+
+def int8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """W8A8: x quantized per token to int8, times an int8 weight (N, K) with float32 per-channel
+    scales (N,), int32 accumulation, output in x's dtype."""
+    check_int8_args(x, weight, weight_scale, bias)
+    return torch.ops.supernet_kernels.int8_linear(x, weight, weight_scale, bias)
