@@ -6,7 +6,11 @@ import argparse
 import platform
 import sys
 
-KERNELS = {"lowrank_linear": ("triton", "cuda")}
+KERNELS = {
+    "lowrank_linear": ("triton", "cuda"),
+    "quant_linear": ("triton", "cuda"),
+    "int8_linear": ("triton", "cuda"),
+}
 
 
 def _versions() -> list[tuple[str, str]]:

@@ -30,20 +30,14 @@ PACKAGE_TUNING = Path(__file__).parent / "configs" / "tuning"
 M_BUCKETS = (1, 16, 64, 256, 1024, 4096)
 
 
-@dataclasses.dataclass(frozen=True)
-class LowRankConfig:
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int = 4
-    num_stages: int = 2
-    n_splits: int | None = None  # None: enough splits to fill the GPU (see split_count)
+class _JsonConfig:
+    """Tile configurations are data: shipped and cached as JSON, validated on load."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], where: str) -> LowRankConfig:
+    def from_json(cls, d: dict[str, Any], where: str):
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - fields
         if unknown:
@@ -54,6 +48,28 @@ class LowRankConfig:
             if val < 16 or val & (val - 1):
                 raise ValueError(f"{where}: {name} must be a power of two >= 16, got {val}")
         return cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class LowRankConfig(_JsonConfig):
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 2
+    n_splits: int | None = None  # None: enough splits to fill the GPU (see split_count)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig(_JsonConfig):
+    """Tiles of the quantized matmul. block_k must divide the group size (one scale per tile)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 2
+    split_k: int | None = None  # None: enough K splits to fill the GPU at small M
 
 
 def padded_rank(rank: int) -> int:
@@ -117,9 +133,10 @@ def cache_dir() -> Path:
 class _Store:
     """Configurations of one op, per GPU: memory, then disk cache, then the shipped table."""
 
-    def __init__(self, op: str):
+    def __init__(self, op: str, config_cls=LowRankConfig):
         self.op = op
-        self._mem: dict[tuple[str, str], LowRankConfig | None] = {}
+        self.config_cls = config_cls
+        self._mem: dict[tuple[str, str], object | None] = {}
         self._lock = threading.Lock()
 
     def _file_entries(self, path: Path) -> dict[str, Any]:
@@ -131,7 +148,7 @@ class _Store:
             raise ValueError(f"tuning table {path}: '{self.op}' must map keys to configurations")
         return entries
 
-    def get(self, gpu: str, k: str) -> LowRankConfig | None:
+    def get(self, gpu: str, k: str):
         """The configuration for key ``k`` on ``gpu``, or None. Misses are remembered too: this
         sits on every call's path, and re-reading JSON files costs more than a small kernel."""
         mem_key = (gpu, k)
@@ -144,12 +161,12 @@ class _Store:
         ):
             entry = self._file_entries(path).get(k)
             if entry is not None:
-                cfg = LowRankConfig.from_json(entry, f"{path} [{k}]")
+                cfg = self.config_cls.from_json(entry, f"{path} [{k}]")
                 break
         self._mem[mem_key] = cfg
         return cfg
 
-    def put(self, gpu: str, k: str, cfg: LowRankConfig) -> Path:
+    def put(self, gpu: str, k: str, cfg) -> Path:
         path = cache_dir() / "tuning" / f"{slug(gpu)}.json"
         with self._lock:
             data = read_json(path, "tuning table") if path.exists() else {}
@@ -160,11 +177,10 @@ class _Store:
 
 
 LOWRANK = _Store("lowrank_fused")
+QUANT = _Store("quant_matmul", QuantConfig)
 
 
-def autotune(
-    run: Callable[[LowRankConfig], None], configs: list[LowRankConfig]
-) -> tuple[LowRankConfig, dict[LowRankConfig, float]]:
+def autotune(run: Callable[[Any], None], configs: list) -> tuple[Any, dict[Any, float]]:
     """Time ``run(cfg)`` for each configuration (median of do_bench, ms); the fastest wins.
 
     Configurations that fail to compile or launch (too much shared memory, say) are skipped.

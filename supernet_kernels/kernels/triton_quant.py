@@ -1,0 +1,271 @@
+"""Triton kernels for quantized matmul: one kernel for every weight bit-width.
+
+``_quant_matmul_kernel`` computes y = x @ w.T (+ bias) for a weight stored as sk-pack-v1 codes
+(see :mod:`supernet_kernels.quant.packing`), with BITS and PER_WORD as compile-time constants:
+code k of row n is ``(packed[n, k // PER_WORD] >> (k % PER_WORD) * BITS) & (2**BITS - 1)``.
+Each K tile lies inside one quantization group (BLOCK_K divides the group size), so a tile
+needs one scale and one zero point per output column.
+
+* A16 (weight-only): codes are dequantized in registers, ``(q - z) * s`` cast to x's dtype,
+  and multiplied on the tensor cores with fp32 accumulation.
+* A8: x arrives as per-token int8 codes (``_quantize_rows_kernel``). The tile product of the
+  int8 activation codes and the weight codes runs on int8 tensor cores with int32
+  accumulation (exact); the zero point comes out through the activation row sums:
+  sum_k xq (q - z) s = s (sum_k xq q - z sum_k xq). 8-bit codes (0..255) are shifted by -128 to
+  fit int8, with the zero point shifted to match. The per-token scale is applied at the end.
+* W_INT8: the weight is a plain int8 matrix with one float32 scale per row (int8_linear).
+
+Small M is memory-bound: the whole weight must stream once, yet M / BLOCK_M x N / BLOCK_N
+programs cannot fill the GPU (M = 1, N = 4096, BLOCK_N = 64: 64 programs on 132 SMs), so K is
+split across programs (SPLIT_K) and partial sums are added atomically into an fp32 buffer.
+Large M uses SPLIT_K = 1 and bigger tiles. The thresholds are a bandwidth/occupancy argument,
+not yet a GPU measurement (issue 5 measures and replaces them with tuned tables).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_lowrank import _dot, _round
+
+
+@triton.jit
+def _round_half_even(v):
+    """torch.round's rule (ties to even), built from floor so it behaves the same everywhere."""
+    r = tl.floor(v + 0.5)
+    tie = (r - v) == 0.5
+    odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+    return tl.where(tie & odd, r - 1.0, r)
+
+
+@triton.jit
+def _quantize_rows_kernel(
+    x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Per-token int8: s = max|x| / 127 (1 for a zero row), q = round_half_even(x / s)."""
+    row = tl.program_id(0).to(tl.int64)
+    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=offs < K, other=0.0)
+        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+    scale = tl.max(amax, axis=0) / 127.0
+    scale = tl.where(scale > 0.0, scale, 1.0)
+    tl.store(s_ptr + row, scale)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=offs < K, other=0.0)
+        q = _round_half_even(tl.math.div_rn(x.to(tl.float32), scale))
+        q = tl.minimum(tl.maximum(q, -127.0), 127.0)
+        tl.store(q_ptr + row * K + offs, q.to(tl.int8), mask=offs < K)
+
+
+@triton.jit
+def _quant_matmul_kernel(
+    x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr,
+    M, N, K, G,
+    stride_xm, stride_xk, stride_wn, stride_sn, stride_ym, stride_yn,
+    BITS: tl.constexpr,
+    PER_WORD: tl.constexpr,
+    A8: tl.constexpr,
+    W_INT8: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    RNE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
+        offs_k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        mask_k = offs_k < K
+        mask_w = mask_k[:, None] & mask_n[None, :]
+        x = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+            mask=mask_m[:, None] & mask_k[None, :],
+            other=0,
+        )
+        if W_INT8:
+            w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=mask_w, other=0)
+            s = tl.load(s_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
+            part = tl.dot(x, w)  # int8 x int8 -> int32, exact
+            acc += part.to(tl.float32) * s[None, :]
+        else:
+            words = tl.load(
+                w_ptr + offs_n[None, :] * stride_wn + (offs_k // PER_WORD)[:, None],
+                mask=mask_w,
+                other=0,
+            )
+            shift = ((offs_k % PER_WORD) * BITS).to(tl.int32)
+            q = (words >> shift[:, None]) & ((1 << BITS) - 1)  # [BLOCK_K, BLOCK_N]
+            group = k0 // G
+            s = tl.load(s_ptr + offs_n * stride_sn + group, mask=mask_n, other=0.0)
+            z = tl.load(z_ptr + offs_n * stride_sn + group, mask=mask_n, other=0.0)
+            if A8:
+                OFFSET: tl.constexpr = 128 if BITS == 8 else 0
+                part = tl.dot(x, (q - OFFSET).to(tl.int8))  # int32, exact
+                xsum = tl.sum(x.to(tl.int32), axis=1)
+                acc += (
+                    part.to(tl.float32) - xsum.to(tl.float32)[:, None] * (z - OFFSET)[None, :]
+                ) * s[None, :]
+            else:
+                w = _round((q.to(tl.float32) - z[None, :]) * s[None, :], x.dtype, RNE_BF16)
+                acc = _dot(x, w, acc, DOT_FP32)
+    if A8:
+        xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
+        acc = acc * xs[:, None]
+    if HAS_BIAS and pid_k == 0:  # added once, by the first K split
+        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    mask_y = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K > 1:
+        tl.atomic_add(y_ptrs, acc, mask=mask_y)  # y is an fp32 buffer
+    else:
+        tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers. Arguments are validated by the op layer.
+
+
+def _block_k(group_size: int, k: int, want: int) -> int:
+    """Largest power of two <= want that divides the group (a tile never straddles groups);
+    any tile works when the whole row is one group."""
+    if group_size == k:
+        return want
+    bk = want
+    while bk > 16 and group_size % bk:
+        bk //= 2
+    if group_size % bk:
+        raise ValueError(f"group_size {group_size} must be a multiple of 16 for the Triton kernel")
+    return bk
+
+
+def default_config(m: int, n: int, k: int, group_size: int, num_sms: int, interpret: bool):
+    from ..tuning import QuantConfig
+
+    if interpret:  # the CPU interpreter: small tiles, but still exercise split-K
+        bk = _block_k(group_size, k, 32)
+        return QuantConfig(16, 32, bk, num_warps=1, num_stages=1, split_k=2 if m <= 16 else 1)
+    if m <= 16:
+        # GEMV-like: stream the weight once with as many programs as it takes to fill the GPU.
+        bk = _block_k(group_size, k, 128)
+        return QuantConfig(16, 64, bk, num_warps=4, num_stages=4, split_k=None)
+    if m <= 64:
+        return QuantConfig(
+            32, 64, _block_k(group_size, k, 64), num_warps=4, num_stages=3, split_k=None
+        )
+    return QuantConfig(128, 128, _block_k(group_size, k, 64), num_warps=8, num_stages=3, split_k=1)
+
+
+def _split_k(m: int, n: int, k: int, cfg, num_sms: int) -> int:
+    if cfg.split_k is not None:
+        return max(1, cfg.split_k)
+    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    k_tiles = triton.cdiv(k, cfg.block_k)
+    return max(1, min(k_tiles, triton.cdiv(2 * num_sms, tiles)))
+
+
+def _device_info(x):
+    import torch
+
+    if x.device.type == "cpu":
+        return "cpu-interpreter", 4, True
+    props = torch.cuda.get_device_properties(x.device)
+    return props.name, props.multi_processor_count, False
+
+
+def _launch(x, xs, w, s, z, bias, n, k, group_size, bits, a8, w_int8, out_dtype):
+    import torch
+
+    from .. import tuning
+    from .triton_lowrank import _dot_fp32, _interp_bf16
+
+    m = x.shape[0]
+    gpu, num_sms, interpret = _device_info(x)
+    dtype = str(out_dtype).removeprefix("torch.")
+    mode = "w8a8" if w_int8 else f"w{bits}a{8 if a8 else 16}"
+    key = f"{dtype}:{mode}:m{tuning.m_bucket(m)}:k{k}:n{n}:g{group_size}"
+    cfg = tuning.QUANT.get(gpu, key) or default_config(m, n, k, group_size, num_sms, interpret)
+    if group_size != k and group_size % cfg.block_k:
+        raise ValueError(
+            f"tuned block_k {cfg.block_k} does not divide group_size {group_size} ({key})"
+        )
+    split = _split_k(m, n, k, cfg, num_sms)
+    if split > 1:
+        y = torch.zeros((m, n), dtype=torch.float32, device=x.device)
+    else:
+        y = torch.empty((m, n), dtype=out_dtype, device=x.device)
+    if m == 0:
+        return y.to(out_dtype)
+    probe = torch.empty(0, dtype=out_dtype, device=x.device)  # dtype flags follow the output
+    grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), split)
+    _quant_matmul_kernel[grid](
+        x, xs if xs is not None else y, w, s, z if z is not None else s,
+        bias if bias is not None else y, y,
+        m, n, k, group_size,
+        x.stride(0), x.stride(1), w.stride(0), s.stride(0), y.stride(0), y.stride(1),
+        BITS=bits,
+        PER_WORD=32 // bits,
+        A8=a8,
+        W_INT8=w_int8,
+        HAS_BIAS=bias is not None,
+        SPLIT_K=split,
+        DOT_FP32=_dot_fp32(probe),
+        RNE_BF16=_interp_bf16(probe),
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return y.to(out_dtype) if split > 1 else y
+
+
+def quantize_rows_int8(x):
+    """x (M, K) float -> (codes int8 (M, K) contiguous, scales float32 (M,))."""
+    import torch
+
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=torch.int8, device=x.device)
+    s = torch.empty((m,), dtype=torch.float32, device=x.device)
+    if m:
+        block = 32 if x.device.type == "cpu" else min(4096, triton.next_power_of_2(k))
+        _quantize_rows_kernel[(m,)](x, q, s, k, x.stride(0), x.stride(1), BLOCK_K=block)
+    return q, s
+
+
+def quant_linear(x, packed, scales, zeros, bits, group_size, k, act_bits, bias):
+    """y (M, N) for x (M, K) and a packed weight; see the module docstring."""
+    n = packed.shape[0]
+    packed, scales, zeros = packed.contiguous(), scales.contiguous(), zeros.contiguous()
+    if act_bits == 8:
+        xq, xs = quantize_rows_int8(x)
+        return _launch(
+            xq, xs, packed, scales, zeros, bias, n, k, group_size, bits, True, False, x.dtype
+        )
+    return _launch(
+        x, None, packed, scales, zeros, bias, n, k, group_size, bits, False, False, x.dtype
+    )
+
+
+def int8_linear(x, weight, weight_scale, bias):
+    """W8A8 with a plain int8 weight (N, K) and per-row float32 scales (N,)."""
+    n, k = weight.shape
+    xq, xs = quantize_rows_int8(x)
+    w = weight.contiguous()
+    return _launch(
+        xq, xs, w, weight_scale.contiguous(), None, bias, n, k, k, 8, True, True, x.dtype
+    )

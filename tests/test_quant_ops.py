@@ -1,0 +1,288 @@
+"""Quantization core and the quantized matmul ops: packing, quantizers, every backend."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import supernet_kernels as sk
+from supernet_kernels.ops.quant import int8_linear_reference, quant_linear_reference
+from supernet_kernels.quant import (
+    codes_per_word,
+    pack,
+    quantize_activations_int8,
+    quantize_weight,
+    unpack,
+)
+from tests.conftest import DTYPES, assert_matches, backend_params
+
+BITS = (2, 3, 4, 8)
+
+
+def _gen(*key):
+    return torch.Generator().manual_seed(hash(key) % 2**31)
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("k", [1, 9, 10, 31, 96, 320])
+def test_pack_round_trip(bits, k):
+    codes = torch.randint(0, 2**bits, (7, k), generator=_gen(bits, k))
+    packed = pack(codes, bits)
+    assert packed.dtype == torch.int32
+    assert packed.shape == (7, math.ceil(k / codes_per_word(bits)))
+    assert torch.equal(unpack(packed, bits, k).long(), codes)
+
+
+def test_pack_layout_is_the_documented_one():
+    # 4-bit: code i of a word sits at bits [4i, 4i + 4), low bits first.
+    codes = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 15, 9]])
+    packed = pack(codes, 4)
+    assert packed[0, 0].item() == 0xF7654321 - 2**32  # int32 two's complement
+    assert packed[0, 1].item() == 9
+    # 3-bit: 10 codes per word, the top two bits unused (zero).
+    c3 = torch.full((1, 10), 7)
+    assert pack(c3, 3)[0, 0].item() == 2**30 - 1
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: pack(torch.tensor([[4]]), 2), ValueError, r"codes must lie in \[0, 3\]"),
+        (lambda: pack(torch.tensor([[-1]]), 4), ValueError, "codes must lie"),
+        (lambda: pack(torch.tensor([[1.0]]), 4), TypeError, "integer tensor"),
+        (lambda: pack(torch.tensor([[1]]), 5), ValueError, r"bits must be one of \(2, 3, 4, 8\)"),
+        (lambda: unpack(torch.zeros(2, 3, dtype=torch.int32), 4, 30), ValueError, "expected 4"),
+    ],
+)
+def test_pack_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ----------------------------------------------------------------------------- quantizer
+
+
+def _sqnr_db(w, wq):
+    return 20 * math.log10(w.norm() / (w - wq).norm())
+
+
+# Minimum SQNR of min-max RTN on Gaussian weights: each bit adds ~6 dB; the constant is the
+# loss of the min-max range over a 128-wide group (range ~ 5 sigma), measured here with margin.
+SQNR_FLOOR = {2: 5.0, 3: 12.0, 4: 18.0, 8: 41.0}
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("group_size", [32, 64, 128, None])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_quantizer_error_and_codes(bits, group_size, symmetric):
+    w = torch.randn(48, 256, generator=_gen(bits, group_size, symmetric))
+    q = quantize_weight(w, bits, group_size, symmetric=symmetric)
+    assert int(q.codes().max()) < 2**bits
+    g = q.group_size
+    assert q.scales.shape == (48, 256 // g) and q.zeros.shape == (48, 256 // g)
+    sqnr = _sqnr_db(w, q.dequantize())
+    floor = SQNR_FLOOR[bits] - (3.0 if symmetric else 0.0) - (2.0 if group_size is None else 0.0)
+    assert sqnr >= floor, f"SQNR {sqnr:.1f} dB < {floor} dB"
+    # Every element within half a step of its value (round to nearest), unless clipped.
+    err = (q.dequantize() - w).abs().view(48, -1, g)
+    assert (err <= q.scales[..., None] / 2 + 1e-6).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_clip_search_never_worse(bits):
+    w = torch.randn(32, 128, generator=_gen("clip", bits)) ** 3  # heavy tails: clipping helps
+    plain = quantize_weight(w, bits, 32)
+    searched = quantize_weight(w, bits, 32, clip_search=True)
+    e_plain = (plain.dequantize() - w).pow(2).view(32, 4, 32).sum(-1)
+    e_search = (searched.dequantize() - w).pow(2).view(32, 4, 32).sum(-1)
+    assert (e_search <= e_plain + 1e-6).all()
+    if bits <= 3:  # measured: 0.87x (2-bit), 0.94x (3-bit), 0.97x (4-bit) of the plain error
+        assert e_search.sum() < 0.97 * e_plain.sum()
+
+
+def test_quantizer_bad_input():
+    with pytest.raises(ValueError, match="group_size 48 does not divide"):
+        quantize_weight(torch.randn(4, 64), 4, 48)
+    with pytest.raises(ValueError, match="bits must be one of"):
+        quantize_weight(torch.randn(4, 64), 5, 32)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        quantize_weight(torch.full((4, 64), float("nan")), 4, 32)
+    with pytest.raises(ValueError, match="2-D"):
+        quantize_weight(torch.randn(64), 4, 32)
+    with pytest.raises(TypeError, match="floating-point"):
+        quantize_weight(torch.ones(4, 64, dtype=torch.int32), 4, 32)
+
+
+def test_activation_quantizer_rounds_half_to_even():
+    x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -2.5, 3.4]])
+    q, s = quantize_activations_int8(x)
+    assert s.item() == 1.0
+    assert q.tolist() == [[127, 0, 2, 2, 0, -2, 3]]
+    q0, s0 = quantize_activations_int8(torch.zeros(1, 4))
+    assert s0.item() == 1.0 and (q0 == 0).all()
+
+
+def test_triton_row_quantizer_matches_torch():
+    if sk.backends.unavailable_reason("triton", torch.device("cpu")):
+        pytest.skip("Triton needs TRITON_INTERPRET=1 on the CPU")
+    from supernet_kernels.kernels.triton_quant import quantize_rows_int8
+
+    x = torch.randn(5, 70, generator=_gen("rows"))
+    x[1] = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5] * 14)  # exact ties
+    x[2] = 0.0  # an all-zero row (scale 1)
+    q, s = quantize_rows_int8(x)
+    q_ref, s_ref = quantize_activations_int8(x)
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref[:, 0])
+
+
+# ----------------------------------------------------------------------------- ops
+
+SHAPES = [  # (lead, K, N, group)
+    ((1,), 96, 37, 32),
+    ((3, 7), 128, 33, None),
+    ((5,), 320, 20, 64),
+]
+
+
+def _qcase(lead, k, n, group, bits, dtype, device, seed):
+    gen = _gen(seed)
+    w = torch.randn(n, k, generator=gen)
+    q = quantize_weight(w, bits, group).to(device)
+    x = torch.randn(*lead, k, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, generator=gen).to(device=device, dtype=dtype)
+    return x, q, b
+
+
+def _ref64(x, q, act_bits, bias):
+    return quant_linear_reference(
+        x.double(), q.packed, q.scales, q.zeros, q.bits, q.group_size, q.in_features, act_bits,
+        None if bias is None else bias.double(),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("act_bits", [16, 8])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_quant_linear_matches_float64(device, be, dtype, bits, act_bits, shape):
+    if be == "cuda" and act_bits == 8:
+        pytest.skip("no CUDA kernel for packed weights with 8-bit activations yet")
+    lead, k, n, group = shape
+    x, q, b = _qcase(lead, k, n, group, bits, dtype, device, (shape, bits, str(dtype)))
+    ref = _ref64(x, q, act_bits, b)
+    plain = quant_linear_reference(
+        x, q.packed, q.scales, q.zeros, bits, q.group_size, k, act_bits, b
+    )
+    with sk.backend(be):
+        out = sk.ops.quant_linear(x, q, b, act_bits=act_bits)
+    assert out.shape == (*lead, n) and out.device.type == device
+    assert_matches(out, ref, plain, f"{be} W{bits}A{act_bits} {dtype} {shape}")
+
+
+@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", [1, 17])
+def test_int8_linear_matches_float64(device, be, dtype, m):
+    gen = _gen("int8", m, str(dtype))
+    x = torch.randn(m, 72, generator=gen).to(device=device, dtype=dtype)
+    w = torch.randint(-127, 128, (29, 72), generator=gen, dtype=torch.int8).to(device)
+    ws = (torch.rand(29, generator=gen) / 100).to(device)
+    b = torch.randn(29, generator=gen).to(device=device, dtype=dtype)
+    ref = int8_linear_reference(x.double(), w, ws, b.double())
+    plain = int8_linear_reference(x, w, ws, b)
+    with sk.backend(be):
+        out = sk.ops.int8_linear(x, w, ws, b)
+    assert_matches(out, ref, plain, f"{be} int8_linear {dtype}")
+
+
+def test_a8_matches_the_fake_quantized_product():
+    """act_bits=8 is exactly x quantized per token times the dequantized weight."""
+    x, q, b = _qcase((9,), 64, 24, 32, 4, torch.float64, "cpu", "a8")
+    xq, xs = quantize_activations_int8(x)
+    want = (xq.double() * xs.double()) @ q.dequantize(torch.float64).T + b
+    got = sk.ops.quant_linear(x, q, b, act_bits=8)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("bits", [3, 8])
+def test_opcheck(device, be, bits):
+    x, q, b = _qcase((6,), 64, 18, 32, bits, torch.float32, device, ("opcheck", bits))
+    x.requires_grad_(True)
+    acts = [16] if be == "cuda" else [16, 8]
+    with sk.backend(be):
+        for act in acts:
+            args = (x, q.packed, q.scales, q.zeros, bits, 32, 64, act, b)
+            torch.library.opcheck(torch.ops.supernet_kernels.quant_linear.default, args)
+        w = torch.randint(-127, 128, (18, 64), dtype=torch.int8, device=device)
+        ws = torch.rand(18, device=device)
+        torch.library.opcheck(torch.ops.supernet_kernels.int8_linear.default, (x, w, ws, b))
+
+
+@pytest.mark.parametrize("act_bits", [16, 8])
+def test_gradients_flow_to_x_and_bias(act_bits):
+    x, q, b = _qcase((2, 5), 64, 12, 32, 4, torch.float64, "cpu", ("grad", act_bits))
+    x.requires_grad_(True)
+    b.requires_grad_(True)
+    g = torch.randn(2, 5, 12, dtype=torch.float64)
+    sk.ops.quant_linear(x, q, b, act_bits=act_bits).backward(g)
+    w = q.dequantize(torch.float64)
+    torch.testing.assert_close(x.grad, g @ w)  # straight through the activation quantizer
+    torch.testing.assert_close(b.grad, g.sum((0, 1)))
+
+
+def test_gradcheck_weight_only():
+    x, q, b = _qcase((3,), 32, 7, 32, 4, torch.float64, "cpu", "gradcheck")
+    x.requires_grad_(True)
+    b.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, b: sk.ops.quant_linear(x, q, b), (x, b))
+
+
+def _bad(**changes):
+    x, q, b = _qcase((4,), 64, 8, 32, 4, torch.float32, "cpu", "bad")
+    args = {"x": x, "packed": q.packed, "scales": q.scales, "zeros": q.zeros, "bits": 4,
+            "group_size": 32, "in_features": 64, "act_bits": 16, "bias": b}  # fmt: skip
+    args.update({k: (v(args) if callable(v) else v) for k, v in changes.items()})
+    return args
+
+
+@pytest.mark.parametrize(
+    "changes,exc,match",
+    [
+        ({"bits": 5}, ValueError, r"bits must be one of \(2, 3, 4, 8\)"),
+        ({"group_size": 48}, ValueError, "group_size 48 must be a positive divisor"),
+        ({"act_bits": 4}, ValueError, "act_bits must be 8 or 16"),
+        ({"scales": lambda a: a["scales"][:, :1]}, ValueError, r"scales has shape \(8, 1\)"),
+        ({"zeros": lambda a: a["zeros"].half()}, TypeError, "zeros must be float32"),
+        ({"packed": lambda a: a["packed"].long()}, TypeError, "packed must be int32"),
+        ({"packed": lambda a: a["packed"][:, :3]}, ValueError, "packed has 3 words per row"),
+        ({"x": lambda a: a["x"][:, :60]}, ValueError, r"x must have shape \(\.\.\., 64\)"),
+        ({"x": lambda a: a["x"].int()}, TypeError, "x must be a floating-point"),
+        ({"bias": lambda a: a["bias"][:5]}, ValueError, r"bias must have shape \(8,\)"),
+        ({"bias": lambda a: a["bias"].double()}, TypeError, "bias must match x's dtype"),
+        ({"x": lambda a: a["x"].to("meta")}, ValueError, "x is on meta"),
+    ],
+)
+def test_quant_linear_bad_input(changes, exc, match):
+    args = _bad(**changes)
+    with pytest.raises(exc, match=match):
+        torch.ops.supernet_kernels.quant_linear(*args.values())
+
+
+def test_int8_linear_bad_input():
+    x = torch.randn(3, 16)
+    w = torch.randint(-127, 128, (5, 16), dtype=torch.int8)
+    with pytest.raises(TypeError, match="weight must be a 2-D int8"):
+        sk.ops.int8_linear(x, w.float(), torch.rand(5))
+    with pytest.raises(TypeError, match=r"weight_scale must be float32 of shape \(5,\)"):
+        sk.ops.int8_linear(x, w, torch.rand(4))
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 16\)"):
+        sk.ops.int8_linear(torch.randn(3, 15), w, torch.rand(5))
+    with pytest.raises(TypeError, match="qweight must be a QuantizedWeight"):
+        sk.ops.quant_linear(x, w)
