@@ -10,6 +10,7 @@ KERNELS = {
     "lowrank_linear": ("triton", "cuda"),
     "quant_linear": ("triton", "cuda"),
     "int8_linear": ("triton", "cuda"),
+    "fp8_linear": ("triton",),
 }
 
 

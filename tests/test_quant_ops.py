@@ -286,3 +286,70 @@ def test_int8_linear_bad_input():
         sk.ops.int8_linear(torch.randn(3, 15), w, torch.rand(5))
     with pytest.raises(TypeError, match="qweight must be a QuantizedWeight"):
         sk.ops.quant_linear(x, w)
+
+
+# ----------------------------------------------------------------------------- fp8
+
+
+def test_fp8_quantizers_round_to_nearest():
+    from supernet_kernels.quant import FP8_MAX, quantize_activations_fp8, quantize_weight_fp8
+
+    w = torch.randn(16, 40, generator=_gen("fp8w"))
+    wq, ws = quantize_weight_fp8(w)
+    assert wq.dtype == torch.float8_e4m3fn and ws.shape == (16,)
+    assert torch.equal(wq.float().abs().amax(1), torch.full((16,), FP8_MAX))
+    # e4m3 keeps 3 mantissa bits: relative error of each element at most 2^-4 (half an ulp),
+    # except near zero where subnormal spacing (2^-9 of the scale) dominates.
+    deq = wq.float() * ws[:, None]
+    assert ((deq - w).abs() <= w.abs() * 2**-4 + ws[:, None] * 2**-10).all()
+    xq, xs = quantize_activations_fp8(torch.randn(3, 40, generator=_gen("fp8x")))
+    assert xq.dtype == torch.float8_e4m3fn and xs.shape == (3, 1)
+
+
+def _fp8_params():
+    out = []
+    for p in backend_params():
+        dev, be = p.values
+        marks = list(p.marks)
+        if be == "cuda":
+            marks.append(pytest.mark.skip(reason="fp8_linear has no CUDA C++ kernel"))
+        elif (
+            dev == "cuda"
+            and torch.cuda.is_available()
+            and torch.cuda.get_device_capability() < (8, 9)
+        ):
+            marks.append(pytest.mark.skip(reason="fp8 tensor cores need sm_89+"))
+        out.append(pytest.param(dev, be, id=p.id, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("device,be", _fp8_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", [1, 19])
+def test_fp8_linear_matches_float64(device, be, dtype, m):
+    from supernet_kernels.ops.quant import fp8_linear_reference
+    from supernet_kernels.quant import quantize_weight_fp8
+
+    gen = _gen("fp8", m, str(dtype))
+    w, ws = quantize_weight_fp8(torch.randn(27, 80, generator=gen))
+    w, ws = w.to(device), ws.to(device)
+    x = torch.randn(m, 80, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(27, generator=gen).to(device=device, dtype=dtype)
+    ref = fp8_linear_reference(x.double(), w, ws, b.double())
+    plain = fp8_linear_reference(x, w, ws, b)
+    with sk.backend(be):
+        out = sk.ops.fp8_linear(x, w, ws, b)
+    assert_matches(out, ref, plain, f"{be} fp8_linear {dtype}")
+    # and it is close to the unquantized product (fp8: ~3 significant bits per operand)
+    exact = x.double() @ (w.double() * ws.double()[:, None]).T + b.double()
+    assert ((out.double() - exact).norm() / exact.norm()) < 0.08
+
+
+def test_fp8_linear_bad_input():
+    w = torch.randn(5, 16).to(torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match="fp8_linear: weight must be a 2-D float8_e4m3fn"):
+        sk.ops.fp8_linear(torch.randn(2, 16), w.float(), torch.rand(5))
+    with pytest.raises(
+        TypeError, match=r"fp8_linear: weight_scale must be float32 of shape \(5,\)"
+    ):
+        sk.ops.fp8_linear(torch.randn(2, 16), w, torch.rand(5, 1))

@@ -13,7 +13,8 @@ needs one scale and one zero point per output column.
   accumulation (exact); the zero point comes out through the activation row sums:
   sum_k xq (q - z) s = s (sum_k xq q - z sum_k xq). 8-bit codes (0..255) are shifted by -128 to
   fit int8, with the zero point shifted to match. The per-token scale is applied at the end.
-* W_INT8: the weight is a plain int8 matrix with one float32 scale per row (int8_linear).
+* W_RAW8: the weight is a plain 8-bit matrix, int8 (int8_linear) or float8 e4m3 (fp8_linear,
+  sm_89+), with one float32 scale per row, multiplied with 8-bit activations of the same kind.
 
 Small M is memory-bound: the whole weight must stream once, yet M / BLOCK_M x N / BLOCK_N
 programs cannot fill the GPU (M = 1, N = 4096, BLOCK_N = 64: 64 programs on 132 SMs), so K is
@@ -24,6 +25,7 @@ not yet a GPU measurement (issue 5 measures and replaces them with tuned tables)
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -40,26 +42,51 @@ def _round_half_even(v):
 
 
 @triton.jit
+def _fp8_rne(v, EMULATE: tl.constexpr):
+    """Round fp32 to the nearest float8 e4m3 value (ties to even), still held in fp32.
+
+    GPUs convert with this rounding in hardware. Triton 3.8's CPU interpreter does not carry a
+    rounded-up mantissa into the exponent (124.3 became 64 instead of 128, measured), so under
+    the interpreter the rounding is done here and the conversion that follows is exact:
+    3 mantissa bits in the normal range, multiples of 2^-9 below 2^-6 (subnormals).
+    """
+    if EMULATE:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFFF + ((bits >> 20) & 1)) & 0xFFF00000
+        normal = bits.to(tl.float32, bitcast=True)
+        sub = _round_half_even(v * 512.0) / 512.0
+        v = tl.where(tl.abs(v) < 0.015625, sub, normal)
+    return v
+
+
+@triton.jit
 def _quantize_rows_kernel(
     x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk,
+    FP8: tl.constexpr,
+    EMULATE_FP8: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Per-token int8: s = max|x| / 127 (1 for a zero row), q = round_half_even(x / s)."""
+    """Per token: int8 with s = max|x| / 127 (1 for a zero row) and q = round_half_even(x / s);
+    or FP8 (e4m3) with s = max|x| / 448 and q = x / s rounded by the conversion (to nearest)."""
     row = tl.program_id(0).to(tl.int64)
     amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=offs < K, other=0.0)
         amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
-    scale = tl.max(amax, axis=0) / 127.0
+    scale = tl.max(amax, axis=0) / (448.0 if FP8 else 127.0)
     scale = tl.where(scale > 0.0, scale, 1.0)
     tl.store(s_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=offs < K, other=0.0)
-        q = _round_half_even(tl.math.div_rn(x.to(tl.float32), scale))
-        q = tl.minimum(tl.maximum(q, -127.0), 127.0)
-        tl.store(q_ptr + row * K + offs, q.to(tl.int8), mask=offs < K)
+        v = tl.math.div_rn(x.to(tl.float32), scale)
+        if FP8:
+            v = _fp8_rne(v, EMULATE_FP8)
+            tl.store(q_ptr + row * K + offs, v.to(q_ptr.dtype.element_ty), mask=offs < K)
+        else:
+            q = tl.minimum(tl.maximum(_round_half_even(v), -127.0), 127.0)
+            tl.store(q_ptr + row * K + offs, q.to(tl.int8), mask=offs < K)
 
 
 @triton.jit
@@ -70,7 +97,7 @@ def _quant_matmul_kernel(
     BITS: tl.constexpr,
     PER_WORD: tl.constexpr,
     A8: tl.constexpr,
-    W_INT8: tl.constexpr,
+    W_RAW8: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SPLIT_K: tl.constexpr,
     DOT_FP32: tl.constexpr,
@@ -94,12 +121,14 @@ def _quant_matmul_kernel(
         x = tl.load(
             x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
             mask=mask_m[:, None] & mask_k[None, :],
-            other=0,
+            other=0.0,
         )
-        if W_INT8:
-            w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=mask_w, other=0)
+        if W_RAW8:
+            w = tl.load(
+                w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=mask_w, other=0.0
+            )
             s = tl.load(s_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
-            part = tl.dot(x, w)  # int8 x int8 -> int32, exact
+            part = tl.dot(x, w)  # int8: int32, exact; fp8: fp32
             acc += part.to(tl.float32) * s[None, :]
         else:
             words = tl.load(
@@ -179,24 +208,20 @@ def _split_k(m: int, n: int, k: int, cfg, num_sms: int) -> int:
 
 
 def _device_info(x):
-    import torch
-
     if x.device.type == "cpu":
         return "cpu-interpreter", 4, True
     props = torch.cuda.get_device_properties(x.device)
     return props.name, props.multi_processor_count, False
 
 
-def _launch(x, xs, w, s, z, bias, n, k, group_size, bits, a8, w_int8, out_dtype):
-    import torch
-
+def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dtype):
     from .. import tuning
     from .triton_lowrank import _dot_fp32, _interp_bf16
 
     m = x.shape[0]
     gpu, num_sms, interpret = _device_info(x)
     dtype = str(out_dtype).removeprefix("torch.")
-    mode = "w8a8" if w_int8 else f"w{bits}a{8 if a8 else 16}"
+    mode = f"raw-{str(w.dtype).removeprefix('torch.')}" if w_raw8 else f"w{bits}a{8 if a8 else 16}"
     key = f"{dtype}:{mode}:m{tuning.m_bucket(m)}:k{k}:n{n}:g{group_size}"
     cfg = tuning.QUANT.get(gpu, key) or default_config(m, n, k, group_size, num_sms, interpret)
     if group_size != k and group_size % cfg.block_k:
@@ -204,7 +229,7 @@ def _launch(x, xs, w, s, z, bias, n, k, group_size, bits, a8, w_int8, out_dtype)
             f"tuned block_k {cfg.block_k} does not divide group_size {group_size} ({key})"
         )
     split = _split_k(m, n, k, cfg, num_sms)
-    if split > 1:
+    if split > 1:  # partial sums are added atomically in fp32, then cast
         y = torch.zeros((m, n), dtype=torch.float32, device=x.device)
     else:
         y = torch.empty((m, n), dtype=out_dtype, device=x.device)
@@ -220,7 +245,7 @@ def _launch(x, xs, w, s, z, bias, n, k, group_size, bits, a8, w_int8, out_dtype)
         BITS=bits,
         PER_WORD=32 // bits,
         A8=a8,
-        W_INT8=w_int8,
+        W_RAW8=w_raw8,
         HAS_BIAS=bias is not None,
         SPLIT_K=split,
         DOT_FP32=_dot_fp32(probe),
@@ -234,38 +259,37 @@ def _launch(x, xs, w, s, z, bias, n, k, group_size, bits, a8, w_int8, out_dtype)
     return y.to(out_dtype) if split > 1 else y
 
 
-def quantize_rows_int8(x):
-    """x (M, K) float -> (codes int8 (M, K) contiguous, scales float32 (M,))."""
-    import torch
-
+def quantize_rows(x, fp8: bool = False):
+    """x (M, K) float -> (codes (M, K) int8 or float8_e4m3fn, contiguous; scales float32 (M,))."""
     m, k = x.shape
-    q = torch.empty((m, k), dtype=torch.int8, device=x.device)
+    q = torch.empty((m, k), dtype=torch.float8_e4m3fn if fp8 else torch.int8, device=x.device)
     s = torch.empty((m,), dtype=torch.float32, device=x.device)
     if m:
         block = 32 if x.device.type == "cpu" else min(4096, triton.next_power_of_2(k))
-        _quantize_rows_kernel[(m,)](x, q, s, k, x.stride(0), x.stride(1), BLOCK_K=block)
+        _quantize_rows_kernel[(m,)](
+            x, q, s, k, x.stride(0), x.stride(1),
+            FP8=fp8, EMULATE_FP8=fp8 and x.device.type == "cpu", BLOCK_K=block,
+        )  # fmt: skip
     return q, s
 
 
 def quant_linear(x, packed, scales, zeros, bits, group_size, k, act_bits, bias):
     """y (M, N) for x (M, K) and a packed weight; see the module docstring."""
-    n = packed.shape[0]
-    packed, scales, zeros = packed.contiguous(), scales.contiguous(), zeros.contiguous()
-    if act_bits == 8:
-        xq, xs = quantize_rows_int8(x)
-        return _launch(
-            xq, xs, packed, scales, zeros, bias, n, k, group_size, bits, True, False, x.dtype
-        )
+    a8 = act_bits == 8
+    xq, xs = quantize_rows(x) if a8 else (x, None)
     return _launch(
-        x, None, packed, scales, zeros, bias, n, k, group_size, bits, False, False, x.dtype
-    )
+        xq, xs=xs, w=packed.contiguous(), s=scales.contiguous(), z=zeros.contiguous(), bias=bias,
+        n=packed.shape[0], k=k, group_size=group_size, bits=bits, a8=a8, w_raw8=False,
+        out_dtype=x.dtype,
+    )  # fmt: skip
 
 
-def int8_linear(x, weight, weight_scale, bias):
-    """W8A8 with a plain int8 weight (N, K) and per-row float32 scales (N,)."""
+def raw8_linear(x, weight, weight_scale, bias):
+    """x quantized per token to the weight's 8-bit type (int8, or float8 e4m3 on sm_89+) times
+    the plain 8-bit weight (N, K) with per-row float32 scales (N,)."""
     n, k = weight.shape
-    xq, xs = quantize_rows_int8(x)
-    w = weight.contiguous()
+    xq, xs = quantize_rows(x, fp8=weight.dtype != torch.int8)
     return _launch(
-        xq, xs, w, weight_scale.contiguous(), None, bias, n, k, k, 8, True, True, x.dtype
-    )
+        xq, xs=xs, w=weight.contiguous(), s=weight_scale.contiguous(), z=None, bias=bias,
+        n=n, k=k, group_size=k, bits=8, a8=True, w_raw8=True, out_dtype=x.dtype,
+    )  # fmt: skip

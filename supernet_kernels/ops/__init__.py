@@ -6,9 +6,18 @@ the CPU path and the test reference, and Triton and CUDA implementations picked 
 """
 
 from .lowrank import lowrank_linear, lowrank_linear_reference
-from .quant import int8_linear, int8_linear_reference, quant_linear, quant_linear_reference
+from .quant import (
+    fp8_linear,
+    fp8_linear_reference,
+    int8_linear,
+    int8_linear_reference,
+    quant_linear,
+    quant_linear_reference,
+)
 
 __all__ = [
+    "fp8_linear",
+    "fp8_linear_reference",
     "int8_linear",
     "int8_linear_reference",
     "lowrank_linear",

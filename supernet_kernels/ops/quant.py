@@ -20,10 +20,16 @@ import torch.nn.functional as F
 
 from .. import backends
 from ..quant.packing import unpack
-from ..quant.quantize import QuantizedWeight, quantize_activations_int8, validate_qweight
+from ..quant.quantize import (
+    QuantizedWeight,
+    quantize_activations_fp8,
+    quantize_activations_int8,
+    validate_qweight,
+)
 
 QUANT_OP = "supernet_kernels::quant_linear"
 INT8_OP = "supernet_kernels::int8_linear"
+FP8_OP = "supernet_kernels::fp8_linear"
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -59,26 +65,28 @@ def check_quant_args(
     return n
 
 
-def check_int8_args(x, weight, weight_scale, bias) -> int:
+def check_raw8_args(x, weight, weight_scale, bias, op="int8_linear", wdtype=torch.int8) -> int:
+    """Validate int8_linear / fp8_linear arguments; return N."""
     for name, t in (("weight", weight), ("weight_scale", weight_scale)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"int8_linear: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if weight.dtype != torch.int8 or weight.dim() != 2:
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    kind = str(wdtype).removeprefix("torch.")
+    if weight.dtype != wdtype or weight.dim() != 2:
         raise TypeError(
-            f"int8_linear: weight must be a 2-D int8 tensor (N, K), got {weight.dtype} "
+            f"{op}: weight must be a 2-D {kind} tensor (N, K), got {weight.dtype} "
             f"{tuple(weight.shape)}"
         )
     n, k = weight.shape
     if weight_scale.dtype != torch.float32 or tuple(weight_scale.shape) != (n,):
         raise TypeError(
-            f"int8_linear: weight_scale must be float32 of shape ({n},), got "
+            f"{op}: weight_scale must be float32 of shape ({n},), got "
             f"{weight_scale.dtype} {tuple(weight_scale.shape)}"
         )
     if weight_scale.device != weight.device:
         raise ValueError(
-            f"int8_linear: weight_scale is on {weight_scale.device}, weight on {weight.device}"
+            f"{op}: weight_scale is on {weight_scale.device}, weight on {weight.device}"
         )
-    _check_x_bias(x, bias, n, k, weight.device, "int8_linear")
+    _check_x_bias(x, bias, n, k, weight.device, op)
     return n
 
 
@@ -197,7 +205,7 @@ def _int8_linear_op(
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    n = check_int8_args(x, weight, weight_scale, bias)
+    n = check_raw8_args(x, weight, weight_scale, bias)
     k = weight.shape[1]
     x2, m = _flat(x, k)
     name = backends.resolve("int8_linear", x.device, x.dtype, m)
@@ -206,7 +214,7 @@ def _int8_linear_op(
     if name == "triton":
         from ..kernels import triton_quant as tq
 
-        y = tq.int8_linear(x2, weight, weight_scale, bias)
+        y = tq.raw8_linear(x2, weight, weight_scale, bias)
     else:
         y = torch.ops.supernet_kernels._int8_linear_cuda(x2, weight, weight_scale, bias)
     return y.reshape(*x.shape[:-1], n)
@@ -214,17 +222,17 @@ def _int8_linear_op(
 
 @_int8_linear_op.register_fake
 def _(x, weight, weight_scale, bias=None):
-    n = check_int8_args(x, weight, weight_scale, bias)
+    n = check_raw8_args(x, weight, weight_scale, bias)
     return x.new_empty((*x.shape[:-1], n))
 
 
-def _int8_setup(ctx, inputs, output):
+def _raw8_setup(ctx, inputs, output):
     x, weight, weight_scale, bias = inputs
     ctx.has_bias = bias is not None
     ctx.save_for_backward(weight, weight_scale)
 
 
-def _int8_backward(ctx, grad):
+def _raw8_backward(ctx, grad):
     weight, weight_scale = ctx.saved_tensors
     grad_x = grad_bias = None
     if ctx.needs_input_grad[0]:
@@ -234,7 +242,7 @@ def _int8_backward(ctx, grad):
     return grad_x, None, None, grad_bias
 
 
-_int8_linear_op.register_autograd(_int8_backward, setup_context=_int8_setup)
+_int8_linear_op.register_autograd(_raw8_backward, setup_context=_raw8_setup)
 
 
 def quant_linear(
@@ -273,5 +281,68 @@ def int8_linear(
 ) -> torch.Tensor:
     """W8A8: x quantized per token to int8, times an int8 weight (N, K) with float32 per-channel
     scales (N,), int32 accumulation, output in x's dtype."""
-    check_int8_args(x, weight, weight_scale, bias)
+    check_raw8_args(x, weight, weight_scale, bias)
     return torch.ops.supernet_kernels.int8_linear(x, weight, weight_scale, bias)
+
+
+def fp8_linear_reference(x, weight, weight_scale, bias=None):
+    """fp8 definition: per-token float8 e4m3 x (scale max|x| / 448), float8 e4m3 weight with
+    per-row scales, products summed in float (fp32 on tensor cores)."""
+    xq, xs = quantize_activations_fp8(x)
+    acc_dtype = torch.float64 if x.device.type == "cpu" else torch.float32
+    y = (xq.to(acc_dtype) @ weight.to(acc_dtype).T) * xs.to(acc_dtype) * weight_scale.to(acc_dtype)
+    if bias is not None:
+        y = y + bias.to(acc_dtype)
+    return y.to(x.dtype)
+
+
+def _check_fp8(x, weight, weight_scale, bias) -> int:
+    return check_raw8_args(x, weight, weight_scale, bias, "fp8_linear", torch.float8_e4m3fn)
+
+
+@torch.library.custom_op(FP8_OP, mutates_args=())
+def _fp8_linear_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    n = _check_fp8(x, weight, weight_scale, bias)
+    k = weight.shape[1]
+    x2, m = _flat(x, k)
+    name = backends.resolve("fp8_linear", x.device, x.dtype, m)
+    if name == "torch":
+        return fp8_linear_reference(x, weight, weight_scale, bias)
+    if name == "cuda":
+        raise backends.BackendUnavailable(
+            "fp8_linear: no CUDA C++ kernel yet; use backend 'triton'"
+        )
+    if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 9):
+        raise backends.BackendUnavailable(
+            "fp8_linear: float8 tensor cores need sm_89 or newer (Ada, Hopper); this GPU is "
+            f"sm_{''.join(map(str, torch.cuda.get_device_capability(x.device)))}"
+        )
+    from ..kernels import triton_quant as tq
+
+    return tq.raw8_linear(x2, weight, weight_scale, bias).reshape(*x.shape[:-1], n)
+
+
+@_fp8_linear_op.register_fake
+def _(x, weight, weight_scale, bias=None):
+    n = _check_fp8(x, weight, weight_scale, bias)
+    return x.new_empty((*x.shape[:-1], n))
+
+
+_fp8_linear_op.register_autograd(_raw8_backward, setup_context=_raw8_setup)
+
+
+def fp8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """fp8 W8A8: x quantized per token to float8 e4m3, times a float8 e4m3 weight (N, K) with
+    float32 per-row scales (N,) (see ``quantize_weight_fp8``); fp32 accumulation."""
+    _check_fp8(x, weight, weight_scale, bias)
+    return torch.ops.supernet_kernels.fp8_linear(x, weight, weight_scale, bias)

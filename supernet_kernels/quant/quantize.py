@@ -222,3 +222,31 @@ def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     codes = torch.clamp(torch.round(xf / scale), -127, 127).to(torch.int8)
     return codes, scale
+
+
+FP8_MAX = 448.0  # largest finite float8 e4m3fn
+
+
+def _fp8_scale(t: torch.Tensor) -> torch.Tensor:
+    scale = t.abs().amax(-1, keepdim=True) / FP8_MAX
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def quantize_weight_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel float8 e4m3: weight (N, K) float8_e4m3fn and scale (N,) float32 with
+    ``w ~= weight.float() * scale[:, None]`` (scale = max|w[n]| / 448, round to nearest even)."""
+    if not isinstance(w, torch.Tensor) or not w.dtype.is_floating_point or w.dim() != 2:
+        raise TypeError(
+            "quantize_weight_fp8: w must be a 2-D floating-point tensor, "
+            f"got {getattr(w, 'dtype', type(w))}"
+        )
+    wf = w.detach().to(torch.float32)
+    scale = _fp8_scale(wf)
+    return (wf / scale).to(torch.float8_e4m3fn), scale[:, 0].contiguous()
+
+
+def quantize_activations_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token float8 e4m3: codes (..., K) float8_e4m3fn and scales (..., 1) float32."""
+    xf = x.to(torch.float32)
+    scale = _fp8_scale(xf)
+    return (xf / scale).to(torch.float8_e4m3fn), scale
