@@ -130,14 +130,20 @@ def test_activation_quantizer_rounds_half_to_even():
 def test_triton_row_quantizer_matches_torch():
     if sk.backends.unavailable_reason("triton", torch.device("cpu")):
         pytest.skip("Triton needs TRITON_INTERPRET=1 on the CPU")
-    from supernet_kernels.kernels.triton_quant import quantize_rows_int8
+    from supernet_kernels.kernels.triton_quant import quantize_rows
 
     x = torch.randn(5, 70, generator=_gen("rows"))
     x[1] = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5] * 14)  # exact ties
     x[2] = 0.0  # an all-zero row (scale 1)
-    q, s = quantize_rows_int8(x)
+    q, s = quantize_rows(x)
     q_ref, s_ref = quantize_activations_int8(x)
     assert torch.equal(q, q_ref) and torch.equal(s, s_ref[:, 0])
+    from supernet_kernels.quant import quantize_activations_fp8
+
+    x[3, :4] = torch.tensor([1e-4, 3e-3, -7e-3, 0.0])  # fp8 subnormals after scaling
+    q8, s8 = quantize_rows(x, fp8=True)
+    q8_ref, s8_ref = quantize_activations_fp8(x)
+    assert torch.equal(q8.float(), q8_ref.float()) and torch.equal(s8, s8_ref[:, 0])
 
 
 # ----------------------------------------------------------------------------- ops
