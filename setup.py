@@ -92,7 +92,7 @@ def _extensions():
 
     # torch >= 2.10 headers need C++20 (std::strong_ordering, requires-clauses).
     cxx_flags = ["-O3", "-std=c++20"]
-    sources = ["csrc/bindings.cpp"]
+    sources = ["csrc/bindings.cpp", "csrc/quant_bindings.cpp"]
     nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else shutil.which("nvcc")
     want_cuda = not _flag("SUPERNET_KERNELS_NO_CUDA")
     has_cuda = (
