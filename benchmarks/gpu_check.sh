@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # One-command GPU check: versions, build, `info`, the whole test suite on the GPU, the low-rank
-# benchmark (+ dispatch table), and one summary JSON. Everything lands in ${OUT} as at most
-# 7 files, flat (the device runner brings back at most 8 files, 2 folders deep):
-#   console.log build.log pytest.log junit.xml lowrank.jsonl dispatch_<gpu>.json
+# benchmark, the quantized-linear benchmark (+ dispatch tables), and one summary JSON.
+# Everything lands in ${OUT} as at most 8 files, flat (the device runner brings back at most 8
+# files, 2 folders deep):
+#   console.log build.log pytest.log junit.xml lowrank.jsonl quant.jsonl dispatch_<gpu>.json
 #   gpu_check_summary.json
+# (both benchmarks write the same per-GPU dispatch table, one file holding every op).
+# Peers for the quant benchmark (bitsandbytes, gemlite) come from wheels in .whl/ at the repo
+# root when it exists (the GPU machine has no network; see benchmarks/README.md).
 #
 #   bash benchmarks/gpu_check.sh            # quick benchmark
 #   GPU_CHECK_FULL=1 bash benchmarks/gpu_check.sh   # or --full: full benchmark sweep
 #   GPU_CHECK_SKIP_BUILD=1 ...                       # reuse an installed build
 #
 # The whole script is sized to end within GPU_CHECK_BUDGET_S (default 470 s): each phase gets
-# its own `timeout`, clipped so that the phases after it keep a minimum share.
+# its own `timeout`, clipped so that the phases after it keep a minimum share. Nominal budget:
+# versions 20, build 90, info 20, tests 150, low-rank bench 90, peer wheels 20, quant bench 120
+# (s); the short phases normally take a few seconds, which is the slack.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -94,23 +100,54 @@ bench() {
     --summary-json "$TMP/bench_summary.json" --time-budget-s $((limit - 30))
 }
 
-export PY OUT FULL TMP
-export -f versions build info tests bench
+peers() {
+  # Peer libraries as wheels in .whl/ (no network here): installed into $SITE, used by the quant
+  # benchmark only. Failure is fine: a peer that does not import is recorded as skipped.
+  if ! compgen -G ".whl/*.whl" >/dev/null; then
+    echo "no .whl/*.whl: peers that are not installed are skipped"
+    return 0
+  fi
+  ls .whl/
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl ||
+    echo "peer wheels: pip install failed (continuing without them)"
+  return 0
+}
 
-# Reserves keep ~120 s for the benchmark even when every earlier phase runs to its timeout.
-phase versions 30 420 versions
-phase build 180 250 build
-phase info 30 230 info
-phase tests 150 130 tests
-bench_limit=$(($(remaining) - 10))
-((bench_limit > 300)) && bench_limit=300
-phase bench "$bench_limit" 10 bench "$bench_limit"
+quant() {
+  local limit=$1 mode=--quick
+  [[ "$FULL" == 1 ]] && mode=""
+  [[ -d "$SITE" ]] && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  # New shapes stop 35 s before the timeout: one (M, K, N) group with JIT and peers can take 20 s.
+  "$PY" benchmarks/bench_quant.py $mode --write-dispatch --out "$OUT" \
+    --summary-json "$TMP/quant_summary.json" --time-budget-s $((limit - 35))
+}
 
-"$PY" - "$OUT" "$PHASES" "$TMP/bench_summary.json" "$FULL" <<'EOF'
+SITE="$TMP/site"
+export PY OUT FULL TMP SITE
+export -f versions build info tests bench peers quant
+
+# Reserves: when every earlier phase runs to its timeout, the clipping below still leaves
+# ~90 s for the low-rank bench and ~110 s for the quant bench.
+phase versions 20 440 versions
+phase build 90 360 build
+phase info 20 340 info
+phase tests 150 210 tests
+bench_limit=$(($(remaining) - 130))
+((bench_limit > 90)) && bench_limit=90
+[[ "$FULL" == 1 ]] && bench_limit=$(($(remaining) - 130 > 300 ? 300 : $(remaining) - 130))
+((bench_limit < 40)) && bench_limit=40
+phase bench "$bench_limit" 130 bench "$bench_limit"
+phase peers 20 110 peers
+quant_limit=$(($(remaining) - 10))
+((quant_limit > 120)) && [[ "$FULL" != 1 ]] && quant_limit=120
+((quant_limit < 40)) && quant_limit=40
+phase quant "$quant_limit" 10 quant "$quant_limit"
+
+"$PY" - "$OUT" "$PHASES" "$TMP/bench_summary.json" "$FULL" "$TMP/quant_summary.json" <<'EOF'
 import datetime, json, pathlib, re, subprocess, sys
 import xml.etree.ElementTree as ET
 
-out, phases_path, bench_path, full = pathlib.Path(sys.argv[1]), *sys.argv[2:]
+out, phases_path, bench_path, full, quant_path = pathlib.Path(sys.argv[1]), *sys.argv[2:]
 phases = {}
 for line in pathlib.Path(phases_path).read_text().splitlines():
     name, rc, secs, limit = line.split("\t")
@@ -135,7 +172,8 @@ elif (out / "pytest.log").exists():
     tests["source"] = "pytest.log"
 
 bench = json.loads(pathlib.Path(bench_path).read_text()) if pathlib.Path(bench_path).exists() else {}
-env = bench.get("env", {})
+quant = json.loads(pathlib.Path(quant_path).read_text()) if pathlib.Path(quant_path).exists() else {}
+env = bench.get("env") or quant.get("env") or {}
 try:
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
                          capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
@@ -153,7 +191,10 @@ summary = {
     "phases": phases, "tests": tests, "benchmark": "full" if full == "1" else "quick",
     "targets": bench.get("targets"), "bad_backend_results": bench.get("bad"),
     "groups_not_run": bench.get("groups_not_run"),
-    "dispatch_table": bench.get("dispatch"), "files": sorted(p.name for p in out.iterdir()),
+    "dispatch_table": bench.get("dispatch"),
+    "quant_targets": quant.get("targets"), "quant_bad_backend_results": quant.get("bad"),
+    "quant_groups_not_run": quant.get("groups_not_run"), "quant_dispatch": quant.get("dispatch"),
+    "files": sorted(p.name for p in out.iterdir()),
 }
 (out / "gpu_check_summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
 
@@ -168,5 +209,10 @@ for t in (bench.get("targets") or {}).values():
     verdict = {True: "PASS", False: "MISS", None: "N/A"}[t["pass"]]
     print(f"  target    {verdict:<4} {t['target']} ({t['n_pass']}/{t['n']})")
 print(f"  bad backend results: {len(bench.get('bad') or [])}   dispatch: {bench.get('dispatch')}")
+for t in (quant.get("targets") or {}).values():
+    verdict = {True: "PASS", False: "MISS", None: "N/A"}[t["pass"]]
+    print(f"  quant     {verdict:<4} {t['target']} ({t['n_pass']}/{t['n']})")
+print(f"  quant bad backend results: {len(quant.get('bad') or [])}   "
+      f"groups not run: {quant.get('groups_not_run')}   dispatch: {quant.get('dispatch')}")
 print(f"  files in {out}: {', '.join(summary['files'])}")
 EOF

@@ -1,0 +1,365 @@
+"""Reporting for bench_quant.py: byte / BitOPs formulas, tables, first-call costs, target checks
+and the dispatch tables derived from measured records. Pure functions of the JSONL records
+(no GPU, no package import), so tests/test_bench_quant.py can check them on fake records."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import harness as H
+
+OUR_BACKENDS = ("torch", "triton", "cuda")
+OPS = ("quant_linear", "int8_linear")
+FP16_BITOPS = 16 * 16
+
+# --------------------------------------------------------------------------- formulas
+
+
+def packed_width(k: int, bits: int) -> int:
+    """int32 words per row in sk-pack-v1 (32 // bits codes per word; 3-bit: 10 per word)."""
+    return -(-k // (32 // bits))
+
+
+def quant_weight_bytes(*, k: int, n: int, bits: int, group_size: int) -> int:
+    """Packed int32 codes + float32 scales and zeros (N x K/G each)."""
+    return 4 * n * packed_width(k, bits) + 2 * 4 * n * (k // group_size)
+
+
+def quant_bytes(*, m: int, k: int, n: int, bits: int, group_size: int, elem: int) -> int:
+    """Ideal traffic of quant_linear: packed weight + scales/zeros + x read + y written.
+    x counts at its own dtype for act_bits=8 too (the kernel quantizes it on the fly)."""
+    return quant_weight_bytes(k=k, n=n, bits=bits, group_size=group_size) + elem * m * (k + n)
+
+
+def int8_bytes(*, m: int, k: int, n: int, elem: int) -> int:
+    """int8_linear: int8 weight + float32 per-channel scale + x + y."""
+    return n * k + 4 * n + elem * m * (k + n)
+
+
+def dense_bytes(*, m: int, k: int, n: int, elem: int) -> int:
+    return elem * (k * n + m * k + m * n)
+
+
+def nominal_bytes(*, m: int, k: int, n: int, bits: int, group_size: int | None, elem: int) -> int:
+    """Peers' weights at their nominal size: bits/8 per weight + fp16 scale and zero per group."""
+    meta = 2 * 2 * n * (k // group_size) if group_size else 0
+    return n * k * bits // 8 + meta + elem * m * (k + n)
+
+
+def matmul_flops(*, m: int, k: int, n: int) -> int:
+    return 2 * m * k * n
+
+
+def bitops(*, m: int, k: int, n: int, w_bits: int, a_bits: int) -> int:
+    return m * n * k * w_bits * a_bits
+
+
+def bitops_ratio(*, w_bits: int, a_bits: int) -> float:
+    """fp16 BitOPs / these BitOPs: the speedup a bit-serial (BitOPs-bound) machine would give."""
+    return FP16_BITOPS / (w_bits * a_bits)
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+def is_ours(r: dict) -> bool:
+    return r.get("kind") == "ours"
+
+
+def _ok(r: dict) -> bool:
+    return r.get("status") == "ok" and r.get("median_us") is not None
+
+
+def shape_key(r: dict) -> tuple:
+    return (r["dtype"], r["M"], r["K"], r["N"])
+
+
+def bits_key(r: dict) -> tuple:
+    return (*shape_key(r), r["w_bits"], r["a_bits"])
+
+
+def best_ours(records: list[dict], metric: str = "median_us") -> dict[tuple, dict]:
+    """Fastest correct backend of ours per (dtype, M, K, N, w_bits, a_bits), over ops and
+    group sizes (W8A8: quant_linear 8-bit and int8_linear both count)."""
+    best: dict[tuple, dict] = {}
+    for r in records:
+        if is_ours(r) and _ok(r) and r.get(metric) is not None:
+            key = bits_key(r)
+            if key not in best or r[metric] < best[key][metric]:
+                best[key] = r
+    return best
+
+
+def best_peers(records: list[dict]) -> dict[tuple, dict]:
+    """Fastest correct installed peer per (dtype, M, K, N, w_bits, a_bits). Peers are complete
+    low-bit linears (kind 'peer'); bare GEMM baselines (kind 'gemm') are listed, not compared."""
+    best: dict[tuple, dict] = {}
+    for r in records:
+        if r.get("kind") == "peer" and _ok(r):
+            key = bits_key(r)
+            if key not in best or r["median_us"] < best[key]["median_us"]:
+                best[key] = r
+    return best
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def format_table(records: list[dict]) -> str:
+    """One row per configuration of ours: each backend's time and the best one's metrics."""
+    rows_by: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        if is_ours(r):
+            key = (*bits_key(r), r.get("group_size"), r["op"])
+            rows_by.setdefault(key, {})[r["backend"]] = r
+    backends = [b for b in OUR_BACKENDS if any(b in row for row in rows_by.values())]
+    peers = best_peers(records)
+
+    def us(rec: dict | None):
+        if rec is None or rec.get("status") == "skipped":
+            return None
+        if rec.get("status") == "error":
+            return "ERR"
+        return f"{rec['median_us']:.1f}" + ("!" if rec.get("status") == "incorrect" else "")
+
+    rows = []
+    for key, row in rows_by.items():
+        dtype, m, k, n, wb, ab, g, op = key
+        ok = [r for r in row.values() if _ok(r)]
+        b = min(ok, key=lambda r: r["median_us"]) if ok else None
+        any_rec = next(iter(row.values()))
+        peer = peers.get(key[:6])
+        rows.append([
+            dtype, m, k, n, f"W{wb}A{ab}", "ch" if g == k else g,
+            "i8" if op == "int8_linear" else "q",
+            any_rec.get("dense_us"), *(us(row.get(name)) for name in backends),
+            b["backend"] if b else None, b.get("graph_us") if b else None,
+            b.get("tflops") if b else None, b.get("gbps") if b else None,
+            b.get("pct_hbm") if b else None, b.get("pct_roofline") if b else None,
+            b.get("speedup_vs_dense") if b else None,
+            b.get("graph_speedup_vs_dense") if b else None, any_rec.get("bitops_ratio"),
+            f"{peer['backend']} {peer['median_us']:.1f}" if peer else None,
+        ])  # fmt: skip
+    header = [
+        "dtype", "M", "K", "N", "bits", "G", "op", "dense_us", *(f"{b}_us" for b in backends),
+        "best", "graph_us", "TFLOP/s", "GB/s", "%HBM", "%roof", "x_fp16", "x_fp16_g",
+        "bitops_x", "best_peer_us",
+    ]  # fmt: skip
+    legend = (
+        "(us: do_bench median, eager; graph_us: CUDA-graph replay per call (M <= 256); "
+        "x_fp16_g: speedup on graph replay; '!' failed the fp32 check; '-' skipped; "
+        "G ch = per-channel; op q = quant_linear, i8 = int8_linear)"
+    )
+    return H.format_table(header, rows) + "\n" + legend
+
+
+def format_baselines(records: list[dict]) -> str:
+    rows = []
+    for r in records:
+        if is_ours(r):
+            continue
+        rows.append([
+            r["dtype"], r["M"], r["K"], r["N"], r["backend"], r.get("kind"),
+            f"W{r['w_bits']}A{r['a_bits']}", r.get("act_dtype"),
+            r.get("median_us") if r.get("status") in ("ok", "incorrect") else r.get("status"),
+            r.get("graph_us"), r.get("speedup_vs_dense"), r.get("rel_err"),
+            (r.get("reason") or "")[:60],
+        ])  # fmt: skip
+    header = [
+        "dtype", "M", "K", "N", "baseline", "kind", "bits", "x_dtype", "us", "graph_us",
+        "x_fp16", "rel_err", "reason",
+    ]  # fmt: skip
+    return "baselines and peers (gemm = bare GEMM on pre-quantized inputs):\n" + H.format_table(
+        header, rows
+    )
+
+
+def format_first_calls(records: list[dict]) -> str:
+    per: dict[str, list[float]] = {}
+    for r in records:
+        if r.get("first_call_ms") is not None:
+            name = f"{r['backend']}:{r['op']}" if is_ours(r) else r["backend"]
+            per.setdefault(name, []).append(r["first_call_ms"])
+    rows = [[b, len(v), statistics.median(v), max(v)] for b, v in sorted(per.items())]
+    return "first-call cost (ms, wall, synchronized, JIT included):\n" + H.format_table(
+        ["backend", "configs", "median_ms", "max_ms"], rows
+    )
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _check(name, rows, ok, metric, graph_ok=None) -> dict:
+    hits = [r for r in rows if ok(r)]
+    worst = min(rows, key=lambda r: r.get(metric) or 0.0, default=None)
+    out = {
+        "target": name,
+        "pass": (len(hits) == len(rows)) if rows else None,
+        "n": len(rows),
+        "n_pass": len(hits),
+        "worst": {
+            k: worst.get(k)
+            for k in ("dtype", "M", "K", "N", "w_bits", "a_bits", "backend", "op", metric)
+        }
+        if worst
+        else None,
+    }
+    if graph_ok is not None:
+        g = [graph_ok(r) for r in rows if graph_ok(r) is not None]
+        out["cuda_graph_n_pass"] = f"{sum(g)}/{len(g)}" if g else None
+    return out
+
+
+def _speedup(threshold: float):
+    def ok(r: dict) -> bool:
+        return (r.get("speedup_vs_dense") or 0.0) >= threshold
+
+    def graph_ok(r: dict) -> bool | None:
+        g = r.get("graph_speedup_vs_dense")
+        return None if g is None else g >= threshold
+
+    return ok, graph_ok
+
+
+def evaluate_targets(records: list[dict]) -> dict[str, dict]:
+    """PASS when every measured configuration of the kind meets the bar; 'pass' is None (N/A)
+    when none was measured. Speedups are do_bench (eager) times of the best correct backend of
+    ours vs fp16 cuBLAS; the CUDA-graph count is printed beside them for information."""
+    best = list(best_ours(records).values())
+
+    def sel(wb=None, ab=None, m_max=None, m_min=None, m_eq=None, big=False, kn=None):
+        return [
+            r for r in best
+            if (wb is None or r["w_bits"] == wb) and (ab is None or r["a_bits"] == ab)
+            and (m_max is None or r["M"] <= m_max) and (m_min is None or r["M"] >= m_min)
+            and (m_eq is None or r["M"] == m_eq)
+            and (not big or (r["K"] >= 4096 and r["N"] >= 4096))
+            and (kn is None or (r["K"], r["N"]) == kn)
+        ]  # fmt: skip
+
+    out = {}
+    ok, g = _speedup(3.5)
+    out["w4a16_small_m_3.5x"] = _check(
+        "W4A16, M <= 16, K,N >= 4096: >= 3.5x fp16", sel(4, 16, m_max=16, big=True),
+        ok, "speedup_vs_dense", g,
+    )  # fmt: skip
+    out["w4a16_hbm85"] = _check(
+        "W4A16, M <= 16, 4096x11008: >= 85% of HBM bandwidth",
+        sel(4, 16, m_max=16, kn=(4096, 11008)),
+        lambda r: (r.get("pct_hbm") or 0.0) >= 85.0,
+        "pct_hbm",
+    )
+    ok, g = _speedup(5.0)
+    out["w2a16_m1_5x"] = _check(
+        "W2A16, M = 1, K,N >= 4096: >= 5x fp16", sel(2, 16, m_eq=1, big=True),
+        ok, "speedup_vs_dense", g,
+    )  # fmt: skip
+    ok, g = _speedup(0.95)
+    out["a16_large_m_0.95x"] = _check(
+        "weight-only (A16), M >= 4096: >= 0.95x fp16", sel(ab=16, m_min=4096),
+        ok, "speedup_vs_dense", g,
+    )  # fmt: skip
+    ok, g = _speedup(1.6)
+    out["w8a8_large_m_1.6x"] = _check(
+        "W8A8 int8, M >= 4096: >= 1.6x fp16", sel(8, 8, m_min=4096), ok, "speedup_vs_dense", g
+    )
+    ok, g = _speedup(1.4)
+    out["w4a8_large_m_1.4x"] = _check(
+        "W4A8, M >= 4096: >= 1.4x fp16", sel(4, 8, m_min=4096), ok, "speedup_vs_dense", g
+    )
+    out["beats_peers"] = _peer_check(records)
+    return out
+
+
+def _peer_check(records: list[dict]) -> dict:
+    """Per (dtype, M, K, N, bits) where a peer ran correctly: our best is no slower."""
+    ours = best_ours(records)
+    rows = []
+    for key, peer in best_peers(records).items():
+        mine = ours.get(key)
+        rows.append({
+            "dtype": key[0], "M": key[1], "K": key[2], "N": key[3], "w_bits": key[4],
+            "a_bits": key[5], "backend": mine["backend"] if mine else None,
+            "op": mine["op"] if mine else None, "peer": peer["backend"],
+            "ratio_vs_peer": peer["median_us"] / mine["median_us"] if mine else 0.0,
+        })  # fmt: skip
+    return _check(
+        "every bit-width no slower than the best installed peer (same bits, shape)",
+        rows,
+        lambda r: r["ratio_vs_peer"] >= 1.0,
+        "ratio_vs_peer",
+    )
+
+
+def format_targets(targets: dict[str, dict]) -> str:
+    lines = []
+    for t in targets.values():
+        verdict = {True: "PASS", False: "MISS", None: "N/A "}[t["pass"]]
+        line = f"[target] {verdict} {t['target']}: {t['n_pass']}/{t['n']} configs (do_bench)"
+        if t.get("cuda_graph_n_pass"):
+            line += f", {t['cuda_graph_n_pass']} on CUDA-graph replay"
+        lines.append(f"{line}; worst {t['worst']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def derive_dispatch(records: list[dict]) -> dict[str, list[dict]]:
+    """Entries per op for write_dispatch_table. quant_linear: per (dtype, bits, act_bits), one
+    entry per M bucket, pinned with exact "bits" and "act_bits" keys and ordered by m_max
+    ascending so that the first matching entry is the nearest measured bucket; adjacent M
+    buckets with the same backend are merged. int8_linear: per (dtype, M bucket)."""
+    out: dict[str, list[dict]] = {}
+    for op in OPS:
+        rows = [r for r in records if is_ours(r) and r.get("op") == op]
+        if not rows:
+            continue
+        entries: list[dict] = []
+        for dtype in sorted({r["dtype"] for r in rows}):
+            rows_d = [r for r in rows if r["dtype"] == dtype]
+            buckets = H.bucket_bounds(r["M"] for r in rows_d)
+            combos = sorted({(r["w_bits"], r["a_bits"]) for r in rows_d})
+            if op == "int8_linear":
+                combos = [None]
+            for combo in combos:
+                pins = {} if combo is None else {"bits": combo[0], "act_bits": combo[1]}
+                for m, m_max in buckets:
+                    cell = [
+                        r for r in rows_d
+                        if r["M"] == m and (combo is None or (r["w_bits"], r["a_bits"]) == combo)
+                    ]  # fmt: skip
+                    if not cell:
+                        continue
+                    choice = pick_backend(cell)
+                    last = entries[-1] if entries else None
+                    same = last and all(last.get(k) == v for k, v in pins.items())
+                    if same and last["dtype"] == dtype and last["backend"] == choice:
+                        last["m_max"] = m_max  # same backend as the smaller M bucket: widen
+                    else:
+                        entries.append({"dtype": dtype, "m_max": m_max, **pins, "backend": choice})
+        out[op] = entries
+    return out
+
+
+def pick_backend(cell: list[dict]) -> str:
+    """Lowest geometric mean of time / best time over the cell's configurations (shape and
+    group size), among backends correct on every one of them; torch when none qualifies."""
+    configs = {(r["K"], r["N"], r.get("group_size")) for r in cell}
+
+    def cfg(r):
+        return (r["K"], r["N"], r.get("group_size"))
+
+    best_us = {
+        c: min((r["median_us"] for r in cell if cfg(r) == c and _ok(r)), default=None)
+        for c in configs
+    }
+    scores: dict[str, float] = {}
+    for backend in OUR_BACKENDS:
+        mine = {cfg(r): r for r in cell if r["backend"] == backend and _ok(r)}
+        if not configs or set(mine) != configs:
+            continue
+        logs = [math.log(mine[c]["median_us"] / best_us[c]) for c in configs]
+        scores[backend] = math.exp(sum(logs) / len(logs))
+    return min(scores, key=scores.get) if scores else "torch"

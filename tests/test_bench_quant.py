@@ -1,0 +1,216 @@
+"""CPU tests of the quantized-linear benchmark (benchmarks/bench_quant.py, quant_report.py):
+byte / BitOPs formulas by hand, target evaluation and dispatch derivation on fake records, the
+plot, and the --smoke run end to end. No GPU needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+import harness as H  # noqa: E402
+import quant_report as R  # noqa: E402
+
+SMOKE_BUDGET_S = 60
+
+
+# --------------------------------------------------------------------------- formulas
+
+
+def test_quant_bytes_by_hand():
+    # 4-bit, group 128, K=4096, N=11008: 512 words per row, 32 groups.
+    w = 11008 * 512 * 4 + 2 * 11008 * 32 * 4
+    assert w == 22_544_384 + 2_818_048 == 25_362_432
+    assert R.quant_weight_bytes(k=4096, n=11008, bits=4, group_size=128) == w
+    # M=1 fp16: x 4096*2, y 11008*2.
+    assert R.quant_bytes(m=1, k=4096, n=11008, bits=4, group_size=128, elem=2) == w + 8192 + 22016
+    # 3-bit packs 10 codes per word: K=64 -> 7 words; 2-bit 16 per word; 8-bit 4 per word.
+    assert R.packed_width(64, 3) == 7 and R.packed_width(64, 2) == 4 and R.packed_width(64, 8) == 16
+    assert R.quant_weight_bytes(k=64, n=48, bits=3, group_size=32) == 48 * 7 * 4 + 2 * 48 * 2 * 4
+    # 8-bit per-channel (G = K): one scale and zero per row.
+    assert R.quant_weight_bytes(k=768, n=3072, bits=8, group_size=768) == 3072 * 192 * 4 + 3072 * 8
+    assert R.int8_bytes(m=16, k=768, n=3072, elem=2) == 768 * 3072 + 4 * 3072 + 2 * 16 * 3840
+    assert R.dense_bytes(m=4, k=8, n=16, elem=2) == 2 * (128 + 32 + 64)
+    assert R.nominal_bytes(m=1, k=256, n=8, bits=4, group_size=128, elem=2) == (
+        1024 + 2 * 2 * 8 * 2 + 2 * 264
+    )
+
+
+def test_bitops_and_flops_by_hand():
+    assert R.matmul_flops(m=16, k=4096, n=11008) == 2 * 16 * 4096 * 11008 == 1_442_840_576
+    assert R.bitops(m=1, k=4096, n=11008, w_bits=4, a_bits=16) == 4096 * 11008 * 64
+    assert R.bitops_ratio(w_bits=16, a_bits=16) == 1.0
+    assert R.bitops_ratio(w_bits=4, a_bits=16) == 4.0
+    assert R.bitops_ratio(w_bits=8, a_bits=8) == 4.0
+    assert R.bitops_ratio(w_bits=2, a_bits=16) == 8.0
+    assert R.bitops_ratio(w_bits=3, a_bits=8) == pytest.approx(256 / 24)
+
+
+# --------------------------------------------------------------------------- fake records
+
+
+def _rec(kind, backend, m, k, n, wb, ab, us, *, op=None, g=128, status="ok", **kw):
+    dense_us = {1: 40.0, 16: 42.0, 4096: 1000.0}[m]
+    return dict(
+        dtype="float16", M=m, K=k, N=n, kind=kind, backend=backend, w_bits=wb, a_bits=ab,
+        op=op, group_size=g, status=status, median_us=us, dense_us=dense_us,
+        speedup_vs_dense=dense_us / us, gpu="FAKE GPU", **kw,
+    )  # fmt: skip
+
+
+def _fake_records():
+    """triton wins at small M, cuda at M=4096 except where it is incorrect."""
+    recs = []
+    for m in (1, 16, 4096):
+        for k, n in ((4096, 11008), (768, 3072)):
+            recs.append(_rec("dense", "dense", m, k, n, 16, 16, {1: 40.0, 16: 42.0}.get(m, 1e3)))
+            for wb, ab in ((4, 16), (2, 16), (8, 8), (4, 8)):
+                small = m <= 16
+                us = {
+                    "torch": 200.0 if small else 2000.0,
+                    "triton": 8.0 if small else 900.0,
+                    "cuda": 15.0 if small else 500.0,
+                }
+                for b, t in us.items():
+                    bad = b == "cuda" and m == 4096 and k == 768 and wb == 2
+                    recs.append(_rec(
+                        "ours", b, m, k, n, wb, ab, t, op="quant_linear",
+                        status="incorrect" if bad else "ok",
+                        pct_hbm=90.0 if small and b == "triton" else 30.0,
+                        graph_speedup_vs_dense=6.0,
+                    ))  # fmt: skip
+            recs.append(_rec("ours", "triton", 4096, k, n, 8, 8, 400.0, op="int8_linear", g=k))
+            recs.append(_rec("peer", "gemlite_w4a16", m, k, n, 4, 16, 9.0 if m <= 16 else 950.0))
+            recs.append(_rec("gemm", "torch_int_mm", m, k, n, 8, 8, 1.0))  # not a peer
+    return recs
+
+
+def test_evaluate_targets_on_fake_records():
+    t = R.evaluate_targets(_fake_records())
+    # W4A16 M<=16 K,N>=4096: 4096x11008 only, at M 1 and 16: 40/8 = 5x, 42/8 = 5.25x.
+    assert t["w4a16_small_m_3.5x"]["pass"] is True and t["w4a16_small_m_3.5x"]["n"] == 2
+    assert t["w4a16_small_m_3.5x"]["cuda_graph_n_pass"] == "2/2"
+    assert t["w4a16_hbm85"]["pass"] is True and t["w4a16_hbm85"]["n"] == 2
+    assert t["w2a16_m1_5x"]["pass"] is True and t["w2a16_m1_5x"]["n"] == 1
+    # A16 at M=4096: cuda 500 us vs 1000 us = 2x; W2 on 768 falls back to triton (900): 1.11x.
+    assert t["a16_large_m_0.95x"]["pass"] is True and t["a16_large_m_0.95x"]["n"] == 4
+    # W8A8 at M=4096: int8_linear 400 us -> 2.5x; W4A8: cuda 500 -> 2x.
+    assert t["w8a8_large_m_1.6x"]["pass"] is True
+    assert t["w8a8_large_m_1.6x"]["worst"]["op"] == "int8_linear"
+    assert t["w4a8_large_m_1.4x"]["pass"] is True
+    # Peers: gemlite W4A16 9 us at small M vs our 8 us (pass); 950 vs 500 at M=4096 (pass).
+    # torch_int_mm (kind gemm) is listed but never compared.
+    peers = t["beats_peers"]
+    assert peers["pass"] is True and peers["n"] == 6
+    text = R.format_targets(t)
+    assert "PASS" in text and "MISS" not in text
+
+
+def test_targets_miss_and_not_applicable():
+    recs = _fake_records()
+    for r in recs:
+        if r["kind"] == "ours" and r["w_bits"] == 4 and r["a_bits"] == 16 and r["M"] == 1:
+            r["median_us"], r["speedup_vs_dense"] = 20.0, 2.0  # slower than gemlite's 9 us
+    t = R.evaluate_targets(recs)
+    assert t["w4a16_small_m_3.5x"]["pass"] is False
+    assert t["w4a16_small_m_3.5x"]["worst"]["M"] == 1
+    assert t["beats_peers"]["pass"] is False
+    assert "MISS" in R.format_targets(t)
+    empty = R.evaluate_targets([])
+    assert all(v["pass"] is None for v in empty.values())
+    assert "N/A" in R.format_targets(empty)
+
+
+def _lookup(entries, dtype, m, **keys):
+    """dispatch.lookup's matching rule: <key>_max bounds, exact <key> pins, first match wins."""
+    for e in entries:
+        if e["dtype"] != dtype or m > e["m_max"]:
+            continue
+        if any(k in e and e[k] != v for k, v in keys.items()):
+            continue
+        if any(f"{k}_max" in e and v > e[f"{k}_max"] for k, v in keys.items()):
+            continue
+        return e["backend"]
+    return None
+
+
+def test_derive_dispatch_on_fake_records():
+    tables = R.derive_dispatch(_fake_records())
+    q = tables["quant_linear"]
+    assert all({"dtype", "m_max", "bits", "act_bits", "backend"} == set(e) for e in q)
+    assert _lookup(q, "float16", 1, bits=4, act_bits=16) == "triton"
+    assert _lookup(q, "float16", 16, bits=4, act_bits=16) == "triton"
+    assert _lookup(q, "float16", 200, bits=4, act_bits=16) == "triton"  # 200 < sqrt(16*4096)
+    assert _lookup(q, "float16", 4096, bits=4, act_bits=16) == "cuda"
+    assert _lookup(q, "float16", 10**6, bits=4, act_bits=8) == "cuda"  # open-ended last bucket
+    # cuda is fastest at M=4096 for W2A16 but wrong on one shape: never chosen there.
+    assert _lookup(q, "float16", 4096, bits=2, act_bits=16) == "triton"
+    assert _lookup(q, "float16", 1, bits=3, act_bits=16) is None  # not measured
+    assert _lookup(q, "bfloat16", 1, bits=4, act_bits=16) is None
+    # M 1 and 16 share a backend: merged into one entry per (bits, act_bits).
+    w4 = [e for e in q if (e["bits"], e["act_bits"]) == (4, 16)]
+    assert [e["backend"] for e in w4] == ["triton", "cuda"]
+    i8 = tables["int8_linear"]
+    assert i8 == [{"dtype": "float16", "m_max": 2**31 - 1, "backend": "triton"}]
+
+
+def test_pick_backend_falls_back_to_torch():
+    cell = [_rec("ours", "triton", 1, 64, 48, 4, 16, 5.0, op="quant_linear", status="error")]
+    assert R.pick_backend(cell) == "torch"
+
+
+def test_tables_render():
+    recs = _fake_records()
+    text = R.format_table(recs)
+    assert "W4A16" in text and "triton_us" in text and "!" in text and "gemlite_w4a16" in text
+    assert "torch_int_mm" in R.format_baselines(recs)
+    recs[2]["first_call_ms"] = 12.5
+    assert "12.5" in R.format_first_calls(recs)
+
+
+def test_plot_from_fake_records(tmp_path):
+    pytest.importorskip("matplotlib")
+    import plot_quant
+
+    results = tmp_path / "quant.jsonl"
+    H.append_results(results, _fake_records())
+    assert plot_quant.main(["--results", str(results), "--out", str(tmp_path)]) == 0
+    pngs = list(tmp_path.glob("quant_speedup_*.png"))
+    assert pngs and all(p.stat().st_size > 0 for p in pngs)
+
+
+# --------------------------------------------------------------------------- smoke run
+
+
+def test_smoke_run_exits_zero_within_budget(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    summary = tmp_path / "summary.json"
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "bench_quant.py"), "--smoke", "--out", str(tmp_path),
+         "--summary-json", str(summary)],
+        capture_output=True, text=True, timeout=SMOKE_BUDGET_S * 2, env=env,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert elapsed < SMOKE_BUDGET_S
+    records = H.read_results(tmp_path / "quant.jsonl")
+    assert records and all(r["device"] == "cpu" for r in records)
+    ours = [r for r in records if r["kind"] == "ours" and r["status"] == "ok"]
+    assert {r["backend"] for r in ours} == {"torch"}
+    assert {(r["w_bits"], r["a_bits"], r["M"]) for r in ours} == {
+        (b, a, m) for b in (4, 3) for a in (16, 8) for m in (1, 5)
+    }
+    assert all(r["correct"] and r["rel_err"] <= r["tol"] and r["median_us"] > 0 for r in ours)
+    assert all(r["reason"] for r in records if r["status"] == "skipped")
+    data = json.loads(summary.read_text())
+    assert data["records"] == len(records) and data["bad"] == []
