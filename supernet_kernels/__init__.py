@@ -10,6 +10,7 @@ from . import (
 )
 from ._version import __version__
 from .backends import BackendUnavailable, backend, backend_status, get_backend
+from .quant import load_quantized, quantize_model, save_quantized
 
 __all__ = [
     "BackendUnavailable",
@@ -17,6 +18,9 @@ __all__ = [
     "backend",
     "backend_status",
     "get_backend",
+    "load_quantized",
     "nn",
     "ops",
+    "quantize_model",
+    "save_quantized",
 ]

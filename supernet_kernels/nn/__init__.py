@@ -1,5 +1,6 @@
 """Layers. They call only ``torch.ops.supernet_kernels.*``."""
 
 from .lowrank import ElasticLowRankLinear, LowRankLinear, svd_factors
+from .quant import QuantLinear
 
-__all__ = ["ElasticLowRankLinear", "LowRankLinear", "svd_factors"]
+__all__ = ["ElasticLowRankLinear", "LowRankLinear", "QuantLinear", "svd_factors"]
