@@ -14,9 +14,7 @@ dispatch table derived from the measurements. Without a GPU: a small CPU smoke r
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -116,17 +114,18 @@ class Api:
 
 def load_api() -> Api:
     """Import the package lazily so a half-written package costs rows, not the whole run."""
-    try:
+
+    def load():
         import supernet_kernels as sk
         from supernet_kernels.backends import backend_status
         from supernet_kernels.ops import lowrank_linear
-    except Exception as exc:  # noqa: BLE001
-        return Api(error=f"supernet_kernels not importable: {type(exc).__name__}: {exc}")
-    try:
-        from supernet_kernels.dispatch import write_dispatch_table
-    except Exception:  # noqa: BLE001 - only needed with --write-dispatch
-        write_dispatch_table = None
-    return Api(lowrank_linear, sk.backend, backend_status, write_dispatch_table)
+
+        return lowrank_linear, sk.backend, backend_status
+
+    got, error, write_dispatch_table = H.import_package(load)
+    if error:
+        return Api(error=error)
+    return Api(*got, write_dispatch_table)
 
 
 def usable_backends(
@@ -345,35 +344,14 @@ def run_sweeps(runner: Runner, sweeps, backends, *, budget_s: float) -> tuple[li
     for b, why in skipped.items():
         if why:
             print(f"[bench] backend {b!r} skipped: {why}")
-    records: list[dict] = []
-    not_run = 0
-    try:
-        for sweep, sweep_backends in sweeps:
-            not_run += _run_sweep(runner, sweep, sweep_backends, skipped, records, t0, budget_s)
-    except KeyboardInterrupt:  # gpu_check's timeout sends SIGINT: keep what was measured
-        print("[bench] interrupted: writing the records measured so far", flush=True)
-    return records, not_run
 
+    def run_group(sweep, sweep_backends, _state, dtype, m, k, n):
+        return runner.run_group(
+            dtype=dtype, m=m, k=k, n=n, ranks=sweep.ranks, backends=sweep_backends,
+            skipped=skipped,
+        )  # fmt: skip
 
-def _run_sweep(runner, sweep, sweep_backends, skipped, records, t0, budget_s) -> int:
-    """Append one sweep's records in place (so an interrupt keeps them); returns groups cut."""
-    not_run = 0
-    for dtype in sweep.dtypes:
-        for m in sweep.ms:
-            for k, n in sweep.kns:
-                if budget_s and time.perf_counter() - t0 > budget_s:
-                    not_run += 1
-                    continue
-                group = runner.run_group(
-                    dtype=dtype, m=m, k=k, n=n, ranks=sweep.ranks,
-                    backends=sweep_backends, skipped=skipped,
-                )  # fmt: skip
-                for rec in group:
-                    rec["sweep"] = sweep.name
-                records.extend(group)
-                elapsed = time.perf_counter() - t0
-                print(f"[bench] {dtype} M={m} K={k} N={n} done ({elapsed:.1f} s)", flush=True)
-    return not_run
+    return H.run_sweeps(sweeps, run_group, budget_s=budget_s, t0=t0)
 
 
 from lowrank_report import (  # noqa: E402
@@ -464,19 +442,7 @@ def main(argv=None) -> int:
     run_id = f"{env['date']}-{os.getpid()}"
     ceilings = None
     if gpu:
-        print(f"[bench] {env['gpu']}  commit {env['commit'][:12]}", end="  ")
-        print(f"torch {env['torch']}  triton {env['triton']}")
-        try:
-            ceilings = H.measure_ceilings(device)
-        except Exception as exc:  # noqa: BLE001 - timings stay useful without % of roofline
-            print(f"[bench] ceilings not measured ({type(exc).__name__}: {exc}): no % roofline")
-        if ceilings is not None:
-            c = ceilings.to_dict()
-            print(
-                f"[bench] ceilings: HBM {c['hbm_gbps']:.0f} GB/s, "
-                + ", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in c["peak_tflops"].items())
-            )
-            env = dict(env, ceilings=c)
+        ceilings, env = H.report_ceilings(device, env)
 
     runner = Runner(
         api=load_api(),
@@ -507,29 +473,21 @@ def main(argv=None) -> int:
             print(f"[bench] --write-dispatch failed: {type(exc).__name__}: {exc}")
 
     bad = [r for r in records if r.get("status") in ("error", "incorrect")]
-    for r in bad:
-        what = r.get("reason") or f"rel_err={r.get('rel_err')}"
-        where = f"{r['dtype']} M={r['M']} K={r['K']} N={r['N']} rank={r['rank']}"
-        print(f"[bench] {r['status'].upper()}: {r['backend']} {where}: {what}")
-    if args.summary_json:
-        summary = dict(
+    keys = ("backend", "dtype", "M", "K", "N", "rank", "status", "reason")
+    return H.finish_run(
+        bad,
+        lambda r: f"{r['dtype']} M={r['M']} K={r['K']} N={r['N']} rank={r['rank']}",
+        args.summary_json,
+        lambda: dict(
             env=env,
             sweep=[s.name for s, _ in sweeps],
             records=len(records),
             groups_not_run=not_run,
             targets=targets,
             dispatch=str(dispatch_path) if dispatch_path else None,
-            bad=[
-                {
-                    k: r.get(k)
-                    for k in ("backend", "dtype", "M", "K", "N", "rank", "status", "reason")
-                }
-                for r in bad
-            ],
-        )
-        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-        args.summary_json.write_text(json.dumps(H.jsonable(summary), indent=1, sort_keys=True))
-    return 1 if bad else 0
+            bad=[{k: r.get(k) for k in keys} for r in bad],
+        ),
+    )
 
 
 def write_dispatch(runner: Runner, records, sweeps, out: Path) -> Path | None:
@@ -554,8 +512,7 @@ def write_dispatch(runner: Runner, records, sweeps, out: Path) -> Path | None:
     }
     path = Path(runner.api.write_dispatch_table(runner.env["gpu"], "lowrank_linear", entries, meta))
     print(f"[bench] dispatch table ({len(entries)} entries) written to {path}")
-    if out.resolve() != path.parent.resolve():
-        shutil.copy(path, out / f"dispatch_{path.name}")  # so a GPU run's $OUT brings it back
+    H.copy_dispatch(path, out)
     return path
 
 

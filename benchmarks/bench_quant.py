@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -90,18 +88,20 @@ class Api:
 
 def load_api() -> Api:
     """Import the package lazily so a half-written package costs rows, not the whole run."""
-    try:
+
+    def load():
         import supernet_kernels as sk
         from supernet_kernels.backends import backend_status
         from supernet_kernels.ops import quant
         from supernet_kernels.quant import quantize_weight
-    except Exception as exc:  # noqa: BLE001
-        return Api(error=f"supernet_kernels not importable: {type(exc).__name__}: {exc}")
-    try:
-        from supernet_kernels.dispatch import write_dispatch_table
-    except Exception:  # noqa: BLE001 - only needed with --write-dispatch
-        write_dispatch_table = None
-    return Api(quant, sk.backend, backend_status, write_dispatch_table, quantize_weight)
+
+        return quant, sk.backend, backend_status, quantize_weight
+
+    got, error, write_dispatch_table = H.import_package(load)
+    if error:
+        return Api(error=error)
+    quant, backend, backend_status, quantize_weight = got
+    return Api(quant, backend, backend_status, write_dispatch_table, quantize_weight)
 
 
 def backend_skips(api: Api, device: torch.device, backends) -> dict[str, str | None]:
@@ -506,30 +506,17 @@ def _gemlite_prep(g: Group, qws: dict, bits: int):
 
 
 def run_sweeps(runner: Runner, sweeps, *, budget_s: float) -> tuple[list[dict], int]:
-    t0 = time.perf_counter()
-    records: list[dict] = []
-    not_run = 0
-    try:
-        for sweep, backends in sweeps:
-            skipped = backend_skips(runner.api, runner.device, backends)
-            for b, why in skipped.items():
-                if why:
-                    print(f"[bench] backend {b!r} skipped ({sweep.name}): {why}")
-            for dtype in sweep.dtypes:
-                for m in sweep.ms:
-                    for k, n in sweep.kns:
-                        if budget_s and time.perf_counter() - t0 > budget_s:
-                            not_run += 1
-                            continue
-                        group = runner.run_group(sweep, dtype, m, k, n, backends, skipped)
-                        for rec in group:
-                            rec["sweep"] = sweep.name
-                        records.extend(group)
-                        dt = time.perf_counter() - t0
-                        print(f"[bench] {dtype} M={m} K={k} N={n} done ({dt:.1f} s)", flush=True)
-    except KeyboardInterrupt:  # gpu_check's timeout sends SIGINT: keep what was measured
-        print("[bench] interrupted: writing the records measured so far", flush=True)
-    return records, not_run
+    def begin_sweep(sweep, backends):
+        skipped = backend_skips(runner.api, runner.device, backends)
+        for b, why in skipped.items():
+            if why:
+                print(f"[bench] backend {b!r} skipped ({sweep.name}): {why}")
+        return skipped
+
+    def run_group(sweep, backends, skipped, dtype, m, k, n):
+        return runner.run_group(sweep, dtype, m, k, n, backends, skipped)
+
+    return H.run_sweeps(sweeps, run_group, budget_s=budget_s, begin_sweep=begin_sweep)
 
 
 def int8_peak(device: torch.device) -> float | None:
@@ -592,24 +579,17 @@ def main(argv=None) -> int:
     run_id = f"{env['date']}-{os.getpid()}"
     ceilings = None
     if gpu:
-        print(f"[bench] {env['gpu']}  commit {env['commit'][:12]}  torch {env['torch']}", end="")
-        print(f"  triton {env['triton']}")
-        try:
-            ceilings = H.measure_ceilings(device)
+
+        def with_int8_peak(ceilings: H.Ceilings) -> H.Ceilings:
             peak8 = int8_peak(device)
-            if peak8:
-                ceilings = dataclasses.replace(
-                    ceilings, peak_flops={**ceilings.peak_flops, "int8": peak8}
-                )
-        except Exception as exc:  # noqa: BLE001 - timings stay useful without % of roofline
-            print(f"[bench] ceilings not measured ({_err(exc)}): no % HBM / roofline")
-        if ceilings is not None:
-            c = ceilings.to_dict()
-            print(
-                f"[bench] ceilings: HBM {c['hbm_gbps']:.0f} GB/s, "
-                + ", ".join(f"{k} {v:.0f} T(FL)OP/s" for k, v in c["peak_tflops"].items())
-            )
-            env = dict(env, ceilings=c)
+            if not peak8:
+                return ceilings
+            return dataclasses.replace(ceilings, peak_flops={**ceilings.peak_flops, "int8": peak8})
+
+        ceilings, env = H.report_ceilings(
+            device, env, extend=with_int8_peak, describe=_err, missing="no % HBM / roofline",
+            unit="T(FL)OP/s",
+        )  # fmt: skip
 
     runner = Runner(
         api=load_api(),
@@ -643,21 +623,18 @@ def main(argv=None) -> int:
             print(f"[bench] --write-dispatch failed: {_err(exc)}")
 
     bad = [r for r in records if R.is_ours(r) and r.get("status") in ("error", "incorrect")]
-    for r in bad:
-        what = r.get("reason") or f"rel_err={r.get('rel_err')}"
-        where = f"{r['op']} W{r['w_bits']}A{r['a_bits']} G={r.get('group_size')} {r['dtype']}"
-        print(f"[bench] {r['status'].upper()}: {r['backend']} {where} M={r['M']} K={r['K']} "
-              f"N={r['N']}: {what}")  # fmt: skip
-    if args.summary_json:
-        keys = ("backend", "op", "dtype", "M", "K", "N", "w_bits", "a_bits", "status", "reason")
-        summary = dict(
+    keys = ("backend", "op", "dtype", "M", "K", "N", "w_bits", "a_bits", "status", "reason")
+    return H.finish_run(
+        bad,
+        lambda r: f"{r['op']} W{r['w_bits']}A{r['a_bits']} G={r.get('group_size')} {r['dtype']} "
+        f"M={r['M']} K={r['K']} N={r['N']}",
+        args.summary_json,
+        lambda: dict(
             env=env, sweep=[s.name for s, _ in sweeps], records=len(records),
             groups_not_run=not_run, targets=targets, dispatch=dispatch_paths or None,
             bad=[{k: r.get(k) for k in keys} for r in bad],
-        )  # fmt: skip
-        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-        args.summary_json.write_text(json.dumps(H.jsonable(summary), indent=1, sort_keys=True))
-    return 1 if bad else 0
+        ),
+    )  # fmt: skip
 
 
 def write_dispatch(runner: Runner, records, sweeps, out: Path) -> list[str]:
@@ -679,9 +656,9 @@ def write_dispatch(runner: Runner, records, sweeps, out: Path) -> list[str]:
         path = Path(runner.api.write_dispatch_table(runner.env["gpu"], op, entries, meta))
         print(f"[bench] dispatch table for {op} ({len(entries)} entries) written to {path}")
         paths.append(str(path))
-    if paths and out.resolve() != Path(paths[-1]).parent.resolve():
+    if paths:
         # Same file as bench_lowrank's copy (one table per GPU holds every op).
-        shutil.copy(paths[-1], out / f"dispatch_{Path(paths[-1]).name}")
+        H.copy_dispatch(paths[-1], out)
     return paths
 
 

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import time
@@ -309,6 +310,114 @@ def _copy_ms(device: torch.device, nbytes: int) -> float:
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
     dst = torch.empty_like(src)
     return do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+
+
+def report_ceilings(
+    device: torch.device,
+    env: dict[str, Any],
+    *,
+    extend: Callable[[Ceilings], Ceilings] | None = None,
+    describe: Callable[[BaseException], str] = lambda exc: f"{type(exc).__name__}: {exc}",
+    missing: str = "no % roofline",
+    unit: str = "TFLOP/s",
+) -> tuple[Ceilings | None, dict[str, Any]]:
+    """A GPU run's header line, then the measured ceilings (``extend`` may add peaks to them).
+    Returns the ceilings (None when they could not be measured) and env with them added."""
+    print(f"[bench] {env['gpu']}  commit {env['commit'][:12]}  torch {env['torch']}", end="")
+    print(f"  triton {env['triton']}")
+    ceilings = None
+    try:
+        ceilings = measure_ceilings(device)
+        if extend is not None:
+            ceilings = extend(ceilings)
+    except Exception as exc:  # noqa: BLE001 - timings stay useful without % of roofline
+        print(f"[bench] ceilings not measured ({describe(exc)}): {missing}")
+    if ceilings is not None:
+        c = ceilings.to_dict()
+        print(
+            f"[bench] ceilings: HBM {c['hbm_gbps']:.0f} GB/s, "
+            + ", ".join(f"{k} {v:.0f} {unit}" for k, v in c["peak_tflops"].items())
+        )
+        env = dict(env, ceilings=c)
+    return ceilings, env
+
+
+def import_package(load: Callable[[], Any]) -> tuple[Any, str | None, Any]:
+    """Import what a benchmark needs lazily, so a half-written package costs rows, not the
+    whole run: ``(load(), None, write_dispatch_table)``, or ``(None, reason, None)`` when
+    ``load()`` raises. write_dispatch_table (needed only with --write-dispatch) may be None."""
+    try:
+        got = load()
+    except Exception as exc:  # noqa: BLE001
+        return None, f"supernet_kernels not importable: {type(exc).__name__}: {exc}", None
+    try:
+        from supernet_kernels.dispatch import write_dispatch_table
+    except Exception:  # noqa: BLE001 - only needed with --write-dispatch
+        write_dispatch_table = None
+    return got, None, write_dispatch_table
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def run_sweeps(
+    sweeps: Iterable[tuple[Any, Any]],
+    run_group: Callable[..., list[dict[str, Any]]],
+    *,
+    budget_s: float,
+    begin_sweep: Callable[[Any, Any], Any] | None = None,
+    t0: float | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """Run every (dtype, M, K, N) group of each (sweep, backends): ``run_group(sweep, backends,
+    state, dtype, m, k, n)``, with ``state = begin_sweep(sweep, backends)`` (None without it).
+    Records are tagged with the sweep's name; groups not started once ``budget_s`` (0: none)
+    has passed since ``t0`` are counted. Ctrl-C (gpu_check's timeout sends SIGINT) keeps what
+    was measured. Returns the records and the number of groups cut by the budget."""
+    t0 = time.perf_counter() if t0 is None else t0
+    records: list[dict[str, Any]] = []
+    not_run = 0
+    try:
+        for sweep, backends in sweeps:
+            state = begin_sweep(sweep, backends) if begin_sweep is not None else None
+            for dtype in sweep.dtypes:
+                for m in sweep.ms:
+                    for k, n in sweep.kns:
+                        if budget_s and time.perf_counter() - t0 > budget_s:
+                            not_run += 1
+                            continue
+                        group = run_group(sweep, backends, state, dtype, m, k, n)
+                        for rec in group:
+                            rec["sweep"] = sweep.name
+                        records.extend(group)
+                        dt = time.perf_counter() - t0
+                        print(f"[bench] {dtype} M={m} K={k} N={n} done ({dt:.1f} s)", flush=True)
+    except KeyboardInterrupt:
+        print("[bench] interrupted: writing the records measured so far", flush=True)
+    return records, not_run
+
+
+def finish_run(
+    bad: list[dict[str, Any]],
+    describe: Callable[[dict[str, Any]], str],
+    summary_json: Path | None,
+    summary: Callable[[], dict[str, Any]],
+) -> int:
+    """Print each failed record (``describe(r)``: where it ran), write ``summary()`` to
+    ``summary_json`` when given; the exit status: 1 when any record failed."""
+    for r in bad:
+        what = r.get("reason") or f"rel_err={r.get('rel_err')}"
+        print(f"[bench] {r['status'].upper()}: {r['backend']} {describe(r)}: {what}")
+    if summary_json:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(json.dumps(jsonable(summary()), indent=1, sort_keys=True))
+    return 1 if bad else 0
+
+
+def copy_dispatch(path: str | os.PathLike[str], out: Path) -> None:
+    """Copy a written dispatch table into --out (so a GPU run's $OUT brings it back)."""
+    path = Path(path)
+    if out.resolve() != path.parent.resolve():
+        shutil.copy(path, out / f"dispatch_{path.name}")
 
 
 # --------------------------------------------------------------------------- results

@@ -3,10 +3,11 @@ dispatch table derived from measured records. Pure functions of the JSONL record
 
 from __future__ import annotations
 
-import math
 import statistics
 
 import harness as H
+import report_common as RC
+from report_common import format_targets  # noqa: F401 - bench_lowrank imports it from here
 
 LOWRANK_BACKENDS = ("torch", "triton", "cuda")
 
@@ -19,14 +20,9 @@ def _config_key(r: dict) -> tuple:
 
 def best_rows(records: list[dict]) -> dict[tuple, dict]:
     """Fastest correct low-rank backend per configuration."""
-    best: dict[tuple, dict] = {}
-    for r in records:
-        if r["backend"] == "dense" or r.get("status") != "ok":
-            continue
-        key = _config_key(r)
-        if key not in best or r["median_us"] < best[key]["median_us"]:
-            best[key] = r
-    return best
+    return RC.fastest(
+        records, _config_key, lambda r: r["backend"] != "dense" and r.get("status") == "ok"
+    )
 
 
 def format_table(records: list[dict]) -> str:
@@ -37,13 +33,6 @@ def format_table(records: list[dict]) -> str:
     best = best_rows(records)
     backends = [b for b in LOWRANK_BACKENDS if any(b in row for row in by_key.values())]
 
-    def us(rec: dict | None) -> str | float | None:
-        if rec is None or rec.get("status") == "skipped":
-            return None
-        if rec.get("status") == "error":
-            return "ERR"
-        return f"{rec['median_us']:.1f}" + ("!" if rec.get("status") == "incorrect" else "")
-
     rows = []
     for key, row in by_key.items():
         b = best.get(key)
@@ -52,7 +41,7 @@ def format_table(records: list[dict]) -> str:
             [
                 *key,
                 any_rec.get("dense_us"),
-                *(us(row.get(name)) for name in backends),
+                *(RC.time_cell(row.get(name)) for name in backends),
                 b["backend"] if b else None,
                 b.get("tflops") if b else None,
                 b.get("pct_roofline") if b else None,
@@ -99,17 +88,7 @@ def evaluate_targets(records: list[dict]) -> dict[str, dict]:
     best = best_rows(records)
 
     def check(name: str, rows: list[dict], ok, metric: str) -> dict:
-        hits = [r for r in rows if ok(r)]
-        worst = min(rows, key=lambda r: r.get(metric) or 0.0, default=None)
-        return {
-            "target": name,
-            "pass": (len(hits) == len(rows)) if rows else None,
-            "n": len(rows),
-            "n_pass": len(hits),
-            "worst": {k: worst.get(k) for k in ("dtype", "M", "K", "N", "rank", "backend", metric)}
-            if worst
-            else None,
-        }
+        return RC.target_check(name, rows, ok, metric, ("dtype", "M", "K", "N", "rank", "backend"))
 
     big = [r for r in best.values() if r["M"] >= 4096 and r.get("pct_roofline") is not None]
     small = [r for r in best.values() if r["M"] == 197 and r["rank"] <= 128]
@@ -144,17 +123,6 @@ def evaluate_targets(records: list[dict]) -> dict[str, dict]:
     return result
 
 
-def format_targets(targets: dict[str, dict]) -> str:
-    lines = []
-    for t in targets.values():
-        verdict = {True: "PASS", False: "MISS", None: "N/A "}[t["pass"]]
-        line = f"[target] {verdict} {t['target']}: {t['n_pass']}/{t['n']} configs (do_bench)"
-        if t.get("cuda_graph_n_pass"):
-            line += f", {t['cuda_graph_n_pass']} on CUDA-graph replay"
-        lines.append(f"{line}; worst {t['worst']}")
-    return "\n".join(lines)
-
-
 def derive_dispatch(records: list[dict]) -> list[dict]:
     """Entries for write_dispatch_table, ordered (dtype, m_max, rank_max) ascending so that
     'first entry with M <= m_max and rank <= rank_max' picks the nearest measured bucket."""
@@ -181,25 +149,10 @@ def derive_dispatch(records: list[dict]) -> list[dict]:
 
 
 def _pick_backend(cell: list[dict]) -> str:
-    shapes = {(r["K"], r["N"]) for r in cell}
-    best_us = {
-        s: min(
-            (r["median_us"] for r in cell if (r["K"], r["N"]) == s and r.get("status") == "ok"),
-            default=None,
-        )
-        for s in shapes
-    }
-    scores: dict[str, float] = {}
-    for backend in LOWRANK_BACKENDS:
-        mine = {
-            (r["K"], r["N"]): r for r in cell if r["backend"] == backend and r.get("status") == "ok"
-        }
-        if not shapes or set(mine) != shapes:
-            continue  # must be measured and correct on every shape of the bucket
-        logs = [math.log(mine[s]["median_us"] / best_us[s]) for s in shapes]
-        scores[backend] = math.exp(sum(logs) / len(logs))
     # torch is the always-correct fallback when no fused backend qualifies.
-    return min(scores, key=scores.get) if scores else "torch"
+    return RC.geomean_pick(
+        cell, LOWRANK_BACKENDS, lambda r: (r["K"], r["N"]), lambda r: r.get("status") == "ok"
+    )
 
 
 # --------------------------------------------------------------------------- main

@@ -10,15 +10,12 @@ line at 1 is dense; the dotted curve is the FLOPs ratio (the compute-bound ceili
 
 from __future__ import annotations
 
-import argparse
-import re
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness as H  # noqa: E402
+import report_common as RC  # noqa: E402
 
 BACKEND_STYLE = {"torch": ("tab:gray", "o"), "triton": ("tab:blue", "s"), "cuda": ("tab:red", "^")}
 
@@ -31,17 +28,7 @@ def latest_rows(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
         for r in records
         if r.get("backend") != "dense" and r.get("status") == "ok" and r.get("speedup_vs_dense")
     ]
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[(r.get("gpu", "?"), r["dtype"])].append(r)
-    out = {}
-    for key, rs in groups.items():
-        commit = max(rs, key=lambda r: r.get("date", ""))["commit"]
-        latest: dict[tuple, dict] = {}
-        for r in sorted((r for r in rs if r["commit"] == commit), key=lambda r: r.get("date", "")):
-            latest[(r["M"], r["K"], r["N"], r["rank"], r["backend"])] = r
-        out[key] = list(latest.values())
-    return out
+    return RC.latest_per_gpu(rows, lambda r: (r["M"], r["K"], r["N"], r["rank"], r["backend"]))
 
 
 def plot_group(gpu: str, dtype: str, rows: list[dict], out_dir: Path) -> Path:
@@ -87,35 +74,22 @@ def plot_group(gpu: str, dtype: str, rows: list[dict], out_dir: Path) -> Path:
                 ax.set_xlabel("rank", fontsize=8)
             if j == 0:
                 ax.set_ylabel("speedup vs dense", fontsize=8)
-    # Legend from every panel: a backend may be missing from some of them.
-    legend = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            legend.setdefault(lab, h)
     commit = rows[0].get("commit", "unknown")[:10]
-    fig.legend(legend.values(), legend.keys(), loc="center right", fontsize=8)
+    RC.panel_legend(fig, axes, fontsize=8)
     fig.suptitle(f"{gpu} {dtype}: low-rank speedup over dense (commit {commit})", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.86, 0.95))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "_", f"{gpu}_{dtype}".lower()).strip("_")
-    path = out_dir / f"lowrank_speedup_{slug}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return RC.save_figure(fig, out_dir, "lowrank_speedup", gpu, dtype)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", type=Path, default=H.RESULTS_DIR / "lowrank.jsonl")
-    p.add_argument("--out", type=Path, default=H.RESULTS_DIR)
-    args = p.parse_args(argv)
-    groups = latest_rows(H.read_results(args.results))
-    if not groups:
-        print(f"no low-rank records with timings in {args.results}")
-        return 1
-    for (gpu, dtype), rows in sorted(groups.items()):
-        print(plot_group(gpu, dtype, rows, args.out))
-    return 0
+    return RC.plot_main(
+        argv,
+        description=__doc__.splitlines()[0],
+        results="lowrank.jsonl",
+        what="low-rank",
+        latest_rows=latest_rows,
+        plot_group=plot_group,
+    )
 
 
 if __name__ == "__main__":

@@ -11,36 +11,26 @@ dashed line at 1 is fp16.
 
 from __future__ import annotations
 
-import argparse
-import re
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness as H  # noqa: E402
 import quant_report as R  # noqa: E402
+import report_common as RC  # noqa: E402
 
 
 def latest_rows(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
     """(gpu, dtype) -> timed rows of the latest commit measured on that GPU (the latest run
     wins where a configuration was measured more than once at that commit)."""
     rows = [r for r in records if r.get("status") == "ok" and r.get("speedup_vs_dense")]
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[(r.get("gpu", "?"), r["dtype"])].append(r)
-    out = {}
-    for key, rs in groups.items():
-        commit = max(rs, key=lambda r: r.get("date", "")).get("commit")
-        latest: dict[tuple, dict] = {}
-        for r in sorted(
-            (r for r in rs if r.get("commit") == commit), key=lambda r: r.get("date", "")
-        ):
-            cfg = (r["M"], r["K"], r["N"], r["w_bits"], r["a_bits"], r.get("group_size"))
-            latest[(*cfg, r["kind"], r["backend"], r.get("op"))] = r
-        out[key] = list(latest.values())
-    return out
+    return RC.latest_per_gpu(
+        rows,
+        lambda r: (
+            *(r["M"], r["K"], r["N"], r["w_bits"], r["a_bits"], r.get("group_size")),
+            *(r["kind"], r["backend"], r.get("op")),
+        ),
+    )
 
 
 def plot_group(gpu: str, dtype: str, rows: list[dict], out_dir: Path) -> Path:
@@ -79,36 +69,24 @@ def plot_group(gpu: str, dtype: str, rows: list[dict], out_dir: Path) -> Path:
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(kns) :]:
         ax.set_visible(False)
-    legend = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            legend.setdefault(lab, h)
     commit = (rows[0].get("commit") or "unknown")[:10]
-    fig.legend(legend.values(), legend.keys(), loc="center right", fontsize=7)
+    RC.panel_legend(fig, axes, fontsize=7)
     fig.suptitle(
         f"{gpu} {dtype}: quantized linear speedup over fp16 (commit {commit})", fontsize=10
     )
     fig.tight_layout(rect=(0, 0, 0.85, 0.94))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "_", f"{gpu}_{dtype}".lower()).strip("_")
-    path = out_dir / f"quant_speedup_{slug}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return RC.save_figure(fig, out_dir, "quant_speedup", gpu, dtype)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", type=Path, default=H.RESULTS_DIR / "quant.jsonl")
-    p.add_argument("--out", type=Path, default=H.RESULTS_DIR)
-    args = p.parse_args(argv)
-    groups = latest_rows(H.read_results(args.results))
-    if not groups:
-        print(f"no quantized-linear records with timings in {args.results}")
-        return 1
-    for (gpu, dtype), rows in sorted(groups.items()):
-        print(plot_group(gpu, dtype, rows, args.out))
-    return 0
+    return RC.plot_main(
+        argv,
+        description=__doc__.splitlines()[0],
+        results="quant.jsonl",
+        what="quantized-linear",
+        latest_rows=latest_rows,
+        plot_group=plot_group,
+    )
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ and the dispatch tables derived from measured records. Pure functions of the JSO
 
 from __future__ import annotations
 
-import math
 import statistics
 
 import harness as H
+import report_common as RC
+from report_common import format_targets  # noqa: F401 - bench_quant uses R.format_targets
 
 OUR_BACKENDS = ("torch", "triton", "cuda")
 OPS = ("quant_linear", "int8_linear")
@@ -82,25 +83,15 @@ def bits_key(r: dict) -> tuple:
 def best_ours(records: list[dict], metric: str = "median_us") -> dict[tuple, dict]:
     """Fastest correct backend of ours per (dtype, M, K, N, w_bits, a_bits), over ops and
     group sizes (W8A8: quant_linear 8-bit and int8_linear both count)."""
-    best: dict[tuple, dict] = {}
-    for r in records:
-        if is_ours(r) and _ok(r) and r.get(metric) is not None:
-            key = bits_key(r)
-            if key not in best or r[metric] < best[key][metric]:
-                best[key] = r
-    return best
+    return RC.fastest(
+        records, bits_key, lambda r: is_ours(r) and _ok(r) and r.get(metric) is not None, metric
+    )
 
 
 def best_peers(records: list[dict]) -> dict[tuple, dict]:
     """Fastest correct installed peer per (dtype, M, K, N, w_bits, a_bits). Peers are complete
     low-bit linears (kind 'peer'); bare GEMM baselines (kind 'gemm') are listed, not compared."""
-    best: dict[tuple, dict] = {}
-    for r in records:
-        if r.get("kind") == "peer" and _ok(r):
-            key = bits_key(r)
-            if key not in best or r["median_us"] < best[key]["median_us"]:
-                best[key] = r
-    return best
+    return RC.fastest(records, bits_key, lambda r: r.get("kind") == "peer" and _ok(r))
 
 
 # --------------------------------------------------------------------------- tables
@@ -116,13 +107,6 @@ def format_table(records: list[dict]) -> str:
     backends = [b for b in OUR_BACKENDS if any(b in row for row in rows_by.values())]
     peers = best_peers(records)
 
-    def us(rec: dict | None):
-        if rec is None or rec.get("status") == "skipped":
-            return None
-        if rec.get("status") == "error":
-            return "ERR"
-        return f"{rec['median_us']:.1f}" + ("!" if rec.get("status") == "incorrect" else "")
-
     rows = []
     for key, row in rows_by.items():
         dtype, m, k, n, wb, ab, g, op = key
@@ -133,7 +117,7 @@ def format_table(records: list[dict]) -> str:
         rows.append([
             dtype, m, k, n, f"W{wb}A{ab}", "ch" if g == k else g,
             "i8" if op == "int8_linear" else "q",
-            any_rec.get("dense_us"), *(us(row.get(name)) for name in backends),
+            any_rec.get("dense_us"), *(RC.time_cell(row.get(name)) for name in backends),
             b["backend"] if b else None, b.get("graph_us") if b else None,
             b.get("tflops") if b else None, b.get("gbps") if b else None,
             b.get("pct_hbm") if b else None, b.get("pct_roofline") if b else None,
@@ -191,20 +175,8 @@ def format_first_calls(records: list[dict]) -> str:
 
 
 def _check(name, rows, ok, metric, graph_ok=None) -> dict:
-    hits = [r for r in rows if ok(r)]
-    worst = min(rows, key=lambda r: r.get(metric) or 0.0, default=None)
-    out = {
-        "target": name,
-        "pass": (len(hits) == len(rows)) if rows else None,
-        "n": len(rows),
-        "n_pass": len(hits),
-        "worst": {
-            k: worst.get(k)
-            for k in ("dtype", "M", "K", "N", "w_bits", "a_bits", "backend", "op", metric)
-        }
-        if worst
-        else None,
-    }
+    keys = ("dtype", "M", "K", "N", "w_bits", "a_bits", "backend", "op")
+    out = RC.target_check(name, rows, ok, metric, keys)
     if graph_ok is not None:
         g = [graph_ok(r) for r in rows if graph_ok(r) is not None]
         out["cuda_graph_n_pass"] = f"{sum(g)}/{len(g)}" if g else None
@@ -292,17 +264,6 @@ def _peer_check(records: list[dict]) -> dict:
     )
 
 
-def format_targets(targets: dict[str, dict]) -> str:
-    lines = []
-    for t in targets.values():
-        verdict = {True: "PASS", False: "MISS", None: "N/A "}[t["pass"]]
-        line = f"[target] {verdict} {t['target']}: {t['n_pass']}/{t['n']} configs (do_bench)"
-        if t.get("cuda_graph_n_pass"):
-            line += f", {t['cuda_graph_n_pass']} on CUDA-graph replay"
-        lines.append(f"{line}; worst {t['worst']}")
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- dispatch
 
 
@@ -346,20 +307,4 @@ def derive_dispatch(records: list[dict]) -> dict[str, list[dict]]:
 def pick_backend(cell: list[dict]) -> str:
     """Lowest geometric mean of time / best time over the cell's configurations (shape and
     group size), among backends correct on every one of them; torch when none qualifies."""
-    configs = {(r["K"], r["N"], r.get("group_size")) for r in cell}
-
-    def cfg(r):
-        return (r["K"], r["N"], r.get("group_size"))
-
-    best_us = {
-        c: min((r["median_us"] for r in cell if cfg(r) == c and _ok(r)), default=None)
-        for c in configs
-    }
-    scores: dict[str, float] = {}
-    for backend in OUR_BACKENDS:
-        mine = {cfg(r): r for r in cell if r["backend"] == backend and _ok(r)}
-        if not configs or set(mine) != configs:
-            continue
-        logs = [math.log(mine[c]["median_us"] / best_us[c]) for c in configs]
-        scores[backend] = math.exp(sum(logs) / len(logs))
-    return min(scores, key=scores.get) if scores else "torch"
+    return RC.geomean_pick(cell, OUR_BACKENDS, lambda r: (r["K"], r["N"], r.get("group_size")), _ok)

@@ -17,6 +17,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
+#include "binding_utils.h"
 #include "lowrank/lowrank_cuda.h"
 #endif
 
@@ -48,21 +49,6 @@ int64_t max_fused_rank() {
 }
 
 #ifdef SK_WITH_CUDA
-ScalarKind scalar_kind(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return ScalarKind::kFloat32;
-    case at::kHalf:
-      return ScalarKind::kFloat16;
-    case at::kBFloat16:
-      return ScalarKind::kBFloat16;
-    default:
-      TORCH_CHECK(false, "lowrank_linear (cuda): ", name,
-                  " must be float32, float16 or bfloat16, got ", t.scalar_type());
-  }
-  return ScalarKind::kFloat32;  // unreachable
-}
-
 int num_sms(int device) {
   // Cached per device: cudaDeviceGetAttribute is cheap but not free, and this sits on the
   // launch path of a kernel that takes microseconds at ViT-B batch 1.
@@ -100,7 +86,7 @@ at::Tensor lowrank_linear_cuda_op(const at::Tensor& x, const at::Tensor& u, cons
   TORCH_CHECK(out_features >= 1 && out_features <= u.size(0),
               "lowrank_linear (cuda): out_features must be in 1..", u.size(0), ", got ",
               out_features);
-  const ScalarKind kind = scalar_kind(x, "x");
+  const ScalarKind kind = scalar_kind(x, "lowrank_linear", "x");
   const void* bias_ptr = nullptr;
   int64_t bias_stride = 0;
   if (bias.has_value()) {

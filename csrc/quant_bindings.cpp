@@ -17,25 +17,11 @@
 #include <cstdint>
 #include <optional>
 
+#include "binding_utils.h"
 #include "quant/quant_cuda.h"
 
 namespace supernet_kernels {
 namespace {
-
-ScalarKind quant_scalar_kind(const at::Tensor& t, const char* op, const char* name) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return ScalarKind::kFloat32;
-    case at::kHalf:
-      return ScalarKind::kFloat16;
-    case at::kBFloat16:
-      return ScalarKind::kBFloat16;
-    default:
-      TORCH_CHECK(false, op, " (cuda): ", name, " must be float32, float16 or bfloat16, got ",
-                  t.scalar_type());
-  }
-  return ScalarKind::kFloat32;  // unreachable
-}
 
 void check_same_device(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
   TORCH_CHECK(t.is_cuda() && t.device() == x.device(), op, " (cuda): ", name,
@@ -63,7 +49,7 @@ at::Tensor quant_linear_cuda_op(const at::Tensor& x, const at::Tensor& packed,
   constexpr const char* op = "quant_linear";
   TORCH_CHECK(x.dim() == 2, op, " (cuda): x must be 2-D (M, K), got ", x.sizes());
   TORCH_CHECK(x.is_cuda(), op, " (cuda): x must be a CUDA tensor, got ", x.device());
-  const ScalarKind kind = quant_scalar_kind(x, op, "x");
+  const ScalarKind kind = scalar_kind(x, op, "x");
   TORCH_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, op,
               " (cuda): bits must be 2, 3, 4 or 8, got ", bits);
   const int64_t M = x.size(0), K = x.size(1);
@@ -134,7 +120,7 @@ at::Tensor int8_linear_cuda_op(const at::Tensor& x, const at::Tensor& weight,
   constexpr const char* op = "int8_linear";
   TORCH_CHECK(x.dim() == 2, op, " (cuda): x must be 2-D (M, K), got ", x.sizes());
   TORCH_CHECK(x.is_cuda(), op, " (cuda): x must be a CUDA tensor, got ", x.device());
-  const ScalarKind kind = quant_scalar_kind(x, op, "x");
+  const ScalarKind kind = scalar_kind(x, op, "x");
   const int64_t M = x.size(0), K = x.size(1);
   TORCH_CHECK(weight.dim() == 2 && weight.size(1) == K, op,
               " (cuda): weight must be 2-D (N, K) with K = x.size(1) = ", K, ", got ",

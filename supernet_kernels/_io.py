@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_replace(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield ``(fd, tmp)``, an open temporary file in ``path``'s folder (created if needed), to be
+    written (and closed) by the caller; on success it is renamed over ``path`` (atomic on POSIX
+    within one file system), on any exception it is removed and the exception goes on."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        yield fd, tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -16,19 +35,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     over the target (rename is atomic on POSIX within one file system).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_replace(path) as (fd, _), os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

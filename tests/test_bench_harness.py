@@ -198,17 +198,23 @@ def test_plot_from_fake_records(tmp_path):
 # --------------------------------------------------------------------------- smoke run
 
 
-def test_smoke_run_exits_zero_within_budget(tmp_path):
+def run_smoke(script: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, float, Path]:
+    """benchmarks/<script> --smoke into tmp_path on the CPU path (also used by
+    test_bench_quant); returns the process, its wall time and the --summary-json path."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""  # the smoke run is the CPU path even on a GPU machine
     summary = tmp_path / "summary.json"
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, str(BENCH_DIR / "bench_lowrank.py"), "--smoke", "--out", str(tmp_path),
+        [sys.executable, str(BENCH_DIR / script), "--smoke", "--out", str(tmp_path),
          "--summary-json", str(summary)],
         capture_output=True, text=True, timeout=SMOKE_BUDGET_S * 2, env=env,
     )  # fmt: skip
-    elapsed = time.perf_counter() - t0
+    return proc, time.perf_counter() - t0, summary
+
+
+def test_smoke_run_exits_zero_within_budget(tmp_path):
+    proc, elapsed, summary = run_smoke("bench_lowrank.py", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert elapsed < SMOKE_BUDGET_S
     records = H.read_results(tmp_path / "lowrank.jsonl")

@@ -5,10 +5,7 @@ plot, and the --smoke run end to end. No GPU needed."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -191,16 +188,9 @@ def test_plot_from_fake_records(tmp_path):
 
 
 def test_smoke_run_exits_zero_within_budget(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    summary = tmp_path / "summary.json"
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, str(BENCH_DIR / "bench_quant.py"), "--smoke", "--out", str(tmp_path),
-         "--summary-json", str(summary)],
-        capture_output=True, text=True, timeout=SMOKE_BUDGET_S * 2, env=env,
-    )  # fmt: skip
-    elapsed = time.perf_counter() - t0
+    from test_bench_harness import run_smoke
+
+    proc, elapsed, summary = run_smoke("bench_quant.py", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert elapsed < SMOKE_BUDGET_S
     records = H.read_results(tmp_path / "quant.jsonl")

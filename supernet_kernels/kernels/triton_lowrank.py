@@ -58,6 +58,43 @@ def _round(x, dtype: tl.constexpr, RNE_BF16: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(ptr, offs_r, offs_c, stride_r, stride_c, mask_r, mask_c):
+    """The (rows, cols) tile ptr[offs_r[:, None] * stride_r + offs_c[None, :] * stride_c], zero
+    outside mask_r x mask_c."""
+    return tl.load(
+        ptr + offs_r[:, None] * stride_r + offs_c[None, :] * stride_c,
+        mask=mask_r[:, None] & mask_c[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
+def _tile_offsets(pid_m, pid_n, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """int64 row / column offsets of output tile (pid_m, pid_n) and their in-bounds masks."""
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    return offs_m, offs_n, offs_m < M, offs_n < N
+
+
+@triton.jit
+def _matmul_nt_acc(
+    a_ptr, b_ptr, offs_m, offs_n, mask_m, mask_n, K,
+    stride_am, stride_ak, stride_bn, stride_bk, acc,
+    DOT_FP32: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """acc + a[offs_m, :K] @ b[offs_n, :K].T over BLOCK_K chunks of K (fp32 accumulation);
+    rows outside the masks load as 0."""
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        mask_k = offs_k < K
+        at = _load_tile(a_ptr, offs_m, offs_k, stride_am, stride_ak, mask_m, mask_k)
+        bt = _load_tile(b_ptr, offs_k, offs_n, stride_bk, stride_bn, mask_k, mask_n)
+        acc = _dot(at, bt, acc, DOT_FP32)
+    return acc
+
+
+@triton.jit
 def _lowrank_fused_kernel(
     x_ptr, v_ptr, u_ptr, b_ptr, y_ptr,
     M, K, N, R, n_per_split,
@@ -80,21 +117,11 @@ def _lowrank_fused_kernel(
 
     # Phase 1: t = x[rows] @ v[:R].T, fp32 accumulation. Rows of v past R load as 0, so the
     # padded columns of t are exactly 0 and add nothing in phase 2.
-    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
-        mask_k = offs_k < K
-        xt = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :],
-            other=0.0,
-        )
-        vt = tl.load(
-            v_ptr + offs_k[:, None] * stride_vk + offs_r[None, :] * stride_vr,
-            mask=mask_k[:, None] & mask_r[None, :],
-            other=0.0,
-        )
-        acc = _dot(xt, vt, acc, DOT_FP32)
+    acc = _matmul_nt_acc(
+        x_ptr, v_ptr, offs_m, offs_r, mask_m, mask_r, K,
+        stride_xm, stride_xk, stride_vr, stride_vk,
+        tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32), DOT_FP32, BLOCK_K,
+    )  # fmt: skip
     # Rounded to the input dtype before the second product, as the two-matmul reference does.
     t = _round(acc, y_ptr.dtype.element_ty, RNE_BF16)
 
@@ -104,11 +131,7 @@ def _lowrank_fused_kernel(
     for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         mask_n = offs_n < n_end
-        ut = tl.load(
-            u_ptr + offs_r[:, None] * stride_ur + offs_n[None, :] * stride_un,
-            mask=mask_r[:, None] & mask_n[None, :],
-            other=0.0,
-        )
+        ut = _load_tile(u_ptr, offs_r, offs_n, stride_ur, stride_un, mask_r, mask_n)
         y = _dot(t, ut, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32)
         if HAS_BIAS:
             bias = tl.load(b_ptr + offs_n * stride_b, mask=mask_n, other=0.0)
@@ -135,25 +158,12 @@ def _gemm_nt_kernel(
     """c = a @ b.T (+ bias): a is (M, K), b is (N, K), any strides."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
-        mask_k = offs_k < K
-        at = tl.load(
-            a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak,
-            mask=mask_m[:, None] & mask_k[None, :],
-            other=0.0,
-        )
-        bt = tl.load(
-            b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn,
-            mask=mask_k[:, None] & mask_n[None, :],
-            other=0.0,
-        )
-        acc = _dot(at, bt, acc, DOT_FP32)
+    offs_m, offs_n, mask_m, mask_n = _tile_offsets(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)
+    acc = _matmul_nt_acc(
+        a_ptr, b_ptr, offs_m, offs_n, mask_m, mask_n, K,
+        stride_am, stride_ak, stride_bn, stride_bk,
+        tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32, BLOCK_K,
+    )  # fmt: skip
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n * stride_bias, mask=mask_n, other=0.0)
         acc += bias.to(tl.float32)[None, :]

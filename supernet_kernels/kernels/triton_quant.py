@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_lowrank import _dot, _round
+from .triton_lowrank import _dot, _load_tile, _round, _tile_offsets
 
 
 @triton.jit
@@ -109,20 +109,13 @@ def _quant_matmul_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+    offs_m, offs_n, mask_m, mask_n = _tile_offsets(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
         offs_k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
         mask_k = offs_k < K
         mask_w = mask_k[:, None] & mask_n[None, :]
-        x = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :],
-            other=0.0,
-        )
+        x = _load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, mask_m, mask_k)
         if W_RAW8:
             w = tl.load(
                 w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=mask_w, other=0.0

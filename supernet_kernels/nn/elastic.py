@@ -47,7 +47,7 @@ from torch import nn
 
 from ..quant.fake import fake_quantize, fake_quantize_activations_int8
 from ..quant.quantize import _rtn
-from .lowrank import LowRankLinear, _init_factors, svd_factors
+from .lowrank import LowRankLinear, _init_factors, inherit_linear
 from .quant import QuantLinear
 
 W_BITS = (2, 3, 4, 8, 16)
@@ -73,6 +73,18 @@ def _check_choices(name: str, values, allowed: Sequence[int], shown: str) -> tup
         if v not in allowed:
             raise ValueError(f"ElasticLinear: {name} values must be in {shown}, got {v}")
     return tuple(sorted(set(values)))
+
+
+def check_perm(perm, size: int, where: str) -> torch.Tensor:
+    """``perm`` as a long tensor after checking that it is a permutation of 0..size - 1
+    (``where`` names the caller in the error)."""
+    if not isinstance(perm, torch.Tensor) or perm.dim() != 1 or perm.dtype.is_floating_point:
+        raise TypeError(f"{where}: perm must be a 1-D integer tensor")
+    if perm.numel() != size or not torch.equal(
+        perm.sort().values.cpu(), torch.arange(size, dtype=perm.dtype)
+    ):
+        raise ValueError(f"{where}: perm must be a permutation of 0..{size - 1}")
+    return perm.to(torch.long)
 
 
 class ElasticLinear(nn.Module):
@@ -227,15 +239,7 @@ class ElasticLinear(nn.Module):
             device=w.device,
             dtype=w.dtype,
         )
-        with torch.no_grad():
-            if layer.max_rank is None:
-                layer.weight.copy_(w)
-            else:
-                u, v = svd_factors(w, layer.max_rank)
-                layer.u.copy_(u)
-                layer.v.copy_(v)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
+        inherit_linear(layer, linear, layer.max_rank)
         return layer
 
     # ----------------------------------------------------------------- configuration
@@ -405,13 +409,7 @@ class ElasticLinear(nn.Module):
 
     # ----------------------------------------------------------------- neuron reordering
     def _check_perm(self, perm: torch.Tensor, size: int, what: str) -> torch.Tensor:
-        if not isinstance(perm, torch.Tensor) or perm.dim() != 1 or perm.dtype.is_floating_point:
-            raise TypeError(f"ElasticLinear.{what}: perm must be a 1-D integer tensor")
-        if perm.numel() != size or not torch.equal(
-            perm.sort().values.cpu(), torch.arange(size, dtype=perm.dtype)
-        ):
-            raise ValueError(f"ElasticLinear.{what}: perm must be a permutation of 0..{size - 1}")
-        return perm.to(torch.long)
+        return check_perm(perm, size, f"ElasticLinear.{what}")
 
     @torch.no_grad()
     def reorder_outputs(self, perm: torch.Tensor) -> None:

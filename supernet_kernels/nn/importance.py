@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .elastic import ElasticLinear
+from .elastic import ElasticLinear, check_perm
 
 ImportanceFn = Callable[[nn.Module, nn.Module], torch.Tensor]
 
@@ -142,14 +142,7 @@ def permute_inputs(layer: nn.Module, perm: torch.Tensor) -> None:
     layer.weight.copy_(layer.weight[:, perm.to(layer.weight.device)])
 
 
-def _check_perm(perm, size: int, where: str) -> torch.Tensor:
-    if not isinstance(perm, torch.Tensor) or perm.dim() != 1 or perm.dtype.is_floating_point:
-        raise TypeError(f"{where}: perm must be a 1-D integer tensor")
-    if perm.numel() != size or not torch.equal(
-        perm.sort().values.cpu(), torch.arange(size, dtype=perm.dtype)
-    ):
-        raise ValueError(f"{where}: perm must be a permutation of 0..{size - 1}")
-    return perm.to(torch.long)
+_check_perm = check_perm  # the checks ElasticLinear.reorder_* apply
 
 
 def reorder_mlp(

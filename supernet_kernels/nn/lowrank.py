@@ -39,6 +39,20 @@ def svd_factors(weight: torch.Tensor, rank: int | None = None) -> tuple[torch.Te
     return u.contiguous(), v.contiguous()
 
 
+@torch.no_grad()
+def inherit_linear(layer: nn.Module, linear: nn.Linear, rank: int | None) -> None:
+    """Load ``linear`` into ``layer`` in place: its weight (rank None: ``layer.weight``) or the
+    rank-``rank`` truncated SVD factors of it (``layer.u``, ``layer.v``), and its bias."""
+    if rank is None:
+        layer.weight.copy_(linear.weight)
+    else:
+        u, v = svd_factors(linear.weight, rank)
+        layer.u.copy_(u)
+        layer.v.copy_(v)
+    if linear.bias is not None:
+        layer.bias.copy_(linear.bias)
+
+
 def _init_factors(u: nn.Parameter, v: nn.Parameter, bias: nn.Parameter | None) -> None:
     """Random factors whose product u @ v has nn.Linear's default scale (each factor takes the
     square root of it); the bias as nn.Linear's."""
@@ -89,12 +103,7 @@ class LowRankLinear(nn.Module):
             device=linear.weight.device,
             dtype=linear.weight.dtype,
         )
-        u, v = svd_factors(linear.weight, rank)
-        with torch.no_grad():
-            layer.u.copy_(u)
-            layer.v.copy_(v)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
+        inherit_linear(layer, linear, rank)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,12 +161,7 @@ class ElasticLowRankLinear(nn.Module):
             device=linear.weight.device,
             dtype=linear.weight.dtype,
         )
-        u, v = svd_factors(linear.weight, layer.max_rank)
-        with torch.no_grad():
-            layer.u.copy_(u)
-            layer.v.copy_(v)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
+        inherit_linear(layer, linear, layer.max_rank)
         return layer
 
     def set_rank(self, rank: int) -> None:

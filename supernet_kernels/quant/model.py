@@ -29,7 +29,6 @@ import fnmatch
 import functools
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._io import atomic_replace
 from .packing import SUPPORTED_BITS, packed_width
 
 MODEL_FORMAT = "sk-quant-model-v1"
@@ -355,18 +355,11 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
         )
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_replace(path) as (fd, tmp):
+        os.close(fd)
         save_file(tensors, tmp, metadata=meta)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
