@@ -11,16 +11,22 @@ from . import (
 from ._version import __version__
 from .backends import BackendUnavailable, backend, backend_status, get_backend
 from .quant import load_quantized, quantize_model, save_quantized
+from .supernet import Supernet, convert, extract, load, save
 
 __all__ = [
     "BackendUnavailable",
+    "Supernet",
     "__version__",
     "backend",
     "backend_status",
+    "convert",
+    "extract",
     "get_backend",
+    "load",
     "load_quantized",
     "nn",
     "ops",
     "quantize_model",
+    "save",
     "save_quantized",
 ]

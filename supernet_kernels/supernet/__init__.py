@@ -1,0 +1,8 @@
+"""Weight-sharing supernets from existing models: convert, search-space configs, subnet
+extraction, and save / load of extracted subnets (safetensors + JSON, no pickle)."""
+
+from .core import Supernet, convert, extract
+from .families import detect_family
+from .io import load, save
+
+__all__ = ["Supernet", "convert", "detect_family", "extract", "load", "save"]

@@ -1,0 +1,760 @@
+"""Weight-sharing supernets made from models the user already has.
+
+``supernet = convert(model, space=None, *, importance="magnitude", calib_batches=None,
+inplace=False, group_size=128, build="auto")`` returns a :class:`Supernet` owning a converted
+copy of ``model`` (``inplace=False``, the default, deep-copies the model first, so the user's
+model is untouched; ``inplace=True`` converts the given model itself, replacing its layers):
+
+* every convertible ``nn.Linear`` becomes an :class:`~supernet_kernels.nn.ElasticLinear`
+  (not converted, and listed in ``supernet.skipped`` with the reason: linears inside
+  ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` / ``...DecoderLayer``, whose
+  forwards read ``.weight``; subclasses overriding forward; shared or tied layers);
+* each MLP's hidden units are sorted by importance (``importance="magnitude"``, ``"activation"``
+  with ``calib_batches``, or a callable ``(fc1, fc2) -> scores``), so a width-w prefix keeps the
+  w best units;
+* each droppable block is wrapped in an :class:`~supernet_kernels.nn.ElasticBlock`;
+* a timm ViT is made to accept any resolution that is a multiple of its patch size (position
+  embeddings resampled by timm's ``resample_abs_pos_embed`` on each forward).
+
+Families (see :mod:`supernet_kernels.supernet.families`): timm ViT / DeiT, timm Swin, the
+segment-anything image encoder, and a generic path for any other model.
+
+Config (a plain JSON-serializable dict; this shape is stable)::
+
+    {
+      "resolution": 224,                       # timm ViT; None (null) for other families
+      "depth": {"blocks.3": true, ...},        # false: the block is skipped (identity)
+      "mlp": {"blocks.0.mlp": 1536, ...},      # MLP hidden width
+      "linear": {"blocks.0.attn.qkv": {"rank": 96, "w_bits": 16, "a_bits": 16}, ...},
+    }
+
+Names are the original model's module names (a block's linears keep their names when the block
+is wrapped). ``rank`` is an int for a factorized (low-rank) layer and None for a dense one. The
+search space ``supernet.space`` has the same shape with a list of choices (ascending; the last
+is the largest) in place of each value; ``space["resolution"]`` is None where resolution is not
+elastic.
+
+Default space (derived from the model; ``space=`` overrides it, see :func:`convert`):
+
+* attention qkv, MLP fc1 / fc2 and generic linears (every linear of a generic model, Swin's
+  patch-merging reductions): factorized, ``rank`` in ratios {1/8, 2/8, ..., 8/8} of
+  min(in, out) (8/8 = full rank, which reproduces the layer to fp32 rounding), 16-bit;
+* attention proj: dense (``rank`` [null]), ``w_bits`` [4, 8, 16], ``a_bits`` [16];
+* other linears of a family model (classifier heads, ...): dense, 16-bit, fixed;
+* ``a_bits``: [16] everywhere (int8 activations are opt-in: they need w_bits <= 8 and cost
+  more accuracy than weight-only quantization);
+* MLP width: fractions {0.25, 0.33, 0.5, 0.75, 1} of the hidden size (rounded to a multiple of 8
+  when the hidden size is at least 64);
+* depth: every block droppable except the first and the last (timm ViT); per stage for Swin
+  (first and last block of each stage kept); SAM also keeps its global-attention blocks;
+  a generic model has no depth entries unless ``space=`` declares them;
+* resolution (timm ViT): native * {160/224, 192/224, 1}, rounded to multiples of the patch size.
+
+A layer is either factorized or dense, fixed at conversion by its space: ``ElasticLinear`` has no
+dense mode in a factorized layer and quantized low-rank is not supported, so a factorized layer
+is 16-bit only. To quantize a layer instead, give it ``"rank": [None]`` and ``w_bits`` choices.
+
+``set_active(config)`` validates the whole config first, then applies it (never half-applied).
+Partial configs are allowed: entries left out keep their current values. Errors are ValueError
+naming the key path, e.g. ``linear.blocks.0.attn.qkv.rank: 999 is not one of [8, 16, 24]``.
+Cross-checks: a rank may not exceed min(active in, active out) of its layer (MLP width included),
+and a_bits 8 needs w_bits <= 8.
+
+``supernet.extract(config=None)`` returns a standalone plain ``nn.Module`` for the config (or the
+active one): a deep copy of the converted model in which each ElasticLinear is replaced by its
+``extract()`` (``nn.Linear``, ``LowRankLinear`` or ``QuantLinear``, weights copied), each kept
+ElasticBlock by its block, and each dropped block removed (entries of ``nn.Sequential`` /
+``nn.ModuleList`` are deleted and the rest renumbered; a dropped block anywhere else is replaced
+by ``nn.Identity``). A timm ViT subnet is static at its resolution (position embeddings
+resampled once, ``patch_embed`` sizes updated, the original dynamic-size flags restored). The
+subnet carries ``subnet.sk_subnet`` (family, build record, config, removed blocks, resolution),
+which :func:`~supernet_kernels.supernet.save` stores. It holds no reference to the supernet.
+
+Not done: elastic attention heads, elastic embedding width, elastic resolution for Swin and SAM
+(their window / relative-position tables depend on the input size), elastic head layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..nn.elastic import A_BITS, W_BITS, ElasticBlock, ElasticLinear
+from ..nn.importance import activation_importance, magnitude_importance, reorder_mlp
+from . import families as fam
+
+CONFIG_KEYS = ("resolution", "depth", "mlp", "linear")
+LINEAR_FIELDS = ("rank", "w_bits", "a_bits")
+RANK_EIGHTHS = tuple(range(1, 9))
+MLP_FRACTIONS = (0.25, 0.33, 0.5, 0.75, 1.0)
+SUBNET_FORMAT = "sk-subnet-v1"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _show(v) -> str:
+    return json.dumps(v) if isinstance(v, bool) or v is None else repr(v)
+
+
+# --------------------------------------------------------------------------- default space
+def _rank_choices(n: int, k: int) -> list[int]:
+    full = min(n, k)
+    return sorted({max(1, round(full * e / 8)) for e in RANK_EIGHTHS})
+
+
+def _mlp_widths(hidden: int) -> list[int]:
+    out = set()
+    for f in MLP_FRACTIONS:
+        w = hidden * f
+        w = round(w / 8) * 8 if hidden >= 64 else round(w)
+        out.add(min(hidden, max(1, int(w))))
+    return sorted(out)
+
+
+def _linear_default(role: str, lin: nn.Linear) -> dict:
+    if role in ("qkv", "fc1", "fc2", "generic"):
+        ranks = _rank_choices(lin.out_features, lin.in_features)
+        return {"rank": ranks, "w_bits": [16], "a_bits": [16]}
+    if role == "proj":
+        return {"rank": [None], "w_bits": [4, 8, 16], "a_bits": [16]}
+    return {"rank": [None], "w_bits": [16], "a_bits": [16]}
+
+
+def _default_space(model: nn.Module, lay: fam.Layout) -> dict:
+    mods = dict(model.named_modules())
+    return {
+        "resolution": list(lay.resolution["choices"]) if lay.resolution else None,
+        "depth": {b: ([False, True] if d else [True]) for b, d in lay.blocks.items()},
+        "mlp": {m: _mlp_widths(mods[a].out_features) for m, (a, _) in lay.mlps.items()},
+        "linear": {n: _linear_default(r, mods[n]) for n, r in lay.roles.items()},
+    }
+
+
+# --------------------------------------------------------------------------- space overrides
+def _match(keys: Iterable[str], key: str) -> list[str]:
+    if key in keys:
+        return [key]
+    return [k for k in keys if fnmatch.fnmatchcase(k, key)]
+
+
+def _find_pair(model: nn.Module, name: str, convertible: dict) -> tuple[str, str]:
+    """fc1, fc2 of a user-declared MLP module: its only two convertible linears, in order."""
+    try:
+        mod = model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"space.mlp.{name}: the model has no module of that name") from None
+    lins = [f"{name}.{n}" for n, m in mod.named_modules() if n and isinstance(m, nn.Linear)]
+    lins = [n for n in lins if n in convertible]
+    if len(lins) != 2:
+        raise ValueError(
+            f"space.mlp.{name}: an MLP module must hold exactly two convertible nn.Linear "
+            f"layers (fc1, fc2); found {lins}"
+        )
+    a, b = (model.get_submodule(n) for n in lins)
+    if a.out_features != b.in_features:
+        raise ValueError(
+            f"space.mlp.{name}: {lins[0]}.out_features ({a.out_features}) != "
+            f"{lins[1]}.in_features ({b.in_features})"
+        )
+    return lins[0], lins[1]
+
+
+def _merge_space(space: dict, user, model: nn.Module, lay: fam.Layout) -> dict:
+    """The default ``space`` with the user's overrides applied (``lay`` gains user-declared
+    MLPs and blocks). Entries name layers exactly or by fnmatch pattern (``*`` matches dots);
+    a key matching nothing is an error, except exact module names that declare a new MLP or
+    droppable block."""
+    if user is None:
+        return space
+    if not isinstance(user, dict):
+        raise ValueError(f"space: expected a dict, got {type(user).__name__}")
+    bad = [k for k in user if k not in CONFIG_KEYS]
+    if bad:
+        raise ValueError(f"space: unknown key {bad[0]!r} (expected one of {list(CONFIG_KEYS)})")
+    space = copy.deepcopy(space)
+    if "resolution" in user:
+        if space["resolution"] is None and user["resolution"] is not None:
+            raise ValueError(
+                f"space.resolution: this {lay.family} supernet has no elastic resolution "
+                "(timm ViT only)"
+            )
+        space["resolution"] = (
+            [lay.resolution["native"]] if user["resolution"] is None else user["resolution"]
+        )
+    for section in ("depth", "mlp", "linear"):
+        entries = user.get(section, {})
+        if not isinstance(entries, dict):
+            raise ValueError(f"space.{section}: expected a dict, got {type(entries).__name__}")
+        for key, value in entries.items():
+            where = f"space.{section}.{key}"
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: keys must be module names (str)")
+            hits = _match(space[section], key)
+            if not hits and section == "mlp" and "*" not in key:
+                lay.mlps[key] = _find_pair(model, key, lay.roles)
+                hits = [key]
+            elif not hits and section == "depth" and "*" not in key:
+                _check_block(model, key, lay)
+                lay.blocks[key] = True
+                hits = [key]
+            if not hits:
+                raise ValueError(
+                    f"{where}: matches no {section} entry of this {lay.family} supernet "
+                    f"(entries are named like {list(space[section])[:4]})"
+                )
+            for k in hits:
+                if section == "linear":
+                    if not isinstance(value, dict):
+                        raise ValueError(f"{where}: expected a dict of {list(LINEAR_FIELDS)}")
+                    unknown = [f for f in value if f not in LINEAR_FIELDS]
+                    if unknown:
+                        raise ValueError(
+                            f"{where}: unknown key {unknown[0]!r} (expected {list(LINEAR_FIELDS)})"
+                        )
+                    space["linear"][k] = {**space["linear"][k], **value}
+                else:
+                    space[section][k] = value
+    return space
+
+
+def _check_block(model: nn.Module, name: str, lay: fam.Layout) -> None:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"space.depth.{name}: the model has no module of that name") from None
+    if not name or any(name.startswith(b + ".") or b.startswith(name + ".") for b in lay.blocks):
+        raise ValueError(f"space.depth.{name}: droppable blocks may not nest")
+
+
+def _norm_choices(where: str, values, check: Callable[[Any], str | None]) -> list:
+    if not isinstance(values, list | tuple) or not values:
+        raise ValueError(f"{where}: expected a non-empty list of choices, got {values!r}")
+    for v in values:
+        problem = check(v)
+        if problem:
+            raise ValueError(f"{where}: {_show(v)} {problem}")
+    nums = sorted({v for v in values if v is not None})
+    return nums + ([None] if None in values else [])
+
+
+def _check_space(space: dict, model: nn.Module, lay: fam.Layout) -> dict:
+    """Validate and normalize (sorted, deduplicated) every list of choices."""
+    mods = dict(model.named_modules())
+    out: dict[str, Any] = {"resolution": None, "depth": {}, "mlp": {}, "linear": {}}
+    if space["resolution"] is not None:
+        p = lay.resolution["patch"]
+        out["resolution"] = _norm_choices(
+            "space.resolution",
+            space["resolution"],
+            lambda v: (
+                None
+                if _is_int(v) and v > 0 and v % p == 0
+                else f"is not a positive multiple of the patch size {p}"
+            ),
+        )
+    for b, vals in space["depth"].items():
+        out["depth"][b] = _norm_choices(
+            f"space.depth.{b}", vals, lambda v: None if isinstance(v, bool) else "is not a bool"
+        )
+    for m, vals in space["mlp"].items():
+        hidden = mods[lay.mlps[m][0]].out_features
+        out["mlp"][m] = _norm_choices(
+            f"space.mlp.{m}",
+            vals,
+            lambda v, h=hidden: None if _is_int(v) and 1 <= v <= h else f"is not an int in 1..{h}",
+        )
+    for n, sp in space["linear"].items():
+        lin = mods[n]
+        full = min(lin.in_features, lin.out_features)
+        where = f"space.linear.{n}"
+        ranks = _norm_choices(
+            f"{where}.rank",
+            sp.get("rank"),
+            lambda v, f=full: (
+                None
+                if v is None or (_is_int(v) and 1 <= v <= f)
+                else f"is not null or an int in 1..{f} (min(in, out))"
+            ),
+        )
+        if None in ranks and len(ranks) > 1:
+            raise ValueError(
+                f"{where}.rank: a layer is either dense ([null]) or factorized (int ranks), "
+                f"got {ranks} (ElasticLinear has no dense mode in a factorized layer)"
+            )
+        w = _norm_choices(
+            f"{where}.w_bits",
+            sp.get("w_bits"),
+            lambda v: None if _is_int(v) and v in W_BITS else f"is not one of {list(W_BITS)}",
+        )
+        a = _norm_choices(
+            f"{where}.a_bits",
+            sp.get("a_bits"),
+            lambda v: None if _is_int(v) and v in A_BITS else f"is not one of {list(A_BITS)}",
+        )
+        if ranks != [None] and w != [16]:
+            raise ValueError(
+                f"{where}.w_bits: a factorized layer (rank choices {ranks}) runs 16-bit only "
+                f"(quantized low-rank is not supported), got {w}; give it rank [null] to "
+                "quantize it"
+            )
+        for wb in w:
+            if not any(ab == 16 or wb <= 8 for ab in a):
+                raise ValueError(
+                    f"{where}.a_bits: no choice in {a} works with w_bits {wb} (a_bits 8 needs "
+                    "w_bits <= 8)"
+                )
+        out["linear"][n] = {"rank": ranks, "w_bits": w, "a_bits": a}
+    # Every MLP width must leave a valid rank for fc1 and fc2.
+    for m, widths in out["mlp"].items():
+        for lname, side in zip(lay.mlps[m], ("out", "in"), strict=True):
+            lin = mods[lname]
+            ranks = out["linear"][lname]["rank"]
+            other = lin.in_features if side == "out" else lin.out_features
+            limit = min(other, widths[0])
+            if ranks != [None] and ranks[0] > limit:
+                raise ValueError(
+                    f"space.linear.{lname}.rank: the smallest rank {ranks[0]} exceeds "
+                    f"min(in, out) = {limit} at the smallest width {widths[0]} of mlp.{m}"
+                )
+    return out
+
+
+# --------------------------------------------------------------------------- module surgery
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    head, _, attr = name.rpartition(".")
+    return (model.get_submodule(head) if head else model), attr
+
+
+class _Removed(nn.Identity):
+    """Placeholder for a dropped block while extracting."""
+
+
+def remove_blocks(model: nn.Module, names: Iterable[str]) -> None:
+    """Remove the named blocks (original names, resolved before anything moves): entries of
+    nn.Sequential / nn.ModuleList are deleted and the rest renumbered; elsewhere nn.Identity."""
+    for name in sorted(set(names)):
+        parent, attr = _parent(model, name)
+        setattr(parent, attr, _Removed())
+    drop_placeholders(model)
+
+
+def drop_placeholders(model: nn.Module) -> None:
+    for _, parent in list(model.named_modules()):
+        kids = parent._modules
+        if not any(isinstance(c, _Removed) for c in kids.values()):
+            continue
+        if isinstance(parent, nn.Sequential | nn.ModuleList):
+            keep = [c for c in kids.values() if not isinstance(c, _Removed)]
+            kids.clear()
+            for i, c in enumerate(keep):
+                kids[str(i)] = c
+        else:
+            for attr, c in list(kids.items()):
+                if isinstance(c, _Removed):
+                    kids[attr] = nn.Identity()
+
+
+# --------------------------------------------------------------------------- Supernet
+class Supernet(nn.Module):
+    """A weight-sharing supernet around a converted model (build it with :func:`convert`).
+
+    Attributes: ``model`` (the converted model), ``family``, ``build`` (the architecture
+    record :func:`save` stores, or None), ``skipped`` ({linear name: reason} for linears left
+    as they were). ``forward`` runs ``model`` at the active config (a timm ViT checks that the
+    image size equals the active resolution).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layout: fam.Layout,
+        space: dict,
+        wrapped: list[str],
+        build: dict | None,
+        vit_flags: dict | None,
+    ):
+        super().__init__()
+        self.model = model
+        self.family = layout.family
+        self.build = build
+        self.skipped = dict(layout.skipped)
+        self._layout = layout
+        self._space = space
+        self._wrapped = list(wrapped)
+        self._vit_flags = vit_flags
+        self._paths: dict[str, str] = {}
+        for n in space["linear"]:  # a linear's path in self.model (blocks may be wrapped)
+            path = n
+            for w in self._wrapped:
+                if n == w:
+                    path = f"{w}.block"
+                elif n.startswith(w + "."):
+                    path = f"{w}.block.{n[len(w) + 1 :]}"
+            self._paths[n] = path
+        self._side: dict[str, tuple[str, str]] = {}
+        for m, (a, b) in layout.mlps.items():
+            self._side[a] = (m, "out")
+            self._side[b] = (m, "in")
+        self._config = self.max_config()
+        self._apply(self._config)
+
+    # ----------------------------------------------------------------- lookups
+    def _mod(self, name: str) -> nn.Module:
+        """The ElasticLinear of a linear name."""
+        return self.model.get_submodule(self._paths[name])
+
+    def _block(self, name: str) -> nn.Module:
+        """The (ElasticBlock-wrapped) block of a depth name; blocks never nest."""
+        return self.model.get_submodule(name)
+
+    @property
+    def space(self) -> dict:
+        """The search space (a copy): the config's shape with lists of choices."""
+        return copy.deepcopy(self._space)
+
+    def elastic_linears(self) -> dict[str, ElasticLinear]:
+        return {n: self._mod(n) for n in self._space["linear"]}
+
+    def _limit(self, name: str, cfg: dict) -> int:
+        lin = self._mod(name)
+        k, n = lin.in_features, lin.out_features
+        if name in self._side:
+            m, side = self._side[name]
+            if side == "out":
+                n = cfg["mlp"][m]
+            else:
+                k = cfg["mlp"][m]
+        return min(k, n)
+
+    # ----------------------------------------------------------------- configs
+    def _pick(self, choose: Callable[[list], Any]) -> dict:
+        sp = self._space
+        cfg: dict[str, Any] = {
+            "resolution": choose(sp["resolution"]) if sp["resolution"] else None,
+            "depth": {k: choose(v) for k, v in sp["depth"].items()},
+            "mlp": {k: choose(v) for k, v in sp["mlp"].items()},
+            "linear": {},
+        }
+        for n, s in sp["linear"].items():
+            limit = self._limit(n, cfg)
+            ranks = [r for r in s["rank"] if r is None or r <= limit]
+            w = choose(s["w_bits"])
+            a = choose([x for x in s["a_bits"] if x == 16 or w <= 8])
+            cfg["linear"][n] = {"rank": choose(ranks), "w_bits": w, "a_bits": a}
+        return cfg
+
+    def max_config(self) -> dict:
+        """The largest subnet: every block, full widths and ranks, the most bits."""
+        return self._pick(lambda c: c[-1])
+
+    def min_config(self) -> dict:
+        """The smallest subnet: every droppable block dropped, the smallest choices."""
+        return self._pick(lambda c: c[0])
+
+    def sample_config(self, rng: random.Random | int | None = None) -> dict:
+        """A config drawn uniformly per dimension (``rng``: a random.Random, or a seed).
+        Ranks are drawn among those valid at the drawn MLP width, a_bits among those valid
+        with the drawn w_bits."""
+        if not isinstance(rng, random.Random):
+            rng = random.Random(rng)
+        return self._pick(rng.choice)
+
+    def active_config(self) -> dict:
+        return copy.deepcopy(self._config)
+
+    def validate_config(self, config: dict) -> dict:
+        """The full config ``config`` (partial: the rest from the active one) would set;
+        ValueError naming the key path of the first problem."""
+        if not isinstance(config, dict):
+            raise ValueError(f"config: expected a dict, got {type(config).__name__}")
+        for k in config:
+            if k not in CONFIG_KEYS:
+                raise ValueError(f"config: unknown key {k!r} (expected one of {list(CONFIG_KEYS)})")
+        sp = self._space
+        new = copy.deepcopy(self._config)
+        if "resolution" in config:
+            v = config["resolution"]
+            if sp["resolution"] is None:
+                if v is not None:
+                    raise ValueError(
+                        f"resolution: this {self.family} supernet has no elastic resolution "
+                        f"(give null), got {_show(v)}"
+                    )
+            elif not _is_int(v) or v not in sp["resolution"]:
+                raise ValueError(
+                    f"resolution: {_show(v)} is not one of {json.dumps(sp['resolution'])}"
+                )
+            new["resolution"] = v
+        for section, is_ok in (("depth", lambda v: isinstance(v, bool)), ("mlp", _is_int)):
+            entries = config.get(section, {})
+            if not isinstance(entries, dict):
+                raise ValueError(f"{section}: expected a dict, got {type(entries).__name__}")
+            for k, v in entries.items():
+                if k not in sp[section]:
+                    raise ValueError(
+                        f"{section}.{k}: unknown {'block' if section == 'depth' else 'MLP'} "
+                        f"(this supernet has {list(sp[section])[:4]}"
+                        f"{' ...' if len(sp[section]) > 4 else ''})"
+                    )
+                if not is_ok(v) or v not in sp[section][k]:
+                    raise ValueError(
+                        f"{section}.{k}: {_show(v)} is not one of {json.dumps(sp[section][k])}"
+                    )
+                new[section][k] = v
+        entries = config.get("linear", {})
+        if not isinstance(entries, dict):
+            raise ValueError(f"linear: expected a dict, got {type(entries).__name__}")
+        for n, c in entries.items():
+            if n not in sp["linear"]:
+                raise ValueError(
+                    f"linear.{n}: unknown layer (this supernet has {list(sp['linear'])[:4]} ...)"
+                )
+            if not isinstance(c, dict):
+                raise ValueError(f"linear.{n}: expected a dict of {list(LINEAR_FIELDS)}")
+            for f, v in c.items():
+                if f not in LINEAR_FIELDS:
+                    raise ValueError(
+                        f"linear.{n}: unknown key {f!r} (expected {list(LINEAR_FIELDS)})"
+                    )
+                ok = (v is None or _is_int(v)) if f == "rank" else _is_int(v)
+                if not ok or v not in sp["linear"][n][f]:
+                    raise ValueError(
+                        f"linear.{n}.{f}: {_show(v)} is not one of {json.dumps(sp['linear'][n][f])}"
+                    )
+                new["linear"][n][f] = v
+        for n, c in new["linear"].items():
+            limit = self._limit(n, new)
+            if c["rank"] is not None and c["rank"] > limit:
+                raise ValueError(
+                    f"linear.{n}.rank: {c['rank']} exceeds min(in, out) = {limit} of the layer "
+                    "at the configured MLP width"
+                )
+            if c["a_bits"] == 8 and c["w_bits"] > 8:
+                raise ValueError(
+                    f"linear.{n}.a_bits: 8 needs w_bits <= 8, got w_bits {c['w_bits']}"
+                )
+        return new
+
+    def set_active(self, config: dict) -> None:
+        """Validate ``config`` (full or partial) entirely, then apply it."""
+        new = self.validate_config(config)
+        self._apply(new)
+        self._config = new
+
+    def _apply(self, cfg: dict) -> None:
+        for b in self._wrapped:
+            self._block(b).set_active(cfg["depth"][b])
+        for m, h in cfg["mlp"].items():
+            a, b = self._layout.mlps[m]
+            self._mod(a).set_active(out=h)
+            self._mod(b).set_active(in_features=h)
+        for n, c in cfg["linear"].items():
+            self._mod(n).set_active(rank=c["rank"], w_bits=c["w_bits"], a_bits=c["a_bits"])
+
+    # ----------------------------------------------------------------- running
+    def forward(self, *args, **kwargs):
+        r = self._config["resolution"]
+        if r is not None and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+            hw = tuple(args[0].shape[-2:])
+            if hw != (r, r):
+                raise ValueError(
+                    f"Supernet: the input is {hw[0]}x{hw[1]}, the active resolution is {r}x{r}; "
+                    "resize the images or set_active({'resolution': ...})"
+                )
+        return self.model(*args, **kwargs)
+
+    def active_params(self) -> int:
+        """Weight parameters of the active subnet's elastic linears (dropped blocks excluded)."""
+        dropped = [b for b, on in self._config["depth"].items() if not on]
+        return sum(
+            lin.active_weight_params()
+            for n, lin in self.elastic_linears().items()
+            if not any(n == b or n.startswith(b + ".") for b in dropped)
+        )
+
+    # ----------------------------------------------------------------- extraction
+    @torch.no_grad()
+    def extract(self, config: dict | None = None) -> nn.Module:
+        """The standalone subnet at ``config`` (default: the active config); the supernet's
+        active config is unchanged afterwards."""
+        if config is None:
+            return self._extract()
+        new = self.validate_config(config)
+        old = self._config
+        self._apply(new)
+        self._config = new
+        try:
+            return self._extract()
+        finally:
+            self._apply(old)
+            self._config = old
+
+    def _extract(self) -> nn.Module:
+        cfg = self._config
+        dropped = [b for b, on in cfg["depth"].items() if not on]
+        memo: dict[int, Any] = {}
+        for n in self._space["linear"]:
+            if any(n == b or n.startswith(b + ".") for b in dropped):
+                continue
+            el = self._mod(n)
+            sub = el.extract()
+            sub.train(el.training)
+            memo[id(el)] = sub
+        for b in dropped:
+            memo[id(self._block(b))] = _Removed()
+        sub = copy.deepcopy(self.model, memo)
+        for _, parent in list(sub.named_modules()):
+            for attr, child in list(parent._modules.items()):
+                if isinstance(child, ElasticBlock):
+                    parent._modules[attr] = child.block
+        drop_placeholders(sub)
+        if self.family == "timm_vit" and cfg["resolution"] is not None:
+            fam.vit_set_resolution(sub, cfg["resolution"], self._vit_flags)
+        sub.sk_subnet = {
+            "format": SUBNET_FORMAT,
+            "family": self.family,
+            "build": copy.deepcopy(self.build),
+            "config": copy.deepcopy(cfg),
+            "removed": sorted(dropped),
+            "resolution": cfg["resolution"],
+        }
+        return sub
+
+    def extra_repr(self) -> str:
+        return (
+            f"family={self.family}, linears={len(self._space['linear'])}, "
+            f"mlps={len(self._space['mlp'])}, droppable="
+            f"{sum(False in v for v in self._space['depth'].values())}, "
+            f"resolution={self._space['resolution']}"
+        )
+
+
+# --------------------------------------------------------------------------- convert
+def _importance_fn(importance, calib_batches, model: nn.Module):
+    if callable(importance):
+        return importance
+    if importance == "magnitude":
+        return magnitude_importance
+    if importance == "activation":
+        if calib_batches is None:
+            raise ValueError('convert: importance="activation" needs calib_batches')
+        batches = list(calib_batches)
+        if not batches:
+            raise ValueError("convert: calib_batches is empty")
+
+        def run():
+            was = model.training
+            model.eval()
+            try:
+                for b in batches:
+                    model(*b) if isinstance(b, tuple | list) else model(b)
+            finally:
+                model.train(was)
+
+        return lambda fc1, fc2: activation_importance(fc1, fc2, run)
+    raise ValueError(
+        f'convert: importance must be "magnitude", "activation" or a callable (fc1, fc2) -> '
+        f"scores, got {importance!r}"
+    )
+
+
+def convert(
+    model: nn.Module,
+    space: dict | None = None,
+    *,
+    importance: str | Callable = "magnitude",
+    calib_batches: Iterable | None = None,
+    inplace: bool = False,
+    group_size: int | None = 128,
+    build: dict | str | None = "auto",
+) -> Supernet:
+    """Turn ``model`` into a :class:`Supernet` (see the module doc for the space and config).
+
+    Args:
+        model: a timm ViT / DeiT / Swin, a segment-anything ``ImageEncoderViT``, or any module.
+        space: overrides of the default search space, in its shape: ``{"resolution": [...],
+            "depth": {block: [False, True]}, "mlp": {mlp: [widths]}, "linear": {layer:
+            {"rank": [...], "w_bits": [...], "a_bits": [...]}}}``. Keys are names or fnmatch
+            patterns (``"blocks.*.attn.proj"``); a linear's entry overrides only the fields it
+            gives. Exact names not in the default declare new entries: ``"depth"`` a droppable
+            block (any module whose output has its input's shape), ``"mlp"`` an elastic-width
+            MLP (a module holding exactly two linears fc1, fc2, e.g. ``nn.Sequential(Linear,
+            GELU, Linear)``). ``"resolution": None`` fixes a ViT at its native resolution.
+        importance: how MLP hidden units are sorted before slicing: ``"magnitude"``,
+            ``"activation"`` (needs ``calib_batches``: inputs, or tuples of positional inputs)
+            or a callable ``(fc1, fc2) -> scores``.
+        inplace: convert ``model`` itself (its layers are replaced) instead of a deep copy.
+        group_size: quantization group of the ElasticLinears (per-channel where it does not
+            divide the input width).
+        build: "auto" records how to rebuild the architecture for :func:`load` (verified on
+            the meta device; None where that fails), None records nothing (load then needs a
+            skeleton), or a record ``{"kind": "timm", "name": ..., "kwargs": {...}}`` /
+            ``{"kind": "class", "class": ..., "kwargs": {...}}`` (verified).
+    """
+    if not isinstance(model, nn.Module) or isinstance(model, Supernet):
+        raise TypeError(f"convert: expected a model (nn.Module), got {type(model).__name__}")
+    family = fam.detect_family(model)
+    if build == "auto":
+        record = fam.describe_build(model, family)
+    elif build is None:
+        record = None
+    else:
+        try:
+            ok = fam.fingerprint(fam.rebuild(build, device="meta")) == fam.fingerprint(model)
+        except ValueError as exc:
+            raise ValueError(f"convert: build: {exc}") from exc
+        if not ok:
+            raise ValueError("convert: build does not rebuild this model's architecture")
+        record = json.loads(json.dumps(build))
+    lay = fam.layout(model, family)
+    merged = _merge_space(_default_space(model, lay), space, model, lay)
+    checked = _check_space(merged, model, lay)
+    work = model if inplace else copy.deepcopy(model)
+    imp = _importance_fn(importance, calib_batches, work)
+
+    with torch.no_grad():
+        for a, b in lay.mlps.values():
+            reorder_mlp(work.get_submodule(a), work.get_submodule(b), imp)
+    flags = None
+    if family == "timm_vit" and checked["resolution"] is not None:
+        flags = fam.vit_flags(work)
+        fam.vit_make_dynamic(work)
+    for n, sp in checked["linear"].items():
+        lin = work.get_submodule(n)
+        ranks = [r for r in sp["rank"] if r is not None] or None
+        el = ElasticLinear.from_linear(
+            lin,
+            rank_choices=ranks,
+            w_bits_choices=sp["w_bits"],
+            a_bits_choices=sp["a_bits"],
+            group_size=group_size,
+        )
+        el.train(lin.training)
+        for p in el.parameters():
+            p.requires_grad_(lin.weight.requires_grad)
+        parent, attr = _parent(work, n)
+        setattr(parent, attr, el)
+    wrapped = [b for b, c in checked["depth"].items() if False in c]
+    for b in wrapped:
+        parent, attr = _parent(work, b)
+        blk = getattr(parent, attr)
+        eb = ElasticBlock(blk)
+        eb.train(blk.training)
+        setattr(parent, attr, eb)
+    return Supernet(work, lay, checked, wrapped, record, flags)
+
+
+def extract(supernet: Supernet, config: dict | None = None) -> nn.Module:
+    """``supernet.extract(config)``."""
+    if not isinstance(supernet, Supernet):
+        raise TypeError(f"extract: expected a Supernet, got {type(supernet).__name__}")
+    return supernet.extract(config)

@@ -1,0 +1,418 @@
+"""Model families: which layers of a model are elastic, and how to rebuild its architecture.
+
+A family turns a model into a :class:`Layout`: the role of each ``nn.Linear`` (attention qkv /
+proj, MLP fc1 / fc2, other), the MLPs whose hidden width is elastic (fc1, fc2 pairs), the
+blocks that may be dropped, and (timm ViT) the input resolution. Families, detected by type:
+
+* ``timm_vit``: ``timm.models.vision_transformer.VisionTransformer`` (ViT, DeiT, and subclasses):
+  ``blocks.{i}.attn.qkv`` / ``.attn.proj``, ``blocks.{i}.mlp.fc1`` / ``.fc2``;
+* ``timm_swin``: ``timm.models.swin_transformer.SwinTransformer``:
+  ``layers.{s}.blocks.{j}.attn.qkv`` / ``proj`` / ``mlp.fc1`` / ``fc2``; the patch-merging
+  ``layers.{s}.downsample.reduction`` layers take the generic role;
+* ``sam``: ``segment_anything.modeling.image_encoder.ImageEncoderViT``: ``blocks.{i}.attn.qkv`` /
+  ``proj`` and ``blocks.{i}.mlp.lin1`` / ``lin2`` (windowed and global attention alike);
+* ``generic``: any other module; every convertible ``nn.Linear`` has the generic role.
+
+It also records how to rebuild the architecture without code (:func:`describe_build`): a timm
+model made by ``timm.create_model`` as its architecture name plus the constructor arguments that
+differ from that name's defaults (read off the instance); an explicitly constructed timm ViT /
+Swin or a SAM image encoder as a whitelisted class plus its constructor arguments. Every record
+is verified at once by building it on the meta device and comparing module types, reprs and
+tensor shapes with the model; where that fails (custom layers, norms, ...) the record is None
+and :func:`~supernet_kernels.supernet.load` needs ``skeleton=``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+# Parents whose forward reads their nn.Linear children's weights directly: not converted.
+_READS_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+@dataclasses.dataclass
+class Layout:
+    family: str
+    roles: dict[str, str]  # linear name -> "qkv" | "proj" | "fc1" | "fc2" | "generic" | "other"
+    mlps: dict[str, tuple[str, str]]  # MLP module name -> (fc1 name, fc2 name)
+    blocks: dict[str, bool]  # droppable-block candidates -> droppable by default
+    skipped: dict[str, str]  # linear name -> why it is not converted
+    resolution: dict | None = None  # timm_vit: {"native", "patch", "choices"}
+
+
+# --------------------------------------------------------------------------- detection
+def _vit_cls():
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return None
+    return VisionTransformer
+
+
+def _swin_cls():
+    try:
+        from timm.models.swin_transformer import SwinTransformer
+    except ImportError:  # pragma: no cover
+        return None
+    return SwinTransformer
+
+
+def _sam_cls():
+    try:
+        from segment_anything.modeling.image_encoder import ImageEncoderViT
+    except ImportError:  # pragma: no cover
+        return None
+    return ImageEncoderViT
+
+
+def detect_family(model: nn.Module) -> str:
+    for family, get in (("sam", _sam_cls), ("timm_swin", _swin_cls), ("timm_vit", _vit_cls)):
+        cls = get()
+        if cls is not None and isinstance(model, cls):
+            return family
+    return "generic"
+
+
+# --------------------------------------------------------------------------- linears
+def convertible_linears(model: nn.Module) -> tuple[list[str], dict[str, str]]:
+    """(names of the nn.Linear layers that can become ElasticLinear, {name: reason} for the
+    ones that cannot)."""
+    count: dict[int, int] = {}
+    for _, parent in model.named_modules(remove_duplicate=False):
+        for child in parent._modules.values():
+            if child is not None:
+                count[id(child)] = count.get(id(child), 0) + 1
+    params: dict[int, int] = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                params[id(p)] = params.get(id(p), 0) + 1
+    ok, skipped = [], {}
+    for pname, parent in model.named_modules():
+        for attr, child in parent._modules.items():
+            if not isinstance(child, nn.Linear):
+                continue
+            name = f"{pname}.{attr}" if pname else attr
+            if isinstance(parent, _READS_WEIGHTS):
+                skipped[name] = f"inside {type(parent).__name__} (its forward reads .weight)"
+            elif type(child).forward is not nn.Linear.forward:
+                skipped[name] = f"{type(child).__name__} overrides nn.Linear.forward"
+            elif count[id(child)] > 1:
+                skipped[name] = "registered under several names (shared module)"
+            elif any(params[id(p)] > 1 for p in child._parameters.values() if p is not None):
+                skipped[name] = "weight shared with another module (tied)"
+            elif not child.weight.dtype.is_floating_point or child.weight.is_meta:
+                skipped[name] = "weight is not a floating-point tensor with values"
+            else:
+                ok.append(name)
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    ok.sort(key=lambda n: order.get(n, len(order)))
+    return ok, skipped
+
+
+def _is_linear(module: nn.Module, attr: str) -> bool:
+    return isinstance(getattr(module, attr, None), nn.Linear)
+
+
+def _mlp_ok(mlp: nn.Module, a: str, b: str) -> bool:
+    """fc1 -> elementwise -> fc2 with matching hidden width (no norm over the hidden units)."""
+    if not (_is_linear(mlp, a) and _is_linear(mlp, b)):
+        return False
+    if getattr(mlp, a).out_features != getattr(mlp, b).in_features:
+        return False
+    norm = getattr(mlp, "norm", None)
+    return norm is None or isinstance(norm, nn.Identity)
+
+
+def _transformer_block(
+    prefix: str, blk: nn.Module, fc: tuple[str, str], roles: dict, mlps: dict
+) -> None:
+    attn = getattr(blk, "attn", None)
+    if attn is not None:
+        if _is_linear(attn, "qkv"):
+            roles[f"{prefix}.attn.qkv"] = "qkv"
+        if _is_linear(attn, "proj"):
+            roles[f"{prefix}.attn.proj"] = "proj"
+    mlp = getattr(blk, "mlp", None)
+    if mlp is not None and _mlp_ok(mlp, *fc):
+        roles[f"{prefix}.mlp.{fc[0]}"] = "fc1"
+        roles[f"{prefix}.mlp.{fc[1]}"] = "fc2"
+        mlps[f"{prefix}.mlp"] = (f"{prefix}.mlp.{fc[0]}", f"{prefix}.mlp.{fc[1]}")
+
+
+def layout(model: nn.Module, family: str | None = None) -> Layout:
+    """The family's layout of ``model``; linears without a family role get "other" (family
+    models) or "generic" (generic models, Swin's patch-merging reductions)."""
+    family = family or detect_family(model)
+    names, skipped = convertible_linears(model)
+    roles: dict[str, str] = {}
+    mlps: dict[str, tuple[str, str]] = {}
+    blocks: dict[str, bool] = {}
+    resolution = None
+    if family == "timm_vit":
+        n = len(model.blocks)
+        for i, blk in enumerate(model.blocks):
+            _transformer_block(f"blocks.{i}", blk, ("fc1", "fc2"), roles, mlps)
+            blocks[f"blocks.{i}"] = 0 < i < n - 1
+        resolution = _vit_resolution(model)
+    elif family == "timm_swin":
+        for s, stage in enumerate(model.layers):
+            ds = getattr(stage, "downsample", None)
+            if ds is not None and _is_linear(ds, "reduction"):
+                roles[f"layers.{s}.downsample.reduction"] = "generic"
+            n = len(stage.blocks)
+            for j, blk in enumerate(stage.blocks):
+                _transformer_block(f"layers.{s}.blocks.{j}", blk, ("fc1", "fc2"), roles, mlps)
+                blocks[f"layers.{s}.blocks.{j}"] = 0 < j < n - 1
+    elif family == "sam":
+        n = len(model.blocks)
+        for i, blk in enumerate(model.blocks):
+            _transformer_block(f"blocks.{i}", blk, ("lin1", "lin2"), roles, mlps)
+            is_global = getattr(blk, "window_size", 0) == 0
+            blocks[f"blocks.{i}"] = 0 < i < n - 1 and not is_global
+    default = "generic" if family == "generic" else "other"
+    roles = {n_: roles.get(n_, default) for n_ in names}  # model order; skipped ones dropped
+    mlps = {k: v for k, v in mlps.items() if v[0] in roles and v[1] in roles}
+    return Layout(family, roles, mlps, blocks, skipped, resolution)
+
+
+# --------------------------------------------------------------------------- timm ViT resolution
+def _vit_resolution(model: nn.Module) -> dict | None:
+    pe = model.patch_embed
+    img, patch = getattr(pe, "img_size", None), getattr(pe, "patch_size", None)
+    if img is None or patch is None or img[0] != img[1] or patch[0] != patch[1]:
+        return None  # non-square: resolution not elastic
+    native, p = int(img[0]), int(patch[0])
+    choices = sorted({max(p, round(native * f / p) * p) for f in (160 / 224, 192 / 224)} | {native})
+    return {"native": native, "patch": p, "choices": choices}
+
+
+def vit_flags(model: nn.Module) -> dict:
+    pe = model.patch_embed
+    return {
+        "dynamic_img_size": bool(model.dynamic_img_size),
+        "strict_img_size": bool(pe.strict_img_size),
+        "flatten": bool(pe.flatten),
+        "output_fmt": str(pe.output_fmt.value),
+    }
+
+
+def vit_set_flags(model: nn.Module, flags: dict) -> None:
+    from timm.layers import Format
+
+    pe = model.patch_embed
+    model.dynamic_img_size = flags["dynamic_img_size"]
+    pe.strict_img_size = flags["strict_img_size"]
+    pe.flatten = flags["flatten"]
+    pe.output_fmt = Format(flags["output_fmt"])
+
+
+def vit_make_dynamic(model: nn.Module) -> None:
+    """Let a timm ViT take any multiple of its patch size: position embeddings are resampled
+    (timm's ``resample_abs_pos_embed``) from the native grid on each forward."""
+    vit_set_flags(
+        model,
+        {
+            "dynamic_img_size": True,
+            "strict_img_size": False,
+            "flatten": False,
+            "output_fmt": "NHWC",
+        },
+    )
+
+
+@torch.no_grad()
+def vit_set_resolution(model: nn.Module, resolution: int, flags: dict) -> None:
+    """Make a timm ViT static at ``resolution``: position embeddings resampled once exactly as
+    the dynamic forward does, patch_embed sizes updated, the original ``flags`` restored."""
+    from timm.layers import resample_abs_pos_embed
+
+    pe = model.patch_embed
+    p = pe.patch_size
+    grid = (resolution // p[0], resolution // p[1])
+    if tuple(pe.grid_size) != grid:
+        if model.pos_embed is not None:
+            new = resample_abs_pos_embed(
+                model.pos_embed,
+                new_size=grid,
+                old_size=pe.grid_size,
+                num_prefix_tokens=0 if model.no_embed_class else model.num_prefix_tokens,
+            )
+            model.pos_embed = nn.Parameter(new.detach().clone(), model.pos_embed.requires_grad)
+        pe.img_size = (resolution, resolution)
+        pe.grid_size = grid
+        pe.num_patches = grid[0] * grid[1]
+    vit_set_flags(model, flags)
+
+
+# --------------------------------------------------------------------------- build records
+def _square(v) -> Any:
+    v = tuple(int(x) for x in v)
+    return v[0] if len(set(v)) == 1 else list(v)
+
+
+def _vit_kwargs(m: nn.Module) -> dict:
+    blk = m.blocks[0]
+    return {
+        "img_size": _square(m.patch_embed.img_size),
+        "patch_size": _square(m.patch_embed.patch_size),
+        "in_chans": int(m.patch_embed.proj.in_channels),
+        "num_classes": int(m.num_classes),
+        "global_pool": m.global_pool,
+        "embed_dim": int(m.embed_dim),
+        "depth": len(m.blocks),
+        "num_heads": int(blk.attn.num_heads),
+        "mlp_ratio": blk.mlp.fc1.out_features / m.embed_dim,
+        "qkv_bias": blk.attn.qkv.bias is not None,
+        "class_token": m.cls_token is not None,
+        "reg_tokens": int(m.num_reg_tokens),
+        "no_embed_class": bool(m.no_embed_class),
+        "pre_norm": not isinstance(m.norm_pre, nn.Identity),
+        "fc_norm": not isinstance(m.fc_norm, nn.Identity),
+        "dynamic_img_size": bool(m.dynamic_img_size),
+    }
+
+
+def _swin_kwargs(m: nn.Module) -> dict:
+    first = m.layers[0].blocks[0]
+    return {
+        "img_size": _square(m.patch_embed.img_size),
+        "patch_size": _square(m.patch_embed.patch_size),
+        "in_chans": int(m.patch_embed.proj.in_channels),
+        "num_classes": int(m.num_classes),
+        "embed_dim": int(m.patch_embed.proj.out_channels),
+        "depths": [len(s.blocks) for s in m.layers],
+        "num_heads": [int(s.blocks[0].attn.num_heads) for s in m.layers],
+        "window_size": [_square(w) for w in m._ref_window_sizes],
+        "mlp_ratio": first.mlp.fc1.out_features / first.mlp.fc1.in_features,
+        "qkv_bias": first.attn.qkv.bias is not None,
+    }
+
+
+def _sam_kwargs(m: nn.Module) -> dict:
+    blk = m.blocks[0]
+    norm = blk.norm1
+    if type(norm) is not nn.LayerNorm or type(blk.mlp.act) is not nn.GELU:
+        raise ValueError("custom norm / activation")
+    return {
+        "img_size": int(m.img_size),
+        "patch_size": int(m.patch_embed.proj.kernel_size[0]),
+        "in_chans": int(m.patch_embed.proj.in_channels),
+        "embed_dim": int(m.patch_embed.proj.out_channels),
+        "depth": len(m.blocks),
+        "num_heads": int(blk.attn.num_heads),
+        "mlp_ratio": blk.mlp.lin1.out_features / blk.mlp.lin1.in_features,
+        "out_chans": int(m.neck[0].out_channels),
+        "qkv_bias": blk.attn.qkv.bias is not None,
+        "use_abs_pos": m.pos_embed is not None,
+        "use_rel_pos": bool(blk.attn.use_rel_pos),
+        "window_size": max(int(b.window_size) for b in m.blocks),
+        "global_attn_indexes": [i for i, b in enumerate(m.blocks) if b.window_size == 0],
+        "norm_eps": float(norm.eps),
+    }
+
+
+_KWARGS = {"timm_vit": _vit_kwargs, "timm_swin": _swin_kwargs, "sam": _sam_kwargs}
+_CLASSES = {
+    "timm.VisionTransformer": _vit_cls,
+    "timm.SwinTransformer": _swin_cls,
+    "segment_anything.ImageEncoderViT": _sam_cls,
+}
+_CLASS_OF = {
+    "timm_vit": "timm.VisionTransformer",
+    "timm_swin": "timm.SwinTransformer",
+    "sam": "segment_anything.ImageEncoderViT",
+}
+
+
+def rebuild(build: dict, device=None) -> nn.Module:
+    """The architecture a build record describes (fresh weights). Raises ValueError for a
+    record it cannot follow."""
+    if not isinstance(build, dict) or not isinstance(build.get("kwargs"), dict):
+        raise ValueError(f"corrupt build record {build!r}")
+    kwargs = dict(build["kwargs"])
+    kind = build.get("kind")
+    ctx = torch.device(device) if device is not None else _nullctx()
+    try:
+        with ctx:
+            if kind == "timm":
+                import timm
+
+                name = build.get("name")
+                if not isinstance(name, str):
+                    raise ValueError(f"corrupt build record: name {name!r}")
+                return timm.create_model(name, pretrained=False, **kwargs)
+            if kind == "class":
+                get = _CLASSES.get(build.get("class"))
+                cls = get() if get is not None else None
+                if cls is None:
+                    raise ValueError(f"unknown class {build.get('class')!r} in build record")
+                if build["class"] == "segment_anything.ImageEncoderViT":
+                    eps = kwargs.pop("norm_eps", 1e-6)
+                    kwargs["norm_layer"] = functools.partial(nn.LayerNorm, eps=eps)
+                return cls(**kwargs)
+    except ValueError:
+        raise
+    except Exception as exc:  # a record timm / SAM refuse: name it
+        raise ValueError(f"cannot rebuild the architecture from {build!r}: {exc}") from exc
+    raise ValueError(f"unknown build kind {kind!r}")
+
+
+class _nullctx:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def fingerprint(model: nn.Module) -> tuple:
+    """Module types and reprs (dropout / drop-path / identity ignored: rates do not change the
+    inference architecture) and the state_dict's shapes."""
+    mods = []
+    for name, m in model.named_modules():
+        t = type(m).__name__
+        if "Drop" in t or t == "Identity":
+            continue
+        mods.append((name, t, m.extra_repr()))
+    shapes = sorted((k, tuple(v.shape)) for k, v in model.state_dict().items())
+    return tuple(mods), tuple(shapes)
+
+
+def describe_build(model: nn.Module, family: str) -> dict | None:
+    """A verified JSON build record for ``model`` (call before converting it), or None."""
+    reader = _KWARGS.get(family)
+    if reader is None:
+        return None
+    try:
+        kwargs = json.loads(json.dumps(reader(model)))
+    except Exception:
+        return None
+    candidates = []
+    name = None
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str):
+        name = cfg["architecture"]
+    if name is not None:
+        try:
+            default = rebuild({"kind": "timm", "name": name, "kwargs": {}}, device="meta")
+            base = json.loads(json.dumps(reader(default)))
+            diff = {k: v for k, v in kwargs.items() if base.get(k) != v}
+            candidates.append({"kind": "timm", "name": name, "kwargs": diff})
+        except Exception:
+            pass
+    candidates.append({"kind": "class", "class": _CLASS_OF[family], "kwargs": kwargs})
+    want = fingerprint(model)
+    for build in candidates:
+        try:
+            if fingerprint(rebuild(build, device="meta")) == want:
+                return build
+        except Exception:
+            continue
+    return None

@@ -1,0 +1,308 @@
+"""Save and load extracted subnets: one safetensors file, its JSON document in the header.
+
+``save(subnet, path)`` writes ``subnet.state_dict()`` to a safetensors file whose header
+metadata key ``"supernet_kernels"`` holds a JSON document::
+
+    {"format": "sk-subnet-v1", "family": "timm_vit", "build": {...} | null,
+     "config": {...}, "resolution": 192 | null, "removed": ["blocks.3", ...],
+     "layers": {"blocks.0.attn.qkv": {"type": "LowRankLinear", "in_features": 64,
+                "out_features": 192, "rank": 32, "bias": true}, ...},
+     "keys": [...]}
+
+``build`` is how to rebuild the architecture without code (recorded by ``convert``): a timm
+model name plus constructor kwargs, or a whitelisted class (timm VisionTransformer /
+SwinTransformer, segment-anything ImageEncoderViT) plus kwargs; null where the architecture
+could not be recorded (generic models, custom layers). ``removed`` are dropped blocks by their
+original names; ``layers`` are the subnet's linear layers by their names in the subnet (after
+removal): ``Linear``, ``LowRankLinear`` (rank) or ``QuantLinear`` (bits, group_size, act_bits,
+symmetric).
+
+The single file is the atomic unit: it is written to a temporary file in the same folder,
+fsynced, then renamed over the target. ``load(path, skeleton=None)`` reads only safetensors and
+JSON (nothing is unpickled): it rebuilds the architecture (``timm.create_model(name,
+pretrained=False, **kwargs)``, the recorded class, or the given ``skeleton``, an instance of the
+original full model's architecture, which is changed in place), applies the resolution, removes
+the blocks, puts the recorded layer types in place, checks every key and shape against the file,
+then loads the tensors strictly. The model is returned in eval mode. A truncated or corrupt
+file, or one from another model, raises ValueError naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..nn.lowrank import LowRankLinear
+from ..nn.quant import QuantLinear
+from . import families as fam
+from .core import SUBNET_FORMAT, Supernet, remove_blocks
+
+_META_KEY = "supernet_kernels"
+
+
+def _layer_record(m: nn.Module) -> dict | None:
+    if isinstance(m, QuantLinear):
+        return {"type": "QuantLinear", **m.config()}
+    if isinstance(m, LowRankLinear):
+        return {
+            "type": "LowRankLinear",
+            "in_features": m.in_features,
+            "out_features": m.out_features,
+            "rank": m.rank,
+            "bias": m.bias is not None,
+        }
+    if isinstance(m, nn.Linear):
+        return {
+            "type": "Linear",
+            "in_features": m.in_features,
+            "out_features": m.out_features,
+            "bias": m.bias is not None,
+        }
+    return None
+
+
+def save(module: nn.Module, path: str | os.PathLike) -> Path:
+    """Write an extracted subnet (from ``Supernet.extract``) to ``path``, atomically."""
+    from safetensors.torch import save_file
+
+    if isinstance(module, Supernet):
+        raise TypeError("save: pass an extracted subnet, supernet.extract(config), not a Supernet")
+    info = getattr(module, "sk_subnet", None)
+    if not isinstance(info, dict) or info.get("format") != SUBNET_FORMAT:
+        raise ValueError(
+            "save: the module is not a subnet extracted by Supernet.extract (no sk_subnet "
+            "record); use supernet_kernels.save_quantized or safetensors for other models"
+        )
+    layers = {}
+    for name, m in module.named_modules():
+        rec = _layer_record(m)
+        if rec is not None:
+            layers[name] = rec
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set = set()
+    for key, t in module.state_dict().items():
+        t = t.detach().contiguous()
+        ident = (t.device, t.untyped_storage().data_ptr()) if t.numel() else None
+        if ident is not None and ident in seen:
+            t = t.clone()  # safetensors refuses tensors sharing memory
+        elif ident is not None:
+            seen.add(ident)
+        tensors[key] = t.cpu()
+    doc = {
+        "format": SUBNET_FORMAT,
+        "family": info["family"],
+        "build": info.get("build"),
+        "config": info.get("config"),
+        "resolution": info.get("resolution"),
+        "removed": list(info.get("removed", [])),
+        "layers": layers,
+        "keys": sorted(tensors),
+    }
+    meta = {_META_KEY: json.dumps(doc, sort_keys=True)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _read_doc(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(f"load: no file {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:
+        raise ValueError(
+            f"load: {path} is not a readable safetensors file (truncated or corrupt?): {exc}"
+        ) from exc
+    if _META_KEY not in header:
+        raise ValueError(f"load: {path} has no {_META_KEY!r} metadata; it was not written by save")
+    try:
+        doc = json.loads(header[_META_KEY])
+        if not isinstance(doc, dict):
+            raise ValueError("the document is not a JSON object")
+        if doc.get("format") != SUBNET_FORMAT:
+            raise ValueError(
+                f"format {doc.get('format')!r}, expected {SUBNET_FORMAT!r} (another file kind "
+                "or a newer release)"
+            )
+        if doc.get("family") not in ("timm_vit", "timm_swin", "sam", "generic"):
+            raise ValueError(f"unknown family {doc.get('family')!r}")
+        if not isinstance(doc.get("layers"), dict) or not isinstance(doc.get("removed"), list):
+            raise ValueError("'layers' / 'removed' missing or of the wrong type")
+        if not all(isinstance(r, str) for r in doc["removed"]):
+            raise ValueError("'removed' must hold block names")
+        res = doc.get("resolution")
+        if res is not None and (not isinstance(res, int) or res <= 0):
+            raise ValueError(f"bad resolution {res!r}")
+        if doc.get("keys") is not None and sorted(doc["keys"]) != sorted(shapes):
+            raise ValueError("the tensors in the file are not the ones the document lists")
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"load: {path} has corrupt metadata: {exc}") from exc
+    return doc, shapes
+
+
+def _int(rec: dict, field: str, where: str) -> int:
+    v = rec.get(field)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{where}: corrupt layer record field {field}={v!r}")
+    return v
+
+
+def _make_layer(rec: Any, where: str, ref: nn.Linear) -> nn.Module:
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: corrupt layer record {rec!r}")
+    k, n = _int(rec, "in_features", where), _int(rec, "out_features", where)
+    bias = rec.get("bias")
+    if not isinstance(bias, bool):
+        raise ValueError(f"{where}: corrupt layer record field bias={bias!r}")
+    if k > ref.in_features or n > ref.out_features or bias != (ref.bias is not None):
+        raise ValueError(
+            f"{where}: the file's layer is {k}->{n} (bias={bias}), the model's "
+            f"{ref.in_features}->{ref.out_features} (bias={ref.bias is not None}); the file is "
+            "from another model"
+        )
+    kw = {"device": ref.weight.device, "dtype": ref.weight.dtype}
+    t = rec.get("type")
+    try:
+        if t == "Linear":
+            return nn.Linear(k, n, bias=bias, **kw)
+        if t == "LowRankLinear":
+            return LowRankLinear(k, n, _int(rec, "rank", where), bias=bias, **kw)
+        if t == "QuantLinear":
+            sym = rec.get("symmetric")
+            if not isinstance(sym, bool):
+                raise ValueError(f"corrupt field symmetric={sym!r}")
+            return QuantLinear(
+                k,
+                n,
+                bits=_int(rec, "bits", where),
+                group_size=_int(rec, "group_size", where),
+                act_bits=_int(rec, "act_bits", where),
+                symmetric=sym,
+                bias=bias,
+                **kw,
+            )
+    except ValueError as exc:
+        raise ValueError(f"{where}: corrupt layer record: {exc}") from exc
+    raise ValueError(f"{where}: unknown layer type {t!r}")
+
+
+def load(path: str | os.PathLike, skeleton: nn.Module | None = None) -> nn.Module:
+    """Load a :func:`save` file; see the module doc. ``skeleton``: a full model of the original
+    architecture (required where the file records no build; it is changed in place)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    doc, shapes = _read_doc(path)
+    where = f"load: {path}"
+    if skeleton is None:
+        if doc.get("build") is None:
+            raise ValueError(
+                f"{where}: the file records no architecture (a {doc['family']} model whose "
+                "constructor arguments could not be recorded); pass skeleton=, a model of the "
+                "original architecture"
+            )
+        try:
+            model = fam.rebuild(doc["build"])
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+    else:
+        if not isinstance(skeleton, nn.Module):
+            raise TypeError(f"load: skeleton must be an nn.Module, got {type(skeleton).__name__}")
+        model = skeleton
+    have = fam.detect_family(model)
+    if have != doc["family"]:
+        raise ValueError(
+            f"{where}: the file holds a {doc['family']} subnet, the model is {have}; the file "
+            "is from another model"
+        )
+
+    # Check the structure against the model before changing anything.
+    if doc["resolution"] is not None and have != "timm_vit":
+        raise ValueError(f"{where}: corrupt metadata: resolution given for a {have} model")
+    for b in doc["removed"]:
+        try:
+            model.get_submodule(b)
+        except AttributeError:
+            raise ValueError(
+                f"{where}: the model has no block {b!r} to remove; the file is from another model"
+            ) from None
+    if doc["resolution"] is not None:
+        p = model.patch_embed.patch_size[0]
+        if doc["resolution"] % p:
+            raise ValueError(
+                f"{where}: resolution {doc['resolution']} is not a multiple of the model's "
+                f"patch size {p}; the file is from another model"
+            )
+        fam.vit_set_resolution(model, doc["resolution"], fam.vit_flags(model))
+    remove_blocks(model, doc["removed"])
+    plan = []
+    for name, rec in doc["layers"].items():
+        lw = f"{where} layer {name!r}"
+        try:
+            ref = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(
+                f"{lw}: the model has no module of that name; the file is from another model"
+            ) from None
+        if not isinstance(ref, nn.Linear):
+            raise ValueError(
+                f"{lw}: the model's module is a {type(ref).__name__}, not nn.Linear; the file "
+                "is from another model"
+            )
+        new = _make_layer(rec, lw, ref)
+        new.train(ref.training)
+        plan.append((name, new))
+    for name, new in plan:
+        head, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(head) if head else model, attr, new)
+
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{where} does not match the model (from another model?): missing keys "
+            f"{missing[:8]}{' ...' if len(missing) > 8 else ''}, unexpected keys "
+            f"{extra[:8]}{' ...' if len(extra) > 8 else ''}"
+        )
+    bad = [f"{k}: file {shapes[k]}, model {s}" for k, s in expected.items() if shapes[k] != s]
+    if bad:
+        raise ValueError(f"{where} does not match the model (shape mismatch): {bad[:8]}")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise ValueError(f"{where} could not be read (truncated or corrupt?): {exc}") from exc
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{where} does not fit the model: {exc}") from exc
+    model.sk_subnet = {
+        "format": SUBNET_FORMAT,
+        "family": doc["family"],
+        "build": doc.get("build"),
+        "config": doc.get("config"),
+        "removed": list(doc["removed"]),
+        "resolution": doc["resolution"],
+    }
+    return model.eval()
