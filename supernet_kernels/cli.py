@@ -7,6 +7,7 @@ import platform
 import sys
 
 KERNELS = {
+    "attention": ("triton",),
     "lowrank_linear": ("triton", "cuda"),
     "quant_linear": ("triton", "cuda"),
     "int8_linear": ("triton", "cuda"),

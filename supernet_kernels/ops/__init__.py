@@ -5,6 +5,7 @@ the CPU path and the test reference, and Triton and CUDA implementations picked 
 :mod:`supernet_kernels.backends`.
 """
 
+from .attention import attention, attention_reference
 from .lowrank import lowrank_linear, lowrank_linear_reference
 from .quant import (
     fp8_linear,
@@ -16,6 +17,8 @@ from .quant import (
 )
 
 __all__ = [
+    "attention",
+    "attention_reference",
     "fp8_linear",
     "fp8_linear_reference",
     "int8_linear",

@@ -1,0 +1,423 @@
+"""Triton kernels for attention with SAM's decomposed relative-position bias.
+
+    out = softmax(scale * q k^T + bias) v,   bias[i, j] = rel_h[i, j // W] + rel_w[i, j % W]
+
+q, k, v are (B, nH, T, d), read through their strides; rel_h (B, nH, T, H) and rel_w
+(B, nH, T, W) are the two small factors of the bias (T = H * W). Neither the T x T scores nor
+the T x T bias ever reach memory:
+
+* forward (``_attn_fwd_kernel``, flash-attention style): a program owns BLOCK_M queries of one
+  (batch, head) and walks the keys in BLOCK_N tiles, keeping the running row maximum and sum in
+  fp32 (online softmax, base 2). The bias tile is gathered on the fly: key j of the tile reads
+  rel_h[i, j // W] and rel_w[i, j % W] -- two (BLOCK_M x BLOCK_N) gathers from rows of H and W
+  values, which stay in L1/L2 (the alternative, a one-hot matmul rel_h @ onehot(j // W), costs
+  BLOCK_M * BLOCK_N * (H + W) extra MACs: more than q k^T itself at SAM's global 64 x 64 grid).
+  It stores out and the fp32 log-sum-exp of each query row (natural log), which the backward
+  needs and which the op returns as its second output.
+* backward (flash-attention 2 scheme, no atomics): delta_i = dO_i . O_i - dlse_i is a T x d
+  row reduction (done by the op layer). ``_attn_bwd_dkdv_kernel`` owns a BLOCK_N block of keys
+  and walks the queries: p = exp(s - lse), dV += p^T dO, dS = p (dO V^T - delta), dK += dS^T Q.
+  ``_attn_bwd_dq_kernel`` owns a BLOCK_M block of queries and walks the keys: dQ += dS K, and
+  with the bias d rel_h += dS @ onehot(j // W) and d rel_w += dS @ onehot(j % W), the one-hot
+  (BLOCK_N x H_pad) tiles built from tl.arange comparisons. Each program owns its query rows,
+  so the bias gradients need no atomics. The one-hot products run on fp32 dS ("ieee" for fp32
+  inputs; tf32 for fp16/bf16 inputs, whose rounding is no coarser than theirs).
+
+Head dims that are not powers of two (80, SAM ViT-H) are padded to the next power of two with
+masks; token counts need not be multiples of the tiles. Offsets are int64.
+
+Precision, as in flash attention and the reference (``ops.attention``): scores, bias, softmax
+statistics and all accumulators in fp32; the probabilities are rounded to the input dtype before
+the p @ v product (and p, dS before the dV, dK, dQ products).
+
+Tile sizes are heuristics, not yet measured on a GPU.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_lowrank import _dot, _round
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+# The CUDA grid's second axis holds at most 65535 programs: (batch * heads) beyond that is
+# launched in chunks.
+_MAX_GRID_Y = 65535
+
+
+@triton.jit
+def _rel_bias(rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk):
+    """The (BLOCK_M x BLOCK_N) fp32 bias tile rel_h[i, j // W] + rel_w[i, j % W]."""
+    kh = offs_n // RW
+    kw = offs_n % RW
+    bh = tl.load(rh_ptr + offs_m[:, None] * srht + kh[None, :] * srhk, mask=mask, other=0.0)
+    bw = tl.load(rw_ptr + offs_m[:, None] * srwt + kw[None, :] * srwk, mask=mask, other=0.0)
+    return bh.to(tl.float32) + bw.to(tl.float32)
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, o_ptr, lse_ptr,
+    NH, TQ, TK, D, RW, bh_base, qk_scale,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
+    srhb, srhh, srht, srhk, srwb, srwh, srwt, srwk,
+    sob, soh, sot, sod, slb, slh, slt,
+    HAS_REL: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    RNE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64) + bh_base
+    b = bh // NH
+    h = bh % NH
+    q_ptr += b * sqb + h * sqh
+    k_ptr += b * skb + h * skh
+    v_ptr += b * svb + h * svh
+    rh_ptr += b * srhb + h * srhh
+    rw_ptr += b * srwb + h * srwh
+    o_ptr += b * sob + h * soh
+    lse_ptr += b * slb + h * slh
+
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
+    mask_m = offs_m < TQ
+    mask_d = offs_d < D
+    q = tl.load(
+        q_ptr + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
+        mask=mask_m[:, None] & mask_d[None, :],
+        other=0.0,
+    )
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for n0 in range(0, TK, BLOCK_N):
+        offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
+        mask_n = offs_n < TK
+        kt = tl.load(
+            k_ptr + offs_d[:, None] * skd + offs_n[None, :] * skt,
+            mask=mask_d[:, None] & mask_n[None, :],
+            other=0.0,
+        )
+        # s in base 2: log2(e) * (scale * q k^T + bias)
+        s = _dot(q, kt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32) * qk_scale
+        if HAS_REL:
+            mask = mask_m[:, None] & mask_n[None, :]
+            s += _rel_bias(rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk) * (
+                LOG2E
+            )
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        # The first tile holds key 0, so m_new is finite from the start (TK >= 1).
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vt = tl.load(
+            v_ptr + offs_n[:, None] * svt + offs_d[None, :] * svd,
+            mask=mask_n[:, None] & mask_d[None, :],
+            other=0.0,
+        )
+        acc = _dot(_round(p, v_ptr.dtype.element_ty, RNE_BF16), vt, acc * alpha[:, None], DOT_FP32)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(
+        o_ptr + offs_m[:, None] * sot + offs_d[None, :] * sod,
+        _round(out, o_ptr.dtype.element_ty, RNE_BF16),
+        mask=mask_m[:, None] & mask_d[None, :],
+    )
+    tl.store(lse_ptr + offs_m * slt, m_i * LN2 + tl.log(l_i), mask=mask_m)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, do_ptr, lse_ptr, dl_ptr, dk_ptr, dv_ptr,
+    NH, TQ, TK, D, RW, bh_base, qk_scale, scale,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
+    srhb, srhh, srht, srhk, srwb, srwh, srwt, srwk,
+    sdob, sdoh, sdot, sdod, slb, slh, slt,
+    sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd,
+    HAS_REL: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    RNE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """dK, dV for BLOCK_N keys of one (batch, head): walks every query tile.
+
+    lse and delta (dl_ptr) share the strides (slb, slh, slt)."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64) + bh_base
+    b = bh // NH
+    h = bh % NH
+    q_ptr += b * sqb + h * sqh
+    k_ptr += b * skb + h * skh
+    v_ptr += b * svb + h * svh
+    rh_ptr += b * srhb + h * srhh
+    rw_ptr += b * srwb + h * srwh
+    do_ptr += b * sdob + h * sdoh
+    lse_ptr += b * slb + h * slh
+    dl_ptr += b * slb + h * slh
+    dk_ptr += b * sdkb + h * sdkh
+    dv_ptr += b * sdvb + h * sdvh
+
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
+    mask_n = offs_n < TK
+    mask_d = offs_d < D
+    mask_nd = mask_d[:, None] & mask_n[None, :]
+    kt = tl.load(k_ptr + offs_d[:, None] * skd + offs_n[None, :] * skt, mask=mask_nd, other=0.0)
+    vt = tl.load(v_ptr + offs_d[:, None] * svd + offs_n[None, :] * svt, mask=mask_nd, other=0.0)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for m0 in range(0, TQ, BLOCK_M):
+        offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
+        mask_m = offs_m < TQ
+        mask_md = mask_m[:, None] & mask_d[None, :]
+        q = tl.load(q_ptr + offs_m[:, None] * sqt + offs_d[None, :] * sqd, mask=mask_md, other=0.0)
+        do = tl.load(
+            do_ptr + offs_m[:, None] * sdot + offs_d[None, :] * sdod, mask=mask_md, other=0.0
+        )
+        lse = tl.load(lse_ptr + offs_m * slt, mask=mask_m, other=0.0)
+        delta = tl.load(dl_ptr + offs_m * slt, mask=mask_m, other=0.0)
+        mask = mask_m[:, None] & mask_n[None, :]
+        s = _dot(q, kt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32) * qk_scale
+        if HAS_REL:
+            s += _rel_bias(rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk) * (
+                LOG2E
+            )
+        p = tl.where(mask, tl.exp2(s - lse[:, None] * LOG2E), 0.0)
+        p_lp = _round(p, do_ptr.dtype.element_ty, RNE_BF16)
+        dv = _dot(tl.trans(p_lp), do, dv, DOT_FP32)
+        dp = _dot(do, vt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32)
+        ds = p * (dp - delta[:, None])
+        dk = _dot(tl.trans(_round(ds, q_ptr.dtype.element_ty, RNE_BF16)), q, dk, DOT_FP32)
+    mask_dn = mask_n[:, None] & mask_d[None, :]
+    tl.store(
+        dk_ptr + offs_n[:, None] * sdkt + offs_d[None, :] * sdkd,
+        _round(dk * scale, dk_ptr.dtype.element_ty, RNE_BF16),
+        mask=mask_dn,
+    )
+    tl.store(
+        dv_ptr + offs_n[:, None] * sdvt + offs_d[None, :] * sdvd,
+        _round(dv, dv_ptr.dtype.element_ty, RNE_BF16),
+        mask=mask_dn,
+    )
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, do_ptr, lse_ptr, dl_ptr, dq_ptr, drh_ptr, drw_ptr,
+    NH, TQ, TK, D, RH, RW, bh_base, qk_scale, scale,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
+    srhb, srhh, srht, srhk, srwb, srwh, srwt, srwk,
+    sdob, sdoh, sdot, sdod, slb, slh, slt,
+    sdqb, sdqh, sdqt, sdqd, sdrhb, sdrhh, sdrht, sdrhk, sdrwb, sdrwh, sdrwt, sdrwk,
+    HAS_REL: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    RNE_BF16: tl.constexpr,
+    ONEHOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):  # fmt: skip
+    """dQ (and d rel_h, d rel_w) for BLOCK_M queries of one (batch, head): walks every key tile."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64) + bh_base
+    b = bh // NH
+    h = bh % NH
+    q_ptr += b * sqb + h * sqh
+    k_ptr += b * skb + h * skh
+    v_ptr += b * svb + h * svh
+    rh_ptr += b * srhb + h * srhh
+    rw_ptr += b * srwb + h * srwh
+    do_ptr += b * sdob + h * sdoh
+    lse_ptr += b * slb + h * slh
+    dl_ptr += b * slb + h * slh
+    dq_ptr += b * sdqb + h * sdqh
+    drh_ptr += b * sdrhb + h * sdrhh
+    drw_ptr += b * sdrwb + h * sdrwh
+
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
+    mask_m = offs_m < TQ
+    mask_d = offs_d < D
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    q = tl.load(q_ptr + offs_m[:, None] * sqt + offs_d[None, :] * sqd, mask=mask_md, other=0.0)
+    do = tl.load(do_ptr + offs_m[:, None] * sdot + offs_d[None, :] * sdod, mask=mask_md, other=0.0)
+    lse2 = tl.load(lse_ptr + offs_m * slt, mask=mask_m, other=0.0) * LOG2E
+    delta = tl.load(dl_ptr + offs_m * slt, mask=mask_m, other=0.0)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    drh = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
+    drw = tl.zeros((BLOCK_M, BLOCK_W), dtype=tl.float32)
+    cols_h = tl.arange(0, BLOCK_H)
+    cols_w = tl.arange(0, BLOCK_W)
+    for n0 in range(0, TK, BLOCK_N):
+        offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
+        mask_n = offs_n < TK
+        mask_dn = mask_d[:, None] & mask_n[None, :]
+        kt = tl.load(k_ptr + offs_d[:, None] * skd + offs_n[None, :] * skt, mask=mask_dn, other=0.0)
+        vt = tl.load(v_ptr + offs_d[:, None] * svd + offs_n[None, :] * svt, mask=mask_dn, other=0.0)
+        mask = mask_m[:, None] & mask_n[None, :]
+        s = _dot(q, kt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32) * qk_scale
+        if HAS_REL:
+            s += _rel_bias(rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk) * (
+                LOG2E
+            )
+        p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+        dp = _dot(do, vt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32)
+        ds = p * (dp - delta[:, None])
+        dq = _dot(_round(ds, q_ptr.dtype.element_ty, RNE_BF16), tl.trans(kt), dq, DOT_FP32)
+        if HAS_REL:
+            # d bias[i, j] = dS[i, j]; summed over the keys of each key row (j // W) and column
+            # (j % W) by products with one-hot tiles built here.
+            oh_h = ((offs_n // RW)[:, None] == cols_h[None, :]) & mask_n[:, None]
+            oh_w = ((offs_n % RW)[:, None] == cols_w[None, :]) & mask_n[:, None]
+            drh = tl.dot(ds, oh_h.to(tl.float32), drh, input_precision=ONEHOT_PREC)
+            drw = tl.dot(ds, oh_w.to(tl.float32), drw, input_precision=ONEHOT_PREC)
+    tl.store(
+        dq_ptr + offs_m[:, None] * sdqt + offs_d[None, :] * sdqd,
+        _round(dq * scale, dq_ptr.dtype.element_ty, RNE_BF16),
+        mask=mask_md,
+    )
+    if HAS_REL:
+        tl.store(
+            drh_ptr + offs_m[:, None] * sdrht + cols_h[None, :] * sdrhk,
+            _round(drh, drh_ptr.dtype.element_ty, RNE_BF16),
+            mask=mask_m[:, None] & (cols_h < RH)[None, :],
+        )
+        tl.store(
+            drw_ptr + offs_m[:, None] * sdrwt + cols_w[None, :] * sdrwk,
+            _round(drw, drw_ptr.dtype.element_ty, RNE_BF16),
+            mask=mask_m[:, None] & (cols_w < RW)[None, :],
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers. Raw tensors in, outputs out; arguments are validated by the op layer.
+
+
+def _pad(n: int) -> int:
+    """Triton's dot needs power-of-two tiles of at least 16."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def _tiles(interpret: bool, block_d: int, backward: bool) -> dict:
+    """Heuristic tiles (unmeasured on a GPU). The interpreter gets 16 x 16 tiles: small numpy
+    work, and several tiles (and masked tails) even at the tests' T <= 64."""
+    if interpret:
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=1)
+    if backward:
+        return dict(BLOCK_M=32, BLOCK_N=32 if block_d <= 64 else 16, num_warps=4)
+    return dict(BLOCK_M=64, BLOCK_N=64 if block_d <= 64 else 32, num_warps=4)
+
+
+def _flags(q) -> dict:
+    import torch
+
+    interp_bf16 = q.dtype == torch.bfloat16 and q.device.type == "cpu"
+    return dict(DOT_FP32=q.dtype == torch.float32 or interp_bf16, RNE_BF16=interp_bf16)
+
+
+def _rel_args(rel_h, rel_w, like):
+    """(rel_h, rel_w, strides...) or dummies (never read when HAS_REL is False)."""
+    if rel_h is None:
+        return like, like, (0, 0, 0, 0, 0, 0, 0, 0), 1, 1
+    return rel_h, rel_w, (*rel_h.stride(), *rel_w.stride()), rel_h.shape[-1], rel_w.shape[-1]
+
+
+def _bh_chunks(bh: int):
+    for base in range(0, bh, _MAX_GRID_Y):
+        yield base, min(_MAX_GRID_Y, bh - base)
+
+
+def attention_fwd(q, k, v, rel_h, rel_w, scale: float):
+    """(out (B, nH, Tq, d) in q's dtype, lse (B, nH, Tq) fp32, natural log)."""
+    import torch
+
+    B, NH, TQ, D = q.shape
+    TK = k.shape[2]
+    out = torch.empty((B, NH, TQ, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, NH, TQ), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+    rh, rw, rel_strides, _, RW = _rel_args(rel_h, rel_w, q)
+    block_d = _pad(D)
+    tiles = _tiles(q.device.type == "cpu", block_d, backward=False)
+    for base, n in _bh_chunks(B * NH):
+        grid = (triton.cdiv(TQ, tiles["BLOCK_M"]), n)
+        _attn_fwd_kernel[grid](
+            q, k, v, rh, rw, out, lse,
+            NH, TQ, TK, D, RW, base, scale * 1.4426950408889634,
+            *q.stride(), *k.stride(), *v.stride(), *rel_strides,
+            *out.stride(), *lse.stride(),
+            HAS_REL=rel_h is not None,
+            BLOCK_D=block_d,
+            **_flags(q),
+            **tiles,
+        )  # fmt: skip
+    return out, lse
+
+
+def attention_bwd(q, k, v, rel_h, rel_w, scale: float, do, lse, delta, need_rel: bool):
+    """(dq, dk, dv, d rel_h, d rel_w); delta (B, nH, Tq) fp32 = rowsum(dO * O) - dlse, with the
+    strides of lse. The bias gradients are None without rel pos or when need_rel is False."""
+    import torch
+
+    B, NH, TQ, D = q.shape
+    TK = k.shape[2]
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    has_rel = rel_h is not None
+    drh = torch.empty_like(rel_h, memory_format=torch.contiguous_format) if has_rel else None
+    drw = torch.empty_like(rel_w, memory_format=torch.contiguous_format) if has_rel else None
+    if B * NH == 0 or D == 0:
+        return dq, dk, dv, drh, drw
+    if TQ == 0:  # no queries: nothing reaches the keys
+        return dq, dk.zero_(), dv.zero_(), drh, drw
+    rh, rw, rel_strides, RH, RW = _rel_args(rel_h, rel_w, q)
+    drh_arg, drw_arg = (drh, drw) if has_rel else (dq, dq)
+    drel_strides = (*drh.stride(), *drw.stride()) if has_rel else (0,) * 8
+    block_d = _pad(D)
+    tiles = _tiles(q.device.type == "cpu", block_d, backward=True)
+    flags = _flags(q)
+    interpret = q.device.type == "cpu"
+    onehot_prec = "ieee" if (q.dtype == torch.float32 or interpret) else "tf32"
+    qk_scale = scale * 1.4426950408889634
+    assert lse.stride() == delta.stride()
+    common = (
+        *q.stride(), *k.stride(), *v.stride(), *rel_strides, *do.stride(), *lse.stride(),
+    )  # fmt: skip
+    for base, n in _bh_chunks(B * NH):
+        _attn_bwd_dkdv_kernel[(triton.cdiv(TK, tiles["BLOCK_N"]), n)](
+            q, k, v, rh, rw, do, lse, delta, dk, dv,
+            NH, TQ, TK, D, RW, base, qk_scale, scale,
+            *common, *dk.stride(), *dv.stride(),
+            HAS_REL=has_rel,
+            BLOCK_D=block_d,
+            **flags,
+            **tiles,
+        )  # fmt: skip
+        _attn_bwd_dq_kernel[(triton.cdiv(TQ, tiles["BLOCK_M"]), n)](
+            q, k, v, rh, rw, do, lse, delta, dq, drh_arg, drw_arg,
+            NH, TQ, TK, D, rel_h.shape[-1] if has_rel else 1, RW, base, qk_scale, scale,
+            *common, *dq.stride(), *drel_strides,
+            HAS_REL=has_rel,
+            ONEHOT_PREC=onehot_prec,
+            BLOCK_D=block_d,
+            BLOCK_H=_pad(rel_h.shape[-1]) if has_rel else 16,
+            BLOCK_W=_pad(RW) if has_rel else 16,
+            **flags,
+            **tiles,
+        )  # fmt: skip
+    if not need_rel:
+        drh = drw = None
+    return dq, dk, dv, drh, drw
