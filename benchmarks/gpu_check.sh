@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # One-command GPU check: versions, build, `info`, the whole test suite on the GPU, the low-rank
-# benchmark, the quantized-linear benchmark (+ dispatch tables), and one summary JSON.
+# benchmark, the quantized-linear benchmark (+ dispatch tables), the whole-model benchmark
+# (DeiT-B / SAM ViT-B configs) and one summary JSON.
 # Everything lands in ${OUT} as at most 8 files, flat (the device runner brings back at most 8
 # files, 2 folders deep):
-#   console.log build.log pytest.log junit.xml lowrank.jsonl quant.jsonl dispatch_<gpu>.json
+#   console.log build.log pytest.log lowrank.jsonl quant.jsonl models.jsonl dispatch_<gpu>.json
 #   gpu_check_summary.json
-# (both benchmarks write the same per-GPU dispatch table, one file holding every op).
+# (both kernel benchmarks write the same per-GPU dispatch table, one file holding every op).
+# junit.xml stays in a temp folder (its pass/fail counts go into the summary; the failures
+# themselves are in pytest.log) to make room for models.jsonl; the models plot is redrawn
+# locally with `python benchmarks/models_report.py $OUT/models.jsonl`.
 # Peers for the quant benchmark (bitsandbytes, gemlite) come from wheels in .whl/ at the repo
 # root when it exists (the GPU machine has no network; see benchmarks/README.md).
 #
@@ -15,8 +19,8 @@
 #
 # The whole script is sized to end within GPU_CHECK_BUDGET_S (default 470 s): each phase gets
 # its own `timeout`, clipped so that the phases after it keep a minimum share. Nominal budget:
-# versions 20, build 90, info 20, tests 150, low-rank bench 90, peer wheels 20, quant bench 120
-# (s); the short phases normally take a few seconds, which is the slack.
+# versions 20, build 90, info 20, tests 130, low-rank bench 80, peer wheels 20, quant bench 100,
+# models bench 90 (s); the short phases normally take a few seconds, which is the slack.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -86,7 +90,7 @@ info() {
 tests() {
   # The suite runs on the GPU for real: no interpreter. No -x: we want every failure.
   env -u TRITON_INTERPRET "$PY" -m pytest -q tests -p no:cacheprovider \
-    --junitxml="$OUT/junit.xml" >"$OUT/pytest.log" 2>&1
+    --junitxml="$TMP/junit.xml" >"$OUT/pytest.log" 2>&1
   local rc=$?
   tail -15 "$OUT/pytest.log"
   return $rc
@@ -122,32 +126,48 @@ quant() {
     --summary-json "$TMP/quant_summary.json" --time-budget-s $((limit - 35))
 }
 
+models() {
+  local limit=$1 mode=--quick
+  [[ "$FULL" == 1 ]] && mode=""
+  # No new timings 25 s before the timeout (one SAM config with its JIT can take ~10 s); the
+  # plot goes to $TMP (redraw it from models.jsonl), keeping $OUT at 8 files.
+  "$PY" benchmarks/bench_models.py $mode --out "$OUT" --plot-dir "$TMP" \
+    --summary-json "$TMP/models_summary.json" --time-budget-s $((limit - 25))
+}
+
 SITE="$TMP/site"
 export PY OUT FULL TMP SITE
-export -f versions build info tests bench peers quant
+export -f versions build info tests bench peers quant models
 
 # Reserves: when every earlier phase runs to its timeout, the clipping below still leaves
-# ~90 s for the low-rank bench and ~110 s for the quant bench.
-phase versions 20 440 versions
-phase build 90 360 build
-phase info 20 340 info
-phase tests 150 210 tests
-bench_limit=$(($(remaining) - 130))
-((bench_limit > 90)) && bench_limit=90
-[[ "$FULL" == 1 ]] && bench_limit=$(($(remaining) - 130 > 300 ? 300 : $(remaining) - 130))
+# ~70 s for the low-rank bench, ~90 s for the quant bench and ~75 s for the models bench.
+phase versions 20 430 versions
+phase build 90 330 build
+phase info 20 310 info
+phase tests 130 250 tests
+bench_limit=$(($(remaining) - 180))
+((bench_limit > 80)) && bench_limit=80
+[[ "$FULL" == 1 ]] && bench_limit=$(($(remaining) - 180 > 300 ? 300 : $(remaining) - 180))
 ((bench_limit < 40)) && bench_limit=40
-phase bench "$bench_limit" 130 bench "$bench_limit"
-phase peers 20 110 peers
-quant_limit=$(($(remaining) - 10))
-((quant_limit > 120)) && [[ "$FULL" != 1 ]] && quant_limit=120
+phase bench "$bench_limit" 180 bench "$bench_limit"
+phase peers 20 170 peers
+quant_limit=$(($(remaining) - 80))
+((quant_limit > 100)) && [[ "$FULL" != 1 ]] && quant_limit=100
 ((quant_limit < 40)) && quant_limit=40
-phase quant "$quant_limit" 10 quant "$quant_limit"
+phase quant "$quant_limit" 80 quant "$quant_limit"
+models_limit=$(($(remaining) - 5))
+((models_limit > 90)) && [[ "$FULL" != 1 ]] && models_limit=90
+((models_limit > 300)) && models_limit=300
+((models_limit < 40)) && models_limit=40
+phase models "$models_limit" 5 models "$models_limit"
 
-"$PY" - "$OUT" "$PHASES" "$TMP/bench_summary.json" "$FULL" "$TMP/quant_summary.json" <<'EOF'
+"$PY" - "$OUT" "$PHASES" "$TMP/bench_summary.json" "$FULL" "$TMP/quant_summary.json" \
+  "$TMP/junit.xml" "$TMP/models_summary.json" <<'EOF'
 import datetime, json, pathlib, re, subprocess, sys
 import xml.etree.ElementTree as ET
 
-out, phases_path, bench_path, full, quant_path = pathlib.Path(sys.argv[1]), *sys.argv[2:]
+out, phases_path, bench_path, full, quant_path, junit_path, models_path = (
+    pathlib.Path(sys.argv[1]), *sys.argv[2:])
 phases = {}
 for line in pathlib.Path(phases_path).read_text().splitlines():
     name, rc, secs, limit = line.split("\t")
@@ -155,7 +175,7 @@ for line in pathlib.Path(phases_path).read_text().splitlines():
                     "timed_out": int(rc) in (124, 137)}
 
 tests = {"passed": None, "failed": None, "errors": None, "skipped": None, "source": None}
-junit = out / "junit.xml"
+junit = pathlib.Path(junit_path)
 if junit.exists():
     root = ET.parse(junit).getroot()
     suites = [root] if root.tag == "testsuite" else list(root)
@@ -173,6 +193,7 @@ elif (out / "pytest.log").exists():
 
 bench = json.loads(pathlib.Path(bench_path).read_text()) if pathlib.Path(bench_path).exists() else {}
 quant = json.loads(pathlib.Path(quant_path).read_text()) if pathlib.Path(quant_path).exists() else {}
+models = json.loads(pathlib.Path(models_path).read_text()) if pathlib.Path(models_path).exists() else {}
 env = bench.get("env") or quant.get("env") or {}
 try:
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
@@ -194,6 +215,8 @@ summary = {
     "dispatch_table": bench.get("dispatch"),
     "quant_targets": quant.get("targets"), "quant_bad_backend_results": quant.get("bad"),
     "quant_groups_not_run": quant.get("groups_not_run"), "quant_dispatch": quant.get("dispatch"),
+    "models_latency_ms": models.get("latency_ms"), "models_errors": models.get("errors"),
+    "models_failed": models.get("models_failed"), "models_not_run": models.get("not_run"),
     "files": sorted(p.name for p in out.iterdir()),
 }
 (out / "gpu_check_summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
@@ -214,5 +237,9 @@ for t in (quant.get("targets") or {}).values():
     print(f"  quant     {verdict:<4} {t['target']} ({t['n_pass']}/{t['n']})")
 print(f"  quant bad backend results: {len(quant.get('bad') or [])}   "
       f"groups not run: {quant.get('groups_not_run')}   dispatch: {quant.get('dispatch')}")
+for k, v in (models.get("latency_ms") or {}).items():
+    print(f"  models    {k:<28} {'-' if v is None else f'{v:.2f} ms'}")
+print(f"  models errors: {len(models.get('errors') or [])}   failed: {models.get('models_failed')}"
+      f"   not run: {models.get('models_not_run', models.get('not_run'))}")
 print(f"  files in {out}: {', '.join(summary['files'])}")
 EOF
