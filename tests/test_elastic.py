@@ -355,3 +355,20 @@ def test_elastic_block_skip_returns_input():
     blk.set_active(True)
     assert not torch.equal(blk(x), x)
     assert isinstance(sk.nn.ElasticBlock(nn.Identity()).block, nn.Identity)
+
+
+def test_high_rank_runs_and_extracts_dense():
+    """FLORA's cost rule: a rank-r layer costs min(in*out, r*(in+out)) per token. Past the
+    break-even rank the product of the factors is used as one dense weight."""
+    torch.manual_seed(0)
+    lin = nn.Linear(48, 40)
+    layer = ElasticLinear.from_linear(lin, rank_choices=[8, 40])
+    x = torch.randn(5, 48)
+    for r, kind in ((8, LowRankLinear), (21, LowRankLinear), (22, nn.Linear), (40, nn.Linear)):
+        layer.set_active(rank=r)  # break-even: r * 88 < 1920  <=>  r <= 21
+        sub = layer.extract()
+        assert type(sub) is kind, r
+        torch.testing.assert_close(sub(x), layer(x), rtol=1e-5, atol=1e-5)
+        want = min(48 * 40, r * 88) + 40
+        assert layer.active_weight_params() == want
+    torch.testing.assert_close(layer(x), lin(x), rtol=1e-5, atol=1e-5)  # full rank: the original

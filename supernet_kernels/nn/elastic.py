@@ -336,8 +336,16 @@ class ElasticLinear(nn.Module):
         (factorized), plus out for the bias. LoRA adapters are not counted (they merge into
         the weight on ``extract``)."""
         n, k = self.active_out, self.active_in
-        w = n * k if self.active_rank is None else self.active_rank * (n + k)
+        w = n * k if not self._factors_cheaper() else self.active_rank * (n + k)
         return w + (n if self.bias is not None else 0)
+
+    def _factors_cheaper(self) -> bool:
+        """True when the active rank is low enough for the factors to save work: a rank-r layer
+        costs r * (in + out) per token against in * out dense (FLORA counts min of the two). At
+        higher ranks the product u[:, :r] @ v[:r] is formed once and used as a dense weight,
+        in the forward and in ``extract``, so a high rank never costs more than the original."""
+        r, n, k = self.active_rank, self.active_out, self.active_in
+        return r is not None and r * (n + k) < n * k
 
     # ----------------------------------------------------------------- forward
     def _active_bias(self) -> torch.Tensor | None:
@@ -378,8 +386,14 @@ class ElasticLinear(nn.Module):
             )
         bias = self._active_bias()
         if self.active_rank is not None:
-            v = self.v if k == self.in_features else self.v[:, :k]
-            y = torch.ops.supernet_kernels.lowrank_linear(x, self.u, v, self.active_rank, n, bias)
+            if self._factors_cheaper():
+                v = self.v if k == self.in_features else self.v[:, :k]
+                y = torch.ops.supernet_kernels.lowrank_linear(
+                    x, self.u, v, self.active_rank, n, bias
+                )
+            else:  # see _factors_cheaper: the rank-r product as one dense weight
+                r = self.active_rank
+                y = F.linear(x, self.u[:n, :r] @ self.v[:r, :k], bias)
             if self.lora_rank:
                 y = y + self._lora_forward(x)
             return y
@@ -439,8 +453,10 @@ class ElasticLinear(nn.Module):
 
         * ``QuantLinear`` when w_bits < 16 or a_bits == 8 (the merged active weight quantized
           with the same groups and codes as ``forward``; act_bits = a_bits);
-        * ``LowRankLinear`` (rank = active rank) for a factorized layer without LoRA;
-        * ``nn.Linear`` otherwise, with LoRA merged into the weight. A factorized layer with
+        * ``LowRankLinear`` (rank = active rank) for a factorized layer without LoRA whose rank
+          saves work (``_factors_cheaper``);
+        * ``nn.Linear`` otherwise (a high rank as the dense product u[:, :r] @ v[:r]), with
+          LoRA merged into the weight. A factorized layer with
           LoRA is extracted as a dense ``nn.Linear`` (u[:, :r] @ v[:r] + scaling * B @ A): the
           adapter generally raises the rank of the product.
         """
@@ -449,7 +465,7 @@ class ElasticLinear(nn.Module):
         kw = {"device": ref.device, "dtype": ref.dtype}
         bias = self._active_bias()
         has_bias = bias is not None
-        if self.active_rank is not None and not self.lora_rank:
+        if self.active_rank is not None and not self.lora_rank and self._factors_cheaper():
             r = self.active_rank
             layer = LowRankLinear(k, n, r, bias=has_bias, **kw)
             layer.u.copy_(self.u[:n, :r])
