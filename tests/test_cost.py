@@ -345,3 +345,17 @@ def test_corrupt_latency_file_raises(tmp_path, content):
     path.write_text(content)
     with pytest.raises(ValueError, match="broken.json"):
         cost.LatencyTable.load(path)
+
+
+def test_elastic_linear_counts_its_deployable_cost():
+    """A supernet layer at a high rank runs as one dense weight: profile counts tokens * in *
+    out for it (not the u @ v product formed in the forward), and equals its extracted layer."""
+    from supernet_kernels.nn import ElasticLinear
+
+    torch.manual_seed(0)
+    layer = ElasticLinear.from_linear(torch.nn.Linear(48, 40), rank_choices=[8, 40])
+    for r in (8, 40):
+        layer.set_active(rank=r)
+        got = cost.profile(layer, (3, 5, 48)).total_macs
+        assert got == 15 * min(48 * 40, r * 88)
+        assert got == cost.profile(layer.extract(), (3, 5, 48)).total_macs

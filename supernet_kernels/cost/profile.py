@@ -342,21 +342,33 @@ def _applied(model: nn.Module, config):
 
 
 # --------------------------------------------------------------------------- profile
-def count_flops(model: nn.Module, example_input):
+def count_flops(model: nn.Module, example_input, record_inputs: tuple[nn.Module, ...] = ()):
     """Run ``model`` once under FakeTensorMode + FlopCounterMode; return (counter, input
-    shapes). No real arithmetic is done."""
+    shapes, {id(module): its first input's shape} for ``record_inputs``). No real arithmetic
+    is done."""
     from torch._subclasses import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
+    seen: dict[int, tuple[int, ...]] = {}
+
+    def grab(module, args):
+        if args and isinstance(args[0], torch.Tensor):
+            seen.setdefault(id(module), tuple(args[0].shape))
+
+    handles = [m.register_forward_pre_hook(grab) for m in record_inputs]
     device, dtype = _model_device_dtype(model)
-    with (
-        torch.no_grad(),
-        FakeTensorMode(allow_non_fake_inputs=True),
-        FlopCounterMode(display=False) as counter,
-    ):
-        args, kwargs = _split_input(example_input, device, dtype)
-        model(*args, **kwargs)
-    return counter, _shapes(args, kwargs)
+    try:
+        with (
+            torch.no_grad(),
+            FakeTensorMode(allow_non_fake_inputs=True),
+            FlopCounterMode(display=False) as counter,
+        ):
+            args, kwargs = _split_input(example_input, device, dtype)
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return counter, _shapes(args, kwargs), seen
 
 
 def _tracker_name(counter, module: nn.Module, fallback: str) -> str:
@@ -385,7 +397,11 @@ def profile(model: nn.Module, example_input, config=None, base_bits: int = 16) -
     if base_bits not in (8, 16, 32):
         raise ValueError(f"profile: base_bits must be 16 or 32 (or 8), got {base_bits!r}")
     with _applied(model, config):
-        counter, shapes = count_flops(model, example_input)
+        # Layers that know their deployable cost (ElasticLinear.cost_macs: a high rank runs as
+        # one dense weight, LoRA merges away) report it from their input shape; the forward's
+        # own ops (the u @ v product formed once per call, the adapters) are not deploy cost.
+        declared = tuple(m for m in model.modules() if callable(getattr(m, "cost_macs", None)))
+        counter, shapes, inputs = count_flops(model, example_input, declared)
         counts = counter.get_flop_counts()
         root = type(model).__name__
         rows: list[LayerCost] = []
@@ -414,6 +430,8 @@ def profile(model: nn.Module, example_input, config=None, base_bits: int = 16) -
             if not active:
                 params = nbytes = 0
             macs = flops // 2
+            if id(m) in inputs:
+                macs = int(m.cost_macs(inputs[id(m)]))
             rows.append(
                 LayerCost(
                     fqn or root,

@@ -339,6 +339,16 @@ class ElasticLinear(nn.Module):
         w = n * k if not self._factors_cheaper() else self.active_rank * (n + k)
         return w + (n if self.bias is not None else 0)
 
+    def cost_macs(self, input_shape) -> int:
+        """MACs of the deployable layer (what ``extract`` returns) on an input of this shape:
+        tokens * min(in * out, rank * (in + out)); LoRA merges into the weight."""
+        tokens = 1
+        for d in tuple(input_shape)[:-1]:
+            tokens *= int(d)
+        n, k = self.active_out, self.active_in
+        per_token = self.active_rank * (n + k) if self._factors_cheaper() else n * k
+        return tokens * per_token
+
     def _factors_cheaper(self) -> bool:
         """True when the active rank is low enough for the factors to save work: a rank-r layer
         costs r * (in + out) per token against in * out dense (FLORA counts min of the two). At
