@@ -10,6 +10,7 @@ from . import (
 )
 from ._version import __version__
 from .backends import BackendUnavailable, backend, backend_status, get_backend
+from .compile import capture_cuda_graph, compile
 from .quant import load_quantized, quantize_model, save_quantized
 from .supernet import Supernet, convert, extract, load, save
 
@@ -19,6 +20,8 @@ __all__ = [
     "__version__",
     "backend",
     "backend_status",
+    "capture_cuda_graph",
+    "compile",
     "convert",
     "extract",
     "get_backend",

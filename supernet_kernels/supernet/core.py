@@ -14,7 +14,13 @@ model is untouched; ``inplace=True`` converts the given model itself, replacing 
   w best units;
 * each droppable block is wrapped in an :class:`~supernet_kernels.nn.ElasticBlock`;
 * a timm ViT is made to accept any resolution that is a multiple of its patch size (position
-  embeddings resampled by timm's ``resample_abs_pos_embed`` on each forward).
+  embeddings resampled by timm's ``resample_abs_pos_embed`` on each forward);
+* with ``attention="ours"`` (the default), the attention modules of timm ViT / DeiT and of the
+  SAM image encoder are replaced by :mod:`~supernet_kernels.supernet.attention`'s modules, which
+  compute through ``torch.ops.supernet_kernels.attention`` (same parameters and state_dict
+  keys; SAM's relative-position indices precomputed). Swin keeps its own attention (its full
+  relative-position bias table does not fit the op's decomposed bias). ``"original"`` keeps
+  every model's own attention.
 
 Families (see :mod:`supernet_kernels.supernet.families`): timm ViT / DeiT, timm Swin, the
 segment-anything image encoder, and a generic path for any other model.
@@ -67,8 +73,9 @@ ElasticBlock by its block, and each dropped block removed (entries of ``nn.Seque
 ``nn.ModuleList`` are deleted and the rest renumbered; a dropped block anywhere else is replaced
 by ``nn.Identity``). A timm ViT subnet is static at its resolution (position embeddings
 resampled once, ``patch_embed`` sizes updated, the original dynamic-size flags restored). The
-subnet carries ``subnet.sk_subnet`` (family, build record, config, removed blocks, resolution),
-which :func:`~supernet_kernels.supernet.save` stores. It holds no reference to the supernet.
+subnet carries ``subnet.sk_subnet`` (family, build record, config, removed blocks, resolution,
+attention), which :func:`~supernet_kernels.supernet.save` stores. It holds no reference to the
+supernet.
 
 Not done: elastic attention heads, elastic embedding width, elastic resolution for Swin and SAM
 (their window / relative-position tables depend on the input size), elastic head layers.
@@ -89,6 +96,7 @@ from torch import nn
 from ..nn.elastic import A_BITS, W_BITS, ElasticBlock, ElasticLinear
 from ..nn.importance import activation_importance, magnitude_importance, reorder_mlp
 from . import families as fam
+from .attention import ATTENTION_CHOICES, swap_attention
 
 CONFIG_KEYS = ("resolution", "depth", "mlp", "linear")
 LINEAR_FIELDS = ("rank", "w_bits", "a_bits")
@@ -369,8 +377,9 @@ class Supernet(nn.Module):
 
     Attributes: ``model`` (the converted model), ``family``, ``build`` (the architecture
     record :func:`save` stores, or None), ``skipped`` ({linear name: reason} for linears left
-    as they were). ``forward`` runs ``model`` at the active config (a timm ViT checks that the
-    image size equals the active resolution).
+    as they were), ``attention`` ("ours" or "original": which attention modules the model
+    runs; ``attention_modules`` lists the ones replaced by ours). ``forward`` runs ``model`` at
+    the active config (a timm ViT checks that the image size equals the active resolution).
     """
 
     def __init__(
@@ -381,11 +390,15 @@ class Supernet(nn.Module):
         wrapped: list[str],
         build: dict | None,
         vit_flags: dict | None,
+        attention: str = "original",
+        attention_modules: list[str] | None = None,
     ):
         super().__init__()
         self.model = model
         self.family = layout.family
         self.build = build
+        self.attention = attention
+        self.attention_modules = list(attention_modules or [])
         self.skipped = dict(layout.skipped)
         self._layout = layout
         self._space = space
@@ -626,6 +639,7 @@ class Supernet(nn.Module):
             "config": copy.deepcopy(cfg),
             "removed": sorted(dropped),
             "resolution": cfg["resolution"],
+            "attention": self.attention,
         }
         return sub
 
@@ -676,6 +690,7 @@ def convert(
     inplace: bool = False,
     group_size: int | None = 128,
     build: dict | str | None = "auto",
+    attention: str = "ours",
 ) -> Supernet:
     """Turn ``model`` into a :class:`Supernet` (see the module doc for the space and config).
 
@@ -699,9 +714,16 @@ def convert(
             the meta device; None where that fails), None records nothing (load then needs a
             skeleton), or a record ``{"kind": "timm", "name": ..., "kwargs": {...}}`` /
             ``{"kind": "class", "class": ..., "kwargs": {...}}`` (verified).
+        attention: "ours" (default) replaces the attention of timm ViT / DeiT and SAM image
+            encoders by modules computing through ``torch.ops.supernet_kernels.attention``
+            (Swin and generic models keep theirs); "original" keeps every model's own.
     """
     if not isinstance(model, nn.Module) or isinstance(model, Supernet):
         raise TypeError(f"convert: expected a model (nn.Module), got {type(model).__name__}")
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(
+            f"convert: attention must be one of {list(ATTENTION_CHOICES)}, got {attention!r}"
+        )
     family = fam.detect_family(model)
     if build == "auto":
         record = fam.describe_build(model, family)
@@ -724,6 +746,7 @@ def convert(
     with torch.no_grad():
         for a, b in lay.mlps.values():
             reorder_mlp(work.get_submodule(a), work.get_submodule(b), imp)
+    swapped = swap_attention(work, family) if attention == "ours" else []
     flags = None
     if family == "timm_vit" and checked["resolution"] is not None:
         flags = fam.vit_flags(work)
@@ -750,7 +773,9 @@ def convert(
         eb = ElasticBlock(blk)
         eb.train(blk.training)
         setattr(parent, attr, eb)
-    return Supernet(work, lay, checked, wrapped, record, flags)
+    return Supernet(
+        work, lay, checked, wrapped, record, flags, "ours" if swapped else "original", swapped
+    )
 
 
 def extract(supernet: Supernet, config: dict | None = None) -> nn.Module:

@@ -5,6 +5,7 @@ metadata key ``"supernet_kernels"`` holds a JSON document::
 
     {"format": "sk-subnet-v1", "family": "timm_vit", "build": {...} | null,
      "config": {...}, "resolution": 192 | null, "removed": ["blocks.3", ...],
+     "attention": "ours" | "original",
      "layers": {"blocks.0.attn.qkv": {"type": "LowRankLinear", "in_features": 64,
                 "out_features": 192, "rank": 32, "bias": true}, ...},
      "keys": [...]}
@@ -15,7 +16,10 @@ SwinTransformer, segment-anything ImageEncoderViT) plus kwargs; null where the a
 could not be recorded (generic models, custom layers). ``removed`` are dropped blocks by their
 original names; ``layers`` are the subnet's linear layers by their names in the subnet (after
 removal): ``Linear``, ``LowRankLinear`` (rank) or ``QuantLinear`` (bits, group_size, act_bits,
-symmetric).
+symmetric). ``attention`` says whether the subnet ran supernet-kernels' attention modules
+(:mod:`~supernet_kernels.supernet.attention`, converted with ``attention="ours"``); they have
+the original's state_dict keys, so :func:`load` rebuilds the original architecture and swaps
+them in again. Files without the field (older ones) load with the original attention.
 
 The single file is the atomic unit: it is written to a temporary file in the same folder,
 fsynced, then renamed over the target. ``load(path, skeleton=None)`` reads only safetensors and
@@ -41,6 +45,7 @@ from torch import nn
 from ..nn.lowrank import LowRankLinear
 from ..nn.quant import QuantLinear
 from . import families as fam
+from .attention import ATTENTION_CHOICES, swap_attention
 from .core import SUBNET_FORMAT, Supernet, remove_blocks
 
 _META_KEY = "supernet_kernels"
@@ -101,6 +106,7 @@ def save(module: nn.Module, path: str | os.PathLike) -> Path:
         "config": info.get("config"),
         "resolution": info.get("resolution"),
         "removed": list(info.get("removed", [])),
+        "attention": info.get("attention", "original"),
         "layers": layers,
         "keys": sorted(tensors),
     }
@@ -151,6 +157,8 @@ def _read_doc(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
             raise ValueError("'layers' / 'removed' missing or of the wrong type")
         if not all(isinstance(r, str) for r in doc["removed"]):
             raise ValueError("'removed' must hold block names")
+        if doc.get("attention", "original") not in ATTENTION_CHOICES:
+            raise ValueError(f"unknown attention {doc.get('attention')!r}")
         res = doc.get("resolution")
         if res is not None and (not isinstance(res, int) or res <= 0):
             raise ValueError(f"bad resolution {res!r}")
@@ -256,6 +264,9 @@ def load(path: str | os.PathLike, skeleton: nn.Module | None = None) -> nn.Modul
             )
         fam.vit_set_resolution(model, doc["resolution"], fam.vit_flags(model))
     remove_blocks(model, doc["removed"])
+    attention = doc.get("attention", "original")
+    if attention == "ours":
+        swap_attention(model, have)
     plan = []
     for name, rec in doc["layers"].items():
         lw = f"{where} layer {name!r}"
@@ -304,5 +315,6 @@ def load(path: str | os.PathLike, skeleton: nn.Module | None = None) -> nn.Modul
         "config": doc.get("config"),
         "removed": list(doc["removed"]),
         "resolution": doc["resolution"],
+        "attention": attention,
     }
     return model.eval()

@@ -1,0 +1,236 @@
+"""Drop-in attention modules that compute through ``torch.ops.supernet_kernels.attention``.
+
+:func:`~supernet_kernels.supernet.convert` swaps them in (``attention="ours"``, the default) for
+the attention of timm ViT / DeiT blocks and of the segment-anything image encoder; extracted
+subnets keep them and :func:`~supernet_kernels.supernet.load` puts them back. Each module:
+
+* is built by ``from_module(m)``, which takes the original's submodules and parameters by
+  reference (conversion has already deep-copied the model), so it owns exactly the original's
+  parameters under the same names: the state_dict keys are unchanged (extra buffers are
+  non-persistent), and a state_dict of the original loads into it and vice versa;
+* computes ``softmax(scale * q k^T [+ SAM's decomposed rel-pos bias]) v`` with the op, which on
+  the Triton backend never materializes the T x T scores.
+
+:class:`SKViTAttention` replaces ``timm.layers.Attention`` (exactly that class: subclasses may
+change the forward). qkv, q_norm / k_norm, the scale-norm, the gate and proj are the original's.
+Attention dropout needs the probabilities, so in training with ``attn_drop.p > 0``, or when an
+attention mask / ``is_causal`` is given, it runs timm's own computation (SDPA) instead.
+
+:class:`SKSamAttention` replaces segment-anything's ``Attention``. The relative-position
+tables ``rel_pos_h`` / ``rel_pos_w`` are the original's parameters. The index tables that
+segment-anything's ``get_rel_pos`` rebuilds on the CPU with ``torch.arange`` on every call are
+built once, at construction, for the module's ``input_size`` (non-persistent buffers; they
+follow ``.to(device)``), so the forward creates no tensors and makes no host syncs (what CUDA
+graph capture needs). An input of another size falls back to computing them on the input's
+device. A table whose length is not 2 * size - 1 is resized by linear interpolation in the
+forward (as segment-anything does; it is a parameter).
+
+Swin is not converted: its relative position bias is a learned (Wh*Ww) x (Wh*Ww) table per head
+(plus the shifted-window mask), an arbitrary function of (dy, dx), which the op's decomposed
+bias ``rel_h[i, j // W] + rel_w[i, j % W]`` cannot express.
+
+Elastic heads are not implemented (all heads are used).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.attention import attention as sk_attention
+
+
+def _rel_index(size: int, device=None) -> torch.Tensor:
+    """segment-anything's relative-coordinate index for q_size == k_size == size:
+    idx[i, j] = i - j + size - 1, as int64 (size, size)."""
+    r = torch.arange(size, device=device)
+    return r[:, None] - r[None, :] + (size - 1)
+
+
+def _resize(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
+    """``rel_pos`` (L, C) resized to ``length`` rows by linear interpolation (segment-anything's
+    get_rel_pos), or itself when L == length."""
+    if rel_pos.shape[0] == length:
+        return rel_pos
+    resized = F.interpolate(
+        rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=length, mode="linear"
+    )
+    return resized.reshape(-1, length).permute(1, 0)
+
+
+# --------------------------------------------------------------------------- timm ViT
+def _timm_attention_cls():
+    try:
+        from timm.layers.attention import Attention
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return None
+    return Attention
+
+
+class SKViTAttention(nn.Module):
+    """timm ``Attention`` computing through ``supernet_kernels.ops.attention``."""
+
+    def __init__(self) -> None:  # use from_module
+        super().__init__()
+        self.num_heads = 1
+        self.head_dim = 1
+        self.attn_dim = 1
+        self.scale = 1.0
+
+    @classmethod
+    def from_module(cls, m: nn.Module) -> SKViTAttention:
+        """Take ``m``'s (a ``timm.layers.Attention``) submodules by reference."""
+        att = _timm_attention_cls()
+        if att is None or type(m) is not att:
+            raise TypeError(f"SKViTAttention.from_module: expected timm Attention, got {type(m)}")
+        new = cls()
+        new.num_heads = int(m.num_heads)
+        new.head_dim = int(m.head_dim)
+        new.attn_dim = int(m.attn_dim)
+        new.scale = float(m.scale)
+        # Same attribute names, order of registration and None-ness as the original.
+        for name, child in m._modules.items():
+            new._modules[name] = child
+        if "gate" not in m._modules:
+            new.gate = getattr(m, "gate", None)
+        for name, p in m._parameters.items():
+            new._parameters[name] = p
+        for name, b in m._buffers.items():
+            new._buffers[name] = b
+        new._non_persistent_buffers_set = set(m._non_persistent_buffers_set)
+        new.train(m.training)
+        return new
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        B, N, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        drop = self.attn_drop.p if self.training else 0.0
+        if attn_mask is not None or is_causal or drop > 0:
+            # Masks and attention dropout are outside the op: timm's own (fused) computation.
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=drop, is_causal=is_causal, scale=self.scale
+            )
+        else:
+            x = sk_attention(q, k, v, scale=self.scale)
+        x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
+        x = self.norm(x)
+        if gate is not None:
+            x = x * gate
+        x = self.proj(x)
+        return self.proj_drop(x)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, head_dim={self.head_dim}, op=supernet_kernels"
+
+
+# --------------------------------------------------------------------------- segment-anything
+def _sam_attention_cls():
+    try:
+        from segment_anything.modeling.image_encoder import Attention
+    except ImportError:  # pragma: no cover
+        return None
+    return Attention
+
+
+class SKSamAttention(nn.Module):
+    """segment-anything ``Attention`` computing through the op, relative-position indices
+    precomputed (no CPU tensors, no host syncs in the forward)."""
+
+    def __init__(self) -> None:  # use from_module
+        super().__init__()
+        self.num_heads = 1
+        self.scale = 1.0
+        self.use_rel_pos = False
+        self.input_size: tuple[int, int] | None = None
+
+    @classmethod
+    def from_module(cls, m: nn.Module, input_size: tuple[int, int] | None = None) -> SKSamAttention:
+        """Take ``m``'s (a segment-anything ``Attention``) layers and tables by reference.
+        ``input_size`` (H, W): the token grid the forward will see (default: read off the
+        tables, (L + 1) / 2, which is how segment-anything sizes them)."""
+        att = _sam_attention_cls()
+        if att is None or type(m) is not att:
+            raise TypeError(f"SKSamAttention.from_module: expected SAM Attention, got {type(m)}")
+        new = cls()
+        new.num_heads = int(m.num_heads)
+        new.scale = float(m.scale)
+        new.qkv = m.qkv
+        new.proj = m.proj
+        new.use_rel_pos = bool(m.use_rel_pos)
+        if new.use_rel_pos:
+            new.rel_pos_h = m.rel_pos_h
+            new.rel_pos_w = m.rel_pos_w
+            if input_size is None:
+                input_size = ((m.rel_pos_h.shape[0] + 1) // 2, (m.rel_pos_w.shape[0] + 1) // 2)
+            new.input_size = (int(input_size[0]), int(input_size[1]))
+            dev = m.rel_pos_h.device
+            h, w = new.input_size
+            new.register_buffer("rel_index_h", _rel_index(h, dev), persistent=False)
+            new.register_buffer("rel_index_w", _rel_index(w, dev), persistent=False)
+        new.train(m.training)
+        return new
+
+    def _rel_table(self, rel_pos: torch.Tensor, size: int, index: torch.Tensor) -> torch.Tensor:
+        """(size, size, C): get_rel_pos(size, size, rel_pos) with the precomputed index."""
+        resized = _resize(rel_pos, 2 * size - 1)
+        if index.shape[0] != size:  # another input size: build the index on the device
+            index = _rel_index(size, rel_pos.device)
+        return resized[index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, _ = x.shape
+        T, nh = H * W, self.num_heads
+        qkv = self.qkv(x).reshape(B, T, 3, nh, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, nH, T, d)
+        if self.use_rel_pos:
+            d = q.shape[-1]
+            Rh = self._rel_table(self.rel_pos_h, H, self.rel_index_h)  # (H, H, d)
+            Rw = self._rel_table(self.rel_pos_w, W, self.rel_index_w)  # (W, W, d)
+            r_q = q.reshape(B, nh, H, W, d)
+            rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh.to(q.dtype)).reshape(B, nh, T, H)
+            rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw.to(q.dtype)).reshape(B, nh, T, W)
+            out = torch.ops.supernet_kernels.attention(q, k, v, rel_h, rel_w, self.scale)[0]
+        else:
+            out = sk_attention(q, k, v, scale=self.scale)
+        out = out.view(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+        return self.proj(out)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_heads={self.num_heads}, use_rel_pos={self.use_rel_pos}, "
+            f"input_size={self.input_size}, op=supernet_kernels"
+        )
+
+
+# --------------------------------------------------------------------------- swapping
+ATTENTION_CHOICES = ("ours", "original")
+
+
+def swap_attention(model: nn.Module, family: str) -> list[str]:
+    """Replace, in place, the attention modules of a timm ViT / DeiT ("timm_vit") or a SAM
+    image encoder ("sam") with ours; returns the names replaced (other families: none)."""
+    if family == "timm_vit":
+        cls, ours = _timm_attention_cls(), SKViTAttention
+    elif family == "sam":
+        cls, ours = _sam_attention_cls(), SKSamAttention
+    else:
+        return []
+    if cls is None:  # pragma: no cover
+        return []
+    done = []
+    for pname, parent in list(model.named_modules()):
+        for attr, child in list(parent._modules.items()):
+            if child is not None and type(child) is cls:
+                parent._modules[attr] = ours.from_module(child)
+                done.append(f"{pname}.{attr}" if pname else attr)
+    return done
+
+
+def uses_our_attention(model: nn.Module) -> bool:
+    return any(isinstance(m, SKViTAttention | SKSamAttention) for m in model.modules())

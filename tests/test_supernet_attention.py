@@ -1,0 +1,305 @@
+"""Converted supernets compute attention through ``torch.ops.supernet_kernels.attention``:
+equality with the originals (torch and Triton backends), extracted subnets, no tensor factories
+in SAM's attention forward, ``supernet_kernels.compile`` on the CPU, save / load."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import supernet_kernels as sk
+from supernet_kernels.compile import HostWorkRecorder, find_host_work
+from supernet_kernels.supernet.attention import SKSamAttention, SKViTAttention
+
+timm = pytest.importorskip("timm")
+sam_enc = pytest.importorskip("segment_anything.modeling.image_encoder")
+
+OP = "supernet_kernels.attention.default"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Conversion runs small SVDs; single-threaded on shared, busy cores (see test_supernet)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the calls of each op (by name) dispatched inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[str(func)] = self.calls.get(str(func), 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def run_counting(model, x):
+    with torch.no_grad(), OpCounter() as c:
+        y = model(x)
+    return y, c.calls.get(OP, 0)
+
+
+# --------------------------------------------------------------------------- tiny models
+def make_deit() -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10
+    ).eval()
+
+
+def make_sam() -> nn.Module:
+    torch.manual_seed(0)
+    m = sam_enc.ImageEncoderViT(
+        img_size=64,
+        patch_size=16,
+        embed_dim=64,
+        depth=2,
+        num_heads=2,
+        global_attn_indexes=(1,),
+        window_size=2,
+        use_rel_pos=True,
+        out_chans=32,
+    )
+    with torch.no_grad():  # non-zero relative position tables, so they matter
+        for n, p in m.named_parameters():
+            if "rel_pos" in n or "pos_embed" in n:
+                p.normal_(0, 0.02)
+    return m.eval()
+
+
+MODELS = {
+    "deit": (make_deit, SKViTAttention, lambda: torch.randn(2, 3, 32, 32)),
+    "sam": (make_sam, SKSamAttention, lambda: torch.randn(1, 3, 64, 64)),
+}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def conv(request):
+    make, cls, inputs = MODELS[request.param]
+    model = make()
+    torch.manual_seed(1)
+    return request.param, model, sk.convert(model), cls, inputs()
+
+
+# --------------------------------------------------------------------------- equality
+def test_max_config_equals_original_through_the_op(conv):
+    name, model, sn, cls, x = conv
+    assert sn.attention == "ours"
+    assert sn.attention_modules == [f"blocks.{i}.attn" for i in range(len(model.blocks))]
+    assert all(isinstance(b.attn, cls) for b in sn.model.blocks)
+    y, calls = run_counting(sn, x)
+    assert calls == len(model.blocks)
+    with torch.no_grad():
+        assert rel(y, model(x)) <= 1e-5
+    # the user's model is untouched and keeps its own attention
+    assert not any(isinstance(m, cls) for m in model.modules())
+
+
+def test_state_dict_keys_unchanged(conv):
+    name, model, sn, cls, x = conv
+    orig = sk.convert(model, attention="original")
+    assert orig.attention == "original"
+    assert list(orig.model.state_dict()) == list(sn.model.state_dict())
+    assert run_counting(orig, x)[1] == 0
+    # our module holds the original's parameters under the original's names
+    att = cls.from_module(model.blocks[0].attn)
+    assert list(att.state_dict()) == list(model.blocks[0].attn.state_dict())
+    for k, v in model.blocks[0].attn.state_dict(keep_vars=True).items():
+        assert att.state_dict(keep_vars=True)[k] is v
+
+
+def test_training_gradients_match_original(conv):
+    """Training-mode gradients (the op's backward, SAM's tables included) equal the original
+    attention's, fp32."""
+    name, model, sn, cls, x = conv
+    orig = sk.convert(model, attention="original")
+    grads = []
+    for net in (sn, orig):
+        net.train()
+        net.zero_grad()
+        y = net(x)
+        torch.manual_seed(2)
+        (y * torch.randn_like(y)).sum().backward()
+        net.eval()
+        grads.append({n: p.grad for n, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    if name == "sam":
+        assert "model.blocks.1.attn.rel_pos_h" in grads[0]
+    for n, g in grads[1].items():
+        assert rel(grads[0][n], g) <= 1e-5, n
+    sn.zero_grad(set_to_none=True)
+
+
+def test_triton_backend_matches(conv):
+    name, model, sn, cls, x = conv
+    reason = sk.backends.unavailable_reason("triton", torch.device("cpu"))
+    if reason:
+        pytest.skip(reason)
+    with sk.backend("triton"):
+        y, calls = run_counting(sn, x)
+    assert calls == len(model.blocks)
+    with torch.no_grad():
+        assert rel(y, model(x)) <= 1e-4
+
+
+def test_extracted_subnets_use_the_op(conv):
+    name, model, sn, cls, x = conv
+    cfg = sn.sample_config(3)
+    cfg["resolution"] = sn.max_config()["resolution"]  # x's size
+    cfg["depth"] = {b: False for b, c in sn.space["depth"].items() if False in c}
+    sub = sn.extract(cfg)
+    assert sub.sk_subnet["attention"] == "ours"
+    assert all(isinstance(b.attn, cls) for b in sub.blocks)
+    y, calls = run_counting(sub, x)
+    assert calls == len(sub.blocks)
+    sn.set_active(cfg)
+    try:
+        with torch.no_grad():
+            assert rel(y, sn(x)) <= 1e-6
+    finally:
+        sn.set_active(sn.max_config())
+
+
+def test_save_load_round_trip(conv, tmp_path):
+    name, model, sn, cls, x = conv
+    cfg = sn.sample_config(5)
+    cfg["resolution"] = sn.max_config()["resolution"]
+    sub = sn.extract(cfg)
+    back = sk.load(sk.save(sub, tmp_path / f"{name}.safetensors"))
+    assert back.sk_subnet["attention"] == "ours"
+    assert all(isinstance(b.attn, cls) for b in back.blocks)
+    y, calls = run_counting(back, x)
+    assert calls == len(back.blocks)
+    with torch.no_grad():
+        assert torch.equal(y, sub(x))
+    # into a skeleton of the original architecture, too
+    back2 = sk.load(tmp_path / f"{name}.safetensors", skeleton=MODELS[name][0]())
+    with torch.no_grad():
+        assert torch.equal(back2(x), sub(x))
+
+
+# --------------------------------------------------------------------------- no host work
+FACTORIES = ("aten.arange", "aten.zeros", "aten.ones", "aten.empty", "aten.full", "aten.lift")
+
+
+def _factory_calls(module, x):
+    with torch.no_grad(), HostWorkRecorder() as rec:
+        module(x)
+    return [n for n in rec.ops if n.startswith(FACTORIES)], rec
+
+
+def test_sam_attention_forward_creates_no_tensors():
+    model = make_sam()
+    x = torch.randn(1, 4, 4, 64)  # the global block's (B, H, W, C) tokens
+    orig = model.blocks[1].attn
+    made, _ = _factory_calls(orig, x)
+    assert any(n.startswith("aten.arange") for n in made)  # segment-anything: yes, every call
+    ours = SKSamAttention.from_module(orig)
+    made, rec = _factory_calls(ours, x)
+    assert made == [] and rec.factories == [] and rec.syncs == []
+    with torch.no_grad():
+        assert rel(ours(x), orig(x)) <= 1e-5
+    # a window block (2 x 2 windows)
+    xw = torch.randn(4, 2, 2, 64)
+    made, rec = _factory_calls(SKSamAttention.from_module(model.blocks[0].attn), xw)
+    assert made == [] and rec.syncs == []
+    # the index buffers are non-persistent and follow the module's device
+    assert "rel_index_h" not in ours.state_dict()
+    assert ours.to("meta").rel_index_h.device.type == "meta"
+
+
+def test_sam_attention_other_input_size_falls_back():
+    orig = make_sam().blocks[0].attn  # built for 2 x 2 windows
+    ours = SKSamAttention.from_module(orig)
+    x = torch.randn(1, 3, 3, 64)
+    with torch.no_grad():
+        assert rel(ours(x), orig(x)) <= 1e-5
+
+
+def test_find_host_work():
+    x = torch.randn(1, 3, 64, 64)
+    problems = find_host_work(make_sam(), x)
+    assert problems and "aten.arange" in problems[0] and "cpu" in problems[0]
+    assert find_host_work(sk.convert(make_sam()).model, x) == []
+    assert find_host_work(sk.convert(make_deit()).model, torch.randn(1, 3, 32, 32)) == []
+
+    class Sync(nn.Module):
+        def forward(self, x):
+            return x * x.sum().item()
+
+    assert any("host sync" in p for p in find_host_work(Sync(), torch.randn(3)))
+    with pytest.raises(RuntimeError, match="aten.arange"):
+        sk.compile(make_sam(), x)
+
+
+# --------------------------------------------------------------------------- compile
+def test_compile_extracted_sam_on_cpu():
+    sn = sk.convert(make_sam())
+    cfg = sn.min_config()
+    sub = sn.extract(cfg)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        eager = sub(x)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        compiled = sk.compile(sub, x)
+    assert any("CUDA graphs" in str(m.message) for m in w)
+    assert not sub.training
+    with torch.no_grad():
+        out = compiled(x)
+        out2 = compiled(x + 1)
+        eager2 = sub(x + 1)
+    assert rel(out, eager) <= 1e-5
+    assert rel(out2, eager2) <= 1e-5
+
+
+def test_compile_and_capture_refuse_bad_input():
+    with pytest.raises(TypeError):
+        sk.compile(nn.Linear(2, 2), [1.0])
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        sk.capture_cuda_graph(nn.Linear(2, 2), torch.randn(1, 2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_capture_cuda_graph_sam():  # pragma: no cover - GPU only
+    sub = sk.convert(make_sam()).extract()
+    sub = sub.cuda()
+    x = torch.randn(1, 3, 64, 64, device="cuda")
+    run = sk.capture_cuda_graph(sub, x)
+    x2 = torch.randn_like(x)
+    with torch.no_grad():
+        assert rel(run(x2), sub(x2)) <= 1e-5
+        compiled = sk.compile(sub, x)
+        assert rel(compiled(x2), sub(x2)) <= 1e-4
+
+
+# --------------------------------------------------------------------------- other families
+def test_swin_and_generic_keep_their_attention():
+    from timm.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    swin = SwinTransformer(
+        img_size=32, patch_size=4, embed_dim=32, depths=(2,), num_heads=(2,), window_size=2,
+        num_classes=10,
+    ).eval()  # fmt: skip
+    sn = sk.convert(swin)
+    assert sn.attention == "original" and sn.attention_modules == []
+    x = torch.randn(1, 3, 32, 32)
+    assert run_counting(sn, x)[1] == 0
+    with pytest.raises(ValueError, match="attention must be one of"):
+        sk.convert(swin, attention="flash")
