@@ -263,3 +263,13 @@ def test_torch_compile_reduce_overhead(device, be):
             got = compiled(x)
         want = layer(x)
     torch.testing.assert_close(got, want)
+
+
+def test_autocast_casts_inputs_to_the_autocast_dtype():
+    """Under autocast, fp32 factors meet bf16 activations; the op's autocast rule casts them."""
+    layer = sk.nn.LowRankLinear(16, 8, 4)
+    x = torch.randn(3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), layer(x), rtol=3e-2, atol=3e-2)

@@ -590,3 +590,10 @@ def test_generic_block_outside_a_container_becomes_identity(tmp_path):
         assert rel(sub(x), sn(x)) <= 1e-5
         back = sk.load(sk.save(sub, tmp_path / "g.safetensors"), skeleton=Gen())
         assert torch.equal(back(x), sub(x))
+
+
+def test_supernet_moves_like_a_module():
+    """Supernet keeps nn.Module's _apply: .to() / .double() reach the converted model."""
+    sn = sk.convert(make_vit())
+    sn.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in sn.parameters())

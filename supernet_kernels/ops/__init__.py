@@ -6,6 +6,7 @@ the CPU path and the test reference, and Triton and CUDA implementations picked 
 """
 
 from .attention import attention, attention_reference
+from .autocast import register_autocast_rules
 from .lowrank import lowrank_linear, lowrank_linear_reference
 from .quant import (
     fp8_linear,
@@ -15,6 +16,8 @@ from .quant import (
     quant_linear,
     quant_linear_reference,
 )
+
+register_autocast_rules()  # the ops above exist now
 
 __all__ = [
     "attention",

@@ -418,7 +418,7 @@ class Supernet(nn.Module):
             self._side[a] = (m, "out")
             self._side[b] = (m, "in")
         self._config = self.max_config()
-        self._apply(self._config)
+        self._apply_config(self._config)
 
     # ----------------------------------------------------------------- lookups
     def _mod(self, name: str) -> nn.Module:
@@ -560,10 +560,10 @@ class Supernet(nn.Module):
     def set_active(self, config: dict) -> None:
         """Validate ``config`` (full or partial) entirely, then apply it."""
         new = self.validate_config(config)
-        self._apply(new)
+        self._apply_config(new)
         self._config = new
 
-    def _apply(self, cfg: dict) -> None:
+    def _apply_config(self, cfg: dict) -> None:
         for b in self._wrapped:
             self._block(b).set_active(cfg["depth"][b])
         for m, h in cfg["mlp"].items():
@@ -603,12 +603,12 @@ class Supernet(nn.Module):
             return self._extract()
         new = self.validate_config(config)
         old = self._config
-        self._apply(new)
+        self._apply_config(new)
         self._config = new
         try:
             return self._extract()
         finally:
-            self._apply(old)
+            self._apply_config(old)
             self._config = old
 
     def _extract(self) -> nn.Module:
