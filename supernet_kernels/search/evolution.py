@@ -1,0 +1,148 @@
+"""Constraint-aware evolutionary search (OFA / FLORA style) over per-layer choices.
+
+Algorithm (all randomness from one ``random.Random(seed)``, so a seed gives one history):
+
+1. Initial population: ``population`` distinct feasible candidates, each drawn uniformly per
+   gene (:meth:`SearchSpace.sample`).
+2. Each generation: the ``parents`` best evaluated members of the population survive; the rest
+   of the new population is ``mutation_ratio`` mutated parents (each gene redrawn with
+   probability ``mutate_prob``) and crossovers of two distinct parents (uniform per gene).
+3. Constraint handling, for every candidate: its costs are computed first (a profile, cached);
+   a candidate over budget is redrawn up to ``resample`` times, then *repaired*: one randomly
+   chosen gene at a time moves one choice down (every cost is non-increasing in each gene),
+   until it fits. The smallest subnet (``min_config``) fits (checked up front), so repair ends.
+   A candidate already evaluated (same config hash) is redrawn, so each evaluation is new.
+   Over-budget candidates are never evaluated nor returned.
+4. A candidate whose evaluation raises is recorded with status ``"fail"`` and takes no part in
+   selection; the search goes on.
+
+``n_trials`` (optional) caps the total number of evaluations.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import sys
+import time
+
+from .objectives import Problem
+from .results import make_row
+from .space import SearchSpace, config_hash
+
+
+def evolution_search(
+    problem: Problem,
+    space: SearchSpace,
+    *,
+    population: int = 16,
+    generations: int = 8,
+    parents: int | None = None,
+    mutate_prob: float = 0.1,
+    mutation_ratio: float = 0.5,
+    resample: int = 3,
+    n_trials: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """Run the evolution; return the history rows (see :mod:`.results`)."""
+    if population < 2:
+        raise ValueError(f"evolution: population must be >= 2, got {population}")
+    if generations < 0:
+        raise ValueError(f"evolution: generations must be >= 0, got {generations}")
+    k = parents if parents is not None else max(2, population // 4)
+    if not 1 <= k <= population:
+        raise ValueError(f"evolution: parents must be in 1..population, got {k}")
+    rng = random.Random(seed)
+    history: list[dict] = []
+    seen: set[str] = set()
+    cap = n_trials if n_trials is not None else float("inf")
+    t0 = time.time()
+
+    def feasible_candidate(make) -> tuple[dict, dict] | None:
+        """(genes, config) of a new feasible candidate from ``make()``, or None."""
+        for _ in range(max(1, resample) * 10):
+            genes = make()
+            cfg = space.decode(genes)
+            genes = space.encode(cfg)
+            tries = 0
+            while not problem.feasible(cfg):
+                if tries < resample:
+                    tries += 1
+                    genes = make()
+                else:
+                    genes = space.shrink(genes, rng)
+                    if genes is None:  # at the minimum: cannot happen after the up-front check
+                        return None
+                cfg = space.decode(genes)
+                genes = space.encode(cfg)
+            if config_hash(cfg) not in seen:
+                return genes, cfg
+        return None
+
+    def run(genes: dict, cfg: dict, gen: int) -> dict:
+        costs = problem.costs(cfg)
+        seen.add(config_hash(cfg))
+        try:
+            metric, status, err = problem.evaluate(cfg), "ok", None
+        except Exception as exc:
+            metric, status, err = None, "fail", repr(exc)
+        row = make_row(len(history), cfg, costs, metric, feasible=True, status=status, error=err)
+        row["generation"] = gen
+        history.append(row)
+        if progress:
+            m = "failed" if metric is None else f"{metric:.4g}"
+            print(
+                f"[search evolution] gen {gen} #{row['index']}: metric {m}, "
+                f"{problem.objective} {costs[problem.objective]:.4g} ({time.time() - t0:.0f}s)",
+                file=sys.stderr,
+            )
+        return {"genes": genes, "row": row}
+
+    pop: list[dict] = []
+    for _ in range(population):
+        if len(history) >= cap:
+            break
+        cand = feasible_candidate(lambda: space.sample(rng))
+        if cand is None:
+            break
+        pop.append(run(*cand, 0))
+
+    for gen in range(1, generations + 1):
+        if len(history) >= cap:
+            break
+        good = [p for p in pop if p["row"]["status"] == "ok"]
+        good.sort(key=lambda p: (-p["row"]["metric"], p["row"][problem.objective]))
+        top = good[:k]
+        if not top:  # nothing evaluated successfully yet: keep exploring at random
+            children_needed = population
+            top_genes = []
+        else:
+            children_needed = population - len(top)
+            top_genes = [p["genes"] for p in top]
+        n_mut = round(children_needed * mutation_ratio) if len(top_genes) > 1 else children_needed
+        children = []
+        for i in range(children_needed):
+            if len(history) >= cap:
+                break
+            if not top_genes:
+                kind = "sample"
+            else:
+                kind = "mutate" if i < n_mut else "crossover"
+            make = functools.partial(_child, space, rng, top_genes, kind, mutate_prob)
+            cand = feasible_candidate(make)
+            if cand is None:
+                continue
+            children.append(run(*cand, gen))
+        pop = top + children
+    return history
+
+
+def _child(space: SearchSpace, rng: random.Random, parents: list, kind: str, prob: float):
+    """Genes of one child: a uniform sample, a mutated parent or a crossover of two."""
+    if kind == "sample":
+        return space.sample(rng)
+    if kind == "mutate":
+        return space.mutate(rng.choice(parents), rng, prob)
+    a, b = rng.sample(parents, 2)
+    return space.crossover(a, b, rng)

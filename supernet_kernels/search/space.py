@@ -1,0 +1,161 @@
+"""A supernet's search space as a flat dict of categorical choices, and back.
+
+Every dimension of ``supernet.space`` with more than one choice is one categorical *gene*, keyed
+by a flat name (also the Optuna parameter name)::
+
+    "resolution"                          -> one of space["resolution"]
+    "depth:blocks.3"                      -> False / True
+    "mlp:blocks.0.mlp"                    -> an MLP width
+    "linear:blocks.0.attn.qkv:rank"       -> a rank (int; None for a dense layer)
+    "linear:blocks.0.attn.proj:w_bits"    -> weight bits
+    "linear:blocks.0.attn.proj:a_bits"    -> activation bits
+
+Dimensions with a single choice are fixed and not genes. Choices keep the space's ascending
+order, so a lower index always means a smaller (cheaper) subnet: every cost (MACs, BitOPs,
+params, weight bytes, latency) is non-increasing when one gene moves down one step. That is
+what :meth:`SearchSpace.shrink` relies on to repair a candidate that breaks a budget.
+
+:meth:`SearchSpace.decode` turns genes into a config and *repairs* the supernet's
+cross-constraints instead of rejecting the candidate: a rank above min(active in, active out)
+at the chosen MLP width becomes the largest allowed rank, and ``a_bits`` 8 with ``w_bits`` > 8
+becomes ``a_bits`` 16 (or, where 16 is not a choice, ``w_bits`` the largest choice <= 8). The
+result is checked with ``supernet.validate_config``. Genes are always drawn from the full choice
+lists (Optuna requires one fixed distribution per parameter name), repair happens after.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+from typing import Any
+
+
+def config_hash(config: dict) -> str:
+    """A short stable hash of a config (canonical JSON, sorted keys): the cache key."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+class SearchSpace:
+    """Genes of a :class:`~supernet_kernels.Supernet`'s space (see the module doc).
+
+    Attributes:
+        genes: ordered ``{name: [choices...]}`` of the free dimensions (ascending choices).
+        fixed: the config values of dimensions with one choice.
+    """
+
+    def __init__(self, supernet):
+        self.supernet = supernet
+        sp = supernet.space
+        self._space = sp
+        dims: list[tuple[str, list]] = []
+        if sp["resolution"]:
+            dims.append(("resolution", list(sp["resolution"])))
+        for b, c in sp["depth"].items():
+            dims.append((f"depth:{b}", list(c)))
+        for m, c in sp["mlp"].items():
+            dims.append((f"mlp:{m}", list(c)))
+        for n, s in sp["linear"].items():
+            for f in ("rank", "w_bits", "a_bits"):
+                dims.append((f"linear:{n}:{f}", list(s[f])))
+        self.all_dims = dict(dims)
+        self.genes = {k: v for k, v in dims if len(v) > 1}
+        self.fingerprint = config_hash(sp)
+
+    def __len__(self) -> int:
+        return len(self.genes)
+
+    # ----------------------------------------------------------------- encode / decode
+    def encode(self, config: dict) -> dict[str, Any]:
+        """The genes of a full config."""
+        flat = {}
+        for k in self.genes:
+            flat[k] = _get(config, k)
+        return flat
+
+    def decode(self, genes: dict[str, Any]) -> dict:
+        """The valid full config for ``genes`` (missing genes: the largest choice), with the
+        cross-constraints repaired (module doc). ValueError if no repair makes it valid."""
+        cfg: dict[str, Any] = {"resolution": None, "depth": {}, "mlp": {}, "linear": {}}
+        for k, choices in self.all_dims.items():
+            v = genes.get(k, choices[-1]) if k in self.genes else choices[0]
+            if v not in choices:
+                raise ValueError(f"gene {k}: {v!r} is not one of {choices}")
+            _set(cfg, k, v)
+        sn = self.supernet
+        for n, c in cfg["linear"].items():
+            choices = self._space["linear"][n]
+            if c["rank"] is not None:
+                limit = sn._limit(n, cfg)
+                if c["rank"] > limit:
+                    ok = [r for r in choices["rank"] if r <= limit]
+                    c["rank"] = ok[-1] if ok else choices["rank"][0]
+            if c["a_bits"] == 8 and c["w_bits"] > 8:
+                if 16 in choices["a_bits"]:
+                    c["a_bits"] = 16
+                else:
+                    low = [w for w in choices["w_bits"] if w <= 8]
+                    if low:
+                        c["w_bits"] = low[-1]
+        return sn.validate_config(cfg)
+
+    # ----------------------------------------------------------------- operators
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        """Genes drawn uniformly per dimension."""
+        return {k: rng.choice(c) for k, c in self.genes.items()}
+
+    def mutate(self, genes: dict, rng: random.Random, prob: float = 0.1) -> dict[str, Any]:
+        """A copy with each gene redrawn uniformly with probability ``prob`` (at least one
+        gene is redrawn to a different value where any gene has several choices)."""
+        out = dict(genes)
+        changed = False
+        for k, c in self.genes.items():
+            if rng.random() < prob:
+                out[k] = rng.choice(c)
+                changed = changed or out[k] != genes.get(k)
+        if not changed and self.genes:
+            k = rng.choice(list(self.genes))
+            out[k] = rng.choice([v for v in self.genes[k] if v != genes.get(k)])
+        return out
+
+    def crossover(self, a: dict, b: dict, rng: random.Random) -> dict[str, Any]:
+        """Uniform crossover: each gene from ``a`` or ``b`` with probability 1/2."""
+        return {k: (a[k] if rng.random() < 0.5 else b[k]) for k in self.genes}
+
+    def shrink(self, genes: dict, rng: random.Random) -> dict[str, Any] | None:
+        """A copy with one randomly chosen gene moved one choice down (cheaper); None at the
+        minimum. ``genes`` should be those of a decoded config (``encode(decode(g))``)."""
+        lowerable = [k for k, c in self.genes.items() if c.index(genes[k]) > 0]
+        if not lowerable:
+            return None
+        k = rng.choice(lowerable)
+        out = dict(genes)
+        out[k] = self.genes[k][self.genes[k].index(genes[k]) - 1]
+        return out
+
+
+def _split(key: str) -> list[str]:
+    if key == "resolution":
+        return ["resolution"]
+    section, rest = key.split(":", 1)
+    if section == "linear":
+        name, field = rest.rsplit(":", 1)
+        return [section, name, field]
+    return [section, rest]
+
+
+def _get(cfg: dict, key: str):
+    cur: Any = cfg
+    for p in _split(key):
+        cur = cur[p]
+    return copy.deepcopy(cur)
+
+
+def _set(cfg: dict, key: str, value) -> None:
+    parts = _split(key)
+    cur = cfg
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
