@@ -67,7 +67,12 @@ def assert_matches(out, ref64, torch_out, what: str = "") -> None:
     assert out.shape == ref64.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
     assert out.dtype == torch_out.dtype, f"{what}: dtype {out.dtype} != {torch_out.dtype}"
     e_torch = rel_err(torch_out, ref64)
-    tol = 2 * max(e_torch, UNIT_ROUNDOFF[torch_out.dtype])
+    # In float32 both errors sit at a few ulps, where their ratio is rounding noise (a fused
+    # kernel sums in another order than torch: 2.1x was seen once in 1000 draws); below four
+    # units of roundoff any result is as good as torch's. In fp16 / bf16 the output rounding
+    # dominates both errors and the 2x rule holds as it is.
+    ulps = 4 if torch_out.dtype == torch.float32 else 1
+    tol = 2 * max(e_torch, ulps * UNIT_ROUNDOFF[torch_out.dtype])
     e = rel_err(out, ref64)
     assert e <= tol, (
         f"{what}: rel err {e:.3g} > {tol:.3g} (torch: {e_torch:.3g}); worst: {worst(out, ref64)}"
