@@ -1,32 +1,47 @@
 #!/usr/bin/env python
 """Whole-model benchmark: DeiT-B (timm deit_base_patch16_224) and the SAM ViT-B image encoder
-(segment-anything, 1024x1024) under the configurations the supernet and the quantizer produce.
+(segment-anything, 1024x1024), end to end: the library's own model against our path.
 
-Configs (per model; ratios are against ``dense`` at the same batch):
-  dense      the original model, fp16
-  w8a8       quantize_model(bits=8, group_size=None (per-channel), act_bits=8), every linear
-  w4a16      quantize_model(bits=4, group_size=128), every linear
-  lowrank50  supernet_kernels.convert(model); qkv / fc1 / fc2 factorized at the one rank ratio
-             (of the space's r/8 choices) whose linear-layer MACs come closest to 50% of dense
+Modes (per model, dtype, batch):
+  eager    the library's model (timm's / segment-anything's), eager, under torch.no_grad
+  compile  the same under torch.compile (default mode; full mode only: compiling SAM takes
+           about a minute, more than --quick's budget)
+  ours     convert(model, attention="ours") (attention through torch.ops.supernet_kernels
+           .attention), extract(config), captured with supernet_kernels.capture_cuda_graph and
+           replayed; ops on the --backend (default "triton": the dispatch table of an
+           unmeasured GPU sends every op to the torch reference)
+Configs: dense (max config: every linear dense 16-bit) in all three modes, and the compressed
+subnets through our path only:
+  w8a8       every linear W8A8 (per-channel weights, int8 activations)
+  w4a16      every linear W4A16, group 128
+  lowrank50  qkv / fc1 / fc2 factorized at the one rank ratio (of the space's r/8 choices)
+             whose linear-layer MACs come closest to 50% of dense
   cut        SuperSAM-style depth / width cut: blocks 1, 2, 5, 6, 9 dropped where the space
              allows (SAM keeps its global-attention blocks 2, 5), every MLP hidden 1536
   mixed      attention (qkv, proj) W8A8 per 128-group, MLP (fc1, fc2) W4A16, head fp16
-  sampled    Supernet.sample_config(seed 0) of the default space (full mode only)
+  sampled    Supernet.sample_config(seed 0) of the default space
+Shapes: DeiT-B 224 at batch 1, 64, 256; SAM ViT-B 1024 at batch 1, 4; fp16 and bf16.
 
-For each: params, MACs, BitOPs, weight bytes from supernet_kernels.cost.profile (batch-1 count
-scaled by the batch: every op of these models is per image) and, on a GPU, the latency of the
-standalone model (extract(config) or quantize_model) in fp16 under torch.no_grad: eager median
-(harness.bench_gpu, do_bench) and CUDA-graph replay where capture works (else the reason).
-Also the search-space study: each operator alone (resolution, MLP width, depth, rank, bits) at a
-few levels, BitOPs cut vs measured latency cut.
+Per row: params, MACs, BitOPs, weight bytes from supernet_kernels.cost.profile (batch-1 count
+scaled by the batch) and, on a GPU: latency (median; the mode's own: eager forward, compiled
+call, graph replay), images/s, the eager forward's median too, peak memory (the timed module's
+weights + the extra torch.cuda.max_memory_allocated of one forward after
+reset_peak_memory_stats, so the other models kept resident do not count), the GPU time by op
+family (linear / attention / other) from a short torch.profiler run of the forward (rule:
+models_report.op_family), and for our dense path (and compile) the max relative error against
+the library's eager output (max |a - b| / max |b|; tolerance 2e-2 fp16, 6e-2 bf16).
+Targets (PASS / MISS): our dense SAM encoder >= 4x faster than segment-anything eager fp16 at
+batch 1; DeiT-B b1 fp16 graph latency <= 1.2x its kernels' GPU time. Also the search-space
+study (full mode): each operator alone, BitOPs cut vs latency cut.
 
 Without a GPU (or --smoke) it reports counts only, on models built on the meta device and
 materialized without initialization; the SVD that converting a factorized layer runs is
 replaced by zero factors (counts and latency do not depend on the factor values; the GPU run
 does the same, since the benchmark uses random weights anyway).
 
-    python benchmarks/bench_models.py --quick     # GPU: DeiT-B b1 + SAM b1, 4 configs, ~90 s
-    python benchmarks/bench_models.py             # GPU: all configs, batches, and the study
+    python benchmarks/bench_models.py --quick     # GPU, ~90 s: SAM b1 fp16 eager / ours dense /
+                                                  # ours w8a8; DeiT-B b1 fp16 eager / ours dense
+    python benchmarks/bench_models.py             # GPU: every mode, config, batch, dtype, study
     python benchmarks/bench_models.py --smoke     # CPU: counts only, < 60 s
     python benchmarks/models_report.py benchmarks/results/models.jsonl   # tables + plot again
 """
@@ -58,8 +73,18 @@ import models_report as R  # noqa: E402
 LINEAR_KINDS = ("Linear", "LowRankLinear", "QuantLinear", "ElasticLinear", "ElasticLowRankLinear")
 CUT_BLOCKS = (1, 2, 5, 6, 9)  # SuperSAM-style depth cut
 CUT_MLP_HIDDEN = 1536
-QUICK_CONFIGS = ("dense", "w8a8", "lowrank50", "cut")
 ALL_CONFIGS = ("dense", "w8a8", "w4a16", "lowrank50", "cut", "mixed", "sampled")
+MODES = ("eager", "compile", "ours")
+# --quick: (mode, config) per model, batch 1, fp16 (no torch.compile: its compile time).
+QUICK_PLAN = {
+    "sam_vit_b": (("eager", "dense"), ("ours", "dense"), ("ours", "w8a8")),
+    "deit_b": (("eager", "dense"), ("ours", "dense")),
+}
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# Max relative error (max |ours - eager| / max |eager|) of our dense output, per dtype.
+REL_TOL = {"float16": 2e-2, "bfloat16": 6e-2}
+# Module classes whose forwards open a profiler scope (models_report.op_family's rule 1).
+ATTENTION_KINDS = ("Attention", "SKViTAttention", "SKSamAttention")
 # A space in which every linear is dense and may be quantized (W8A8 needs w_bits <= 8).
 QUANT_SPACE = {"linear": {"*": {"rank": [None], "w_bits": [4, 8, 16], "a_bits": [8, 16]}}}
 PLOT_NAME = "models_latency_vs_bitops.png"
@@ -89,7 +114,7 @@ def _sam() -> nn.Module:
 
 
 MODELS = {
-    "deit_b": ModelSpec("deit_b", "DeiT-B/16 224", 224, (1, 16), _deit),
+    "deit_b": ModelSpec("deit_b", "DeiT-B/16 224", 224, (1, 64, 256), _deit),
     "sam_vit_b": ModelSpec("sam_vit_b", "SAM ViT-B encoder 1024", 1024, (1, 4), _sam),
 }
 
@@ -295,21 +320,14 @@ class Variant:
     operator: str | None = None
     level: Any = None
     note: str | None = None
+    mode: str = "ours"  # "eager" | "compile" (the library's model) | "ours" (extracted subnet)
 
 
 def variants(spec: ModelSpec, model: nn.Module, sns: Supernets, dense_prof) -> list[Variant]:
-    """Every config and study level of one model, in order (the table's order)."""
-    from supernet_kernels.quant import quantize_model
-
+    """Every (mode, config) and study level of one model, in order (the table's order). The
+    library's model runs in modes eager / compile; every subnet is extracted from a supernet
+    converted with attention="ours" and runs in mode ours."""
     res = spec.resolution
-
-    def quantized(**kw):
-        def make():
-            q = copy.deepcopy(model)
-            quantize_model(q, **kw)
-            return q
-
-        return make
 
     def sub(sn, cfg):
         return lambda: sn.extract(cfg)
@@ -317,16 +335,21 @@ def variants(spec: ModelSpec, model: nn.Module, sns: Supernets, dense_prof) -> l
     e, est, _ = choose_rank_ratio(sns.lowrank.space, dense_prof, linear_dims(model))
     lr = rank_config(sns.lowrank, e)
     cut, pinned = cut_config(sns.dense)
+    dense = uniform_bits(sns.dense, 16, 16)
     w8 = uniform_bits(sns.per_channel, 8, 8)
     w4 = uniform_bits(sns.dense, 4, 16)
     mixed = mixed_config(sns.dense)
     sampled = sns.lowrank.sample_config(0)
     out = [
-        Variant("config", "dense", None, None, res, lambda: model),
-        Variant("config", "w8a8", sns.per_channel, w8, res,
-                quantized(bits=8, group_size=None, act_bits=8), note="per-channel, int8 act"),
-        Variant("config", "w4a16", sns.dense, w4, res,
-                quantized(bits=4, group_size=128, act_bits=16), note="group 128"),
+        Variant("config", "dense", None, None, res, lambda: model, mode="eager",
+                note="the library's model"),
+        Variant("config", "dense", None, None, res, lambda: model, mode="compile",
+                note="torch.compile, default mode"),
+        Variant("config", "dense", sns.dense, dense, res, sub(sns.dense, dense),
+                note="max config, our attention"),
+        Variant("config", "w8a8", sns.per_channel, w8, res, sub(sns.per_channel, w8),
+                note="per-channel, int8 act"),
+        Variant("config", "w4a16", sns.dense, w4, res, sub(sns.dense, w4), note="group 128"),
         Variant("config", "lowrank50", sns.lowrank, lr, res, sub(sns.lowrank, lr),
                 note=f"rank ratio {e}/8 (estimated linear MACs {100 * est:.0f}% of dense)"),
         Variant("config", "cut", sns.dense, cut, res, sub(sns.dense, cut),
@@ -395,134 +418,292 @@ def scaled(counts: dict, batch: int) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- profiling
+
+
+def module_family(m: nn.Module) -> str | None:
+    name = type(m).__name__
+    if name in LINEAR_KINDS:
+        return "linear"
+    if name in ATTENTION_KINDS:
+        return "attention"
+    return None
+
+
+@contextlib.contextmanager
+def family_scopes(module: nn.Module | None) -> Iterator[None]:
+    """Forward hooks opening a profiler scope ``sk_family::<family>`` around every linear and
+    attention module of ``module`` (None: nothing)."""
+    handles = []
+    if module is not None:
+        from torch.autograd.profiler import record_function
+
+        for m in module.modules():
+            fam = module_family(m)
+            if fam is None:
+                continue
+            stack: list = []
+
+            def pre(mod, args, fam=fam, stack=stack):
+                rf = record_function(R.FAMILY_SCOPE + fam)
+                rf.__enter__()
+                stack.append(rf)
+
+            def post(mod, args, out, stack=stack):
+                if stack:
+                    stack.pop().__exit__(None, None, None)
+
+            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_hook(post))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _scopes(evt) -> list[str]:
+    """Names of ``evt`` and its enclosing CPU events, innermost first."""
+    names = []
+    while evt is not None and len(names) < 64:
+        names.append(evt.name)
+        evt = evt.cpu_parent
+    return names
+
+
+def kernel_rows(events) -> list[tuple[str, float, list[str]]]:
+    """(name, GPU microseconds, scopes of its launch) of every device event of a profile."""
+    from torch.autograd import DeviceType
+
+    events = list(events)
+    launch = {e.id: e for e in events if e.device_type == DeviceType.CPU and e.kernels}
+    rows = []
+    for e in events:
+        if e.device_type != DeviceType.CUDA:
+            continue
+        parent = launch.get(getattr(e, "linked_correlation_id", 0) or -1)
+        rows.append((e.name, e.time_range.elapsed_us(), _scopes(parent)))
+    if not rows:  # older profilers: device kernels only as their launcher's .kernels
+        for e in launch.values():
+            rows += [(k.name, k.duration, _scopes(e)) for k in e.kernels]
+    return rows
+
+
+def profile_split(fn: Callable[[], Any], module: nn.Module | None, calls: int = 3) -> dict:
+    """GPU time per forward by op family (models_report.family_split) over ``calls`` calls of
+    ``fn``, with module scopes from ``module`` (None: kernel names only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with family_scopes(module):
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+    return R.family_split(kernel_rows(prof.events()), calls)
+
+
 # --------------------------------------------------------------------------- timing
 
 
-def _graph_time(fn: Callable[[], Any], settings: H.BenchSettings) -> tuple[H.Timing | None, str]:
-    """CUDA-graph replay time of ``settings.graph_calls`` forwards; (None, reason) on failure."""
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |out - ref| / max |ref| (fp32)."""
+    o, r = out.float(), ref.float()
+    return float((o - r).abs().max() / r.abs().max().clamp_min(1e-30))
+
+
+def _bench_ms(fn: Callable[[], Any], settings: H.BenchSettings) -> float:
     from triton.testing import do_bench
 
-    calls = max(1, settings.graph_calls)
-    try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(calls):
-                fn()
-        graph.replay()
-        torch.cuda.synchronize()
-        ms = do_bench(
-            graph.replay, warmup=settings.warmup_ms, rep=settings.rep_ms, return_mode="median"
-        )
-    except Exception as exc:  # noqa: BLE001 - the reason is the result
-        with contextlib.suppress(Exception):
+    return do_bench(fn, warmup=settings.warmup_ms, rep=settings.rep_ms, return_mode="median")
+
+
+def module_bytes(mod: nn.Module) -> int:
+    ts = {id(t): t for t in [*mod.parameters(), *mod.buffers()]}
+    return sum(t.numel() * t.element_size() for t in ts.values())
+
+
+def _peak_bytes(fn: Callable[[], Any], mod: nn.Module) -> int:
+    """The module's weights (parameters + buffers) plus the extra memory one forward peaks at:
+    max_memory_allocated after reset_peak_memory_stats minus what was allocated before (so the
+    other models the benchmark keeps resident do not count)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return module_bytes(mod) + int(torch.cuda.max_memory_allocated()) - base
+
+
+def measure(
+    mod: nn.Module, mode: str, x: torch.Tensor, settings: H.BenchSettings, args
+) -> tuple[dict, torch.Tensor | None]:
+    """Time one (mode, config) on input ``x``; returns (record fields, a copy of its output).
+    eager / compile: the library's model; ours: graph-captured (eager if capture fails)."""
+    import supernet_kernels as sk
+
+    rec: dict[str, Any] = {"backend": args.backend if mode == "ours" else None}
+    ctx = sk.backend(args.backend) if mode == "ours" else contextlib.nullcontext()
+    with torch.no_grad(), ctx:
+        fmod = mod
+        if mode == "compile":
+            t0 = time.perf_counter()
+            fmod = torch.compile(mod)
+            fmod(x)
             torch.cuda.synchronize()
-        return None, _err(exc)
-    finally:
-        graph = None
-        torch.cuda.empty_cache()
-    return H.Timing(ms * 1e-3 / calls, "cuda_graph_median", 1, calls), ""
+            rec["compile_s"] = time.perf_counter() - t0
 
+        def eager():
+            return fmod(x)
 
-def measure(mod: nn.Module, batch: int, resolution: int, settings, graph: bool) -> dict:
-    device = torch.device("cuda")
-    xs = [
-        torch.randn(batch, 3, resolution, resolution, device=device, dtype=torch.float16)
-        for _ in range(2)
-    ]
-
-    def factory(i):
-        x = xs[i]
-
-        def run():
-            with torch.no_grad():
-                return mod(x)
-
-        return run
-
-    first, _ = H.first_call_s(factory(0), device)
-    timing, _ = H.bench_gpu(factory, len(xs), settings=settings, cuda_graph=False)
-    rec = {
-        "first_call_ms": first * 1e3,
-        "median_ms": timing.median_s * 1e3,
-        "timing_method": timing.method,
-        "n_rotate": timing.n_rotate,
-    }
-    if graph:
-        g, why = _graph_time(factory(0), settings)
-        rec["graph_ms"] = g.median_s * 1e3 if g else None
-        rec["graph_reason"] = None if g else why
-    return rec
+        first, out = H.first_call_s(eager, x.device)
+        rec["first_call_ms"] = first * 1e3
+        out = out.detach().clone()
+        rec["eager_ms"] = _bench_ms(eager, settings)
+        runner = None
+        if mode == "ours" and not args.no_graph:
+            try:
+                try:
+                    runner = sk.capture_cuda_graph(mod, x)
+                except RuntimeError as exc:  # the host-work check: record it, capture anyway
+                    if "host work" not in str(exc):
+                        raise
+                    rec["graph_check"] = _err(exc)
+                    runner = sk.capture_cuda_graph(mod, x, check=False)
+                rec["graph_ms"] = _bench_ms(runner.graph.replay, settings)
+                out = runner(x).detach().clone()
+            except Exception as exc:  # noqa: BLE001 - the reason is the result
+                with contextlib.suppress(Exception):
+                    torch.cuda.synchronize()
+                rec["graph_ms"], rec["graph_reason"] = None, _err(exc)
+        rec["latency_ms"] = rec.get("graph_ms") or rec["eager_ms"]
+        rec["median_ms"] = rec["latency_ms"]  # the summary's / older reports' name
+        rec["timing_method"] = "cuda_graph_median" if rec.get("graph_ms") else "do_bench_median"
+        rec["images_per_s"] = x.shape[0] / (rec["latency_ms"] * 1e-3)
+        rec["peak_mem_bytes"] = _peak_bytes(eager, mod)
+        if not args.no_profile:
+            try:
+                rec.update(profile_split(eager, None if mode == "compile" else mod))
+            except Exception as exc:  # noqa: BLE001
+                rec["profile_reason"] = _err(exc)
+        runner = None
+    return rec, out
 
 
 # --------------------------------------------------------------------------- run
 
 
+def plan(spec: ModelSpec, vs: list[Variant], args, gpu: bool) -> list[tuple[Variant, tuple]]:
+    """(variant, batches) in run order."""
+    if args.quick:
+        want = QUICK_PLAN[spec.key]
+        picked = [
+            v for m, c in want for v in vs if v.kind == "config" and (v.mode, v.name) == (m, c)
+        ]
+        return [(v, (1,)) for v in picked]
+    out = []
+    for v in vs:
+        if v.mode == "compile" and (args.no_compile or not gpu):
+            continue
+        out.append((v, spec.batches[:1] if v.kind == "study" else spec.batches))
+    return out
+
+
 def run_model(spec: ModelSpec, args, gpu: bool, env: dict, run_id: str, deadline: float):
-    """Count (and time) every variant of one model; returns its records."""
+    """Count (and time) every (mode, config) of one model per dtype and batch; its records."""
     from supernet_kernels.cost import profile
 
     device = torch.device("cuda" if gpu else "cpu")
-    t0 = time.perf_counter()
-    model = build_model(spec, device)
-    dense_prof = profile(model, (1, 3, spec.resolution, spec.resolution))
-    sns = make_supernets(model)
-    vs = variants(spec, model, sns, dense_prof)
-    print(f"[models] {spec.key}: built + 3 supernets in {time.perf_counter() - t0:.1f} s")
-    if args.quick:
-        vs = [v for v in vs if v.kind == "config" and v.name in QUICK_CONFIGS]
-    batches = (1,) if args.quick else spec.batches
-    settings = H.BenchSettings(
-        warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, graph_calls=args.graph_calls
-    )
-    records = []
-    for v in vs:
-        try:
-            c = count(v, model, dense_prof if v.sn is None else None)
-            why = None
-        except Exception as exc:  # noqa: BLE001 - one config must not stop the others
-            c, why = {}, f"count failed: {_err(exc)}"
-        mod = None
-        study_batches = batches[:1] if v.kind == "study" else batches
-        for batch in study_batches:
-            rec = dict(
-                env, run_id=run_id, kind=v.kind, model=spec.key, model_title=spec.title,
-                batch=batch, resolution=v.resolution, dtype="float16",
-                config=v.name if v.kind == "config" else None, operator=v.operator,
-                level=v.level, note=v.note, supernet_config=v.config,
-                counts_batch_scaled=batch != 1, **(scaled(c, batch) if c else {}),
-            )  # fmt: skip
-            if why:
-                rec.update(status="error", reason=why)
-            elif not gpu:
-                rec.update(status="counts_only", reason=None)
-            elif args.no_study_timing and v.kind == "study":
-                rec.update(status="counts_only", reason="study timing off")
-            elif time.perf_counter() > deadline:
-                rec.update(status="not_run", reason="time budget")
-            else:
+    dtypes = ["float16"] if (args.quick or not gpu) else [d for d in args.dtypes.split(",") if d]
+    settings = H.BenchSettings(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms)
+    records: list[dict] = []
+    counts: dict[tuple, tuple[dict, str | None]] = {}
+    for di, dname in enumerate(dtypes):
+        dtype = DTYPES[dname]
+        if time.perf_counter() > deadline:
+            break
+        t0 = time.perf_counter()
+        model = build_model(spec, device, dtype)
+        dense_prof = profile(model, (1, 3, spec.resolution, spec.resolution))
+        sns = make_supernets(model)
+        vs = variants(spec, model, sns, dense_prof)
+        print(
+            f"[models] {spec.key} {dname}: built + 3 supernets in {time.perf_counter() - t0:.1f} s"
+        )
+        todo = plan(spec, vs, args, gpu)
+        if di > 0:  # the study once (first dtype)
+            todo = [(v, b) for v, b in todo if v.kind == "config"]
+        refs: dict[int, torch.Tensor] = {}
+        for v, batches in todo:
+            # the same (supernet, config) counts once (dense in every mode, w8a8 = bits W8A8 ...)
+            ck = (id(v.sn), json.dumps(v.config, sort_keys=True, default=str), v.resolution)
+            if ck not in counts:
                 try:
-                    if mod is None:
-                        mod = v.make().to(device=device).eval()
-                    rec.update(measure(mod, batch, v.resolution, settings, not args.no_graph))
-                    rec["status"] = "ok"
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    rec.update(status="error", reason=_err(exc))
-                    traceback.print_exc(limit=3)
-            records.append(rec)
-            if gpu and rec.get("median_ms"):
-                print(
-                    f"[models] {spec.key} b{batch} {v.name}: {rec['median_ms']:.2f} ms eager, "
-                    f"graph {rec.get('graph_ms') or rec.get('graph_reason')}",
-                    flush=True,
-                )
-        del mod
+                    counts[ck] = (count(v, model, dense_prof if v.sn is None else None), None)
+                except Exception as exc:  # noqa: BLE001 - one config must not stop the others
+                    counts[ck] = ({}, f"count failed: {_err(exc)}")
+            c, why = counts[ck]
+            mod = None
+            for batch in batches:
+                rec = dict(
+                    env, run_id=run_id, kind=v.kind, model=spec.key, model_title=spec.title,
+                    batch=batch, resolution=v.resolution, dtype=dname, mode=v.mode,
+                    config=v.name if v.kind == "config" else None, operator=v.operator,
+                    level=v.level, note=v.note, supernet_config=v.config,
+                    counts_batch_scaled=batch != 1, **(scaled(c, batch) if c else {}),
+                )  # fmt: skip
+                if why:
+                    rec.update(status="error", reason=why)
+                elif not gpu:
+                    rec.update(status="counts_only", reason=None)
+                elif args.no_study_timing and v.kind == "study":
+                    rec.update(status="counts_only", reason="study timing off")
+                elif time.perf_counter() > deadline:
+                    rec.update(status="not_run", reason="time budget")
+                else:
+                    try:
+                        if mod is None:
+                            mod = v.make().to(device=device).eval()
+                        torch.manual_seed(batch)
+                        x = torch.randn(batch, 3, v.resolution, v.resolution, device=device,
+                                        dtype=dtype)  # fmt: skip
+                        got, out = measure(mod, v.mode, x, settings, args)
+                        rec.update(got, status="ok")
+                        if v.kind == "config" and v.name == "dense" and out is not None:
+                            if v.mode == "eager":
+                                refs[batch] = out
+                            elif batch in refs and out.shape == refs[batch].shape:
+                                rec["rel_err"] = rel_err(out, refs[batch])
+                                rec["rel_err_tol"] = REL_TOL[dname]
+                                rec["output_match"] = rec["rel_err"] <= REL_TOL[dname]
+                        out = None
+                    except KeyboardInterrupt:
+                        raise
+                    except Exception as exc:  # noqa: BLE001
+                        rec.update(status="error", reason=_err(exc))
+                        traceback.print_exc(limit=3)
+                        with contextlib.suppress(Exception):
+                            torch.cuda.synchronize()
+                records.append(rec)
+                if gpu and rec.get("latency_ms"):
+                    split = "/".join(
+                        "-" if rec.get(f"{f}_pct") is None else f"{rec[f'{f}_pct']:.0f}"
+                        for f in R.FAMILIES
+                    )
+                    print(
+                        f"[models] {spec.key} b{batch} {dname} {v.mode}:{v.name}: "
+                        f"{rec['latency_ms']:.3f} ms ({rec['images_per_s']:.0f} img/s, eager "
+                        f"{rec['eager_ms']:.3f} ms, graph "
+                        f"{rec.get('graph_ms') or rec.get('graph_reason')}), "
+                        f"peak {rec['peak_mem_bytes'] / 2**20:.0f} MiB, lin/attn/other % {split}"
+                        + (f", rel_err {rec['rel_err']:.2e}" if "rel_err" in rec else ""),
+                        flush=True,
+                    )  # fmt: skip
+            del mod
+            if gpu:
+                torch.cuda.empty_cache()
+        del model, sns, vs, refs
         if gpu:
             torch.cuda.empty_cache()
     return records
@@ -533,17 +714,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="GPU: b1, 4 configs, no study (~90 s)")
+    mode.add_argument("--quick", action="store_true", help="GPU: b1 fp16, 5 rows (~90 s)")
     mode.add_argument("--smoke", action="store_true", help="counts only, even with a GPU")
     p.add_argument("--models", default=",".join(MODELS), help="comma list of " + ",".join(MODELS))
+    p.add_argument("--dtypes", default="float16,bfloat16", help="full mode: comma list")
+    p.add_argument("--backend", default="triton", help="supernet_kernels backend of mode ours")
     p.add_argument("--out", type=Path, default=H.RESULTS_DIR, help="folder for models.jsonl")
     p.add_argument("--plot-dir", type=Path, default=H.RESULTS_DIR, help="folder for the plot")
     p.add_argument("--summary-json", type=Path, default=None)
     p.add_argument("--time-budget-s", type=float, default=0.0, help="no new timings after this")
     p.add_argument("--warmup-ms", type=int, default=25)
     p.add_argument("--rep-ms", type=int, default=200)
-    p.add_argument("--graph-calls", type=int, default=2, help="forwards per captured graph")
-    p.add_argument("--no-graph", action="store_true", help="skip CUDA-graph capture")
+    p.add_argument("--no-graph", action="store_true", help="mode ours: no CUDA-graph capture")
+    p.add_argument("--no-compile", action="store_true", help="full mode: skip torch.compile")
+    p.add_argument("--no-profile", action="store_true", help="no op-family split")
     p.add_argument("--no-study-timing", action="store_true", help="study: counts only")
     return p.parse_args(argv)
 
@@ -557,6 +741,8 @@ def main(argv=None) -> int:
         why = "--smoke" if args.smoke else "no GPU found"
         print(f"[models] {why}: {R.LATENCY_NEEDS_GPU}")
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    elif args.quick:
+        print("[models] --quick: fp16 b1 only, no torch.compile (its compile time: full mode)")
     env = H.environment(device)
     run_id = f"{env['date']}-{os.getpid()}"
     if gpu:
@@ -587,17 +773,26 @@ def main(argv=None) -> int:
         print("  (Amdahl estimate for the configs that change linear layers only)")
         sam = [r for r in records if r["model"] == "sam_vit_b" and r.get("kind") == "config"]
         for r in sam:
-            d = next((x for x in sam if x["config"] == "dense" and x["batch"] == r["batch"]), None)
+            d = next(
+                (x for x in sam if x["config"] == "dense" and x["mode"] == r["mode"]
+                 and x["batch"] == r["batch"] and x["dtype"] == r["dtype"]),
+                None,
+            )  # fmt: skip
             if d and r.get("linear_bitops") is not None and r["config"] in LINEAR_ONLY:
                 lin_ratio = (r["linear_bitops"] / d["linear_bitops"]) if d["linear_bitops"] else 1
-                exp = R.amdahl_latency_ratio(R.SAM_LINEAR_SHARE, lin_ratio)
+                share = (d.get("linear_pct") or 100 * R.SAM_LINEAR_SHARE) / 100
+                exp = R.amdahl_latency_ratio(share, lin_ratio)
                 lat = r.get("latency_ratio")
                 measured = "-" if lat is None else f"x{lat:.2f}"
                 print(
-                    f"  {r['config']:<10} b{r['batch']}: linear BitOPs x{lin_ratio:.2f} -> "
-                    f"expected latency x{exp:.2f} at 8.5% linear time; measured {measured}"
+                    f"  {r['config']:<10} b{r['batch']} {r['dtype']}: linear BitOPs "
+                    f"x{lin_ratio:.2f} -> expected latency x{exp:.2f} at {100 * share:.1f}% "
+                    f"linear time; measured {measured}"
                 )
-    if not gpu:
+    targets = R.evaluate_targets(records)
+    if gpu:
+        print("\n[models] targets:\n" + R.format_targets(targets))
+    else:
         print(f"\n[models] {R.LATENCY_NEEDS_GPU}")
     fails = R.format_failures(records)
     if fails:
@@ -615,18 +810,25 @@ def main(argv=None) -> int:
         f"{time.perf_counter() - t_start:.1f} s"
     )
     bad = [r for r in records if r.get("status") == "error"]
+    mismatch = [r for r in records if r.get("output_match") is False]
     if args.summary_json:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+        keys = ("model", "batch", "dtype", "mode", "config", "operator", "level", "reason")
         summary = {
             "env": env, "records": len(records), "models_failed": failed,
-            "errors": [{k: r.get(k) for k in ("model", "batch", "config", "operator", "level",
-                                                "reason")} for r in bad],
+            "errors": [{k: r.get(k) for k in keys} for r in bad],
             "not_run": sum(r.get("status") == "not_run" for r in records),
-            "latency_ms": {f"{r['model']}/b{r['batch']}/{r['config']}": r.get("median_ms")
-                           for r in records if r["kind"] == "config"},
+            "latency_ms": {
+                f"{r['model']}/b{r['batch']}/{R.short_dtype(r['dtype'])}/{r['mode']}/{r['config']}":
+                r.get("latency_ms") for r in records if r["kind"] == "config"
+            },
+            "rel_err": {f"{r['model']}/b{r['batch']}/{R.short_dtype(r['dtype'])}/{r['mode']}":
+                        r["rel_err"] for r in records if "rel_err" in r},
+            "output_mismatch": len(mismatch),
+            "targets": targets,
         }  # fmt: skip
         args.summary_json.write_text(json.dumps(H.jsonable(summary), indent=1, sort_keys=True))
-    return 1 if (bad or failed) else 0
+    return 1 if (bad or failed or mismatch) else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 # junit.xml stays in a temp folder (its pass/fail counts go into the summary; the failures
 # themselves are in pytest.log) to make room for models.jsonl; the models plot is redrawn
 # locally with `python benchmarks/models_report.py $OUT/models.jsonl`.
+# models.jsonl also holds the attention-op records of bench_attention.py (kind "attention").
 # Peers for the quant benchmark (bitsandbytes, gemlite) come from wheels in .whl/ at the repo
 # root when it exists (the GPU machine has no network; see benchmarks/README.md).
 #
@@ -20,7 +21,8 @@
 # The whole script is sized to end within GPU_CHECK_BUDGET_S (default 470 s): each phase gets
 # its own `timeout`, clipped so that the phases after it keep a minimum share. Nominal budget:
 # versions 20, build 90, info 20, tests 130, low-rank bench 80, peer wheels 20, quant bench 100,
-# models bench 90 (s); the short phases normally take a few seconds, which is the slack.
+# models 115 (the attention op alone, bench_attention.py, <= 30, then the whole-model bench in
+# the rest) (s); the short phases normally take a few seconds, which is the slack.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -127,12 +129,20 @@ quant() {
 }
 
 models() {
-  local limit=$1 mode=--quick
-  [[ "$FULL" == 1 ]] && mode=""
+  local limit=$1 mode=--quick att_limit=30 t0
+  [[ "$FULL" == 1 ]] && mode="" && att_limit=90
+  ((att_limit > limit / 3)) && att_limit=$((limit / 3))
+  t0=$(date +%s)
+  # The attention op alone first (~25 s quick): its records go into models.jsonl (kind
+  # "attention"), keeping $OUT at 8 files; new shapes stop 10 s before its own timeout.
+  timeout -s INT -k 10 "$att_limit" "$PY" benchmarks/bench_attention.py $mode \
+    --out "$OUT/models.jsonl" --summary-json "$TMP/attention_summary.json" \
+    --time-budget-s $((att_limit - 10)) || echo "bench_attention rc=$?"
+  local left=$((limit - ($(date +%s) - t0)))
   # No new timings 25 s before the timeout (one SAM config with its JIT can take ~10 s); the
   # plot goes to $TMP (redraw it from models.jsonl), keeping $OUT at 8 files.
   "$PY" benchmarks/bench_models.py $mode --out "$OUT" --plot-dir "$TMP" \
-    --summary-json "$TMP/models_summary.json" --time-budget-s $((limit - 25))
+    --summary-json "$TMP/models_summary.json" --time-budget-s $((left > 50 ? left - 25 : 25))
 }
 
 SITE="$TMP/site"
@@ -140,33 +150,34 @@ export PY OUT FULL TMP SITE
 export -f versions build info tests bench peers quant models
 
 # Reserves: when every earlier phase runs to its timeout, the clipping below still leaves
-# ~70 s for the low-rank bench, ~90 s for the quant bench and ~75 s for the models bench.
+# ~45 s for the low-rank bench, ~85 s for the quant bench and ~100 s for the models phase
+# (attention op + whole-model bench); the tests keep their share.
 phase versions 20 430 versions
 phase build 90 330 build
 phase info 20 310 info
 phase tests 130 250 tests
-bench_limit=$(($(remaining) - 180))
+bench_limit=$(($(remaining) - 205))
 ((bench_limit > 80)) && bench_limit=80
-[[ "$FULL" == 1 ]] && bench_limit=$(($(remaining) - 180 > 300 ? 300 : $(remaining) - 180))
+[[ "$FULL" == 1 ]] && bench_limit=$(($(remaining) - 205 > 300 ? 300 : $(remaining) - 205))
 ((bench_limit < 40)) && bench_limit=40
-phase bench "$bench_limit" 180 bench "$bench_limit"
-phase peers 20 170 peers
-quant_limit=$(($(remaining) - 80))
+phase bench "$bench_limit" 205 bench "$bench_limit"
+phase peers 20 195 peers
+quant_limit=$(($(remaining) - 105))
 ((quant_limit > 100)) && [[ "$FULL" != 1 ]] && quant_limit=100
 ((quant_limit < 40)) && quant_limit=40
-phase quant "$quant_limit" 80 quant "$quant_limit"
+phase quant "$quant_limit" 105 quant "$quant_limit"
 models_limit=$(($(remaining) - 5))
-((models_limit > 90)) && [[ "$FULL" != 1 ]] && models_limit=90
-((models_limit > 300)) && models_limit=300
+((models_limit > 115)) && [[ "$FULL" != 1 ]] && models_limit=115
+((models_limit > 400)) && models_limit=400
 ((models_limit < 40)) && models_limit=40
 phase models "$models_limit" 5 models "$models_limit"
 
 "$PY" - "$OUT" "$PHASES" "$TMP/bench_summary.json" "$FULL" "$TMP/quant_summary.json" \
-  "$TMP/junit.xml" "$TMP/models_summary.json" <<'EOF'
+  "$TMP/junit.xml" "$TMP/models_summary.json" "$TMP/attention_summary.json" <<'EOF'
 import datetime, json, pathlib, re, subprocess, sys
 import xml.etree.ElementTree as ET
 
-out, phases_path, bench_path, full, quant_path, junit_path, models_path = (
+out, phases_path, bench_path, full, quant_path, junit_path, models_path, attn_path = (
     pathlib.Path(sys.argv[1]), *sys.argv[2:])
 phases = {}
 for line in pathlib.Path(phases_path).read_text().splitlines():
@@ -194,6 +205,7 @@ elif (out / "pytest.log").exists():
 bench = json.loads(pathlib.Path(bench_path).read_text()) if pathlib.Path(bench_path).exists() else {}
 quant = json.loads(pathlib.Path(quant_path).read_text()) if pathlib.Path(quant_path).exists() else {}
 models = json.loads(pathlib.Path(models_path).read_text()) if pathlib.Path(models_path).exists() else {}
+attn = json.loads(pathlib.Path(attn_path).read_text()) if pathlib.Path(attn_path).exists() else {}
 env = bench.get("env") or quant.get("env") or {}
 try:
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
@@ -217,6 +229,10 @@ summary = {
     "quant_groups_not_run": quant.get("groups_not_run"), "quant_dispatch": quant.get("dispatch"),
     "models_latency_ms": models.get("latency_ms"), "models_errors": models.get("errors"),
     "models_failed": models.get("models_failed"), "models_not_run": models.get("not_run"),
+    "models_targets": models.get("targets"), "models_rel_err": models.get("rel_err"),
+    "models_output_mismatch": models.get("output_mismatch"),
+    "attention_target": attn.get("target"), "attention_bad": attn.get("bad"),
+    "attention_pct_bf16_peak": attn.get("pct_bf16_peak"),
     "files": sorted(p.name for p in out.iterdir()),
 }
 (out / "gpu_check_summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
@@ -240,6 +256,12 @@ print(f"  quant bad backend results: {len(quant.get('bad') or [])}   "
 for k, v in (models.get("latency_ms") or {}).items():
     print(f"  models    {k:<28} {'-' if v is None else f'{v:.2f} ms'}")
 print(f"  models errors: {len(models.get('errors') or [])}   failed: {models.get('models_failed')}"
-      f"   not run: {models.get('models_not_run', models.get('not_run'))}")
+      f"   not run: {models.get('models_not_run', models.get('not_run'))}"
+      f"   output mismatches: {models.get('output_mismatch')}")
+for t in [*(models.get("targets") or {}).values(), *([attn["target"]] if attn.get("target") else [])]:
+    verdict = {True: "PASS", False: "MISS", None: "N/A"}[t["pass"]]
+    v = t.get("value")
+    print(f"  models    {verdict:<4} {t['target']}: {'-' if v is None else round(v, 2)}")
+print(f"  attention bad rows: {len(attn.get('bad') or [])}")
 print(f"  files in {out}: {', '.join(summary['files'])}")
 EOF

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -19,6 +20,135 @@ SAM_NOTE = (
     "latency: compare the bitops_ratio and latency_ratio columns."
 )
 LATENCY_NEEDS_GPU = "latency needs a GPU: counts only (params, MACs, BitOPs, weight bytes)"
+
+# --------------------------------------------------------------------------- op families
+# GPU time by op family, from a short torch.profiler run of the forward. Rule (first match):
+#  1. the innermost profiler scope the benchmark opens around modules (record_function
+#     "sk_family::<family>", from forward hooks): a linear layer (nn.Linear, QuantLinear,
+#     LowRankLinear, Elastic*) -> "linear"; an attention module (timm / SAM Attention, ours)
+#     outside its qkv / proj linears -> "attention" (so the bmm / einsum / softmax / rel-pos bias
+#     / layout copies it launches count as attention);
+#  2. an enclosing attention op (aten scaled_dot_product_attention / flash / efficient
+#     attention, supernet_kernels::attention and its backward) -> "attention";
+#  3. the kernel's name: convolution kernels (the patch embedding, SAM's neck) -> "other";
+#     flash / fmha / attention / attn / sdpa / softmax -> "attention"; gemm / matmul / mm /
+#     cublas / cutlass / nvjet / xmma / gemv / our low-rank and quant kernels -> "linear";
+#  4. everything else (norms, GELU, adds, copies, memcpy / memset) -> "other".
+# Scopes exist only where the hooks run: eager forwards (the graph-captured configs are
+# profiled on their eager forward, same kernels). torch.compile'd code runs no hooks, so there
+# rule 3 decides: inductor's fused softmax kernels count as attention, but the attention bmms it
+# hands to cuBLAS count as linear.
+FAMILIES = ("linear", "attention", "other")
+FAMILY_SCOPE = "sk_family::"
+_ATTN_OP = re.compile(
+    r"scaled_dot_product|flash_attention|efficient_attention|cudnn_attention|"
+    r"supernet_kernels::(_attention|attention)"
+)
+_CONV = re.compile(r"conv|fprop|dgrad|wgrad|winograd|im2col")
+_ATTN_KERNEL = re.compile(r"flash|fmha|attention|attn|sdpa|softmax")
+_LINEAR_KERNEL = re.compile(
+    r"gemm|gemv|matmul|(^|[^a-z])b?mm([^a-z]|$)|_mm_|cublas|cutlass|nvjet|xmma|splitk|"
+    r"lowrank|quant|int8"
+)
+
+
+def op_family(kernel: str, scopes: Sequence[str] = ()) -> str:
+    """The op family of one GPU kernel: "linear", "attention" or "other" (rule above).
+    ``scopes``: the names of the profiler events enclosing its launch, innermost first."""
+    for s in scopes:
+        if s.startswith(FAMILY_SCOPE):
+            fam = s[len(FAMILY_SCOPE) :]
+            if fam in FAMILIES:
+                return fam
+        if _ATTN_OP.search(s):
+            return "attention"
+    name = kernel.lower()
+    if _CONV.search(name):
+        return "other"
+    if _ATTN_KERNEL.search(name):
+        return "attention"
+    if _LINEAR_KERNEL.search(name):
+        return "linear"
+    return "other"
+
+
+def family_split(kernels: Iterable[tuple[str, float, Sequence[str]]], calls: int = 1) -> dict:
+    """(kernel name, GPU microseconds, scopes) of ``calls`` forwards -> per-forward ms by
+    family, their sum (``kernel_ms``), shares in %, and the 6 costliest kernels."""
+    ms = dict.fromkeys(FAMILIES, 0.0)
+    by_name: dict[tuple[str, str], float] = {}
+    for name, us, scopes in kernels:
+        fam = op_family(name, scopes)
+        ms[fam] += us / 1e3 / calls
+        by_name[(name, fam)] = by_name.get((name, fam), 0.0) + us / 1e3 / calls
+    total = sum(ms.values())
+    out = {f"{f}_ms": ms[f] for f in FAMILIES}
+    out["kernel_ms"] = total
+    for f in FAMILIES:
+        out[f"{f}_pct"] = 100 * ms[f] / total if total else None
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:6]
+    out["top_kernels"] = [[n[:80], fam, round(t, 4)] for (n, fam), t in top]
+    return out
+
+
+# --------------------------------------------------------------------------- targets
+SAM_SPEEDUP_TARGET = 4.0
+GRAPH_OVERHEAD_TARGET = 1.2
+TARGETS = {
+    "sam_dense_4x": (
+        f"SAM ViT-B encoder b1 fp16: our dense path (graph) >= {SAM_SPEEDUP_TARGET:g}x faster "
+        "than segment-anything eager"
+    ),
+    "deit_graph_1.2x": (
+        f"DeiT-B b1 fp16: our dense graph-captured latency <= {GRAPH_OVERHEAD_TARGET:g}x the sum "
+        "of its kernels' GPU time (profiler)"
+    ),
+}
+
+
+def _find(records, **kw) -> dict | None:
+    got = [r for r in records if all(r.get(k) == v for k, v in kw.items())]
+    return got[-1] if got else None
+
+
+def evaluate_targets(records: Sequence[dict]) -> dict:
+    """{key: {target, pass (True / False / None: not measured), value, detail}}."""
+    out = {}
+    eager = _find(records, model="sam_vit_b", batch=1, dtype="float16", mode="eager",
+                  config="dense", kind="config")  # fmt: skip
+    ours = _find(records, model="sam_vit_b", batch=1, dtype="float16", mode="ours",
+                 config="dense", kind="config")  # fmt: skip
+    sp = ratio(eager and eager.get("latency_ms"), ours and ours.get("latency_ms"))
+    out["sam_dense_4x"] = {
+        "target": TARGETS["sam_dense_4x"],
+        "pass": None if sp is None else sp >= SAM_SPEEDUP_TARGET,
+        "value": sp,
+        "detail": "speedup = eager latency / ours latency"
+        + ("" if ours is None or ours.get("graph_ms") else " (ours not graph-captured)"),
+    }
+    deit = _find(records, model="deit_b", batch=1, dtype="float16", mode="ours",
+                 config="dense", kind="config")  # fmt: skip
+    ov = ratio(deit and deit.get("graph_ms"), deit and deit.get("kernel_ms"))
+    out["deit_graph_1.2x"] = {
+        "target": TARGETS["deit_graph_1.2x"],
+        "pass": None if ov is None else ov <= GRAPH_OVERHEAD_TARGET,
+        "value": ov,
+        "detail": "graph_ms / kernel_ms",
+    }
+    return out
+
+
+def verdict(p) -> str:
+    return {True: "PASS", False: "MISS", None: "N/A"}[p]
+
+
+def format_targets(targets: dict) -> str:
+    lines = []
+    for t in targets.values():
+        v = t.get("value")
+        shown = "-" if v is None else f"{v:.2f}"
+        lines.append(f"  {verdict(t['pass']):<4} {t['target']}: {shown} ({t.get('detail')})")
+    return "\n".join(lines)
 
 
 def giga(v) -> float | None:
@@ -47,23 +177,34 @@ def main_rows(records: Iterable[dict]) -> list[list]:
             continue
         rows.append(
             [
-                r["model"], r["batch"], r["config"], giga(r.get("params")), giga(r.get("macs")),
-                r.get("bitops") and r["bitops"] / 1e12, mib(r.get("weight_bytes")),
-                r.get("macs_ratio"), r.get("bitops_ratio"), r.get("median_ms"),
-                r.get("graph_ms"), r.get("latency_ratio"), r.get("status"),
+                r["model"], r["batch"], short_dtype(r.get("dtype")), r.get("mode") or "eager",
+                r["config"], giga(r.get("macs")), r.get("bitops") and r["bitops"] / 1e12,
+                mib(r.get("weight_bytes")), r.get("bitops_ratio"), r.get("eager_ms"),
+                r.get("graph_ms"), r.get("latency_ms", r.get("median_ms")),
+                r.get("images_per_s"), mib(r.get("peak_mem_bytes")), r.get("latency_ratio"),
+                r.get("speedup_vs_eager"), r.get("linear_pct"), r.get("attention_pct"),
+                r.get("other_pct"), r.get("rel_err"), r.get("status"),
             ]
         )  # fmt: skip
     return rows
 
 
 MAIN_HEADER = (
-    "model", "batch", "config", "Gparams", "GMACs", "TBitOPs", "weights MiB", "macs_ratio",
-    "bitops_ratio", "eager ms", "graph ms", "latency_ratio", "status",
+    "model", "batch", "dtype", "mode", "config", "GMACs", "TBitOPs", "weights MiB",
+    "bitops_ratio", "eager ms", "graph ms", "latency ms", "img/s", "peak MiB", "latency_ratio",
+    "x eager", "lin %", "attn %", "other %", "rel_err", "status",
 )  # fmt: skip
 
 
+def short_dtype(d) -> str:
+    return {"float16": "fp16", "bfloat16": "bf16", None: "fp16"}.get(d, str(d))
+
+
 def format_main(records: Iterable[dict]) -> str:
-    """Configs side by side; ratios are against the dense fp16 row of the same model and batch."""
+    """Configs side by side. ``latency ms`` is the mode's own: eager (library model), the
+    compiled call (compile), the graph replay (ours; eager where capture failed).
+    latency_ratio: against dense in the same mode, model, batch and dtype; x eager: the library's
+    eager dense latency over this one."""
     return H.format_table(MAIN_HEADER, main_rows(records))
 
 
@@ -90,38 +231,92 @@ def format_study(records: Iterable[dict]) -> str:
     return H.format_table(STUDY_HEADER, rows)
 
 
+def _key(r: dict, mode: str | None = None) -> tuple:
+    return (r.get("model"), r.get("batch"), r.get("dtype") or "float16", mode or _mode(r))
+
+
+def _mode(r: dict) -> str:
+    return r.get("mode") or "eager"
+
+
 def add_ratios(records: Sequence[dict]) -> None:
-    """In place: macs/bitops/weight-byte/latency ratios against the model's dense row at the same
-    batch (the study's rows too)."""
-    base = {
-        (r["model"], r["batch"]): r
-        for r in records
-        if r.get("kind") == "config" and r.get("config") == "dense"
-    }
+    """In place: macs/bitops/weight-byte/latency ratios against the model's dense row in the same
+    mode at the same batch and dtype (the study's rows too; a config without a dense row of its
+    mode is compared with the eager one), and speedup_vs_eager: the library's eager dense
+    latency over this row's latency."""
+    base = {_key(r): r for r in records if r.get("kind") == "config" and r.get("config") == "dense"}
     for r in records:
-        d = base.get((r.get("model"), r.get("batch")))
+        if r.get("kind") not in ("config", "study"):
+            continue
+        d = base.get(_key(r)) or base.get(_key(r, "eager"))
+        e = base.get(_key(r, "eager"))
+        lat = r.get("latency_ms", r.get("median_ms"))
+        if e is not None:
+            r["speedup_vs_eager"] = ratio(e.get("latency_ms", e.get("median_ms")), lat)
         if d is None:
             continue
         for key in ("macs", "bitops", "weight_bytes"):
             r[f"{key}_ratio"] = ratio(r.get(key), d.get(key))
-        r["latency_ratio"] = ratio(r.get("median_ms"), d.get("median_ms"))
+        r["latency_ratio"] = ratio(lat, d.get("latency_ms", d.get("median_ms")))
         r["graph_latency_ratio"] = ratio(r.get("graph_ms"), d.get("graph_ms"))
 
 
 def format_failures(records: Iterable[dict]) -> str:
     lines = []
     for r in records:
+        if r.get("kind") == "attention":
+            continue
         for key in ("reason", "graph_reason"):
             if r.get(key):
                 what = r.get("config") or f"{r.get('operator')}={r.get('level')}"
-                lines.append(f"  {r['model']} b{r['batch']} {what}: {key} {r[key]}")
+                lines.append(
+                    f"  {r['model']} b{r['batch']} {short_dtype(r.get('dtype'))} "
+                    f"{_mode(r)} {what}: {key} {r[key]}"
+                )
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- attention op
+ATTN_HEADER = (
+    "shape", "dtype", "pass", "backend", "rel", "B", "H", "T", "d", "us", "TFLOP/s",
+    "% bf16 peak", "rel_err", "status",
+)  # fmt: skip
+
+
+def attention_flops(b: int, h: int, t: int, d: int, pass_: str = "fwd") -> int:
+    """QK^T and PV matmul FLOPs: 4 B H T^2 d forward; backward 10 B H T^2 d (recomputed QK^T,
+    dV, dP, dQ, dK: five T x T x d matmuls); "fwd_bwd" their sum."""
+    f = 4 * b * h * t * t * d
+    return {"fwd": f, "bwd": f * 10 // 4, "fwd_bwd": f * 14 // 4}[pass_]
+
+
+def format_attention(records: Iterable[dict]) -> str:
+    rows = []
+    for r in records:
+        if r.get("kind") != "attention":
+            continue
+        rows.append(
+            [
+                r["shape"], short_dtype(r.get("dtype")), r["pass"], r["backend"], r["rel"],
+                r["B"], r["H"], r["T"], r["d"], r.get("median_us"), r.get("tflops"),
+                r.get("pct_bf16_peak"), r.get("rel_err"), r.get("status"),
+            ]
+        )  # fmt: skip
+    return H.format_table(ATTN_HEADER, rows)
+
+
 def plot_scatter(records: Sequence[dict], path: Path) -> Path | None:
-    """Latency vs BitOPs, one marker per config, one panel per model (largest batch measured
-    first: batch 1). Returns the path, or None when no record has a latency."""
-    pts = [r for r in records if r.get("kind") == "config" and r.get("median_ms")]
+    """Latency (each mode's own) vs BitOPs, fp16, one marker per mode:config and batch, one
+    panel per model. Returns the path, or None when no record has a latency."""
+    pts = [
+        dict(
+            r, median_ms=r.get("latency_ms", r.get("median_ms")), config=f"{_mode(r)}:{r['config']}"
+        )
+        for r in records
+        if r.get("kind") == "config"
+        and r.get("latency_ms", r.get("median_ms"))
+        and (r.get("dtype") or "float16") == "float16"
+    ]
     if not pts:
         return None
     import matplotlib
@@ -148,7 +343,7 @@ def plot_scatter(records: Sequence[dict], path: Path) -> Path | None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("BitOPs (T)")
-        ax.set_ylabel("latency, eager median (ms)")
+        ax.set_ylabel("latency, median (ms)")
         ax.set_title(f"{model}: latency vs BitOPs")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
@@ -164,11 +359,15 @@ def finite(v) -> bool:
 
 
 def latest_run(records: Sequence[dict]) -> list[dict]:
-    """The records of the last run in an append-only JSONL."""
-    if not records:
-        return []
-    last = records[-1].get("run_id")
-    return [r for r in records if r.get("run_id") == last]
+    """The records of the last run in an append-only JSONL: the last whole-model run and the
+    last attention-op run (bench_attention.py may append to the same file)."""
+    out = []
+    for is_attn in (False, True):
+        sel = [r for r in records if (r.get("kind") == "attention") == is_attn]
+        if sel:
+            last = sel[-1].get("run_id")
+            out += [r for r in sel if r.get("run_id") == last]
+    return out
 
 
 def main(argv=None) -> int:
@@ -186,6 +385,10 @@ def main(argv=None) -> int:
         print("\n" + format_study(records))
     if any(r.get("model") == "sam_vit_b" for r in records):
         print("\n" + SAM_NOTE)
+    if any(r.get("kind") == "config" for r in records):
+        print("\ntargets:\n" + format_targets(evaluate_targets(records)))
+    if any(r.get("kind") == "attention" for r in records):
+        print("\nattention op alone (bench_attention.py):\n" + format_attention(records))
     out = plot_scatter(records, args.plot)
     print(f"plot: {out}" if out else "no latency in these records: no plot")
     return 0
