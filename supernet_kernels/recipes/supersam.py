@@ -1,0 +1,241 @@
+"""SuperSAM: a weight-sharing supernet of the SAM image encoder with elastic depth and MLP width
+(layer-wise pruning plus neuron prioritization), as a recipe over ``convert`` and the trainer.
+
+* **Space** (:func:`supersam_space`): blocks 1, 2, 5, 6, 9 of SAM ViT-B (``drop_blocks``;
+  any set) may be dropped, each with probability 0.5 in random subnets (``drop_prob``: a
+  number or {block: p}); every MLP's hidden width takes SuperSAM's choices {768, 1020, 1536,
+  2304, 3072} of 3072, scaled to the model's hidden width (w * hidden / 3072, rounded). All
+  linears stay dense 16-bit. (Blocks 2 and 5 are global-attention blocks of SAM ViT-B, which
+  ``convert``'s default space keeps; SuperSAM's set drops them too.) The recipe works on any
+  model whose blocks are ``blocks.{i}`` (a timm ViT as well as the SAM encoder); for a model
+  with fewer blocks the default set keeps the indices that exist, minus the first and the
+  last block.
+* **Neuron prioritization**: before training, every MLP's hidden units are sorted by
+  :func:`~supernet_kernels.nn.importance.activation_importance` (|W| times the input activation
+  norm, over a few calibration batches), so a width-w prefix keeps the w most important units.
+  ``convert(importance="activation", calib_batches=...)`` does the reordering.
+* **Sampling** (:class:`SuperSAMSampler`): the sandwich rule, per step the largest subnet, the
+  smallest (every droppable block dropped, the smallest widths) and ``num_random`` random ones
+  (block b dropped with probability p_b, widths uniform); the largest distills into the rest.
+
+:func:`train_supersam` runs it on a segment-anything ``Sam`` and returns ``(supernet, history)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..supernet import Supernet, convert
+from ..supernet import families as fam
+from .flora import as_batches, batch_inputs, fixed_space, make_trainer
+
+SAM_VIT_B_DROP = (1, 2, 5, 6, 9)
+SAM_MLP_WIDTHS = (768, 1020, 1536, 2304, 3072)  # of SAM ViT-B's hidden 3072
+SAM_REF_HIDDEN = 3072
+
+
+def scaled_widths(hidden: int, widths=SAM_MLP_WIDTHS, ref: int = SAM_REF_HIDDEN) -> list[int]:
+    """SuperSAM's widths scaled to ``hidden``: round(w * hidden / ref), in 1..hidden."""
+    return sorted({min(hidden, max(1, round(w * hidden / ref))) for w in widths})
+
+
+def _num_blocks(lay: fam.Layout) -> int:
+    return sum(1 for b in lay.blocks if b.startswith("blocks."))
+
+
+def default_drop_blocks(n: int) -> list[int]:
+    """SAM ViT-B's set (1, 2, 5, 6, 9) restricted to 1 .. n - 2."""
+    return [i for i in SAM_VIT_B_DROP if 0 < i < n - 1]
+
+
+def supersam_space(
+    encoder: nn.Module,
+    drop_blocks: Iterable[int] | None = None,
+    widths: Iterable[int] = SAM_MLP_WIDTHS,
+    ref_hidden: int = SAM_REF_HIDDEN,
+) -> dict:
+    """SuperSAM's space as a ``convert(space=...)`` override: ``blocks.{i}`` droppable for i in
+    ``drop_blocks`` (default :func:`default_drop_blocks`), the rest kept; each MLP's widths =
+    ``widths`` of ``ref_hidden`` scaled to its hidden size; every linear dense 16-bit;
+    resolution fixed."""
+    lay = fam.layout(encoder)
+    n = _num_blocks(lay)
+    drop = default_drop_blocks(n) if drop_blocks is None else sorted(set(drop_blocks))
+    bad = [i for i in drop if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"supersam_space: drop_blocks {bad} out of range 0..{n - 1}")
+    space = fixed_space(encoder, lay)
+    for i in drop:
+        space["depth"][f"blocks.{i}"] = [False, True]
+    mods = dict(encoder.named_modules())
+    for m, (a, _) in lay.mlps.items():
+        space["mlp"][m] = scaled_widths(mods[a].out_features, tuple(widths), ref_hidden)
+    space["linear"] = {n_: {"rank": [None], "w_bits": [16], "a_bits": [16]} for n_ in lay.roles}
+    return space
+
+
+class SuperSAMSampler:
+    """Sandwich sampling with per-block drop probabilities: ``[largest, smallest, random x
+    num_random]`` (``sandwich=False``: random ones only). A random subnet drops each droppable
+    block b with probability ``drop_prob[b]`` (a number applies to all; default 0.5) and draws
+    each MLP width uniformly; linears stay at their largest choice (SuperSAM's are dense).
+    Called as ``sampler(step, rng, supernet)``."""
+
+    def __init__(
+        self, drop_prob: float | dict[str, float] = 0.5, num_random: int = 1, sandwich=True
+    ):
+        probs = drop_prob.values() if isinstance(drop_prob, dict) else [drop_prob]
+        if any(not 0.0 <= p <= 1.0 for p in probs):
+            raise ValueError(f"SuperSAMSampler: drop probabilities must be in [0, 1]: {drop_prob}")
+        if num_random < 0:
+            raise ValueError(f"SuperSAMSampler: num_random must be >= 0, got {num_random}")
+        self.drop_prob = copy.deepcopy(drop_prob)
+        self.num_random = num_random
+        self.sandwich = sandwich
+
+    def prob(self, block: str) -> float:
+        if isinstance(self.drop_prob, dict):
+            return float(self.drop_prob.get(block, 0.5))
+        return float(self.drop_prob)
+
+    def sample(self, rng: random.Random, supernet: Supernet) -> dict:
+        sp = supernet.space
+        cfg = supernet.max_config()
+        for b, choices in sp["depth"].items():
+            if False in choices:
+                cfg["depth"][b] = not (rng.random() < self.prob(b))
+        for m, widths in sp["mlp"].items():
+            cfg["mlp"][m] = rng.choice(widths)
+        return cfg
+
+    def __call__(self, step: int, rng: random.Random, supernet: Supernet) -> list[dict]:
+        rand = [self.sample(rng, supernet) for _ in range(self.num_random)]
+        if not self.sandwich:
+            return rand or [supernet.max_config()]
+        return [supernet.max_config(), supernet.min_config()] + rand
+
+
+def prioritize_neurons(encoder: nn.Module, batches: list) -> dict[str, torch.Tensor]:
+    """Sort every MLP's hidden units of ``encoder`` (an nn.Module, before conversion) by
+    activation importance over ``batches`` (inputs of the encoder), in place; returns
+    {mlp: permutation}. ``train_supersam`` lets ``convert`` do the same thing."""
+    from ..nn.importance import activation_importance, reorder_mlp
+
+    lay = fam.layout(encoder)
+
+    def run():
+        was = encoder.training
+        encoder.eval()
+        try:
+            for b in batches:
+                encoder(b)
+        finally:
+            encoder.train(was)
+
+    perms = {}
+    for m, (a, b) in lay.mlps.items():
+        fc1, fc2 = encoder.get_submodule(a), encoder.get_submodule(b)
+        perms[m] = reorder_mlp(fc1, fc2, lambda x, y: activation_importance(x, y, run))
+    return perms
+
+
+def encoder_calibration(batches: list, task=None) -> list[torch.Tensor]:
+    """Encoder inputs of (collated) data batches: SAM's normalization ``(image * 255 - mean) /
+    std`` where the task has ``pixel_mean`` / ``pixel_std`` (SegmentationTask), else the
+    batches' images."""
+    out = []
+    for b in batches:
+        x = batch_inputs(b)
+        mean, std = getattr(task, "pixel_mean", None), getattr(task, "pixel_std", None)
+        if mean is not None and std is not None:
+            x = (x * 255.0 - mean.to(x)) / std.to(x)
+        out.append(x)
+    return out
+
+
+def train_supersam(
+    sam_model: nn.Module,
+    train_data,
+    *,
+    task=None,
+    steps: int = 1000,
+    lr: float = 1e-4,
+    batch_size: int = 4,
+    drop_blocks: Iterable[int] | None = None,
+    widths: Iterable[int] = SAM_MLP_WIDTHS,
+    drop_prob: float | dict[str, float] = 0.5,
+    num_random: int = 1,
+    calib_batches: int = 4,
+    prioritize: bool = True,
+    distill: str = "largest",
+    eval_data=None,
+    device=None,
+    seed: int = 0,
+    resume: bool = False,
+    **train_kwargs,
+) -> tuple[Supernet, dict]:
+    """SuperSAM end to end.
+
+    ``sam_model``: a segment-anything ``Sam`` (a copy of its ``image_encoder`` becomes the
+    supernet; the task, default ``SegmentationTask(sam_model)``, runs ``sam_model``'s prompt
+    encoder and mask decoder on the supernet's embeddings, frozen unless the task trains the
+    decoder) or any other model ``convert`` takes whose blocks are ``blocks.{i}`` (a timm ViT;
+    default task ``ClassificationTask()``).
+    Defaults: the space of :func:`supersam_space`, neuron prioritization over
+    ``calib_batches`` batches of ``train_data``, ``steps`` steps of SuperSAMSampler
+    (largest + smallest + 1 random, drop probability 0.5), in-place distillation from the
+    largest subnet, AdamW lr 1e-4, batch 4. ``train_kwargs``: other ``TrainConfig`` fields;
+    ``resume``: continue from ``checkpoint_dir`` (``Trainer.train(resume=True)``).
+
+    Returns ``(supernet, history)``: the supernet of the encoder (``sam_model`` is untouched),
+    history = {"steps": per-step logs, "space": the space}.
+    """
+    from ..train import ClassificationTask, SegmentationTask
+
+    encoder = getattr(sam_model, "image_encoder", None)
+    is_sam = encoder is not None
+    if not is_sam:
+        encoder = sam_model
+    if task is None:
+        task = SegmentationTask(sam_model) if is_sam else ClassificationTask()
+    space = supersam_space(encoder, drop_blocks, widths)
+    kw = {}
+    if prioritize:
+        batches = as_batches(train_data, calib_batches, batch_size, task)
+        kw = {"importance": "activation", "calib_batches": encoder_calibration(batches, task)}
+    supernet = convert(encoder, space=space, **kw)
+    supernet.requires_grad_(True)  # the whole encoder supernet trains
+    trainer = make_trainer(
+        supernet,
+        task,
+        train_data,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        sampler=SuperSAMSampler(drop_prob, num_random=num_random),
+        distill=distill,
+        eval_data=eval_data,
+        device=device,
+        seed=seed,
+        **train_kwargs,
+    )
+    logs = trainer.train(resume=resume)
+    return supernet, {"steps": logs, "space": supernet.space}
+
+
+__all__ = [
+    "SAM_MLP_WIDTHS",
+    "SAM_VIT_B_DROP",
+    "SuperSAMSampler",
+    "default_drop_blocks",
+    "encoder_calibration",
+    "prioritize_neurons",
+    "scaled_widths",
+    "supersam_space",
+    "train_supersam",
+]
