@@ -521,8 +521,9 @@ def test_runtime_failure_and_interrupt_codes(capsys, monkeypatch):
     assert code == 130 and "interrupted" in err
 
 
-def test_train_recipe_usage_error(converted, capsys):
-    """mplora's three bit-width stages need at least three steps: a usage error, not a crash."""
+def test_train_mplora_with_fewer_steps_than_stages(converted, capsys):
+    """mplora's three bit-width stages over two steps: stages that would start on the same step
+    are skipped (the recipe's documented rule), so the run completes instead of crashing."""
     root = converted
     data = _write_npz(root / "train.npz")
     code, _, err = run(
@@ -538,4 +539,5 @@ def test_train_recipe_usage_error(converted, capsys):
         "--out",
         root / "t2",
     )
-    assert code == 2 and "mplora" in err
+    assert code == 0, err
+    assert (root / "t2" / "train_log.jsonl").exists()
