@@ -49,7 +49,7 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
     try:
         with open(path) as f:
             return json.load(f)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{what} {path} is not valid JSON ({exc}); delete or fix it") from exc
 
 
@@ -59,3 +59,15 @@ def slug(name: str) -> str:
     while "--" in out:
         out = out.replace("--", "-")
     return out.strip("-") or "unknown"
+
+
+def check_dtypes(tensors: dict, state: dict, where: str) -> None:
+    """Refuse tensors whose dtype differs from the model's: ``load_state_dict`` would convert
+    them silently (an int32 tensor where a float32 weight belongs is a corrupt file, not data)."""
+    bad = [
+        f"{k}: file {t.dtype}, model {state[k].dtype}"
+        for k, t in tensors.items()
+        if k in state and t.dtype != state[k].dtype
+    ]
+    if bad:
+        raise ValueError(f"{where} does not match the model (dtype mismatch): {bad[:8]}")

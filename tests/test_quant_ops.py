@@ -16,13 +16,13 @@ from supernet_kernels.quant import (
     quantize_weight,
     unpack,
 )
-from tests.conftest import DTYPES, assert_matches, backend_params
+from tests.conftest import DTYPES, assert_matches, backend_params, stable_seed
 
 BITS = (2, 3, 4, 8)
 
 
 def _gen(*key):
-    return torch.Generator().manual_seed(hash(key) % 2**31)
+    return torch.Generator().manual_seed(stable_seed(*key))
 
 
 # ----------------------------------------------------------------------------- packing

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_replace
+from .._io import atomic_replace, check_dtypes
 from .packing import SUPPORTED_BITS, packed_width
 
 MODEL_FORMAT = "sk-quant-model-v1"
@@ -518,6 +518,7 @@ def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ValueError(
             f"load_quantized: {path} could not be read (truncated or corrupt?): {exc}"
         ) from exc
+    check_dtypes(tensors, model.state_dict(), f"load_quantized: {path}")
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

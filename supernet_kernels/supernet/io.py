@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._io import check_dtypes
 from ..nn.lowrank import LowRankLinear
 from ..nn.quant import QuantLinear
 from . import families as fam
@@ -304,6 +305,7 @@ def load(path: str | os.PathLike, skeleton: nn.Module | None = None) -> nn.Modul
         tensors = load_file(str(path), device="cpu")
     except Exception as exc:
         raise ValueError(f"{where} could not be read (truncated or corrupt?): {exc}") from exc
+    check_dtypes(tensors, model.state_dict(), where)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

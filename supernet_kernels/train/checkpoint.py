@@ -153,4 +153,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise ValueError(
             f"checkpoint: {path} has format {doc.get('format')!r}, expected {FORMAT!r}"
         )
-    return decode(doc["state"], tensors)
+    try:
+        return decode(doc["state"], tensors)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"checkpoint: {path}: header and tensors disagree (corrupt file?): {exc!r}"
+        ) from exc
