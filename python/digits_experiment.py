@@ -192,6 +192,16 @@ def describe(cfgs, sn, kind: str) -> dict:
     return out
 
 
+def before_after(task, before_sn, sn, cfgs, test, kind, label, name, times) -> list:
+    """Table rows ``(label, config, description, before, after)`` of the subnets ``cfgs``
+    before and after training, printed as ``<name> done``."""
+    b = subnet_accs(task, before_sn, cfgs, test)
+    a = subnet_accs(task, sn, cfgs, test)
+    d = describe(cfgs, sn, kind)
+    print(f"{name} done ({times[label]:.0f} s): before {b} after {a}", flush=True)
+    return [(label, k, d[k], b[k], a[k]) for k in cfgs]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -259,11 +269,7 @@ def main() -> None:
         else "FLORA: no filtering"
     )
     cfgs = flora_configs(sn, space)
-    b = subnet_accs(task, before_sn, cfgs, test)
-    a = subnet_accs(task, sn, cfgs, test)
-    d = describe(cfgs, sn, "flora")
-    rows += [("FLORA", k, d[k], b[k], a[k]) for k in cfgs]
-    print(f"FLORA done ({times['FLORA']:.0f} s): before {b} after {a}", flush=True)
+    rows += before_after(task, before_sn, sn, cfgs, test, "flora", "FLORA", "FLORA", times)
 
     # ------------------------------------------------------------------ SuperSAM-style
     t = time.perf_counter()
@@ -284,11 +290,9 @@ def main() -> None:
     )
     times["SuperSAM-style"] = time.perf_counter() - t
     cfgs = supersam_configs(sn)
-    b = subnet_accs(task, before_sn, cfgs, test)
-    a = subnet_accs(task, sn, cfgs, test)
-    d = describe(cfgs, sn, "supersam")
-    rows += [("SuperSAM-style", k, d[k], b[k], a[k]) for k in cfgs]
-    print(f"SuperSAM done ({times['SuperSAM-style']:.0f} s): before {b} after {a}", flush=True)
+    rows += before_after(
+        task, before_sn, sn, cfgs, test, "supersam", "SuperSAM-style", "SuperSAM", times
+    )
 
     # ------------------------------------------------------------------ MP-LoRA
     t = time.perf_counter()
@@ -308,11 +312,7 @@ def main() -> None:
     )
     times["MP-LoRA"] = time.perf_counter() - t
     cfgs = mplora_configs(sn)
-    b = subnet_accs(task, before_sn, cfgs, test)
-    a = subnet_accs(task, sn, cfgs, test)
-    d = describe(cfgs, sn, "mplora")
-    rows += [("MP-LoRA", k, d[k], b[k], a[k]) for k in cfgs]
-    print(f"MP-LoRA done ({times['MP-LoRA']:.0f} s): before {b} after {a}", flush=True)
+    rows += before_after(task, before_sn, sn, cfgs, test, "mplora", "MP-LoRA", "MP-LoRA", times)
     x = torch.stack([s[0] for s in train[:64]])
     mem = mplora.memory_report(base, x, lora_rank=8)
     notes.append(

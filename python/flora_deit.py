@@ -19,25 +19,20 @@ losses), ``history.jsonl`` (training logs), the trainer checkpoint (``ckpt/``), 
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
+
+from _common import add_run_args, add_schedule_args, make_parser, out_dir, run_kwargs
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = make_parser(__doc__)
     p.add_argument("--model", required=True, help="timm architecture, e.g. deit_base_patch16_224")
     p.add_argument("--checkpoint", required=True, help="weights file for checkpoint_path=")
     p.add_argument("--num-classes", type=int, default=None, help="default: the timm default")
     p.add_argument("--train-dir", required=True, help="class-subfolder training images")
     p.add_argument("--val-dir", default=None, help="class-subfolder validation images")
     p.add_argument("--heldout-dir", default=None, help="filtering batches (default: val-dir)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--warmup-steps", type=int, default=0)
+    add_schedule_args(p, lr=1e-4, batch_size=32)
     p.add_argument(
         "--ratios",
         default=None,
@@ -49,12 +44,7 @@ def main(argv=None) -> None:
     p.add_argument("--heldout-batches", type=int, default=2)
     p.add_argument("--tau", type=float, default=0.5, help="filter: loss <= (1 + tau) * full")
     p.add_argument("--atol", type=float, default=0.0, help="filter: + atol")
-    p.add_argument("--amp", choices=["bf16"], default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--out", default="runs/flora")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p, out="runs/flora")
     args = p.parse_args(argv)
 
     from fractions import Fraction
@@ -82,8 +72,7 @@ def main(argv=None) -> None:
     held = args.heldout_dir or args.val_dir
     heldout = folder(held) if held else None
     ratios = [Fraction(r) for r in args.ratios.split(",")] if args.ratios else None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(args)
     task = ClassificationTask()
     prior = out / "space.json"
     space = json.loads(prior.read_text()) if args.resume and prior.is_file() else None
@@ -102,15 +91,7 @@ def main(argv=None) -> None:
         heldout_batches=args.heldout_batches,
         tau=args.tau,
         atol=args.atol,
-        device=args.device,
-        seed=args.seed,
-        warmup_steps=args.warmup_steps,
-        amp=args.amp,
-        num_workers=args.workers,
-        checkpoint_dir=str(out / "ckpt"),
-        log_file=str(out / "history.jsonl"),
-        progress=True,
-        resume=args.resume,
+        **run_kwargs(args, out),
     )
     (out / "space.json").write_text(json.dumps(hist["space"], indent=1))
     scores = {n: {str(r): v for r, v in s.items()} for n, s in hist["scores"].items()}

@@ -19,23 +19,23 @@ Writes to ``--out``: ``history.jsonl``, the trainer checkpoint ``ckpt/``, ``resu
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
+
+from _common import (
+    add_run_args,
+    add_sam_args,
+    add_schedule_args,
+    load_sam,
+    make_parser,
+    out_dir,
+    run_kwargs,
+)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--model-type", default="vit_b", help="sam_model_registry key (vit_b, ...)")
-    p.add_argument("--checkpoint", required=True, help="SAM weights file")
-    p.add_argument("--train-dir", required=True, help="segmentation folder (images/, masks/)")
-    p.add_argument("--val-dir", default=None, help="segmentation folder for mIoU")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--warmup-steps", type=int, default=0)
+    p = make_parser(__doc__)
+    add_sam_args(p)
+    add_schedule_args(p, lr=1e-3, batch_size=4)
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--stages", default="8;8,4;8,4,3,2", help="bit sets per stage, ';'-separated")
     p.add_argument(
@@ -45,30 +45,20 @@ def main(argv=None) -> None:
     )
     p.add_argument("--group-size", type=int, default=128, help="quantization group (-1: channel)")
     p.add_argument("--memory-report", action="store_true", help="LoRA vs full fine-tuning memory")
-    p.add_argument("--amp", choices=["bf16"], default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--out", default="runs/mplora")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p, out="runs/mplora")
     args = p.parse_args(argv)
 
     import torch
-    from segment_anything import sam_model_registry
 
     from supernet_kernels.recipes import flora, mplora
-    from supernet_kernels.train import SegmentationFolder, SegmentationTask
+    from supernet_kernels.train import SegmentationTask
 
-    sam = sam_model_registry[args.model_type](checkpoint=args.checkpoint)
-    size = sam.image_encoder.img_size
-    train = SegmentationFolder(args.train_dir, image_size=size)
-    val = SegmentationFolder(args.val_dir, image_size=size) if args.val_dir else None
+    sam, train, val = load_sam(args)
     task = SegmentationTask(sam)
     stages = [tuple(int(b) for b in s.split(",")) for s in args.stages.split(";")]
     bounds = [int(b) for b in args.boundaries.split(",")] if args.boundaries else None
     group = None if args.group_size == -1 else args.group_size
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(args)
     res = {}
     if args.memory_report:
         batch = flora.as_batches(train, 1, args.batch_size, task)[0]
@@ -99,15 +89,7 @@ def main(argv=None) -> None:
         boundaries=bounds,
         lora_rank=args.lora_rank,
         group_size=group,
-        device=args.device,
-        seed=args.seed,
-        resume=args.resume,
-        warmup_steps=args.warmup_steps,
-        amp=args.amp,
-        num_workers=args.workers,
-        checkpoint_dir=str(out / "ckpt"),
-        log_file=str(out / "history.jsonl"),
-        progress=True,
+        **run_kwargs(args, out),
     )
     if val is not None:
         for bits in sorted({b for s in stages for b in s}, reverse=True):

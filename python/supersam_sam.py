@@ -19,23 +19,23 @@ extracted encoder subnets ``encoder_largest.safetensors`` / ``encoder_smallest.s
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
+
+from _common import (
+    add_run_args,
+    add_sam_args,
+    add_schedule_args,
+    load_sam,
+    make_parser,
+    out_dir,
+    run_kwargs,
+)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--model-type", default="vit_b", help="sam_model_registry key (vit_b, ...)")
-    p.add_argument("--checkpoint", required=True, help="SAM weights file")
-    p.add_argument("--train-dir", required=True, help="segmentation folder (images/, masks/)")
-    p.add_argument("--val-dir", default=None, help="segmentation folder for mIoU")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--warmup-steps", type=int, default=0)
+    p = make_parser(__doc__)
+    add_sam_args(p)
+    add_schedule_args(p, lr=1e-4, batch_size=4)
     p.add_argument(
         "--drop-blocks", default=None, help="comma-separated droppable blocks (default 1,2,5,6,9)"
     )
@@ -43,29 +43,18 @@ def main(argv=None) -> None:
     p.add_argument("--calib-batches", type=int, default=4, help="batches for neuron ordering")
     p.add_argument("--no-prioritize", action="store_true", help="skip neuron prioritization")
     p.add_argument("--train-decoder", action="store_true", help="train the mask decoder too")
-    p.add_argument("--amp", choices=["bf16"], default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--workers", type=int, default=4)
     p.add_argument("--export", action="store_true", help="save largest / smallest encoders")
-    p.add_argument("--out", default="runs/supersam")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p, out="runs/supersam")
     args = p.parse_args(argv)
-
-    from segment_anything import sam_model_registry
 
     from supernet_kernels.recipes import supersam
     from supernet_kernels.supernet import save
-    from supernet_kernels.train import SegmentationFolder, SegmentationTask
+    from supernet_kernels.train import SegmentationTask
 
-    sam = sam_model_registry[args.model_type](checkpoint=args.checkpoint)
-    size = sam.image_encoder.img_size
-    train = SegmentationFolder(args.train_dir, image_size=size)
-    val = SegmentationFolder(args.val_dir, image_size=size) if args.val_dir else None
+    sam, train, val = load_sam(args)
     task = SegmentationTask(sam, train_decoder=args.train_decoder)
     drop = [int(i) for i in args.drop_blocks.split(",")] if args.drop_blocks else None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(args)
     sn, hist = supersam.train_supersam(
         sam,
         train,
@@ -77,15 +66,7 @@ def main(argv=None) -> None:
         drop_prob=args.drop_prob,
         calib_batches=args.calib_batches,
         prioritize=not args.no_prioritize,
-        device=args.device,
-        seed=args.seed,
-        resume=args.resume,
-        warmup_steps=args.warmup_steps,
-        amp=args.amp,
-        num_workers=args.workers,
-        checkpoint_dir=str(out / "ckpt"),
-        log_file=str(out / "history.jsonl"),
-        progress=True,
+        **run_kwargs(args, out),
     )
     (out / "space.json").write_text(json.dumps(hist["space"], indent=1))
     configs = {"largest": sn.max_config(), "smallest": sn.min_config()}

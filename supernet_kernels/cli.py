@@ -225,24 +225,22 @@ def _json_dict(text):
     return v
 
 
-def _positive_int(text) -> int:
+def _int_at_least(text, lo: int) -> int:
     try:
         v = int(text)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    if v < lo:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
     return v
+
+
+def _positive_int(text) -> int:
+    return _int_at_least(text, 1)
 
 
 def _nonneg_int(text) -> int:
-    try:
-        v = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+    return _int_at_least(text, 0)
 
 
 def _positive_float(text) -> float:

@@ -253,6 +253,28 @@ def kernel_paths() -> dict:
 
 
 # --------------------------------------------------------------------------- report
+def _row_cells(r: dict, gpu: bool) -> list[str]:
+    """One result row's formatted cells, in the column order of the text and markdown tables."""
+    cells = [
+        r["name"],
+        f"{r['test_acc']:.2f}",
+        f"{r['val_acc']:.2f}",
+        f"{r['bitops'] / 1e6:.1f}",
+        f"{r['bitops_ratio']:.3f}",
+        f"{r['macs'] / 1e3:.1f}",
+        f"{r['params']:,}",
+        f"{r['weight_bytes'] / 1024:.1f}",
+        f"{r['cpu_b1_ms']:.3f}",
+        f"{r['cpu_b64_ms']:.3f}",
+    ]
+    if gpu:
+        cells += [
+            f"{r.get('gpu_b1_ms', float('nan')):.3f}",
+            f"{r.get('gpu_b64_ms', float('nan')):.3f}",
+        ]
+    return cells
+
+
 def _fmt_table(rows: list[dict], gpu: bool) -> str:
     head = [
         "subnet",
@@ -268,26 +290,7 @@ def _fmt_table(rows: list[dict], gpu: bool) -> str:
     ]
     if gpu:
         head += ["GPU b1 ms", "GPU b64 ms"]
-    body = []
-    for r in rows:
-        cells = [
-            r["name"],
-            f"{r['test_acc']:.2f}",
-            f"{r['val_acc']:.2f}",
-            f"{r['bitops'] / 1e6:.1f}",
-            f"{r['bitops_ratio']:.3f}",
-            f"{r['macs'] / 1e3:.1f}",
-            f"{r['params']:,}",
-            f"{r['weight_bytes'] / 1024:.1f}",
-            f"{r['cpu_b1_ms']:.3f}",
-            f"{r['cpu_b64_ms']:.3f}",
-        ]
-        if gpu:
-            cells += [
-                f"{r.get('gpu_b1_ms', float('nan')):.3f}",
-                f"{r.get('gpu_b64_ms', float('nan')):.3f}",
-            ]
-        body.append(cells)
+    body = [_row_cells(r, gpu) for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(  # noqa: E731
         c.ljust(w) if i == 0 else c.rjust(w)
@@ -306,24 +309,7 @@ def _markdown(summary: dict, gpu: bool) -> str:
     sep = "|---" + "|---:" * (9 + (2 if gpu else 0)) + "|"
     lines = ["# supernet-kernels quickstart", "", summary["description"], "", head, sep]
     for r in summary["rows"]:
-        cells = [
-            r["name"],
-            f"{r['test_acc']:.2f}",
-            f"{r['val_acc']:.2f}",
-            f"{r['bitops'] / 1e6:.1f}",
-            f"{r['bitops_ratio']:.3f}",
-            f"{r['macs'] / 1e3:.1f}",
-            f"{r['params']:,}",
-            f"{r['weight_bytes'] / 1024:.1f}",
-            f"{r['cpu_b1_ms']:.3f}",
-            f"{r['cpu_b64_ms']:.3f}",
-        ]
-        if gpu:
-            cells += [
-                f"{r.get('gpu_b1_ms', float('nan')):.3f}",
-                f"{r.get('gpu_b64_ms', float('nan')):.3f}",
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(_row_cells(r, gpu)) + " |")
     g = summary["goal"]
     lines += [
         "",

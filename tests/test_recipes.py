@@ -14,6 +14,8 @@ from supernet_kernels.supernet import convert
 
 timm = pytest.importorskip("timm")
 
+import _models  # noqa: E402
+
 NUM_CLASSES = 5
 
 
@@ -27,10 +29,7 @@ def _one_thread():
 
 
 def tiny_vit(depth: int = 4):
-    torch.manual_seed(0)
-    return timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
+    return _models.tiny_timm_vit(
         img_size=16,
         patch_size=4,
         embed_dim=32,
@@ -38,7 +37,7 @@ def tiny_vit(depth: int = 4):
         num_heads=2,
         mlp_ratio=2.0,
         num_classes=NUM_CLASSES,
-    ).eval()
+    )
 
 
 def synthetic(n: int = 48, seed: int = 0):
@@ -253,31 +252,7 @@ def test_memory_report_lora_below_full():
 
 # --------------------------------------------------------------------------- SAM
 def tiny_sam():
-    pytest.importorskip("segment_anything")
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
-
-    torch.manual_seed(0)
-    enc = ImageEncoderViT(
-        img_size=64, patch_size=16, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2.0,
-        out_chans=16, global_attn_indexes=(1, 3), window_size=2, use_rel_pos=True,
-    )  # fmt: skip
-    pe = PromptEncoder(
-        embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4
-    )
-    dec = MaskDecoder(
-        transformer_dim=16,
-        transformer=TwoWayTransformer(depth=1, embedding_dim=16, mlp_dim=32, num_heads=2),
-        num_multimask_outputs=3,
-        iou_head_depth=2,
-        iou_head_hidden_dim=16,
-    )
-    return Sam(enc, pe, dec).eval()
+    return _models.tiny_sam(depth=4, global_attn_indexes=(1, 3)).eval()
 
 
 def seg_data(n: int = 8, seed: int = 0):

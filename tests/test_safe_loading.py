@@ -390,6 +390,7 @@ QUANT_WRONG = {
     "qmeta_disagrees": _quant_qmeta_bits,
 }
 
+
 def _wrong_params(kind):
     out = []
     for name in WRONG:

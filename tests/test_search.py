@@ -19,6 +19,8 @@ import torch
 timm = pytest.importorskip("timm")
 optuna = pytest.importorskip("optuna")
 
+from _models import tiny_timm_vit  # noqa: E402
+
 import supernet_kernels as sk  # noqa: E402
 from supernet_kernels.cost import profile  # noqa: E402
 from supernet_kernels.search import (  # noqa: E402
@@ -36,17 +38,9 @@ SHAPE = (1, 3, 16, 16)
 
 # --------------------------------------------------------------------------- fixtures
 def make_vit():
-    torch.manual_seed(0)
-    return timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=16,
-        patch_size=4,
-        depth=3,
-        embed_dim=32,
-        num_heads=2,
-        num_classes=10,
-    ).eval()
+    return tiny_timm_vit(
+        img_size=16, patch_size=4, depth=3, embed_dim=32, num_heads=2, num_classes=10
+    )
 
 
 def make_supernet(space=None):

@@ -17,6 +17,8 @@ from supernet_kernels.nn import ElasticBlock, ElasticLinear, LowRankLinear, Quan
 
 timm = pytest.importorskip("timm")
 
+from _models import tiny_sam_encoder, tiny_timm_vit  # noqa: E402
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
@@ -34,17 +36,14 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # --------------------------------------------------------------------------- tiny models
 def make_vit() -> nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
+    return tiny_timm_vit(
         img_size=32,
         patch_size=8,
         depth=3,
         embed_dim=64,
         num_heads=4,
         num_classes=10,
-    ).eval()
+    )
 
 
 def make_swin() -> nn.Module:
@@ -63,25 +62,7 @@ def make_swin() -> nn.Module:
 
 
 def make_sam() -> nn.Module:
-    from segment_anything.modeling.image_encoder import ImageEncoderViT
-
-    torch.manual_seed(0)
-    m = ImageEncoderViT(
-        img_size=64,
-        patch_size=16,
-        embed_dim=64,
-        depth=3,
-        num_heads=2,
-        global_attn_indexes=(1,),
-        window_size=2,
-        use_rel_pos=True,
-        out_chans=32,
-    )
-    with torch.no_grad():  # non-zero relative position tables, so they matter
-        for n, p in m.named_parameters():
-            if "rel_pos" in n or "pos_embed" in n:
-                p.normal_(0, 0.02)
-    return m.eval()
+    return tiny_sam_encoder(depth=3)
 
 
 class GenBlock(nn.Module):

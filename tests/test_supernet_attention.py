@@ -18,6 +18,8 @@ from supernet_kernels.supernet.attention import SKSamAttention, SKViTAttention
 timm = pytest.importorskip("timm")
 sam_enc = pytest.importorskip("segment_anything.modeling.image_encoder")
 
+from _models import tiny_sam_encoder  # noqa: E402
+
 OP = "supernet_kernels.attention.default"
 
 
@@ -63,23 +65,7 @@ def make_deit() -> nn.Module:
 
 
 def make_sam() -> nn.Module:
-    torch.manual_seed(0)
-    m = sam_enc.ImageEncoderViT(
-        img_size=64,
-        patch_size=16,
-        embed_dim=64,
-        depth=2,
-        num_heads=2,
-        global_attn_indexes=(1,),
-        window_size=2,
-        use_rel_pos=True,
-        out_chans=32,
-    )
-    with torch.no_grad():  # non-zero relative position tables, so they matter
-        for n, p in m.named_parameters():
-            if "rel_pos" in n or "pos_embed" in n:
-                p.normal_(0, 0.02)
-    return m.eval()
+    return tiny_sam_encoder(depth=2)
 
 
 MODELS = {

@@ -31,6 +31,7 @@ from supernet_kernels.train.checkpoint import checkpoint_path
 
 pytest.importorskip("timm")
 sys.path.insert(0, os.path.dirname(__file__))
+from _models import tiny_sam  # noqa: E402
 from _train_helpers import class_data, make_generic_supernet, make_vit_supernet  # noqa: E402
 
 
@@ -334,31 +335,7 @@ def test_tensorboard_optional(tmp_path):
 
 # --------------------------------------------------------------------------- SAM
 def make_sam():
-    pytest.importorskip("segment_anything")
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
-
-    torch.manual_seed(0)
-    enc = ImageEncoderViT(
-        img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
-        out_chans=16, global_attn_indexes=(1,), window_size=2, use_rel_pos=True,
-    )  # fmt: skip
-    pe = PromptEncoder(
-        embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4
-    )
-    dec = MaskDecoder(
-        transformer_dim=16,
-        transformer=TwoWayTransformer(depth=1, embedding_dim=16, mlp_dim=32, num_heads=2),
-        num_multimask_outputs=3,
-        iou_head_depth=2,
-        iou_head_hidden_dim=16,
-    )
-    return Sam(enc, pe, dec)
+    return tiny_sam(depth=2, global_attn_indexes=(1,))
 
 
 def seg_data(n=4, seed=0):

@@ -59,6 +59,22 @@ def _rel_bias(rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk):
 
 
 @triton.jit
+def _scores(
+    q, kt, rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk, qk_scale,
+    HAS_REL: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """The (BLOCK_M x BLOCK_N) fp32 score tile in base 2: log2(e) * (scale * q k^T + bias)
+    (qk_scale = scale * log2(e); the bias only with HAS_REL)."""
+    s = _dot(q, kt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32) * qk_scale
+    if HAS_REL:
+        s += _rel_bias(rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk) * LOG2E
+    return s
+
+
+@triton.jit
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, o_ptr, lse_ptr,
     NH, TQ, TK, D, RW, bh_base, qk_scale,
@@ -105,12 +121,11 @@ def _attn_fwd_kernel(
             other=0.0,
         )
         # s in base 2: log2(e) * (scale * q k^T + bias)
-        s = _dot(q, kt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32) * qk_scale
-        if HAS_REL:
-            mask = mask_m[:, None] & mask_n[None, :]
-            s += _rel_bias(rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk) * (
-                LOG2E
-            )
+        mask = mask_m[:, None] & mask_n[None, :]
+        s = _scores(
+            q, kt, rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk, qk_scale,
+            HAS_REL, DOT_FP32, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
         s = tl.where(mask_n[None, :], s, float("-inf"))
         # The first tile holds key 0, so m_new is finite from the start (TK >= 1).
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -186,11 +201,10 @@ def _attn_bwd_dkdv_kernel(
         lse = tl.load(lse_ptr + offs_m * slt, mask=mask_m, other=0.0)
         delta = tl.load(dl_ptr + offs_m * slt, mask=mask_m, other=0.0)
         mask = mask_m[:, None] & mask_n[None, :]
-        s = _dot(q, kt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32) * qk_scale
-        if HAS_REL:
-            s += _rel_bias(rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk) * (
-                LOG2E
-            )
+        s = _scores(
+            q, kt, rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk, qk_scale,
+            HAS_REL, DOT_FP32, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
         p = tl.where(mask, tl.exp2(s - lse[:, None] * LOG2E), 0.0)
         p_lp = _round(p, do_ptr.dtype.element_ty, RNE_BF16)
         dv = _dot(tl.trans(p_lp), do, dv, DOT_FP32)
@@ -266,11 +280,10 @@ def _attn_bwd_dq_kernel(
         kt = tl.load(k_ptr + offs_d[:, None] * skd + offs_n[None, :] * skt, mask=mask_dn, other=0.0)
         vt = tl.load(v_ptr + offs_d[:, None] * svd + offs_n[None, :] * svt, mask=mask_dn, other=0.0)
         mask = mask_m[:, None] & mask_n[None, :]
-        s = _dot(q, kt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32) * qk_scale
-        if HAS_REL:
-            s += _rel_bias(rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk) * (
-                LOG2E
-            )
+        s = _scores(
+            q, kt, rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk, qk_scale,
+            HAS_REL, DOT_FP32, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
         p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
         dp = _dot(do, vt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32)
         ds = p * (dp - delta[:, None])
