@@ -198,6 +198,32 @@ def _quant_backward(ctx, grad):
 _quant_linear_op.register_autograd(_quant_backward, setup_context=_quant_setup)
 
 
+def _raw8_forward(op, x, weight, weight_scale, bias, *, check, reference, cuda_kernel, min_cc):
+    """One forward for int8_linear and fp8_linear: they differ only in the weight's 8-bit type,
+    their reference, their CUDA kernel (None: none yet) and the GPUs that can run them."""
+    n = check(x, weight, weight_scale, bias)
+    k = weight.shape[1]
+    x2, m = _flat(x, k)
+    name = backends.resolve(op, x.device, x.dtype, m)
+    if name == "torch":
+        return reference(x, weight, weight_scale, bias)
+    if name == "cuda":
+        if cuda_kernel is None:
+            raise backends.BackendUnavailable(f"{op}: no CUDA C++ kernel yet; use backend 'triton'")
+        y = cuda_kernel()(x2, weight, weight_scale, bias)
+    else:
+        if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < min_cc:
+            cc = "".join(map(str, torch.cuda.get_device_capability(x.device)))
+            need = "".join(map(str, min_cc))
+            raise backends.BackendUnavailable(
+                f"{op}: needs sm_{need} or newer tensor cores; this GPU is sm_{cc}"
+            )
+        from ..kernels import triton_quant as tq
+
+        y = tq.raw8_linear(x2, weight, weight_scale, bias)
+    return y.reshape(*x.shape[:-1], n)
+
+
 @torch.library.custom_op(INT8_OP, mutates_args=())
 def _int8_linear_op(
     x: torch.Tensor,
@@ -205,19 +231,13 @@ def _int8_linear_op(
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    n = check_raw8_args(x, weight, weight_scale, bias)
-    k = weight.shape[1]
-    x2, m = _flat(x, k)
-    name = backends.resolve("int8_linear", x.device, x.dtype, m)
-    if name == "torch":
-        return int8_linear_reference(x, weight, weight_scale, bias)
-    if name == "triton":
-        from ..kernels import triton_quant as tq
-
-        y = tq.raw8_linear(x2, weight, weight_scale, bias)
-    else:
-        y = torch.ops.supernet_kernels._int8_linear_cuda(x2, weight, weight_scale, bias)
-    return y.reshape(*x.shape[:-1], n)
+    return _raw8_forward(
+        "int8_linear", x, weight, weight_scale, bias,
+        check=check_raw8_args,
+        reference=int8_linear_reference,
+        cuda_kernel=lambda: torch.ops.supernet_kernels._int8_linear_cuda,
+        min_cc=(0, 0),  # no limit of its own
+    )  # fmt: skip
 
 
 @_int8_linear_op.register_fake
@@ -307,24 +327,11 @@ def _fp8_linear_op(
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    n = _check_fp8(x, weight, weight_scale, bias)
-    k = weight.shape[1]
-    x2, m = _flat(x, k)
-    name = backends.resolve("fp8_linear", x.device, x.dtype, m)
-    if name == "torch":
-        return fp8_linear_reference(x, weight, weight_scale, bias)
-    if name == "cuda":
-        raise backends.BackendUnavailable(
-            "fp8_linear: no CUDA C++ kernel yet; use backend 'triton'"
-        )
-    if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 9):
-        raise backends.BackendUnavailable(
-            "fp8_linear: float8 tensor cores need sm_89 or newer (Ada, Hopper); this GPU is "
-            f"sm_{''.join(map(str, torch.cuda.get_device_capability(x.device)))}"
-        )
-    from ..kernels import triton_quant as tq
-
-    return tq.raw8_linear(x2, weight, weight_scale, bias).reshape(*x.shape[:-1], n)
+    # float8 tensor cores: sm_89 (Ada) and newer.
+    return _raw8_forward(
+        "fp8_linear", x, weight, weight_scale, bias,
+        check=_check_fp8, reference=fp8_linear_reference, cuda_kernel=None, min_cc=(8, 9),
+    )  # fmt: skip
 
 
 @_fp8_linear_op.register_fake
