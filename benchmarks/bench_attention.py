@@ -35,6 +35,7 @@ Records go to --out (a JSONL file; gpu_check.sh appends them to models.jsonl, ki
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -243,6 +244,68 @@ def time_pass(p, backend, shape, dtype, device, scale, gpu, settings, fwd) -> fl
     return max(_time(fwd_bwd, gpu, settings) - t_fwd, 0.0)
 
 
+# Forward tile sweep (--sweep): (BLOCK_M, BLOCK_N, num_warps, num_stages, key_grid); the first
+# row is the first H100 run's configuration (2026-11-26), gather bias.
+SWEEP = (
+    (64, 64, 4, 3, False),
+    (64, 64, 4, 3, True),
+    (128, 64, 8, 3, True),
+    (128, 64, 4, 3, True),
+    (128, 128, 8, 3, True),
+    (64, 64, 4, 4, True),
+    (128, 64, 8, 4, True),
+)
+
+
+def sweep(args, ceilings, env, run_id, t0) -> list[dict]:
+    """The Triton forward with rel pos (and without, key_grid off) at each SWEEP config, bf16,
+    on the quick shapes: median us, % of the bf16 peak, error against the reference."""
+    from supernet_kernels.kernels import triton_attention as ta
+
+    device = torch.device("cuda")
+    peak = ceilings.peak_flops.get("bfloat16") if ceilings else None
+    settings = H.BenchSettings(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms)
+    records = []
+    for shape in QUICK_SHAPES:
+        for rel in (True, False):
+            q, k, v, rh, rw = make_inputs(shape, torch.bfloat16, device, rel)
+            scale = shape.d**-0.5
+            with torch.no_grad():
+                ref = runner("reference", (q, k, v, rh, rw), scale)()
+            for bm, bn, warps, stages, kg in SWEEP:
+                if not rel and kg:
+                    continue
+                if args.time_budget_s and time.perf_counter() - t0 > args.time_budget_s:
+                    return records
+                tiles = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+                rec = dict(
+                    env, run_id=run_id, kind="attention_sweep", bench="attention",
+                    shape=shape.name, dtype="bfloat16", rel=rel, B=shape.b, H=shape.h,
+                    T=shape.t, d=shape.d, key_grid=kg, **tiles, flops=flops(shape, "fwd"),
+                )  # fmt: skip
+                try:
+                    fwd = functools.partial(
+                        ta.attention_fwd, q, k, v, rh, rw, scale, tiles=tiles, key_grid=kg
+                    )
+                    err = rel_error(fwd()[0], ref)
+                    us = _time(fwd, True, settings)
+                    rec.update(status="ok" if err <= TOL else "mismatch", rel_err=err,
+                               median_us=us, tflops=H.tflops(rec["flops"], us * 1e-6),
+                               pct_bf16_peak=100 * rec["flops"] / (us * 1e-6) / peak
+                               if peak else None)  # fmt: skip
+                except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory
+                    rec.update(status="error", reason=f"{type(exc).__name__}: {exc}"[:300])
+                records.append(rec)
+                pct = rec.get("pct_bf16_peak")
+                print(f"[sweep] {shape.name} rel={int(rel)} {bm}x{bn} w{warps} s{stages} "
+                      f"kg={int(kg)}: {rec['status']} "
+                      + (f"{rec['median_us']:.1f} us, {pct:.1f}% bf16 peak, "
+                         f"rel_err {rec['rel_err']:.1e}" if rec["status"] != "error"
+                         else rec["reason"]), flush=True)  # fmt: skip
+            torch.cuda.empty_cache()
+    return records
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -257,6 +320,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--time-budget-s", type=float, default=0.0, help="no new shapes after this")
     p.add_argument("--warmup-ms", type=int, default=25)
     p.add_argument("--rep-ms", type=int, default=100)
+    p.add_argument("--sweep", action="store_true", help="GPU: also sweep the forward's tiles")
     return p.parse_args(argv)
 
 
@@ -277,6 +341,10 @@ def main(argv=None) -> int:
             args.triton_reason = "Triton is not installed: triton rows skipped on the CPU"
         if os.environ.get("TRITON_INTERPRET") != "1":
             args.triton_reason = "TRITON_INTERPRET is not 1: triton rows skipped on the CPU"
+        if args.triton_reason is None:
+            from supernet_kernels import backends
+
+            args.triton_reason = backends.unavailable_reason("triton", torch.device("cpu"))
         print("[attention] CPU (no GPU or --smoke): tiny shapes, timings are not meaningful"
               + (f"; {args.triton_reason}" if args.triton_reason else
                  "; triton under TRITON_INTERPRET=1"))  # fmt: skip
@@ -298,6 +366,8 @@ def main(argv=None) -> int:
                     not_run += 1
                     continue
                 records += run_shape(shape, dname, args, gpu, ceilings, env, run_id)
+        if gpu and args.sweep:
+            records += sweep(args, ceilings, env, run_id, t0)
     except KeyboardInterrupt:
         print("[attention] interrupted: writing the records measured so far", flush=True)
     target = evaluate_target(records)

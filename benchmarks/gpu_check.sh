@@ -71,6 +71,12 @@ try:
 except Exception as e:
     print("triton unavailable:", e)
 print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+import importlib.metadata as md
+for name in ("timm", "numpy", "segment-anything", "optuna", "pytest-xdist"):
+    try:
+        print(name, md.version(name))
+    except md.PackageNotFoundError:
+        print(name, "not installed")
 EOF
   (nvcc --version || "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" --version) 2>/dev/null | tail -2 || true
   git rev-parse HEAD 2>/dev/null || echo "commit ${GPU_CHECK_COMMIT:-unknown} (no .git here)"
@@ -93,10 +99,14 @@ tests() {
   # The suite runs on the GPU for real: no interpreter. No -x: we want every failure. With
   # pytest-xdist there (the device image has it), one worker per 1-2 cores: Triton's JIT and the
   # CPU-only tests are CPU-bound. pytest-timeout stops one hung test from eating the phase.
-  local par=() paths
+  local par=() paths extra
   read -r -a paths <<<"${GPU_CHECK_TESTS:-tests}"
   "$PY" -c "import xdist" 2>/dev/null && par+=(-n "${GPU_CHECK_WORKERS:-12}")
   "$PY" -c "import pytest_timeout" 2>/dev/null && par+=(--timeout 100)
+  par+=(--durations=25)
+  # GPU_CHECK_PYTEST_ARGS: extra flags, e.g. -rA (a PASSED line per test in pytest.log)
+  read -r -a extra <<<"${GPU_CHECK_PYTEST_ARGS:-}"
+  par+=("${extra[@]}")
   env -u TRITON_INTERPRET "$PY" -m pytest -q "${paths[@]}" -p no:cacheprovider "${par[@]}" \
     --junitxml="$TMP/junit.xml" >"$OUT/pytest.log" 2>&1
   local rc=$?
@@ -144,18 +154,22 @@ quant() {
   local limit=$1 mode=--quick
   [[ "$FULL" == 1 ]] && mode=""
   # New shapes stop 35 s before the timeout: one (M, K, N) group with JIT and peers can take 20 s.
+  # GPU_CHECK_QUANT_PEERS: e.g. "int_mm,scaled_mm,int4pack,bnb" (gemlite's first-call
+  # autotuning took the whole 55 s of the first H100 run's quant phase).
   "$PY" benchmarks/bench_quant.py $mode --write-dispatch --out "$OUT" \
+    --peers "${GPU_CHECK_QUANT_PEERS-int_mm,scaled_mm,int4pack,bnb,gemlite}" \
     --summary-json "$TMP/quant_summary.json" --time-budget-s $((limit - 35))
 }
 
 models() {
-  local limit=$1 mode=--quick att_limit=25 t0
+  local limit=$1 mode=--quick att_limit=${GPU_CHECK_ATT_S:-25} t0
   [[ "$FULL" == 1 ]] && mode="" && att_limit=90
   ((att_limit > limit / 3)) && att_limit=$((limit / 3))
   t0=$(date +%s)
   # The attention op alone first (~25 s quick): its records go into models.jsonl (kind
   # "attention"), keeping $OUT at 8 files; new shapes stop 10 s before its own timeout.
-  timeout -s INT -k 10 "$att_limit" "$PY" benchmarks/bench_attention.py $mode \
+  # shellcheck disable=SC2086  # GPU_CHECK_ATT_ARGS: extra flags, e.g. --sweep
+  timeout -s INT -k 10 "$att_limit" "$PY" benchmarks/bench_attention.py $mode ${GPU_CHECK_ATT_ARGS:-} \
     --out "$OUT/models.jsonl" --summary-json "$TMP/attention_summary.json" \
     --time-budget-s $((att_limit - 10)) || echo "bench_attention rc=$?"
   local left=$((limit - ($(date +%s) - t0)))
@@ -165,13 +179,19 @@ models() {
     --summary-json "$TMP/models_summary.json" --time-budget-s $((left > 50 ? left - 25 : 25))
 }
 
+latency() {
+  # LatencyTable on DeiT-B: predicted vs measured latency of extracted subnets (kind
+  # "latency_table" records in models.jsonl).
+  "$PY" benchmarks/bench_latency_table.py --out "$OUT" --summary-json "$TMP/latency_summary.json"
+}
+
 SITE="$TMP/site"
 export PY OUT FULL TMP SITE
-export -f versions build info tests bench peers quant models sanitize
+export -f versions build info tests bench peers quant models sanitize latency
 
 # GPU_CHECK_PHASES (comma list) runs a subset, e.g. a short second call after fixes:
 #   GPU_CHECK_PHASES=peers,build,tests,sanitize GPU_CHECK_TESTS="tests/test_x.py" ...
-WANT=",${GPU_CHECK_PHASES:-versions,peers,build,info,tests,bench,quant,models,sanitize},"
+WANT=",${GPU_CHECK_PHASES:-versions,peers,build,info,tests,bench,quant,models,latency,sanitize},"
 want() { [[ "$WANT" == *",$1,"* ]]; }
 
 # Nominal: versions 15, peers 20, build 75, info 15, tests 120, low-rank bench 55, quant bench 60,
@@ -183,7 +203,7 @@ want peers && phase peers 20 380 peers
 [[ -d "$SITE" ]] && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 want build && phase build 75 320 build
 want info && phase info 15 300 info
-want tests && phase tests 120 180 tests
+want tests && phase tests "${GPU_CHECK_TESTS_S:-120}" 180 tests
 if want bench; then
   bench_limit=$(($(remaining) - 180))
   ((bench_limit > 55)) && bench_limit=55
@@ -193,25 +213,27 @@ if want bench; then
 fi
 if want quant; then
   quant_limit=$(($(remaining) - 120))
-  ((quant_limit > 60)) && [[ "$FULL" != 1 ]] && quant_limit=60
+  ((quant_limit > ${GPU_CHECK_QUANT_S:-60})) && [[ "$FULL" != 1 ]] && quant_limit=${GPU_CHECK_QUANT_S:-60}
   ((quant_limit < 35)) && quant_limit=35
   phase quant "$quant_limit" 120 quant "$quant_limit"
 fi
 if want models; then
   models_limit=$(($(remaining) - 45))
-  ((models_limit > 90)) && [[ "$FULL" != 1 ]] && models_limit=90
+  ((models_limit > ${GPU_CHECK_MODELS_S:-90})) && [[ "$FULL" != 1 ]] && models_limit=${GPU_CHECK_MODELS_S:-90}
   ((models_limit > 400)) && models_limit=400
   ((models_limit < 40)) && models_limit=40
   phase models "$models_limit" 45 models "$models_limit"
 fi
+want latency && phase latency "${GPU_CHECK_LATENCY_S:-45}" 30 latency
 want sanitize && phase sanitize 45 0 sanitize
 
 "$PY" - "$OUT" "$PHASES" "$TMP/bench_summary.json" "$FULL" "$TMP/quant_summary.json" \
-  "$TMP/junit.xml" "$TMP/models_summary.json" "$TMP/attention_summary.json" <<'EOF'
+  "$TMP/junit.xml" "$TMP/models_summary.json" "$TMP/attention_summary.json" \
+  "$TMP/latency_summary.json" <<'EOF'
 import datetime, json, os, pathlib, re, subprocess, sys
 import xml.etree.ElementTree as ET
 
-out, phases_path, bench_path, full, quant_path, junit_path, models_path, attn_path = (
+out, phases_path, bench_path, full, quant_path, junit_path, models_path, attn_path, lat_path = (
     pathlib.Path(sys.argv[1]), *sys.argv[2:])
 phases = {}
 for line in pathlib.Path(phases_path).read_text().splitlines():
@@ -240,6 +262,7 @@ bench = json.loads(pathlib.Path(bench_path).read_text()) if pathlib.Path(bench_p
 quant = json.loads(pathlib.Path(quant_path).read_text()) if pathlib.Path(quant_path).exists() else {}
 models = json.loads(pathlib.Path(models_path).read_text()) if pathlib.Path(models_path).exists() else {}
 attn = json.loads(pathlib.Path(attn_path).read_text()) if pathlib.Path(attn_path).exists() else {}
+lat = json.loads(pathlib.Path(lat_path).read_text()) if pathlib.Path(lat_path).exists() else {}
 env = bench.get("env") or quant.get("env") or {}
 try:
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
@@ -269,6 +292,7 @@ summary = {
     "models_output_mismatch": models.get("output_mismatch"),
     "attention_target": attn.get("target"), "attention_bad": attn.get("bad"),
     "attention_pct_bf16_peak": attn.get("pct_bf16_peak"),
+    "latency_table": lat or None,
     "files": sorted(p.name for p in out.iterdir()),
 }
 (out / "gpu_check_summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
@@ -299,5 +323,6 @@ for t in [*(models.get("targets") or {}).values(), *([attn["target"]] if attn.ge
     v = t.get("value")
     print(f"  models    {verdict:<4} {t['target']}: {'-' if v is None else round(v, 2)}")
 print(f"  attention bad rows: {len(attn.get('bad') or [])}")
+print(f"  latency table: {lat or '-'}")
 print(f"  files in {out}: {', '.join(summary['files'])}")
 EOF

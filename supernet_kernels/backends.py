@@ -29,6 +29,17 @@ CHOICES = (*BACKENDS, "auto")
 ENV_VAR = "SUPERNET_KERNELS_BACKEND"
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+# The kernels each op has beside the PyTorch reference (op -> backends). Choosing a backend
+# that is not listed for an op raises BackendUnavailable when the op runs; `supernet-kernels
+# info` and the tests read this table.
+KERNELS = {
+    "attention": ("triton",),
+    "lowrank_linear": ("triton", "cuda"),
+    "quant_linear": ("triton", "cuda"),
+    "int8_linear": ("triton", "cuda"),
+    "fp8_linear": ("triton",),
+}
+
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "supernet_kernels_backend", default=None
 )
@@ -73,6 +84,36 @@ def _has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.cache
+def _interpreter_broken() -> str | None:
+    """None if Triton's CPU interpreter runs a loop over a run-time argument, else why not.
+
+    Triton 3.6's interpreter with recent NumPy (2.4.6 and 2.5.2 seen) fails on
+    ``range(0, n, step)`` with a run-time ``n`` (it calls int() on a 1-element array: "only
+    0-dimensional arrays can be converted to Python scalars"); seen on the GPU machine,
+    2026-11-26. Every kernel of ours loops so, so
+    the interpreter is reported unavailable there instead of failing in each op."""
+    import numpy as np
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _probe(x_ptr, n):
+        acc = 0.0
+        for i in range(0, n, 1):
+            acc += tl.load(x_ptr + i)
+        tl.store(x_ptr, acc)
+
+    try:
+        _probe[(1,)](torch.ones(2), 2)
+    except Exception as e:  # noqa: BLE001 - any failure means the interpreter cannot run ours
+        return (
+            f"Triton {triton.__version__}'s CPU interpreter fails with NumPy {np.__version__} "
+            f"({type(e).__name__}: {str(e)[:120]})"
+        )
+    return None
+
+
 def _triton_reason(device: torch.device) -> str | None:
     if not _has_triton():
         return "Triton is not installed (pip install triton)"
@@ -80,7 +121,7 @@ def _triton_reason(device: torch.device) -> str | None:
         return None
     if device.type == "cpu":
         if triton_interpret():
-            return None
+            return _interpreter_broken()
         return "Triton runs on CPU tensors only with TRITON_INTERPRET=1 (the interpreter)"
     return f"Triton kernels do not run on {device.type} tensors"
 

@@ -50,14 +50,6 @@ import time
 import traceback
 from pathlib import Path
 
-KERNELS = {
-    "attention": ("triton",),
-    "lowrank_linear": ("triton", "cuda"),
-    "quant_linear": ("triton", "cuda"),
-    "int8_linear": ("triton", "cuda"),
-    "fp8_linear": ("triton",),
-}
-
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -172,6 +164,8 @@ def info_text() -> str:
 
     lines += ["", "kernels verified on a real GPU (the whole test suite passed there)"]
     verified = dispatch.verified_kernels()
+    from .backends import KERNELS
+
     for op, backends in KERNELS.items():
         for be in backends:
             runs = verified.get(op, {}).get(be, [])

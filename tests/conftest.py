@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from supernet_kernels.backends import BACKENDS, unavailable_reason
+from supernet_kernels.backends import BACKENDS, KERNELS, unavailable_reason
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -30,13 +30,16 @@ def stable_seed(*key) -> int:
     return zlib.crc32(repr(key).encode()) % 2**31
 
 
-def backend_params():
-    """(device, backend) pairs, each skipped with the reason where it cannot run here."""
+def backend_params(op: str | None = None):
+    """(device, backend) pairs, each skipped with the reason where it cannot run here; with
+    ``op``, also skipped where that op has no kernel for the backend (``backends.KERNELS``)."""
     out = []
     for dev in ["cpu", "cuda"]:
         for be in BACKENDS:
             marks = []
-            if dev == "cuda" and not torch.cuda.is_available():
+            if op is not None and be != "torch" and be not in KERNELS[op]:
+                marks.append(pytest.mark.skip(reason=f"{op} has no {be} kernel"))
+            elif dev == "cuda" and not torch.cuda.is_available():
                 marks.append(pytest.mark.skip(reason="no CUDA GPU"))
             else:
                 reason = unavailable_reason(be, torch.device(dev))

@@ -75,7 +75,7 @@ def _leaves(q, k, v, tables):
 # ----------------------------------------------------------------------------- forward
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", list(CASES))
 def test_matches_segment_anything_float64(device, be, dtype, case):
@@ -104,7 +104,7 @@ LARGE = {
 }
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 @pytest.mark.parametrize("case", list(LARGE))
 def test_large_forward_and_backward_fp16(device, be, case):
     q, k, v, tables, _ = _inputs(LARGE[case], torch.float16, device, seed=197)
@@ -128,7 +128,7 @@ def test_large_forward_and_backward_fp16(device, be, case):
 # ----------------------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", GRAD_CASES)
 def test_gradients_match_float64(device, be, dtype, case):
@@ -159,7 +159,7 @@ def _double(tables):
     return {n: (t.double() if torch.is_tensor(t) else t) for n, t in tables.items()}
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 @pytest.mark.parametrize("with_rel", [True, False], ids=["rel", "norel"])
 def test_op_lse_output_and_its_gradient(device, be, with_rel):
     """The op's second output is the fp32 log-sum-exp of each query's scores; gradients of a
@@ -219,7 +219,7 @@ def test_gradcheck_float64():
 # ----------------------------------------------------------------------------- op contract
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_opcheck(device, be, dtype):
     gen = torch.Generator().manual_seed(5)
@@ -234,7 +234,7 @@ def test_opcheck(device, be, dtype):
         torch.library.opcheck(OP.default, (q, k[:, :, :5], v[:, :, :5], None, None, 0.25))
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 def test_empty_batch(device, be):
     q = torch.randn(0, 2, 6, 16, device=device)
     with sk.backend(be):
@@ -373,7 +373,7 @@ def test_op_bad_input_is_a_clear_error(mutate, exc, match):
         OP(*args.values(), 0.5)
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 def test_frozen_bias_factors_still_give_q_k_v_gradients(device, be):
     """rel_h / rel_w not requiring grad: the Triton backward skips their gradients."""
     gen = torch.Generator().manual_seed(6)
@@ -396,7 +396,7 @@ def test_frozen_bias_factors_still_give_q_k_v_gradients(device, be):
         assert_matches(a, r, b, f"{be} grad {name}")
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 def test_torch_compile_fullgraph_follows_the_backend(device, be):
     """One graph, compiled under "torch", runs forward and backward on whichever backend is
     chosen when it runs (the backward is an op that resolves its backend itself)."""

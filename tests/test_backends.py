@@ -157,7 +157,7 @@ def test_import_touches_neither_cuda_nor_triton():
         "assert 'triton' not in sys.modules, 'triton imported at import';"
         "assert 'supernet_kernels._C' not in sys.modules, 'native loaded at import'"
     )
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 

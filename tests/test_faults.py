@@ -37,7 +37,9 @@ TIMEOUT = 120
 
 
 def _env(**extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    # ROOT first, then whatever PYTHONPATH already held (packages installed beside the tree).
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     for k in ("SK_FAULT_KILL_AT_STEP", "SK_FAULT_KILL_IN_SAVE", "SK_FAULT_KILL_AT_TRIAL"):
         env.pop(k, None)
     env.update({k: str(v) for k, v in extra.items()})

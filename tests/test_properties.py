@@ -59,7 +59,6 @@ def _run(name: str, be: str, prop, **strategies) -> None:
 
 
 # Backends that can run on the CPU here (CUDA ones are listed and skipped with the reason).
-BACKENDS = backend_params()
 
 seeds = st.integers(min_value=1, max_value=2**31 - 1)
 dtypes = st.sampled_from(DTYPES)
@@ -76,6 +75,12 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _to(device, *tensors):
+    """The tensors (drawn on the CPU, so a seed gives the same data everywhere) on ``device``,
+    None kept."""
+    return tuple(None if t is None else t.to(device) for t in tensors)
+
+
 def _randn(gen, *shape, dtype=torch.float32, scale=1.0):
     """Gaussian data (never all zeros) rounded to ``dtype``."""
     return (torch.randn(*shape, generator=gen) * scale).to(dtype)
@@ -84,7 +89,9 @@ def _randn(gen, *shape, dtype=torch.float32, scale=1.0):
 # ----------------------------------------------------------------------------- lowrank_linear
 
 
-def check_lowrank(be, seed, dtype, lead, k, n_max, r_max, rank, out_features, v_pad, bias):
+def check_lowrank(
+    be, seed, dtype, lead, k, n_max, r_max, rank, out_features, v_pad, bias, device="cpu"
+):
     gen = _gen(seed)
     x = _randn(gen, *lead, k, dtype=dtype)
     u = _randn(gen, n_max, r_max, dtype=dtype, scale=r_max**-0.5)
@@ -93,6 +100,7 @@ def check_lowrank(be, seed, dtype, lead, k, n_max, r_max, rank, out_features, v_
     off = v_pad // 2
     v = v_wide[:, off : off + k]
     b = _randn(gen, n_max, dtype=dtype) if bias else None
+    x, u, v, b = _to(device, x, u, v, b)
     n = n_max if out_features is None else out_features
     ref64 = lowrank_linear_reference(
         x.double(), u.double(), v.double(), rank, n, None if b is None else b.double()
@@ -123,19 +131,21 @@ def lowrank_cases(draw):
     }
 
 
-@pytest.mark.parametrize("device,be", BACKENDS)
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 def test_lowrank_linear_property(device, be):
-    _run("lowrank", be, lambda case: check_lowrank(be, **case), case=lowrank_cases())
+    _run("lowrank", be, lambda case: check_lowrank(be, **case, device=device), case=lowrank_cases())
 
 
 # ----------------------------------------------------------------------------- quant_linear
 
 
-def check_quant(be, seed, dtype, lead, k, n, bits, group, act_bits, bias):
+def check_quant(be, seed, dtype, lead, k, n, bits, group, act_bits, bias, device="cpu"):
     gen = _gen(seed)
-    q = quantize_weight(torch.randn(n, k, generator=gen), bits, group)
+    (w,) = _to(device, torch.randn(n, k, generator=gen))
+    q = quantize_weight(w, bits, group)
     x = _randn(gen, *lead, k, dtype=dtype)
     b = _randn(gen, n, dtype=dtype) if bias else None
+    x, b = _to(device, x, b)
     args = (q.packed, q.scales, q.zeros, bits, q.group_size, k, act_bits)
     ref64 = quant_linear_reference(x.double(), *args, None if b is None else b.double())
     plain = quant_linear_reference(x, *args, b)
@@ -166,12 +176,12 @@ def quant_cases(draw):
     }
 
 
-@pytest.mark.parametrize("device,be", BACKENDS)
+@pytest.mark.parametrize("device,be", backend_params("quant_linear"))
 def test_quant_linear_property(device, be):
     def prop(case):
         if be == "cuda" and case["act_bits"] == 8:
             return  # no CUDA kernel for packed weights with 8-bit activations
-        check_quant(be, **case)
+        check_quant(be, **case, device=device)
 
     _run("quant", be, prop, case=quant_cases())
 
@@ -179,7 +189,7 @@ def test_quant_linear_property(device, be):
 # ----------------------------------------------------------------------------- int8 / fp8
 
 
-def check_raw8(be, kind, seed, dtype, lead, k, n, bias):
+def check_raw8(be, kind, seed, dtype, lead, k, n, bias, device="cpu"):
     gen = _gen(seed)
     if kind == "int8":
         w = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
@@ -190,6 +200,7 @@ def check_raw8(be, kind, seed, dtype, lead, k, n, bias):
         op, ref = sk.ops.fp8_linear, fp8_linear_reference
     x = _randn(gen, *lead, k, dtype=dtype)
     b = _randn(gen, n, dtype=dtype) if bias else None
+    x, w, ws, b = _to(device, x, w, ws, b)
     ref64 = ref(x.double(), w, ws, None if b is None else b.double())
     plain = ref(x, w, ws, b)
     with sk.backend(be):
@@ -210,16 +221,14 @@ def raw8_cases(draw):
     }
 
 
-@pytest.mark.parametrize("device,be", BACKENDS)
+@pytest.mark.parametrize("device,be", backend_params("int8_linear"))
 def test_int8_linear_property(device, be):
-    _run("int8", be, lambda case: check_raw8(be, "int8", **case), case=raw8_cases())
+    _run("int8", be, lambda case: check_raw8(be, "int8", **case, device=device), case=raw8_cases())
 
 
-@pytest.mark.parametrize("device,be", BACKENDS)
+@pytest.mark.parametrize("device,be", backend_params("fp8_linear"))
 def test_fp8_linear_property(device, be):
-    if be == "cuda":
-        pytest.skip("fp8_linear has no CUDA C++ kernel")
-    _run("fp8", be, lambda case: check_raw8(be, "fp8", **case), case=raw8_cases())
+    _run("fp8", be, lambda case: check_raw8(be, "fp8", **case, device=device), case=raw8_cases())
 
 
 # ----------------------------------------------------------------------------- attention
@@ -247,7 +256,9 @@ def attention_oracle(q, k, v, rel_pos_h=None, rel_pos_w=None, hw=None, heads=Non
     return (attn.softmax(-1) @ vf).view(B, nH, T, d)
 
 
-def check_attention(be, seed, dtype, b, nh, heads, tq, tk, d, hw, lens, scale, layout):
+def check_attention(
+    be, seed, dtype, b, nh, heads, tq, tk, d, hw, lens, scale, layout, device="cpu"
+):
     gen = _gen(seed)
     if layout == "qkv" and tq == tk:  # SAM's layout: strided views of one qkv tensor
         qkv = _randn(gen, b, tq, 3, nh, d, dtype=dtype).permute(2, 0, 3, 1, 4)
@@ -263,6 +274,10 @@ def check_attention(be, seed, dtype, b, nh, heads, tq, tk, d, hw, lens, scale, l
             "rel_pos_w": _randn(gen, lens[1], d, dtype=dtype, scale=d**-0.5),
             "hw": hw,
         }
+    q, k, v = _to(device, q, k, v)
+    tables = {
+        key: (_to(device, t)[0] if isinstance(t, torch.Tensor) else t) for key, t in tables.items()
+    }
     ref64 = attention_oracle(q, k, v, heads=heads, scale=scale, **tables)
     plain = attention_reference(q, k, v, heads=heads, scale=scale, **tables)
     with sk.backend(be):
@@ -303,11 +318,14 @@ def attention_cases(draw):
     }
 
 
-@pytest.mark.parametrize("device,be", BACKENDS)
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 def test_attention_property(device, be):
-    if be == "cuda":
-        pytest.skip("attention has no CUDA C++ kernel")
-    _run("attention", be, lambda case: check_attention(be, **case), case=attention_cases())
+    _run(
+        "attention",
+        be,
+        lambda case: check_attention(be, **case, device=device),
+        case=attention_cases(),
+    )
 
 
 # ----------------------------------------------------------------------------- found by the soak

@@ -83,6 +83,8 @@ def test_weight_error_matches_bit_width(bits):
 def test_odd_shapes(device, backend, act_bits, shape):
     """in_features 96 with G=32 (3 groups, 3-bit words not filling the row), out 37, M=1 and
     several leading dims."""
+    if backend == "cuda" and act_bits == 8:
+        pytest.skip("the CUDA backend has no act_bits=8 kernel for packed weights")
     lin = _linear(96, 37, seed=7).to(device)
     layer = QuantLinear.from_linear(lin, bits=3, group_size=32, act_bits=act_bits)
     x = torch.randn(*shape, 96, device=device)

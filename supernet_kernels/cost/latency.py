@@ -267,7 +267,11 @@ class LatencyTable:
                 )
             break
         layers = weight_layers(model)
-        choices = dict(choices or {})
+        # A Supernet's layers are named in its config without the wrapper's "model." prefix.
+        choices = {
+            (f"model.{k}" if k not in layers and f"model.{k}" in layers else k): v
+            for k, v in (choices or {}).items()
+        }
         unknown = sorted(set(choices) - set(layers))
         if unknown:
             raise KeyError(

@@ -344,6 +344,8 @@ def memory_report(
     breakdowns in bytes, with "trainable_params").
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
+    if task is not None:  # its modules (a SAM prompt encoder / mask decoder) run beside the model
+        task.to(device)
     res = {}
     for name, lora in (("lora", True), ("full", False)):
         sn = mplora_supernet(

@@ -279,6 +279,21 @@ def _vit_kwargs(m: nn.Module) -> dict:
     }
 
 
+def _swin_windows(m: nn.Module) -> list:
+    """Per-stage window sizes as given to the constructor. Recent timm keeps them in
+    ``_ref_window_sizes``; older versions only in each block (``target_window_size``, else
+    ``window_size``). A wrong guess is caught: describe_build checks the rebuilt model."""
+    ref = getattr(m, "_ref_window_sizes", None)
+    if ref is not None:
+        return [_square(w) for w in ref]
+    out = []
+    for stage in m.layers:
+        blk = stage.blocks[0]
+        w = getattr(blk, "target_window_size", None) or blk.window_size
+        out.append(_square(w))
+    return out
+
+
 def _swin_kwargs(m: nn.Module) -> dict:
     first = m.layers[0].blocks[0]
     return {
@@ -289,7 +304,7 @@ def _swin_kwargs(m: nn.Module) -> dict:
         "embed_dim": int(m.patch_embed.proj.out_channels),
         "depths": [len(s.blocks) for s in m.layers],
         "num_heads": [int(s.blocks[0].attn.num_heads) for s in m.layers],
-        "window_size": [_square(w) for w in m._ref_window_sizes],
+        "window_size": _swin_windows(m),
         "mlp_ratio": first.mlp.fc1.out_features / first.mlp.fc1.in_features,
         "qkv_bias": first.attn.qkv.bias is not None,
     }
@@ -410,9 +425,13 @@ def describe_build(model: nn.Module, family: str) -> dict | None:
     candidates.append({"kind": "class", "class": _CLASS_OF[family], "kwargs": kwargs})
     want = fingerprint(model)
     for build in candidates:
-        try:
-            if fingerprint(rebuild(build, device="meta")) == want:
-                return build
-        except Exception:
-            continue
+        # On the meta device (no memory, no init); some timm versions (1.0.15) copy data while
+        # building Swin, which meta tensors refuse: then on the CPU.
+        for device in ("meta", "cpu"):
+            try:
+                if fingerprint(rebuild(build, device=device)) == want:
+                    return build
+                break
+            except Exception:
+                continue
     return None

@@ -422,8 +422,10 @@ class Trainer:
         """Every rank's torch RNG states (rank order)."""
         mine = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
+            # The current CUDA device's state when training on the CPU ("cuda"; torch 2.11
+            # rejects None here).
             mine["cuda"] = torch.cuda.get_rng_state(
-                self.device if self.device.type == "cuda" else None
+                self.device if self.device.type == "cuda" else "cuda"
             )
         if not self.env.enabled:
             return [mine]
