@@ -375,9 +375,21 @@ def _build_supernet(model, meta: dict):
             lora_rank=lora or 8,
             lora=bool(lora),
         )
+    override = meta.get("space_override")
+    recorded = meta.get("space")
+    if isinstance(recorded, dict):
+        # Rebuilding a written supernet: its heads as recorded, which decides whether convert
+        # reorders qkv head-major. A file written before heads were elastic holds every head
+        # in the original qkv row order: all heads, fixed.
+        from .supernet import families as fam
+
+        heads = recorded.get("heads")
+        if heads is None:
+            heads = {a: [h] for a, h in fam.layout(model).heads.items()}
+        override = {**(override or {}), "heads": heads}
     return convert(
         model,
-        space=meta.get("space_override"),
+        space=override,
         attention=meta.get("attention", "ours"),
         importance=meta.get("_importance", "magnitude"),
         calib_batches=meta.get("_calib"),
@@ -422,7 +434,10 @@ def load_supernet(path):
         raise InputFileError(
             f"{state_path} does not fit the supernet {path} describes: {str(exc)[:500]}"
         ) from exc
-    if doc.get("space") is not None and json.dumps(sn.space, sort_keys=True) != json.dumps(
+    have = sn.space
+    if isinstance(doc.get("space"), dict) and "heads" not in doc["space"]:
+        have.pop("heads")  # written before heads were elastic (see _build_supernet)
+    if doc.get("space") is not None and json.dumps(have, sort_keys=True) != json.dumps(
         doc["space"], sort_keys=True
     ):
         raise InputFileError(f"{path}: the rebuilt supernet's space differs from the recorded one")

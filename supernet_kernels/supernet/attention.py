@@ -237,7 +237,8 @@ class SKSamAttention(_ElasticHeads, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
         T, nh = H * W, self.num_heads
-        q, k, v = _split_qkv(self.qkv(x), nh, self.head_dim, self.qkv_layout)  # (B, nH, T, d)
+        qkv = self.qkv(x).reshape(B, T, -1)
+        q, k, v = _split_qkv(qkv, nh, self.head_dim, self.qkv_layout)  # (B, nH, T, d)
         if self.use_rel_pos:
             d = q.shape[-1]
             Rh = self._rel_table(self.rel_pos_h, H, self.rel_index_h)  # (H, H, d)

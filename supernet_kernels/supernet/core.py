@@ -1,9 +1,10 @@
 """Weight-sharing supernets made from models the user already has.
 
 ``supernet = convert(model, space=None, *, importance="magnitude", calib_batches=None,
-inplace=False, group_size=128, build="auto")`` returns a :class:`Supernet` owning a converted
-copy of ``model`` (``inplace=False``, the default, deep-copies the model first, so the user's
-model is untouched; ``inplace=True`` converts the given model itself, replacing its layers):
+head_importance=None, inplace=False, group_size=128, build="auto")`` returns a
+:class:`Supernet` owning a converted copy of ``model`` (``inplace=False``, the default,
+deep-copies the model first, so the user's model is untouched; ``inplace=True`` converts the
+given model itself, replacing its layers):
 
 * every convertible ``nn.Linear`` becomes an :class:`~supernet_kernels.nn.ElasticLinear`
   (not converted, and listed in ``supernet.skipped`` with the reason: linears inside
@@ -12,6 +13,11 @@ model is untouched; ``inplace=True`` converts the given model itself, replacing 
 * each MLP's hidden units are sorted by importance (``importance="magnitude"``, ``"activation"``
   with ``calib_batches``, or a callable ``(fc1, fc2) -> scores``), so a width-w prefix keeps the
   w best units;
+* where the number of attention heads is elastic, each attention's heads are sorted by
+  importance the same way (``head_importance``, see
+  :func:`~supernet_kernels.nn.importance.reorder_heads`) and its qkv rows laid out head-major,
+  so h heads are the h best and their q, k, v rows one prefix of qkv (see
+  :mod:`~supernet_kernels.supernet.attention`);
 * each droppable block is wrapped in an :class:`~supernet_kernels.nn.ElasticBlock`;
 * a timm ViT is made to accept any resolution that is a multiple of its patch size (position
   embeddings resampled by timm's ``resample_abs_pos_embed`` on each forward);
@@ -31,6 +37,7 @@ Config (a plain JSON-serializable dict; this shape is stable)::
       "resolution": 224,                       # timm ViT; None (null) for other families
       "depth": {"blocks.3": true, ...},        # false: the block is skipped (identity)
       "mlp": {"blocks.0.mlp": 1536, ...},      # MLP hidden width
+      "heads": {"blocks.0.attn": 6, ...},      # attention heads run (timm ViT / DeiT, SAM)
       "linear": {"blocks.0.attn.qkv": {"rank": 96, "w_bits": 16, "a_bits": 16}, ...},
     }
 
@@ -51,6 +58,12 @@ Default space (derived from the model; ``space=`` overrides it, see :func:`conve
   more accuracy than weight-only quantization);
 * MLP width: fractions {0.25, 0.33, 0.5, 0.75, 1} of the hidden size (rounded to a multiple of 8
   when the hidden size is at least 64);
+* heads (attention modules of timm ViT / DeiT and SAM, with ``attention="ours"``): every count
+  from ceil(H / 2) to H of a module's H heads (DeiT-S 6 heads: [3, 4, 5, 6]; SAM ViT-B 12:
+  [6, ..., 12]). The qkv rows of h heads are 3 * h * head_dim and proj reads h * head_dim
+  inputs; the scale stays head_dim ** -0.5. Kept at [H]: with ``attention="original"`` (the
+  model's own attention runs a fixed head count; asking for fewer is an error) and for timm
+  attention with ``scale_norm`` or a gate (not sliceable per head);
 * depth: every block droppable except the first and the last (timm ViT); per stage for Swin
   (first and last block of each stage kept); SAM also keeps its global-attention blocks;
   a generic model has no depth entries unless ``space=`` declares them;
@@ -63,22 +76,24 @@ is 16-bit only. To quantize a layer instead, give it ``"rank": [None]`` and ``w_
 ``set_active(config)`` validates the whole config first, then applies it (never half-applied).
 Partial configs are allowed: entries left out keep their current values. Errors are ValueError
 naming the key path, e.g. ``linear.blocks.0.attn.qkv.rank: 999 is not one of [8, 16, 24]``.
-Cross-checks: a rank may not exceed min(active in, active out) of its layer (MLP width included),
-and a_bits 8 needs w_bits <= 8.
+Cross-checks: a rank may not exceed min(active in, active out) of its layer (MLP width and head
+count included), and a_bits 8 needs w_bits <= 8. ``heads`` values are ints among the module's
+choices (``heads.blocks.0.attn: 0 is not one of [2, 3] (the module has 3 heads)``).
 
 ``supernet.extract(config=None)`` returns a standalone plain ``nn.Module`` for the config (or the
 active one): a deep copy of the converted model in which each ElasticLinear is replaced by its
-``extract()`` (``nn.Linear``, ``LowRankLinear`` or ``QuantLinear``, weights copied), each kept
-ElasticBlock by its block, and each dropped block removed (entries of ``nn.Sequential`` /
-``nn.ModuleList`` are deleted and the rest renumbered; a dropped block anywhere else is replaced
-by ``nn.Identity``). A timm ViT subnet is static at its resolution (position embeddings
-resampled once, ``patch_embed`` sizes updated, the original dynamic-size flags restored). The
-subnet carries ``subnet.sk_subnet`` (family, build record, config, removed blocks, resolution,
-attention), which :func:`~supernet_kernels.supernet.save` stores. It holds no reference to the
-supernet.
+``extract()`` (``nn.Linear``, ``LowRankLinear`` or ``QuantLinear``, weights copied; qkv and proj
+hold only the active heads' rows / columns, and their attention module has ``num_heads`` = the
+active count), each kept ElasticBlock by its block, and each dropped block removed (entries of
+``nn.Sequential`` / ``nn.ModuleList`` are deleted and the rest renumbered; a dropped block
+anywhere else is replaced by ``nn.Identity``). A timm ViT subnet is static at its resolution
+(position embeddings resampled once, ``patch_embed`` sizes updated, the original dynamic-size
+flags restored). The subnet carries ``subnet.sk_subnet`` (family, build record, config, removed
+blocks, resolution, attention), which :func:`~supernet_kernels.supernet.save` stores (with each
+attention module's head count). It holds no reference to the supernet.
 
-Not done: elastic attention heads, elastic embedding width, elastic resolution for Swin and SAM
-(their window / relative-position tables depend on the input size), elastic head layers.
+Not done: elastic embedding width, elastic heads for Swin, elastic resolution for Swin and SAM
+(their window / relative-position tables depend on the input size), elastic classifier heads.
 """
 
 from __future__ import annotations
