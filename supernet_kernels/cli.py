@@ -701,10 +701,12 @@ def cmd_convert(args) -> int:
     n_lin = len(sp["linear"])
     n_fact = sum(1 for s in sp["linear"].values() if s["rank"] != [None])
     n_drop = sum(1 for v in sp["depth"].values() if False in v)
+    n_heads = sum(1 for v in sp["heads"].values() if len(v) > 1)
     _log(
         args,
         f"supernet: {family}, {n_lin} elastic linears ({n_fact} factorized), {len(sp['mlp'])} "
-        f"elastic MLPs, {n_drop} droppable blocks, resolution {sp['resolution']}",
+        f"elastic MLPs, {n_heads} attentions with elastic heads, {n_drop} droppable blocks, "
+        f"resolution {sp['resolution']}",
     )
     _log(
         args, f"wrote {path} and {out / 'supernet.safetensors'} ({time.perf_counter() - t0:.1f} s)"

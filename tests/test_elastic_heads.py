@@ -463,3 +463,23 @@ def test_rank_cross_check_with_heads():
     repaired = genes.decode(g)["linear"]
     assert repaired["blocks.0.attn.qkv"]["rank"] == 48  # the largest choice <= 48
     assert repaired["blocks.0.attn.proj"]["rank"] == 8
+
+
+def test_cli_rebuilds_supernets_written_before_heads(tmp_path):
+    """A supernet.json whose space has no "heads" (written before heads were elastic) holds qkv
+    in the original row order: the CLI rebuilds it with all heads, fixed."""
+    from supernet_kernels import cli
+
+    kwargs = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": HEADS}
+    argv = ["convert", "vit_tiny_patch16_224", "--model-kwargs", json.dumps(kwargs)]
+    space = json.dumps({"heads": {"*": [HEADS]}})  # the state such a file holds
+    assert cli.main([*argv, "--space", space, "--out", str(tmp_path), "--no-progress"]) == 0
+    doc_path = tmp_path / "supernet.json"
+    doc = json.loads(doc_path.read_text())
+    for key in ("space", "max_config", "min_config"):
+        doc[key].pop("heads")
+    doc["space_override"].pop("heads")
+    doc_path.write_text(json.dumps(doc))
+    sn, _, _ = cli.load_supernet(tmp_path)
+    assert sn.space["heads"] == {f"blocks.{i}.attn": [HEADS] for i in range(2)}
+    assert all(attn_of(sn, i).qkv_layout == "qkv" for i in range(2))

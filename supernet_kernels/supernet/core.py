@@ -61,9 +61,9 @@ Default space (derived from the model; ``space=`` overrides it, see :func:`conve
 * heads (attention modules of timm ViT / DeiT and SAM, with ``attention="ours"``): every count
   from ceil(H / 2) to H of a module's H heads (DeiT-S 6 heads: [3, 4, 5, 6]; SAM ViT-B 12:
   [6, ..., 12]). The qkv rows of h heads are 3 * h * head_dim and proj reads h * head_dim
-  inputs; the scale stays head_dim ** -0.5. Kept at [H]: with ``attention="original"`` (the
-  model's own attention runs a fixed head count; asking for fewer is an error) and for timm
-  attention with ``scale_norm`` or a gate (not sliceable per head);
+  inputs; the scale stays head_dim ** -0.5. Kept at [H] with ``attention="original"`` (the
+  model's own attention runs a fixed head count; asking for fewer is an error). timm attention
+  with ``scale_norm`` or a gate has no entry (not sliceable per head: it runs all heads);
 * depth: every block droppable except the first and the last (timm ViT); per stage for Swin
   (first and last block of each stage kept); SAM also keeps its global-attention blocks;
   a generic model has no depth entries unless ``space=`` declares them;
