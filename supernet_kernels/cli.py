@@ -369,9 +369,21 @@ def _build_supernet(model, meta: dict):
             lora_rank=lora or 8,
             lora=bool(lora),
         )
+    override = meta.get("space_override")
+    recorded = meta.get("space")
+    if isinstance(recorded, dict):
+        # Rebuilding a written supernet: its heads as recorded, which decides whether convert
+        # reorders qkv head-major. A file written before heads were elastic holds every head
+        # in the original qkv row order: all heads, fixed.
+        from .supernet import families as fam
+
+        heads = recorded.get("heads")
+        if heads is None:
+            heads = {a: [h] for a, h in fam.layout(model).heads.items()}
+        override = {**(override or {}), "heads": heads}
     return convert(
         model,
-        space=meta.get("space_override"),
+        space=override,
         attention=meta.get("attention", "ours"),
         importance=meta.get("_importance", "magnitude"),
         calib_batches=meta.get("_calib"),
@@ -416,7 +428,10 @@ def load_supernet(path):
         raise InputFileError(
             f"{state_path} does not fit the supernet {path} describes: {str(exc)[:500]}"
         ) from exc
-    if doc.get("space") is not None and json.dumps(sn.space, sort_keys=True) != json.dumps(
+    have = sn.space
+    if isinstance(doc.get("space"), dict) and "heads" not in doc["space"]:
+        have.pop("heads")  # written before heads were elastic (see _build_supernet)
+    if doc.get("space") is not None and json.dumps(have, sort_keys=True) != json.dumps(
         doc["space"], sort_keys=True
     ):
         raise InputFileError(f"{path}: the rebuilt supernet's space differs from the recorded one")
@@ -680,10 +695,12 @@ def cmd_convert(args) -> int:
     n_lin = len(sp["linear"])
     n_fact = sum(1 for s in sp["linear"].values() if s["rank"] != [None])
     n_drop = sum(1 for v in sp["depth"].values() if False in v)
+    n_heads = sum(1 for v in sp["heads"].values() if len(v) > 1)
     _log(
         args,
         f"supernet: {family}, {n_lin} elastic linears ({n_fact} factorized), {len(sp['mlp'])} "
-        f"elastic MLPs, {n_drop} droppable blocks, resolution {sp['resolution']}",
+        f"elastic MLPs, {n_heads} attentions with elastic heads, {n_drop} droppable blocks, "
+        f"resolution {sp['resolution']}",
     )
     _log(
         args, f"wrote {path} and {out / 'supernet.safetensors'} ({time.perf_counter() - t0:.1f} s)"

@@ -15,9 +15,10 @@ def tiny_timm_vit(**kw) -> nn.Module:
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, **kw).eval()
 
 
-def tiny_sam_encoder(depth: int) -> nn.Module:
-    """A SAM image encoder (img 64, patch 16, embed 64, 2 heads, global block 1, window 2),
-    seed 0, eval mode, with non-zero relative position tables and pos_embed so they matter."""
+def tiny_sam_encoder(depth: int, num_heads: int = 2) -> nn.Module:
+    """A SAM image encoder (img 64, patch 16, embed 64, ``num_heads`` heads, global block 1,
+    window 2), seed 0, eval mode, with non-zero relative position tables and pos_embed so they
+    matter."""
     from segment_anything.modeling.image_encoder import ImageEncoderViT
 
     torch.manual_seed(0)
@@ -26,7 +27,7 @@ def tiny_sam_encoder(depth: int) -> nn.Module:
         patch_size=16,
         embed_dim=64,
         depth=depth,
-        num_heads=2,
+        num_heads=num_heads,
         global_attn_indexes=(1,),
         window_size=2,
         use_rel_pos=True,

@@ -235,9 +235,9 @@ def _cfg_cases(supernet):
         (
             "set_active",
             "unknown top-level key",
-            setter(lambda c: c.update(heads={})),
+            setter(lambda c: c.update(embed={})),
             ValueError,
-            "heads",
+            "embed",
         ),
         (
             "set_active",

@@ -10,6 +10,12 @@ Importance functions take ``(fc1, fc2)`` (``nn.Linear`` or
 any callable with that signature works as a user hook in :func:`reorder_mlp`. Weights are read
 at full (stored) size: an ``ElasticLinear``'s weight is ``weight`` (dense) or ``u @ v`` at its
 largest rank (factorized), with LoRA adapters merged.
+
+Attention heads are ordered the same way (:func:`reorder_heads`): a head's units are its rows in
+each of q, k and v of the fused ``qkv`` layer and its input columns of ``proj``; a head's score
+is the MLP measure summed over its units (:func:`magnitude_head_importance`,
+:func:`activation_head_importance`), and whole heads move, so a prefix of h heads keeps the h
+best.
 """
 
 from __future__ import annotations
@@ -53,6 +59,39 @@ def full_weight(layer: nn.Module) -> torch.Tensor:
     return w
 
 
+def _input_norms(
+    layers: tuple[nn.Module, ...], batches_fn: Callable[[], object], where: str, what: str
+) -> list[torch.Tensor]:
+    """Run ``batches_fn()`` once with forward pre-hooks on ``layers``; return, per layer, the L2
+    norm over all tokens of each of its input features (float64, CPU). The hooks are removed
+    afterwards, also on error."""
+    if not callable(batches_fn):
+        raise TypeError(
+            f"{where}: batches_fn must be a callable that runs the model on a few batches, got "
+            f"{type(batches_fn).__name__}"
+        )
+    sq = [torch.zeros(layer.in_features, dtype=torch.float64) for layer in layers]
+
+    def make_hook(i):
+        def hook(module, args, kwargs=None):
+            x = args[0].detach()
+            k = x.shape[-1]
+            sq[i][:k] += x.reshape(-1, k).to(torch.float64).square().sum(0).cpu()
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(make_hook(i)) for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            batches_fn()
+    finally:
+        for h in handles:
+            h.remove()
+    if not any((t > 0).any() for t in sq):
+        raise RuntimeError(f"{where}: batches_fn() did not run {what} (no activations seen)")
+    return [t.sqrt() for t in sq]
+
+
 def magnitude_importance(fc1: nn.Module, fc2: nn.Module) -> torch.Tensor:
     """The default: importance of hidden unit j = ||W_fc1[j, :]||_1 + ||W_fc2[:, j]||_1
     (float32, size hidden)."""
@@ -77,43 +116,57 @@ def activation_importance(
     (what unit j draws from the input, plus what it contributes to the output). Runs under
     ``torch.no_grad``; the hooks are removed afterwards, also on error.
     """
-    hidden = _hidden(fc1, fc2, "activation_importance")
-    if not callable(batches_fn):
-        raise TypeError(
-            "activation_importance: batches_fn must be a callable that runs the model on a few "
-            f"batches, got {type(batches_fn).__name__}"
-        )
-    sq = {
-        "fc1": torch.zeros(fc1.in_features, dtype=torch.float64),
-        "fc2": torch.zeros(hidden, dtype=torch.float64),
-    }
-
-    def make_hook(key):
-        def hook(module, args, kwargs=None):
-            x = args[0].detach()
-            k = x.shape[-1]
-            sq[key][:k] += x.reshape(-1, k).to(torch.float64).square().sum(0).cpu()
-
-        return hook
-
-    handles = [
-        fc1.register_forward_pre_hook(make_hook("fc1")),
-        fc2.register_forward_pre_hook(make_hook("fc2")),
-    ]
-    try:
-        with torch.no_grad():
-            batches_fn()
-    finally:
-        for h in handles:
-            h.remove()
-    if not (sq["fc1"] > 0).any() and not (sq["fc2"] > 0).any():
-        raise RuntimeError(
-            "activation_importance: batches_fn() did not run fc1 / fc2 (no activations seen)"
-        )
+    _hidden(fc1, fc2, "activation_importance")
+    x_norm, h_norm = _input_norms((fc1, fc2), batches_fn, "activation_importance", "fc1 / fc2")
     w1 = full_weight(fc1).to(torch.float64).cpu()
     w2 = full_weight(fc2).to(torch.float64).cpu()
-    score = w1.abs() @ sq["fc1"].sqrt() + w2.abs().sum(0) * sq["fc2"].sqrt()
+    score = w1.abs() @ x_norm + w2.abs().sum(0) * h_norm
     return score.to(device=next(fc1.parameters()).device, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------- attention heads
+def _head_dims(qkv, proj, num_heads, where: str) -> tuple[int, int]:
+    """(attention width A = num_heads * head_dim, head_dim) of a fused qkv (out 3A) and a proj
+    (in A)."""
+    _check_layer(qkv, f"{where}: qkv")
+    _check_layer(proj, f"{where}: proj")
+    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
+        raise ValueError(f"{where}: num_heads must be an int >= 1, got {num_heads!r}")
+    width = proj.in_features
+    if qkv.out_features != 3 * width or width % num_heads:
+        raise ValueError(
+            f"{where}: qkv.out_features ({qkv.out_features}) must be 3 * proj.in_features "
+            f"({width}), and that a multiple of num_heads ({num_heads})"
+        )
+    return width, width // num_heads
+
+
+def magnitude_head_importance(qkv: nn.Module, proj: nn.Module, num_heads: int) -> torch.Tensor:
+    """The default head score: :func:`magnitude_importance` summed over the head's units, i.e.
+    ||W_qkv[rows of head h in q, k and v]||_1 + ||W_proj[:, columns of head h]||_1 (float32,
+    size num_heads). qkv rows in timm / segment-anything's order [q heads | k heads | v heads]."""
+    width, _ = _head_dims(qkv, proj, num_heads, "magnitude_head_importance")
+    rows = full_weight(qkv).float().abs().sum(1).reshape(3, width).sum(0)
+    cols = full_weight(proj).float().abs().sum(0)
+    return (rows + cols).reshape(num_heads, -1).sum(1)
+
+
+def activation_head_importance(
+    qkv: nn.Module, proj: nn.Module, num_heads: int, batches_fn: Callable[[], object]
+) -> torch.Tensor:
+    """:func:`activation_importance` summed over each head's units: ``batches_fn()`` runs the
+    model once; with x the input of qkv and o the attention output (proj's input), unit j of
+    the attention width scores sum over q, k, v rows r of j of sum_i |W_qkv[r, i]| * ||x_i||,
+    plus sum_o |W_proj[o, j]| * ||o_j||; a head's score is the sum over its head_dim units."""
+    width, _ = _head_dims(qkv, proj, num_heads, "activation_head_importance")
+    x_norm, o_norm = _input_norms(
+        (qkv, proj), batches_fn, "activation_head_importance", "qkv / proj"
+    )
+    w1 = full_weight(qkv).to(torch.float64).cpu()
+    w2 = full_weight(proj).to(torch.float64).cpu()
+    unit = (w1.abs() @ x_norm).reshape(3, width).sum(0) + w2.abs().sum(0) * o_norm
+    score = unit.reshape(num_heads, -1).sum(1)
+    return score.to(device=next(qkv.parameters()).device, dtype=torch.float32)
 
 
 @torch.no_grad()
@@ -177,4 +230,52 @@ def reorder_mlp(
     perm = torch.sort(scores.detach().float().cpu(), descending=True, stable=True).indices
     permute_outputs(fc1, perm)
     permute_inputs(fc2, perm)
+    return perm
+
+
+HeadImportanceFn = Callable[[nn.Module, nn.Module, int], torch.Tensor]
+
+
+def reorder_heads(
+    qkv: nn.Module,
+    proj: nn.Module,
+    num_heads: int,
+    importance: torch.Tensor | HeadImportanceFn | None = None,
+) -> torch.Tensor:
+    """Sort attention heads by importance, descending, and lay qkv's rows out head-major, in
+    place; return the head permutation (new head i is old head perm[i]).
+
+    ``qkv`` rows go from timm / segment-anything's order [q heads | k heads | v heads] to
+    [head 0: q k v | head 1: q k v | ...] (best head first), so the first h heads' q, k and v are
+    the prefix of 3 * h * head_dim rows that an elastic ``out`` slices; the module computing
+    attention must split that layout (``qkv_layout = "head"`` in
+    :mod:`~supernet_kernels.supernet.attention`). ``proj``'s input columns follow the heads, so
+    a prefix of h * head_dim columns consumes them. head_dim blocks stay intact, so per-head
+    parts (q / k norms, SAM's relative-position tables, which all heads share) need no change.
+
+    ``importance``: a tensor of size num_heads, a callable ``(qkv, proj, num_heads) -> tensor``
+    (:func:`magnitude_head_importance`, the default when None, a ``functools.partial`` of
+    :func:`activation_head_importance`, or a user hook). Ties keep their original order.
+    """
+    width, head_dim = _head_dims(qkv, proj, num_heads, "reorder_heads")
+    if importance is None:
+        importance = magnitude_head_importance
+    scores = importance(qkv, proj, num_heads) if callable(importance) else importance
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.numel() != num_heads:
+        what = (
+            f"shape {tuple(scores.shape)}"
+            if isinstance(scores, torch.Tensor)
+            else type(scores).__name__
+        )
+        raise ValueError(
+            f"reorder_heads: importance must be a 1-D tensor of size num_heads={num_heads}, "
+            f"got {what}"
+        )
+    if not torch.isfinite(scores).all():
+        raise ValueError("reorder_heads: importance has NaN or inf entries")
+    perm = torch.sort(scores.detach().float().cpu(), descending=True, stable=True).indices
+    units = perm[:, None] * head_dim + torch.arange(head_dim)  # (heads, head_dim), old units
+    sections = torch.arange(3)[None, :, None] * width  # q, k, v offsets
+    permute_outputs(qkv, (sections + units[:, None, :]).reshape(-1))
+    permute_inputs(proj, units.reshape(-1))
     return perm

@@ -75,8 +75,9 @@ def flora_space(model: nn.Module, ratios: Sequence | None = None) -> dict:
 
     ``ratios`` (fractions of min(in, out), the last should be 1) default to
     ``RATIOS_BY_WIDTH.get(model.embed_dim, EIGHTHS)``. Factorized: attention qkv and MLP fc1 /
-    fc2 (every linear of a generic model); dense 16-bit: attention proj; other linears (heads)
-    keep convert's fixed dense 16-bit. Depth, MLP width and resolution are fixed at full.
+    fc2 (every linear of a generic model); dense 16-bit: attention proj; other linears
+    (classifier heads) keep convert's fixed dense 16-bit. Depth, MLP width, attention heads and
+    resolution are fixed at full.
     """
     if ratios is None:
         ratios = RATIOS_BY_WIDTH.get(_embed_width(model), EIGHTHS)
@@ -103,13 +104,14 @@ def flora_space(model: nn.Module, ratios: Sequence | None = None) -> dict:
 # --------------------------------------------------------------------------- shared helpers
 # (used by all recipes: supersam.py and mplora.py import them from here)
 def fixed_space(model: nn.Module, lay: fam.Layout | None = None) -> dict:
-    """A ``convert(space=...)`` override fixing every block, MLP width and the resolution at
-    their largest (a recipe then adds the dimensions it searches)."""
+    """A ``convert(space=...)`` override fixing every block, MLP width, head count and the
+    resolution at their largest (a recipe then adds the dimensions it searches)."""
     lay = lay if lay is not None else fam.layout(model)
     mods = dict(model.named_modules())
     space: dict = {
         "depth": {b: [True] for b in lay.blocks},
         "mlp": {m: [mods[a].out_features] for m, (a, _) in lay.mlps.items()},
+        "heads": {a: [h] for a, h in lay.heads.items()},
         "linear": {},
     }
     if lay.resolution is not None:

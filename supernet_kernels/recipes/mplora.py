@@ -3,9 +3,9 @@ adapters on a frozen, fake-quantized base.
 
 * **Supernet** (:func:`mplora_supernet`): ``convert`` with every attention qkv / proj and MLP
   fc1 / fc2 dense (rank None) with ``w_bits`` choices ``bits`` (default {2, 3, 4, 8}), depth,
-  MLP width and resolution fixed. ``convert`` has no ``lora_rank`` option, so the recipe then
-  gives those layers adapters with :func:`supernet_kernels.train.add_lora` (the same
-  ``lora_a`` Kaiming-uniform / ``lora_b`` zero adapters and frozen base as
+  MLP width, attention heads and resolution fixed. ``convert`` has no ``lora_rank`` option, so
+  the recipe then gives those layers adapters with :func:`supernet_kernels.train.add_lora` (the
+  same ``lora_a`` Kaiming-uniform / ``lora_b`` zero adapters and frozen base as
   ``ElasticLinear.from_linear(..., lora_rank=r)`` makes, added to the converted layers in
   place: the model is unchanged at the start). The base (weight, bias) is frozen; in a
   quantized forward the adapter is merged into the weight before fake quantization
@@ -46,7 +46,7 @@ STEP_SIZE_NAMES = ("step_size", "w_step", "a_step", "weight_step", "act_step")
 
 def mplora_space(model: nn.Module, bits: Sequence[int], roles=DEFAULT_ROLES) -> dict:
     """The ``convert(space=...)`` override: linears of ``roles`` dense with ``w_bits`` =
-    ``bits``; depth, MLP width, resolution fixed."""
+    ``bits``; depth, MLP width, attention heads, resolution fixed."""
     lay = fam.layout(model)
     space = fixed_space(model, lay)
     for n, role in lay.roles.items():

@@ -62,7 +62,7 @@ def supersam_space(
     """SuperSAM's space as a ``convert(space=...)`` override: ``blocks.{i}`` droppable for i in
     ``drop_blocks`` (default :func:`default_drop_blocks`), the rest kept; each MLP's widths =
     ``widths`` of ``ref_hidden`` scaled to its hidden size; every linear dense 16-bit;
-    resolution fixed."""
+    attention heads and resolution fixed."""
     lay = fam.layout(encoder)
     n = _num_blocks(lay)
     drop = default_drop_blocks(n) if drop_blocks is None else sorted(set(drop_blocks))

@@ -6,6 +6,7 @@ by a flat name (also the Optuna parameter name)::
     "resolution"                          -> one of space["resolution"]
     "depth:blocks.3"                      -> False / True
     "mlp:blocks.0.mlp"                    -> an MLP width
+    "heads:blocks.0.attn"                 -> a number of attention heads
     "linear:blocks.0.attn.qkv:rank"       -> a rank (int; None for a dense layer)
     "linear:blocks.0.attn.proj:w_bits"    -> weight bits
     "linear:blocks.0.attn.proj:a_bits"    -> activation bits
@@ -17,10 +18,11 @@ what :meth:`SearchSpace.shrink` relies on to repair a candidate that breaks a bu
 
 :meth:`SearchSpace.decode` turns genes into a config and *repairs* the supernet's
 cross-constraints instead of rejecting the candidate: a rank above min(active in, active out)
-at the chosen MLP width becomes the largest allowed rank, and ``a_bits`` 8 with ``w_bits`` > 8
-becomes ``a_bits`` 16 (or, where 16 is not a choice, ``w_bits`` the largest choice <= 8). The
-result is checked with ``supernet.validate_config``. Genes are always drawn from the full choice
-lists (Optuna requires one fixed distribution per parameter name), repair happens after.
+at the chosen MLP width or head count becomes the largest allowed rank, and ``a_bits`` 8 with
+``w_bits`` > 8 becomes ``a_bits`` 16 (or, where 16 is not a choice, ``w_bits`` the largest
+choice <= 8). The result is checked with ``supernet.validate_config``. Genes are always drawn
+from the full choice lists (Optuna requires one fixed distribution per parameter name), repair
+happens after.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class SearchSpace:
             dims.append((f"depth:{b}", list(c)))
         for m, c in sp["mlp"].items():
             dims.append((f"mlp:{m}", list(c)))
+        for a, c in sp.get("heads", {}).items():
+            dims.append((f"heads:{a}", list(c)))
         for n, s in sp["linear"].items():
             for f in ("rank", "w_bits", "a_bits"):
                 dims.append((f"linear:{n}:{f}", list(s[f])))
@@ -78,7 +82,13 @@ class SearchSpace:
     def decode(self, genes: dict[str, Any]) -> dict:
         """The valid full config for ``genes`` (missing genes: the largest choice), with the
         cross-constraints repaired (module doc). ValueError if no repair makes it valid."""
-        cfg: dict[str, Any] = {"resolution": None, "depth": {}, "mlp": {}, "linear": {}}
+        cfg: dict[str, Any] = {
+            "resolution": None,
+            "depth": {},
+            "mlp": {},
+            "heads": {},
+            "linear": {},
+        }
         for k, choices in self.all_dims.items():
             v = genes.get(k, choices[-1]) if k in self.genes else choices[0]
             if v not in choices:

@@ -29,7 +29,23 @@ Swin is not converted: its relative position bias is a learned (Wh*Ww) x (Wh*Ww)
 (plus the shifted-window mask), an arbitrary function of (dy, dx), which the op's decomposed
 bias ``rel_h[i, j // W] + rel_w[i, j % W]`` cannot express.
 
-Elastic heads are not implemented (all heads are used).
+Elastic heads. Both modules run ``num_heads`` heads of ``head_dim`` channels and read qkv's
+output in one of two row layouts, ``qkv_layout``:
+
+* ``"qkv"`` (from ``from_module``): timm / segment-anything's [q heads | k heads | v heads];
+* ``"head"``: [head 0: q k v | head 1: q k v | ...], which
+  :func:`~supernet_kernels.nn.importance.reorder_heads` makes (:func:`prioritize_heads` calls
+  it), best head first.
+
+In the head-major layout the first h heads' q, k and v rows are one prefix of qkv's output, so
+a supernet runs h heads by giving its qkv ElasticLinear ``out = 3 * h * head_dim`` (dense,
+low-rank and quantized alike), its proj ``in_features = h * head_dim``, and the module
+``set_heads(h)``: only the active heads' rows are computed, attention runs over h heads, and
+proj reads only their columns. The scale stays ``head_dim ** -0.5``; SAM's rel-pos tables
+(``(2 * size - 1, head_dim)``) are shared by all heads, so they are used as they are. An
+extracted subnet keeps the layout with qkv / proj sliced to h heads (``num_heads = h``).
+:func:`head_count` says which modules allow fewer heads: timm's with ``scale_norm`` (a norm
+over all heads' channels together) or a gate are kept at all heads.
 """
 
 from __future__ import annotations
@@ -38,7 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.importance import HeadImportanceFn, reorder_heads
 from ..ops.attention import attention as sk_attention
+
+QKV_LAYOUTS = ("qkv", "head")
 
 
 def _rel_index(size: int, device=None) -> torch.Tensor:
@@ -59,6 +78,30 @@ def _resize(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
     return resized.reshape(-1, length).permute(1, 0)
 
 
+def _split_qkv(qkv: torch.Tensor, heads: int, head_dim: int, layout: str):
+    """q, k, v as (B, heads, T, head_dim) from qkv's output (B, T, 3 * heads * head_dim), whose
+    rows are in ``layout`` order (module doc)."""
+    B, T = qkv.shape[0], qkv.shape[1]
+    if layout == "head":
+        return qkv.reshape(B, T, heads, 3, head_dim).permute(3, 0, 2, 1, 4).unbind(0)
+    return qkv.reshape(B, T, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+class _ElasticHeads:
+    """What both attention modules share for elastic heads."""
+
+    num_heads: int
+    head_dim: int
+    qkv_layout: str
+
+    def set_heads(self, heads: int) -> None:
+        """Run ``heads`` heads. The caller sizes qkv's output (3 * heads * head_dim rows, in
+        ``qkv_layout`` order) and proj's input (heads * head_dim) to match."""
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+            raise ValueError(f"{type(self).__name__}.set_heads: need an int >= 1, got {heads!r}")
+        self.num_heads = heads
+
+
 # --------------------------------------------------------------------------- timm ViT
 def _timm_attention_cls():
     try:
@@ -68,15 +111,19 @@ def _timm_attention_cls():
     return Attention
 
 
-class SKViTAttention(nn.Module):
+class SKViTAttention(_ElasticHeads, nn.Module):
     """timm ``Attention`` computing through ``supernet_kernels.ops.attention``."""
 
     def __init__(self) -> None:  # use from_module
         super().__init__()
         self.num_heads = 1
         self.head_dim = 1
-        self.attn_dim = 1
         self.scale = 1.0
+        self.qkv_layout = "qkv"
+
+    @property
+    def attn_dim(self) -> int:
+        return self.num_heads * self.head_dim
 
     @classmethod
     def from_module(cls, m: nn.Module) -> SKViTAttention:
@@ -87,7 +134,6 @@ class SKViTAttention(nn.Module):
         new = cls()
         new.num_heads = int(m.num_heads)
         new.head_dim = int(m.head_dim)
-        new.attn_dim = int(m.attn_dim)
         new.scale = float(m.scale)
         # Same attribute names, order of registration and None-ness as the original.
         for name, child in m._modules.items():
@@ -107,8 +153,7 @@ class SKViTAttention(nn.Module):
     ) -> torch.Tensor:
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        q, k, v = _split_qkv(self.qkv(x), self.num_heads, self.head_dim, self.qkv_layout)
         q, k = self.q_norm(q), self.k_norm(k)
         drop = self.attn_drop.p if self.training else 0.0
         if attn_mask is not None or is_causal or drop > 0:
@@ -126,7 +171,10 @@ class SKViTAttention(nn.Module):
         return self.proj_drop(x)
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, head_dim={self.head_dim}, op=supernet_kernels"
+        return (
+            f"num_heads={self.num_heads}, head_dim={self.head_dim}, "
+            f"qkv_layout={self.qkv_layout}, op=supernet_kernels"
+        )
 
 
 # --------------------------------------------------------------------------- segment-anything
@@ -138,14 +186,16 @@ def _sam_attention_cls():
     return Attention
 
 
-class SKSamAttention(nn.Module):
+class SKSamAttention(_ElasticHeads, nn.Module):
     """segment-anything ``Attention`` computing through the op, relative-position indices
     precomputed (no CPU tensors, no host syncs in the forward)."""
 
     def __init__(self) -> None:  # use from_module
         super().__init__()
         self.num_heads = 1
+        self.head_dim = 1
         self.scale = 1.0
+        self.qkv_layout = "qkv"
         self.use_rel_pos = False
         self.input_size: tuple[int, int] | None = None
 
@@ -159,6 +209,7 @@ class SKSamAttention(nn.Module):
             raise TypeError(f"SKSamAttention.from_module: expected SAM Attention, got {type(m)}")
         new = cls()
         new.num_heads = int(m.num_heads)
+        new.head_dim = m.qkv.out_features // (3 * new.num_heads)
         new.scale = float(m.scale)
         new.qkv = m.qkv
         new.proj = m.proj
@@ -186,8 +237,8 @@ class SKSamAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
         T, nh = H * W, self.num_heads
-        qkv = self.qkv(x).reshape(B, T, 3, nh, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, nH, T, d)
+        qkv = self.qkv(x).reshape(B, T, -1)
+        q, k, v = _split_qkv(qkv, nh, self.head_dim, self.qkv_layout)  # (B, nH, T, d)
         if self.use_rel_pos:
             d = q.shape[-1]
             Rh = self._rel_table(self.rel_pos_h, H, self.rel_index_h)  # (H, H, d)
@@ -203,7 +254,8 @@ class SKSamAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"num_heads={self.num_heads}, use_rel_pos={self.use_rel_pos}, "
+            f"num_heads={self.num_heads}, head_dim={self.head_dim}, "
+            f"qkv_layout={self.qkv_layout}, use_rel_pos={self.use_rel_pos}, "
             f"input_size={self.input_size}, op=supernet_kernels"
         )
 
@@ -234,3 +286,35 @@ def swap_attention(model: nn.Module, family: str) -> list[str]:
 
 def uses_our_attention(model: nn.Module) -> bool:
     return any(isinstance(m, SKViTAttention | SKSamAttention) for m in model.modules())
+
+
+# --------------------------------------------------------------------------- elastic heads
+def head_count(m: nn.Module) -> int | None:
+    """The number of heads of an original timm / segment-anything attention module whose heads
+    can be elastic once swapped for ours, else None. timm's ``scale_norm`` normalizes over all
+    heads' channels together and its gate has a row per channel; neither slices per head, so
+    such modules keep all their heads."""
+    vit, sam = _timm_attention_cls(), _sam_attention_cls()
+    if vit is not None and type(m) is vit:
+        plain = isinstance(m.norm, nn.Identity) and getattr(m, "gate", None) is None
+        return int(m.num_heads) if plain else None
+    if sam is not None and type(m) is sam:
+        return int(m.num_heads)
+    return None
+
+
+@torch.no_grad()
+def prioritize_heads(
+    attn: SKViTAttention | SKSamAttention,
+    importance: torch.Tensor | HeadImportanceFn | None = None,
+) -> torch.Tensor:
+    """Sort ``attn``'s heads by importance (default: magnitude) and make its qkv head-major
+    (:func:`~supernet_kernels.nn.importance.reorder_heads`), in place; the module computes the
+    same function. Returns the head permutation."""
+    if not isinstance(attn, SKViTAttention | SKSamAttention):
+        raise TypeError(f"prioritize_heads: expected our attention module, got {type(attn)}")
+    if attn.qkv_layout != "qkv":
+        raise ValueError("prioritize_heads: the heads were already prioritized (qkv is head-major)")
+    perm = reorder_heads(attn.qkv, attn.proj, attn.num_heads, importance)
+    attn.qkv_layout = "head"
+    return perm

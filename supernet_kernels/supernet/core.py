@@ -1,9 +1,10 @@
 """Weight-sharing supernets made from models the user already has.
 
 ``supernet = convert(model, space=None, *, importance="magnitude", calib_batches=None,
-inplace=False, group_size=128, build="auto")`` returns a :class:`Supernet` owning a converted
-copy of ``model`` (``inplace=False``, the default, deep-copies the model first, so the user's
-model is untouched; ``inplace=True`` converts the given model itself, replacing its layers):
+head_importance=None, inplace=False, group_size=128, build="auto")`` returns a
+:class:`Supernet` owning a converted copy of ``model`` (``inplace=False``, the default,
+deep-copies the model first, so the user's model is untouched; ``inplace=True`` converts the
+given model itself, replacing its layers):
 
 * every convertible ``nn.Linear`` becomes an :class:`~supernet_kernels.nn.ElasticLinear`
   (not converted, and listed in ``supernet.skipped`` with the reason: linears inside
@@ -12,6 +13,11 @@ model is untouched; ``inplace=True`` converts the given model itself, replacing 
 * each MLP's hidden units are sorted by importance (``importance="magnitude"``, ``"activation"``
   with ``calib_batches``, or a callable ``(fc1, fc2) -> scores``), so a width-w prefix keeps the
   w best units;
+* where the number of attention heads is elastic, each attention's heads are sorted by
+  importance the same way (``head_importance``, see
+  :func:`~supernet_kernels.nn.importance.reorder_heads`) and its qkv rows laid out head-major,
+  so h heads are the h best and their q, k, v rows one prefix of qkv (see
+  :mod:`~supernet_kernels.supernet.attention`);
 * each droppable block is wrapped in an :class:`~supernet_kernels.nn.ElasticBlock`;
 * a timm ViT is made to accept any resolution that is a multiple of its patch size (position
   embeddings resampled by timm's ``resample_abs_pos_embed`` on each forward);
@@ -31,6 +37,7 @@ Config (a plain JSON-serializable dict; this shape is stable)::
       "resolution": 224,                       # timm ViT; None (null) for other families
       "depth": {"blocks.3": true, ...},        # false: the block is skipped (identity)
       "mlp": {"blocks.0.mlp": 1536, ...},      # MLP hidden width
+      "heads": {"blocks.0.attn": 6, ...},      # attention heads run (timm ViT / DeiT, SAM)
       "linear": {"blocks.0.attn.qkv": {"rank": 96, "w_bits": 16, "a_bits": 16}, ...},
     }
 
@@ -51,6 +58,12 @@ Default space (derived from the model; ``space=`` overrides it, see :func:`conve
   more accuracy than weight-only quantization);
 * MLP width: fractions {0.25, 0.33, 0.5, 0.75, 1} of the hidden size (rounded to a multiple of 8
   when the hidden size is at least 64);
+* heads (attention modules of timm ViT / DeiT and SAM, with ``attention="ours"``): every count
+  from ceil(H / 2) to H of a module's H heads (DeiT-S 6 heads: [3, 4, 5, 6]; SAM ViT-B 12:
+  [6, ..., 12]). The qkv rows of h heads are 3 * h * head_dim and proj reads h * head_dim
+  inputs; the scale stays head_dim ** -0.5. Kept at [H] with ``attention="original"`` (the
+  model's own attention runs a fixed head count; asking for fewer is an error). timm attention
+  with ``scale_norm`` or a gate has no entry (not sliceable per head: it runs all heads);
 * depth: every block droppable except the first and the last (timm ViT); per stage for Swin
   (first and last block of each stage kept); SAM also keeps its global-attention blocks;
   a generic model has no depth entries unless ``space=`` declares them;
@@ -63,22 +76,24 @@ is 16-bit only. To quantize a layer instead, give it ``"rank": [None]`` and ``w_
 ``set_active(config)`` validates the whole config first, then applies it (never half-applied).
 Partial configs are allowed: entries left out keep their current values. Errors are ValueError
 naming the key path, e.g. ``linear.blocks.0.attn.qkv.rank: 999 is not one of [8, 16, 24]``.
-Cross-checks: a rank may not exceed min(active in, active out) of its layer (MLP width included),
-and a_bits 8 needs w_bits <= 8.
+Cross-checks: a rank may not exceed min(active in, active out) of its layer (MLP width and head
+count included), and a_bits 8 needs w_bits <= 8. ``heads`` values are ints among the module's
+choices (``heads.blocks.0.attn: 0 is not one of [2, 3] (the module has 3 heads)``).
 
 ``supernet.extract(config=None)`` returns a standalone plain ``nn.Module`` for the config (or the
 active one): a deep copy of the converted model in which each ElasticLinear is replaced by its
-``extract()`` (``nn.Linear``, ``LowRankLinear`` or ``QuantLinear``, weights copied), each kept
-ElasticBlock by its block, and each dropped block removed (entries of ``nn.Sequential`` /
-``nn.ModuleList`` are deleted and the rest renumbered; a dropped block anywhere else is replaced
-by ``nn.Identity``). A timm ViT subnet is static at its resolution (position embeddings
-resampled once, ``patch_embed`` sizes updated, the original dynamic-size flags restored). The
-subnet carries ``subnet.sk_subnet`` (family, build record, config, removed blocks, resolution,
-attention), which :func:`~supernet_kernels.supernet.save` stores. It holds no reference to the
-supernet.
+``extract()`` (``nn.Linear``, ``LowRankLinear`` or ``QuantLinear``, weights copied; qkv and proj
+hold only the active heads' rows / columns, and their attention module has ``num_heads`` = the
+active count), each kept ElasticBlock by its block, and each dropped block removed (entries of
+``nn.Sequential`` / ``nn.ModuleList`` are deleted and the rest renumbered; a dropped block
+anywhere else is replaced by ``nn.Identity``). A timm ViT subnet is static at its resolution
+(position embeddings resampled once, ``patch_embed`` sizes updated, the original dynamic-size
+flags restored). The subnet carries ``subnet.sk_subnet`` (family, build record, config, removed
+blocks, resolution, attention), which :func:`~supernet_kernels.supernet.save` stores (with each
+attention module's head count). It holds no reference to the supernet.
 
-Not done: elastic attention heads, elastic embedding width, elastic resolution for Swin and SAM
-(their window / relative-position tables depend on the input size), elastic head layers.
+Not done: elastic embedding width, elastic heads for Swin, elastic resolution for Swin and SAM
+(their window / relative-position tables depend on the input size), elastic classifier heads.
 """
 
 from __future__ import annotations
@@ -86,6 +101,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import math
 import random
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -94,11 +110,17 @@ import torch
 from torch import nn
 
 from ..nn.elastic import A_BITS, W_BITS, ElasticBlock, ElasticLinear
-from ..nn.importance import activation_importance, magnitude_importance, reorder_mlp
+from ..nn.importance import (
+    activation_head_importance,
+    activation_importance,
+    magnitude_head_importance,
+    magnitude_importance,
+    reorder_mlp,
+)
 from . import families as fam
-from .attention import ATTENTION_CHOICES, swap_attention
+from .attention import ATTENTION_CHOICES, prioritize_heads, swap_attention
 
-CONFIG_KEYS = ("resolution", "depth", "mlp", "linear")
+CONFIG_KEYS = ("resolution", "depth", "mlp", "heads", "linear")
 LINEAR_FIELDS = ("rank", "w_bits", "a_bits")
 RANK_EIGHTHS = tuple(range(1, 9))
 MLP_FRACTIONS = (0.25, 0.33, 0.5, 0.75, 1.0)
@@ -128,6 +150,12 @@ def _mlp_widths(hidden: int) -> list[int]:
     return sorted(out)
 
 
+def _head_counts(heads: int) -> list[int]:
+    """Every head count from half the heads (rounded up) to all: dropping more than half of a
+    block's heads is rarely worth it, and a contiguous range lets a search step one head."""
+    return list(range(max(1, math.ceil(heads / 2)), heads + 1))
+
+
 def _linear_default(role: str, lin: nn.Linear) -> dict:
     if role in ("qkv", "fc1", "fc2", "generic"):
         ranks = _rank_choices(lin.out_features, lin.in_features)
@@ -137,12 +165,14 @@ def _linear_default(role: str, lin: nn.Linear) -> dict:
     return {"rank": [None], "w_bits": [16], "a_bits": [16]}
 
 
-def _default_space(model: nn.Module, lay: fam.Layout) -> dict:
+def _default_space(model: nn.Module, lay: fam.Layout, attention: str) -> dict:
     mods = dict(model.named_modules())
     return {
         "resolution": list(lay.resolution["choices"]) if lay.resolution else None,
         "depth": {b: ([False, True] if d else [True]) for b, d in lay.blocks.items()},
         "mlp": {m: _mlp_widths(mods[a].out_features) for m, (a, _) in lay.mlps.items()},
+        # The model's own attention reshapes with a fixed head count: elastic with ours only.
+        "heads": {a: _head_counts(h) if attention == "ours" else [h] for a, h in lay.heads.items()},
         "linear": {n: _linear_default(r, mods[n]) for n, r in lay.roles.items()},
     }
 
@@ -198,7 +228,7 @@ def _merge_space(space: dict, user, model: nn.Module, lay: fam.Layout) -> dict:
         space["resolution"] = (
             [lay.resolution["native"]] if user["resolution"] is None else user["resolution"]
         )
-    for section in ("depth", "mlp", "linear"):
+    for section in ("depth", "mlp", "heads", "linear"):
         entries = user.get(section, {})
         if not isinstance(entries, dict):
             raise ValueError(f"space.{section}: expected a dict, got {type(entries).__name__}")
@@ -254,10 +284,10 @@ def _norm_choices(where: str, values, check: Callable[[Any], str | None]) -> lis
     return nums + ([None] if None in values else [])
 
 
-def _check_space(space: dict, model: nn.Module, lay: fam.Layout) -> dict:
+def _check_space(space: dict, model: nn.Module, lay: fam.Layout, attention: str) -> dict:
     """Validate and normalize (sorted, deduplicated) every list of choices."""
     mods = dict(model.named_modules())
-    out: dict[str, Any] = {"resolution": None, "depth": {}, "mlp": {}, "linear": {}}
+    out: dict[str, Any] = {"resolution": None, "depth": {}, "mlp": {}, "heads": {}, "linear": {}}
     if space["resolution"] is not None:
         p = lay.resolution["patch"]
         out["resolution"] = _norm_choices(
@@ -280,6 +310,18 @@ def _check_space(space: dict, model: nn.Module, lay: fam.Layout) -> dict:
             vals,
             lambda v, h=hidden: None if _is_int(v) and 1 <= v <= h else f"is not an int in 1..{h}",
         )
+    for a, vals in space["heads"].items():
+        full = lay.heads[a]
+        out["heads"][a] = _norm_choices(
+            f"space.heads.{a}",
+            vals,
+            lambda v, h=full: None if _is_int(v) and 1 <= v <= h else f"is not an int in 1..{h}",
+        )
+        if attention != "ours" and out["heads"][a] != [full]:
+            raise ValueError(
+                f'space.heads.{a}: fewer heads than the model\'s {full} need attention="ours" '
+                f"(the model's own attention runs a fixed head count), got {out['heads'][a]}"
+            )
     for n, sp in space["linear"].items():
         lin = mods[n]
         full = min(lin.in_features, lin.out_features)
@@ -321,17 +363,26 @@ def _check_space(space: dict, model: nn.Module, lay: fam.Layout) -> dict:
                     "w_bits <= 8)"
                 )
         out["linear"][n] = {"rank": ranks, "w_bits": w, "a_bits": a}
-    # Every MLP width must leave a valid rank for fc1 and fc2.
-    for m, widths in out["mlp"].items():
-        for lname, side in zip(lay.mlps[m], ("out", "in"), strict=True):
+    # Every MLP width and head count must leave a valid rank for the layers it narrows:
+    # (entry, what it is, smallest choice, [(linear, side narrowed, width per choice unit)]).
+    narrowed = [
+        (f"mlp.{m}", "width", w[0], [(lay.mlps[m][0], "out", 1), (lay.mlps[m][1], "in", 1)])
+        for m, w in out["mlp"].items()
+    ]
+    for a, counts in out["heads"].items():
+        d = mods[f"{a}.proj"].in_features // lay.heads[a]
+        sides = [(f"{a}.qkv", "out", 3 * d), (f"{a}.proj", "in", d)]
+        narrowed.append((f"heads.{a}", "head count", counts[0], sides))
+    for key, what, smallest, sides in narrowed:
+        for lname, side, unit in sides:
             lin = mods[lname]
             ranks = out["linear"][lname]["rank"]
             other = lin.in_features if side == "out" else lin.out_features
-            limit = min(other, widths[0])
+            limit = min(other, smallest * unit)
             if ranks != [None] and ranks[0] > limit:
                 raise ValueError(
                     f"space.linear.{lname}.rank: the smallest rank {ranks[0]} exceeds "
-                    f"min(in, out) = {limit} at the smallest width {widths[0]} of mlp.{m}"
+                    f"min(in, out) = {limit} at the smallest {what} {smallest} of {key}"
                 )
     return out
 
@@ -404,25 +455,40 @@ class Supernet(nn.Module):
         self._space = space
         self._wrapped = list(wrapped)
         self._vit_flags = vit_flags
-        self._paths: dict[str, str] = {}
-        for n in space["linear"]:  # a linear's path in self.model (blocks may be wrapped)
-            path = n
-            for w in self._wrapped:
-                if n == w:
-                    path = f"{w}.block"
-                elif n.startswith(w + "."):
-                    path = f"{w}.block.{n[len(w) + 1 :]}"
-            self._paths[n] = path
-        self._side: dict[str, tuple[str, str]] = {}
+        # Paths in self.model (blocks may be wrapped) of the linears and attention modules.
+        self._paths = {n: self._wrapped_path(n) for n in [*space["linear"], *space["heads"]]}
+        # Attention modules running fewer heads than they have (prioritized by convert):
+        # name -> head_dim.
+        self._head_dims = {
+            a: self._mod(a).head_dim
+            for a in space["heads"]
+            if getattr(self._mod(a), "qkv_layout", "qkv") == "head"
+        }
+        # Linears whose width follows another dimension: name -> (config section, entry,
+        # side, width per unit of the entry's value).
+        self._side: dict[str, tuple[str, str, str, int]] = {}
         for m, (a, b) in layout.mlps.items():
-            self._side[a] = (m, "out")
-            self._side[b] = (m, "in")
+            self._side[a] = ("mlp", m, "out", 1)
+            self._side[b] = ("mlp", m, "in", 1)
+        for a, d in self._head_dims.items():
+            self._side[f"{a}.qkv"] = ("heads", a, "out", 3 * d)
+            self._side[f"{a}.proj"] = ("heads", a, "in", d)
         self._config = self.max_config()
         self._apply_config(self._config)
 
     # ----------------------------------------------------------------- lookups
+    def _wrapped_path(self, name: str) -> str:
+        """The path in self.model of an original module name (inside a wrapped block it gains
+        ``.block``)."""
+        for w in self._wrapped:
+            if name == w:
+                return f"{w}.block"
+            if name.startswith(w + "."):
+                return f"{w}.block.{name[len(w) + 1 :]}"
+        return name
+
     def _mod(self, name: str) -> nn.Module:
-        """The ElasticLinear of a linear name."""
+        """The ElasticLinear of a linear name, or the attention module of a heads name."""
         return self.model.get_submodule(self._paths[name])
 
     def _block(self, name: str) -> nn.Module:
@@ -438,14 +504,16 @@ class Supernet(nn.Module):
         return {n: self._mod(n) for n in self._space["linear"]}
 
     def _limit(self, name: str, cfg: dict) -> int:
+        """min(active in, active out) of a linear at ``cfg`` (its MLP width or head count)."""
         lin = self._mod(name)
         k, n = lin.in_features, lin.out_features
         if name in self._side:
-            m, side = self._side[name]
+            section, key, side, unit = self._side[name]
+            width = cfg[section][key] * unit
             if side == "out":
-                n = cfg["mlp"][m]
+                n = width
             else:
-                k = cfg["mlp"][m]
+                k = width
         return min(k, n)
 
     # ----------------------------------------------------------------- configs
@@ -455,6 +523,7 @@ class Supernet(nn.Module):
             "resolution": choose(sp["resolution"]) if sp["resolution"] else None,
             "depth": {k: choose(v) for k, v in sp["depth"].items()},
             "mlp": {k: choose(v) for k, v in sp["mlp"].items()},
+            "heads": {k: choose(v) for k, v in sp["heads"].items()},
             "linear": {},
         }
         for n, s in sp["linear"].items():
@@ -466,17 +535,18 @@ class Supernet(nn.Module):
         return cfg
 
     def max_config(self) -> dict:
-        """The largest subnet: every block, full widths and ranks, the most bits."""
+        """The largest subnet: every block, full widths, all heads, full ranks, the most bits."""
         return self._pick(lambda c: c[-1])
 
     def min_config(self) -> dict:
-        """The smallest subnet: every droppable block dropped, the smallest choices."""
+        """The smallest subnet: every droppable block dropped, the smallest choices (fewest
+        heads included)."""
         return self._pick(lambda c: c[0])
 
     def sample_config(self, rng: random.Random | int | None = None) -> dict:
         """A config drawn uniformly per dimension (``rng``: a random.Random, or a seed).
-        Ranks are drawn among those valid at the drawn MLP width, a_bits among those valid
-        with the drawn w_bits."""
+        Ranks are drawn among those valid at the drawn MLP width and head count, a_bits among
+        those valid with the drawn w_bits."""
         if not isinstance(rng, random.Random):
             rng = random.Random(rng)
         return self._pick(rng.choice)
@@ -507,20 +577,28 @@ class Supernet(nn.Module):
                     f"resolution: {_show(v)} is not one of {json.dumps(sp['resolution'])}"
                 )
             new["resolution"] = v
-        for section, is_ok in (("depth", lambda v: isinstance(v, bool)), ("mlp", _is_int)):
+        for section, is_ok, what in (
+            ("depth", lambda v: isinstance(v, bool), "block"),
+            ("mlp", _is_int, "MLP"),
+            ("heads", _is_int, "attention module"),
+        ):
             entries = config.get(section, {})
             if not isinstance(entries, dict):
                 raise ValueError(f"{section}: expected a dict, got {type(entries).__name__}")
             for k, v in entries.items():
                 if k not in sp[section]:
                     raise ValueError(
-                        f"{section}.{k}: unknown {'block' if section == 'depth' else 'MLP'} "
-                        f"(this supernet has {list(sp[section])[:4]}"
-                        f"{' ...' if len(sp[section]) > 4 else ''})"
+                        f"{section}.{k}: unknown {what} (this supernet has "
+                        f"{list(sp[section])[:4]}{' ...' if len(sp[section]) > 4 else ''})"
                     )
                 if not is_ok(v) or v not in sp[section][k]:
+                    has = (
+                        f" (the module has {self._layout.heads[k]} heads)"
+                        if section == "heads"
+                        else ""
+                    )
                     raise ValueError(
-                        f"{section}.{k}: {_show(v)} is not one of {json.dumps(sp[section][k])}"
+                        f"{section}.{k}: {_show(v)} is not one of {json.dumps(sp[section][k])}{has}"
                     )
                 new[section][k] = v
         entries = config.get("linear", {})
@@ -549,7 +627,7 @@ class Supernet(nn.Module):
             if c["rank"] is not None and c["rank"] > limit:
                 raise ValueError(
                     f"linear.{n}.rank: {c['rank']} exceeds min(in, out) = {limit} of the layer "
-                    "at the configured MLP width"
+                    "at the configured MLP width / head count"
                 )
             if c["a_bits"] == 8 and c["w_bits"] > 8:
                 raise ValueError(
@@ -570,6 +648,11 @@ class Supernet(nn.Module):
             a, b = self._layout.mlps[m]
             self._mod(a).set_active(out=h)
             self._mod(b).set_active(in_features=h)
+        for a, d in self._head_dims.items():
+            h = cfg["heads"][a]
+            self._mod(a).set_heads(h)
+            self._mod(f"{a}.qkv").set_active(out=3 * h * d)  # head-major: one prefix
+            self._mod(f"{a}.proj").set_active(in_features=h * d)
         for n, c in cfg["linear"].items():
             self._mod(n).set_active(rank=c["rank"], w_bits=c["w_bits"], a_bits=c["a_bits"])
 
@@ -646,19 +729,30 @@ class Supernet(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"family={self.family}, linears={len(self._space['linear'])}, "
-            f"mlps={len(self._space['mlp'])}, droppable="
+            f"mlps={len(self._space['mlp'])}, elastic_heads={len(self._head_dims)}, droppable="
             f"{sum(False in v for v in self._space['depth'].values())}, "
             f"resolution={self._space['resolution']}"
         )
 
 
 # --------------------------------------------------------------------------- convert
-def _importance_fn(importance, calib_batches, model: nn.Module):
-    if callable(importance):
-        return importance
-    if importance == "magnitude":
-        return magnitude_importance
-    if importance == "activation":
+def _importance_fns(importance, head_importance, calib_batches, model: nn.Module):
+    """(MLP importance ``(fc1, fc2) -> scores``, head importance ``(qkv, proj, num_heads) ->
+    scores``) for convert's arguments."""
+    if not (callable(importance) or importance in ("magnitude", "activation")):
+        raise ValueError(
+            f'convert: importance must be "magnitude", "activation" or a callable (fc1, fc2) -> '
+            f"scores, got {importance!r}"
+        )
+    if head_importance is None:  # follow importance; a user MLP hook says nothing about heads
+        head_importance = importance if isinstance(importance, str) else "magnitude"
+    if not (callable(head_importance) or head_importance in ("magnitude", "activation")):
+        raise ValueError(
+            f'convert: head_importance must be None, "magnitude", "activation" or a callable '
+            f"(qkv, proj, num_heads) -> scores, got {head_importance!r}"
+        )
+    run = None
+    if "activation" in (importance, head_importance):
         if calib_batches is None:
             raise ValueError('convert: importance="activation" needs calib_batches')
         batches = list(calib_batches)
@@ -674,10 +768,16 @@ def _importance_fn(importance, calib_batches, model: nn.Module):
             finally:
                 model.train(was)
 
-        return lambda fc1, fc2: activation_importance(fc1, fc2, run)
-    raise ValueError(
-        f'convert: importance must be "magnitude", "activation" or a callable (fc1, fc2) -> '
-        f"scores, got {importance!r}"
+    def pick(choice, magnitude, activation):
+        if callable(choice):
+            return choice
+        if choice == "magnitude":
+            return magnitude
+        return lambda *layers: activation(*layers, run)
+
+    return (
+        pick(importance, magnitude_importance, activation_importance),
+        pick(head_importance, magnitude_head_importance, activation_head_importance),
     )
 
 
@@ -687,6 +787,7 @@ def convert(
     *,
     importance: str | Callable = "magnitude",
     calib_batches: Iterable | None = None,
+    head_importance: str | Callable | None = None,
     inplace: bool = False,
     group_size: int | None = 128,
     build: dict | str | None = "auto",
@@ -698,7 +799,8 @@ def convert(
         model: a timm ViT / DeiT / Swin, a segment-anything ``ImageEncoderViT``, or any module.
         space: overrides of the default search space, in its shape: ``{"resolution": [...],
             "depth": {block: [False, True]}, "mlp": {mlp: [widths]}, "linear": {layer:
-            {"rank": [...], "w_bits": [...], "a_bits": [...]}}}``. Keys are names or fnmatch
+            {"rank": [...], "w_bits": [...], "a_bits": [...]}}, "heads": {attn: [counts]}}``.
+            Keys are names or fnmatch
             patterns (``"blocks.*.attn.proj"``); a linear's entry overrides only the fields it
             gives. Exact names not in the default declare new entries: ``"depth"`` a droppable
             block (any module whose output has its input's shape), ``"mlp"`` an elastic-width
@@ -707,6 +809,10 @@ def convert(
         importance: how MLP hidden units are sorted before slicing: ``"magnitude"``,
             ``"activation"`` (needs ``calib_batches``: inputs, or tuples of positional inputs)
             or a callable ``(fc1, fc2) -> scores``.
+        head_importance: how attention heads are sorted where their number is elastic:
+            ``"magnitude"``, ``"activation"`` (needs ``calib_batches``), a callable ``(qkv,
+            proj, num_heads) -> scores`` (:mod:`supernet_kernels.nn.importance`), or None (the
+            default): the same as ``importance`` when that is a string, else magnitude.
         inplace: convert ``model`` itself (its layers are replaced) instead of a deep copy.
         group_size: quantization group of the ElasticLinears (per-channel where it does not
             divide the input width).
@@ -738,15 +844,18 @@ def convert(
             raise ValueError("convert: build does not rebuild this model's architecture")
         record = json.loads(json.dumps(build))
     lay = fam.layout(model, family)
-    merged = _merge_space(_default_space(model, lay), space, model, lay)
-    checked = _check_space(merged, model, lay)
+    merged = _merge_space(_default_space(model, lay, attention), space, model, lay)
+    checked = _check_space(merged, model, lay, attention)
     work = model if inplace else copy.deepcopy(model)
-    imp = _importance_fn(importance, calib_batches, work)
+    imp, head_imp = _importance_fns(importance, head_importance, calib_batches, work)
 
     with torch.no_grad():
         for a, b in lay.mlps.values():
             reorder_mlp(work.get_submodule(a), work.get_submodule(b), imp)
     swapped = swap_attention(work, family) if attention == "ours" else []
+    for a, counts in checked["heads"].items():
+        if counts != [lay.heads[a]]:  # fewer heads possible: best heads first, qkv head-major
+            prioritize_heads(work.get_submodule(a), head_imp)
     flags = None
     if family == "timm_vit" and checked["resolution"] is not None:
         flags = fam.vit_flags(work)

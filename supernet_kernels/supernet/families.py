@@ -2,7 +2,9 @@
 
 A family turns a model into a :class:`Layout`: the role of each ``nn.Linear`` (attention qkv /
 proj, MLP fc1 / fc2, other), the MLPs whose hidden width is elastic (fc1, fc2 pairs), the
-blocks that may be dropped, and (timm ViT) the input resolution. Families, detected by type:
+blocks that may be dropped, the attention modules whose heads may be elastic (timm ViT / DeiT
+and SAM, see :func:`~supernet_kernels.supernet.attention.head_count`), and (timm ViT) the input
+resolution. Families, detected by type:
 
 * ``timm_vit``: ``timm.models.vision_transformer.VisionTransformer`` (ViT, DeiT, and subclasses):
   ``blocks.{i}.attn.qkv`` / ``.attn.proj``, ``blocks.{i}.mlp.fc1`` / ``.fc2``;
@@ -32,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .attention import head_count
+
 # Parents whose forward reads their nn.Linear children's weights directly: not converted.
 _READS_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
@@ -44,6 +48,8 @@ class Layout:
     blocks: dict[str, bool]  # droppable-block candidates -> droppable by default
     skipped: dict[str, str]  # linear name -> why it is not converted
     resolution: dict | None = None  # timm_vit: {"native", "patch", "choices"}
+    # attention module name -> its number of heads, where heads can be elastic (timm ViT, SAM)
+    heads: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- detection
@@ -154,7 +160,13 @@ def layout(model: nn.Module, family: str | None = None) -> Layout:
     roles: dict[str, str] = {}
     mlps: dict[str, tuple[str, str]] = {}
     blocks: dict[str, bool] = {}
+    heads: dict[str, int] = {}
     resolution = None
+    if family in ("timm_vit", "sam"):
+        for i, blk in enumerate(model.blocks):
+            count = head_count(getattr(blk, "attn", None))
+            if count is not None:
+                heads[f"blocks.{i}.attn"] = count
     if family == "timm_vit":
         n = len(model.blocks)
         for i, blk in enumerate(model.blocks):
@@ -179,7 +191,8 @@ def layout(model: nn.Module, family: str | None = None) -> Layout:
     default = "generic" if family == "generic" else "other"
     roles = {n_: roles.get(n_, default) for n_ in names}  # model order; skipped ones dropped
     mlps = {k: v for k, v in mlps.items() if v[0] in roles and v[1] in roles}
-    return Layout(family, roles, mlps, blocks, skipped, resolution)
+    heads = {a: h for a, h in heads.items() if f"{a}.qkv" in roles and f"{a}.proj" in roles}
+    return Layout(family, roles, mlps, blocks, skipped, resolution, heads)
 
 
 # --------------------------------------------------------------------------- timm ViT resolution

@@ -6,6 +6,7 @@ metadata key ``"supernet_kernels"`` holds a JSON document::
     {"format": "sk-subnet-v1", "family": "timm_vit", "build": {...} | null,
      "config": {...}, "resolution": 192 | null, "removed": ["blocks.3", ...],
      "attention": "ours" | "original",
+     "heads": {"blocks.0.attn": {"num_heads": 2, "qkv_layout": "head"}, ...},
      "layers": {"blocks.0.attn.qkv": {"type": "LowRankLinear", "in_features": 64,
                 "out_features": 192, "rank": 32, "bias": true}, ...},
      "keys": [...]}
@@ -20,6 +21,10 @@ symmetric). ``attention`` says whether the subnet ran supernet-kernels' attentio
 (:mod:`~supernet_kernels.supernet.attention`, converted with ``attention="ours"``); they have
 the original's state_dict keys, so :func:`load` rebuilds the original architecture and swaps
 them in again. Files without the field (older ones) load with the original attention.
+``heads`` records each of those modules (by its name in the subnet) with the heads it runs and
+its qkv row layout (elastic heads: a head-major qkv sliced to ``num_heads`` heads, see
+:mod:`~supernet_kernels.supernet.attention`); modules not listed (older files) run all their
+heads in the original layout.
 
 The single file is the atomic unit: it is written to a temporary file in the same folder,
 fsynced, then renamed over the target. ``load(path, skeleton=None)`` reads only safetensors and
@@ -46,7 +51,13 @@ from .._io import check_dtypes
 from ..nn.lowrank import LowRankLinear
 from ..nn.quant import QuantLinear
 from . import families as fam
-from .attention import ATTENTION_CHOICES, swap_attention
+from .attention import (
+    ATTENTION_CHOICES,
+    QKV_LAYOUTS,
+    SKSamAttention,
+    SKViTAttention,
+    swap_attention,
+)
 from .core import SUBNET_FORMAT, Supernet, remove_blocks
 
 _META_KEY = "supernet_kernels"
@@ -85,11 +96,13 @@ def save(module: nn.Module, path: str | os.PathLike) -> Path:
             "save: the module is not a subnet extracted by Supernet.extract (no sk_subnet "
             "record); use supernet_kernels.save_quantized or safetensors for other models"
         )
-    layers = {}
+    layers, heads = {}, {}
     for name, m in module.named_modules():
         rec = _layer_record(m)
         if rec is not None:
             layers[name] = rec
+        if isinstance(m, SKViTAttention | SKSamAttention):
+            heads[name] = {"num_heads": m.num_heads, "qkv_layout": m.qkv_layout}
     tensors: dict[str, torch.Tensor] = {}
     seen: set = set()
     for key, t in module.state_dict().items():
@@ -108,6 +121,7 @@ def save(module: nn.Module, path: str | os.PathLike) -> Path:
         "resolution": info.get("resolution"),
         "removed": list(info.get("removed", [])),
         "attention": info.get("attention", "original"),
+        "heads": heads,
         "layers": layers,
         "keys": sorted(tensors),
     }
@@ -160,6 +174,15 @@ def _read_doc(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
             raise ValueError("'removed' must hold block names")
         if doc.get("attention", "original") not in ATTENTION_CHOICES:
             raise ValueError(f"unknown attention {doc.get('attention')!r}")
+        heads = doc.get("heads", {})
+        if not isinstance(heads, dict) or (heads and doc.get("attention") != "ours"):
+            raise ValueError("'heads' must be a dict, and empty unless attention is 'ours'")
+        for name, rec in heads.items():
+            n = rec.get("num_heads") if isinstance(rec, dict) else None
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"heads {name!r}: bad num_heads {n!r}")
+            if rec.get("qkv_layout") not in QKV_LAYOUTS:
+                raise ValueError(f"heads {name!r}: bad qkv_layout {rec.get('qkv_layout')!r}")
         res = doc.get("resolution")
         if res is not None and (not isinstance(res, int) or res <= 0):
             raise ValueError(f"bad resolution {res!r}")
@@ -268,6 +291,26 @@ def load(path: str | os.PathLike, skeleton: nn.Module | None = None) -> nn.Modul
     attention = doc.get("attention", "original")
     if attention == "ours":
         swap_attention(model, have)
+    for name, rec in doc.get("heads", {}).items():
+        aw = f"{where} attention {name!r}"
+        try:
+            att = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(
+                f"{aw}: the model has no module of that name; the file is from another model"
+            ) from None
+        if not isinstance(att, SKViTAttention | SKSamAttention):
+            raise ValueError(
+                f"{aw}: the model's module is a {type(att).__name__}, not our attention; the "
+                "file is from another model"
+            )
+        if rec["num_heads"] > att.num_heads:
+            raise ValueError(
+                f"{aw}: the file runs {rec['num_heads']} heads, the model's module has "
+                f"{att.num_heads}; the file is from another model"
+            )
+        att.set_heads(rec["num_heads"])
+        att.qkv_layout = rec["qkv_layout"]
     plan = []
     for name, rec in doc["layers"].items():
         lw = f"{where} layer {name!r}"
