@@ -213,9 +213,13 @@ def test_family_split_and_kernel_rows():
     scope = cpu(0, "sk_family::linear")
     mm = cpu(0, "aten::mm", scope)
     launch = cpu(7, "cudaLaunchKernel", mm, kernels=["k"])
+    # the scope on the GPU timeline (a user annotation spanning its kernels) is not a kernel
+    annotation = dev("sk_family::linear", 900.0, 0)
+    annotation.is_user_annotation = True
     events = [scope, mm, launch, dev("nvjet_gemm", 300.0, 7), dev("ln_fwd_kernel", 100.0, 99),
-              dev("_attn_fwd_kernel", 600.0, 0)]  # fmt: skip
+              annotation, dev("_attn_fwd_kernel", 600.0, 0)]  # fmt: skip
     rows = B.kernel_rows(events)
+    assert len(rows) == 3
     assert rows[0] == ("nvjet_gemm", 300.0, ["cudaLaunchKernel", "aten::mm", "sk_family::linear"])
     assert rows[1][2] == [] and rows[2][2] == []
     split = R.family_split(rows, calls=2)
