@@ -84,7 +84,13 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # Max relative error (max |ours - eager| / max |eager|) of our dense output, per dtype.
 REL_TOL = {"float16": 2e-2, "bfloat16": 6e-2}
 # Module classes whose forwards open a profiler scope (models_report.op_family's rule 1).
-ATTENTION_KINDS = ("Attention", "SKViTAttention", "SKSamAttention")
+ATTENTION_KINDS = (
+    "Attention",
+    "SKViTAttention",
+    "SKSamAttention",
+    "WindowAttention",
+    "SKSwinAttention",
+)
 # A space in which every linear is dense and may be quantized (W8A8 needs w_bits <= 8).
 QUANT_SPACE = {"linear": {"*": {"rank": [None], "w_bits": [4, 8, 16], "a_bits": [8, 16]}}}
 PLOT_NAME = "models_latency_vs_bitops.png"

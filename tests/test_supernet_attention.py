@@ -277,7 +277,9 @@ def test_capture_cuda_graph_sam():  # pragma: no cover - GPU only
 
 
 # --------------------------------------------------------------------------- other families
-def test_swin_and_generic_keep_their_attention():
+def test_swin_is_converted_and_original_keeps_its_attention():
+    """Swin's window attention runs the op (tests/test_swin_attention.py checks it in depth);
+    attention="original" keeps timm's."""
     from timm.models.swin_transformer import SwinTransformer
 
     torch.manual_seed(0)
@@ -286,8 +288,12 @@ def test_swin_and_generic_keep_their_attention():
         num_classes=10,
     ).eval()  # fmt: skip
     sn = sk.convert(swin)
-    assert sn.attention == "original" and sn.attention_modules == []
+    assert sn.attention == "ours"
+    assert sn.attention_modules == ["layers.0.blocks.0.attn", "layers.0.blocks.1.attn"]
     x = torch.randn(1, 3, 32, 32)
-    assert run_counting(sn, x)[1] == 0
+    assert run_counting(sn, x)[1] == 2
+    orig = sk.convert(swin, attention="original")
+    assert orig.attention == "original" and orig.attention_modules == []
+    assert run_counting(orig, x)[1] == 0
     with pytest.raises(ValueError, match="attention must be one of"):
         sk.convert(swin, attention="flash")

@@ -1,10 +1,17 @@
-"""Triton kernels for attention with SAM's decomposed relative-position bias.
+"""Triton kernels for attention with SAM's decomposed relative-position bias and / or an
+additive bias tensor.
 
-    out = softmax(scale * q k^T + bias) v,   bias[i, j] = rel_h[i, j // W] + rel_w[i, j % W]
+    out = softmax(scale * q k^T + bias) v,
+    bias[b, h, i, j] = rel_h[b, h, i, j // W] + rel_w[b, h, i, j % W]   (HAS_REL)
+                     + bias_t[b % G, h or 0, i, j]                         (HAS_BIAS)
 
 q, k, v are (B, nH, T, d), read through their strides; rel_h (B, nH, T, H) and rel_w
-(B, nH, T, W) are the two small factors of the bias (T = H * W). Neither the T x T scores nor
-the T x T bias ever reach memory:
+(B, nH, T, W) are the two small factors of SAM's bias (T = H * W); bias_t (G, nH or 1, Tq, Tk)
+is shared by the batch rows b = g (mod G) (Swin: the windows' rel-pos bias plus shift mask,
+G = windows) and, with one head, by the heads (head stride 0). Neither the T x T scores nor a
+(B, nH, T, T) bias ever reach memory: every kernel takes both kinds of bias behind constexpr
+flags (HAS_REL, HAS_BIAS), and ``_scores`` adds the bias tile, loaded once per (q-tile, k-tile)
+block in fp32 and masked at the edges.
 
 * forward (``_attn_fwd_kernel``, flash-attention style): a program owns BLOCK_M queries of one
   (batch, head) and walks the keys in BLOCK_N tiles, keeping the running row maximum and sum in
@@ -22,6 +29,11 @@ the T x T bias ever reach memory:
   (BLOCK_N x H_pad) tiles built from tl.arange comparisons. Each program owns its query rows,
   so the bias gradients need no atomics. The one-hot products run on fp32 dS ("ieee" for fp32
   inputs; tf32 for fp16/bf16 inputs, whose rounding is no coarser than theirs).
+  ``_attn_bwd_dbias_kernel`` (only when the additive bias needs a gradient) owns one
+  (BLOCK_M x BLOCK_N) tile of d bias_t[g, h] and walks the B / G batch rows of its group (and
+  the heads, for a one-head bias), recomputing dS there and summing it in fp32: no atomics,
+  deterministic; it costs the score and dP tile products once more (2 of the backward's 7,
+  about 30% more backward FLOPs) and one more read of q, k, v, dO.
 
 Head dims that are not powers of two (80, SAM ViT-H) are padded to the next power of two with
 masks; token counts need not be multiples of the tiles. Offsets are int64.
@@ -59,31 +71,45 @@ def _rel_bias(rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk):
 
 
 @triton.jit
+def _bias_tile(b_ptr, offs_m, offs_n, mask, sbt, sbk):
+    """The (BLOCK_M x BLOCK_N) tile of the additive bias (one (group, head) slice), in fp32;
+    0 outside ``mask`` (the tails of the last tiles)."""
+    tile = tl.load(b_ptr + offs_m[:, None] * sbt + offs_n[None, :] * sbk, mask=mask, other=0.0)
+    return tile.to(tl.float32)
+
+
+@triton.jit
 def _scores(
-    q, kt, rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk, qk_scale,
+    q, kt, rh_ptr, rw_ptr, b_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk, sbt, sbk,
+    qk_scale,
     HAS_REL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """The (BLOCK_M x BLOCK_N) fp32 score tile in base 2: log2(e) * (scale * q k^T + bias)
-    (qk_scale = scale * log2(e); the bias only with HAS_REL)."""
+    (qk_scale = scale * log2(e)); bias = SAM's decomposed rel-pos bias with HAS_REL, plus the
+    additive bias tile (loaded once per (q-tile, k-tile) block) with HAS_BIAS."""
     s = _dot(q, kt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32) * qk_scale
     if HAS_REL:
         s += _rel_bias(rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk) * LOG2E
+    if HAS_BIAS:
+        s += _bias_tile(b_ptr, offs_m, offs_n, mask, sbt, sbk) * LOG2E
     return s
 
 
 @triton.jit
 def _attn_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, o_ptr, lse_ptr,
-    NH, TQ, TK, D, RH, RW, bh_base, qk_scale,
+    q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, b_ptr, o_ptr, lse_ptr,
+    NH, TQ, TK, D, RH, RW, G, bh_base, qk_scale,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
-    srhb, srhh, srht, srhk, srwb, srwh, srwt, srwk,
+    srhb, srhh, srht, srhk, srwb, srwh, srwt, srwk, sbg, sbh, sbt, sbk,
     sob, soh, sot, sod, slb, slh, slt,
     HAS_REL: tl.constexpr,
     KEY_GRID: tl.constexpr,
     WP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     DOT_FP32: tl.constexpr,
     RNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -107,6 +133,7 @@ def _attn_fwd_kernel(
     v_ptr += b * svb + h * svh
     rh_ptr += b * srhb + h * srhh
     rw_ptr += b * srwb + h * srwh
+    b_ptr += (b % G) * sbg + h * sbh  # batch row b uses bias[b % G]; sbh = 0: one shared head
     o_ptr += b * sob + h * soh
     lse_ptr += b * slb + h * slh
 
@@ -167,10 +194,12 @@ def _attn_fwd_kernel(
                 s += bh + bw
             else:
                 s += tl.reshape(bh[:, :, None] + bw[:, None, :], (BLOCK_M, BLOCK_N))
+            if HAS_BIAS:
+                s += _bias_tile(b_ptr, offs_m, offs_n, mask, sbt, sbk) * LOG2E
         else:
             s = _scores(
-                q, kt, rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk,
-                qk_scale, HAS_REL, DOT_FP32, BLOCK_M, BLOCK_N,
+                q, kt, rh_ptr, rw_ptr, b_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk,
+                sbt, sbk, qk_scale, HAS_REL, HAS_BIAS, DOT_FP32, BLOCK_M, BLOCK_N,
             )  # fmt: skip
         s = tl.where(mask_n[None, :], s, float("-inf"))
         # The first tile holds key 0, so m_new is finite from the start (TK >= 1).
@@ -196,13 +225,14 @@ def _attn_fwd_kernel(
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, do_ptr, lse_ptr, dl_ptr, dk_ptr, dv_ptr,
-    NH, TQ, TK, D, RW, bh_base, qk_scale, scale,
+    q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, b_ptr, do_ptr, lse_ptr, dl_ptr, dk_ptr, dv_ptr,
+    NH, TQ, TK, D, RW, G, bh_base, qk_scale, scale,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
-    srhb, srhh, srht, srhk, srwb, srwh, srwt, srwk,
+    srhb, srhh, srht, srhk, srwb, srwh, srwt, srwk, sbg, sbh, sbt, sbk,
     sdob, sdoh, sdot, sdod, slb, slh, slt,
     sdkb, sdkh, sdkt, sdkd, sdvb, sdvh, sdvt, sdvd,
     HAS_REL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     DOT_FP32: tl.constexpr,
     RNE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -221,6 +251,7 @@ def _attn_bwd_dkdv_kernel(
     v_ptr += b * svb + h * svh
     rh_ptr += b * srhb + h * srhh
     rw_ptr += b * srwb + h * srwh
+    b_ptr += (b % G) * sbg + h * sbh  # batch row b uses bias[b % G]; sbh = 0: one shared head
     do_ptr += b * sdob + h * sdoh
     lse_ptr += b * slb + h * slh
     dl_ptr += b * slb + h * slh
@@ -248,8 +279,8 @@ def _attn_bwd_dkdv_kernel(
         delta = tl.load(dl_ptr + offs_m * slt, mask=mask_m, other=0.0)
         mask = mask_m[:, None] & mask_n[None, :]
         s = _scores(
-            q, kt, rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk, qk_scale,
-            HAS_REL, DOT_FP32, BLOCK_M, BLOCK_N,
+            q, kt, rh_ptr, rw_ptr, b_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk,
+            sbt, sbk, qk_scale, HAS_REL, HAS_BIAS, DOT_FP32, BLOCK_M, BLOCK_N,
         )  # fmt: skip
         p = tl.where(mask, tl.exp2(s - lse[:, None] * LOG2E), 0.0)
         p_lp = _round(p, do_ptr.dtype.element_ty, RNE_BF16)
@@ -272,13 +303,14 @@ def _attn_bwd_dkdv_kernel(
 
 @triton.jit
 def _attn_bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, do_ptr, lse_ptr, dl_ptr, dq_ptr, drh_ptr, drw_ptr,
-    NH, TQ, TK, D, RH, RW, bh_base, qk_scale, scale,
+    q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, b_ptr, do_ptr, lse_ptr, dl_ptr, dq_ptr, drh_ptr,
+    drw_ptr, NH, TQ, TK, D, RH, RW, G, bh_base, qk_scale, scale,
     sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
-    srhb, srhh, srht, srhk, srwb, srwh, srwt, srwk,
+    srhb, srhh, srht, srhk, srwb, srwh, srwt, srwk, sbg, sbh, sbt, sbk,
     sdob, sdoh, sdot, sdod, slb, slh, slt,
     sdqb, sdqh, sdqt, sdqd, sdrhb, sdrhh, sdrht, sdrhk, sdrwb, sdrwh, sdrwt, sdrwk,
     HAS_REL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     DOT_FP32: tl.constexpr,
     RNE_BF16: tl.constexpr,
     ONEHOT_PREC: tl.constexpr,
@@ -298,6 +330,7 @@ def _attn_bwd_dq_kernel(
     v_ptr += b * svb + h * svh
     rh_ptr += b * srhb + h * srhh
     rw_ptr += b * srwb + h * srwh
+    b_ptr += (b % G) * sbg + h * sbh  # batch row b uses bias[b % G]; sbh = 0: one shared head
     do_ptr += b * sdob + h * sdoh
     lse_ptr += b * slb + h * slh
     dl_ptr += b * slb + h * slh
@@ -327,8 +360,8 @@ def _attn_bwd_dq_kernel(
         vt = tl.load(v_ptr + offs_d[:, None] * svd + offs_n[None, :] * svt, mask=mask_dn, other=0.0)
         mask = mask_m[:, None] & mask_n[None, :]
         s = _scores(
-            q, kt, rh_ptr, rw_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk, qk_scale,
-            HAS_REL, DOT_FP32, BLOCK_M, BLOCK_N,
+            q, kt, rh_ptr, rw_ptr, b_ptr, offs_m, offs_n, mask, RW, srht, srhk, srwt, srwk,
+            sbt, sbk, qk_scale, HAS_REL, HAS_BIAS, DOT_FP32, BLOCK_M, BLOCK_N,
         )  # fmt: skip
         p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
         dp = _dot(do, vt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32)
@@ -357,6 +390,86 @@ def _attn_bwd_dq_kernel(
             _round(drw, drw_ptr.dtype.element_ty, RNE_BF16),
             mask=mask_m[:, None] & (cols_w < RW)[None, :],
         )
+
+
+@triton.jit
+def _attn_bwd_dbias_kernel(
+    q_ptr, k_ptr, v_ptr, rh_ptr, rw_ptr, b_ptr, do_ptr, lse_ptr, dl_ptr, db_ptr,
+    NH, TQ, TK, D, RW, G, HB, N_ITER, NHL, qk_scale,
+    sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd,
+    srhb, srhh, srht, srhk, srwb, srwh, srwt, srwk, sbg, sbh, sbt, sbk,
+    sdob, sdoh, sdot, sdod, slb, slh, slt,
+    sdbg, sdbh, sdbt, sdbk,
+    HAS_REL: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    RNE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """d bias[g, hb] for one (BLOCK_M x BLOCK_N) tile: the sum of dS[b, h] over the N_ITER
+    (batch, head) pairs that read this slice of the bias, b = r * G + g for r < B / G, and
+    h = hb (HB = nH, NHL = 1) or every head (HB = 1, NHL = nH). dS = P * (dP - delta) is
+    recomputed (q k^T and dO v^T for the tile), so every program owns its output tile: no
+    atomics, deterministic. The bias tile itself is loaded once, before the walk."""
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(TQ, BLOCK_M) * tl.cdiv(TK, BLOCK_N)
+    gh = pid // n_tiles
+    tile = pid % n_tiles
+    pid_m = tile // tl.cdiv(TK, BLOCK_N)
+    pid_n = tile % tl.cdiv(TK, BLOCK_N)
+    g = (gh // HB).to(tl.int64)
+    hb = (gh % HB).to(tl.int64)
+
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
+    mask_m = offs_m < TQ
+    mask_n = offs_n < TK
+    mask_d = offs_d < D
+    mask = mask_m[:, None] & mask_n[None, :]
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    bias2 = _bias_tile(b_ptr + g * sbg + hb * sbh, offs_m, offs_n, mask, sbt, sbk) * LOG2E
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for it in range(0, N_ITER):
+        b = (it // NHL).to(tl.int64) * G + g
+        h = hb + (it % NHL)
+        q = tl.load(
+            q_ptr + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
+            mask=mask_md,
+            other=0.0,
+        )
+        do = tl.load(
+            do_ptr + b * sdob + h * sdoh + offs_m[:, None] * sdot + offs_d[None, :] * sdod,
+            mask=mask_md,
+            other=0.0,
+        )
+        kt = tl.load(
+            k_ptr + b * skb + h * skh + offs_d[:, None] * skd + offs_n[None, :] * skt,
+            mask=mask_dn,
+            other=0.0,
+        )
+        vt = tl.load(
+            v_ptr + b * svb + h * svh + offs_d[:, None] * svd + offs_n[None, :] * svt,
+            mask=mask_dn,
+            other=0.0,
+        )
+        lse2 = tl.load(lse_ptr + b * slb + h * slh + offs_m * slt, mask=mask_m, other=0.0) * LOG2E
+        delta = tl.load(dl_ptr + b * slb + h * slh + offs_m * slt, mask=mask_m, other=0.0)
+        s = _scores(
+            q, kt, rh_ptr + b * srhb + h * srhh, rw_ptr + b * srwb + h * srwh, b_ptr, offs_m,
+            offs_n, mask, RW, srht, srhk, srwt, srwk, sbt, sbk, qk_scale,
+            HAS_REL, False, DOT_FP32, BLOCK_M, BLOCK_N,
+        ) + bias2  # fmt: skip
+        p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
+        dp = _dot(do, vt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32)
+        acc += p * (dp - delta[:, None])
+    tl.store(
+        db_ptr + g * sdbg + hb * sdbh + offs_m[:, None] * sdbt + offs_n[None, :] * sdbk,
+        _round(acc, db_ptr.dtype.element_ty, RNE_BF16),
+        mask=mask,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,14 +512,24 @@ def _rel_args(rel_h, rel_w, like):
     return rel_h, rel_w, (*rel_h.stride(), *rel_w.stride()), rel_h.shape[-1], rel_w.shape[-1]
 
 
+def _bias_args(bias, like):
+    """(bias, G, strides (group, head, query, key)) or a dummy (never read without HAS_BIAS).
+    A bias with one head is read with head stride 0 (shared by every head)."""
+    if bias is None:
+        return like, 1, (0, 0, 0, 0)
+    sg, sh, st, sk = bias.stride()
+    return bias, bias.shape[0], (sg, sh if bias.shape[1] > 1 else 0, st, sk)
+
+
 def _bh_chunks(bh: int):
     for base in range(0, bh, _MAX_GRID_Y):
         yield base, min(_MAX_GRID_Y, bh - base)
 
 
-def attention_fwd(q, k, v, rel_h, rel_w, scale: float, tiles: dict | None = None,
+def attention_fwd(q, k, v, rel_h, rel_w, scale: float, bias=None, tiles: dict | None = None,
                   key_grid: bool | None = None):  # fmt: skip
-    """(out (B, nH, Tq, d) in q's dtype, lse (B, nH, Tq) fp32, natural log).
+    """(out (B, nH, Tq, d) in q's dtype, lse (B, nH, Tq) fp32, natural log). ``bias``
+    (G, nH or 1, Tq, Tk), any strides: batch row b adds bias[b % G].
 
     ``tiles`` (BLOCK_M, BLOCK_N, num_warps[, num_stages]) and ``key_grid`` override the
     defaults (benchmark sweeps); key_grid=None uses the key-grid tiling wherever it applies."""
@@ -419,6 +542,7 @@ def attention_fwd(q, k, v, rel_h, rel_w, scale: float, tiles: dict | None = None
     if out.numel() == 0:
         return out, lse
     rh, rw, rel_strides, RH, RW = _rel_args(rel_h, rel_w, q)
+    bp, G, bias_strides = _bias_args(bias, q)
     block_d = _pad(D)
     if tiles is None:
         tiles = _tiles(q.device.type == "cpu", block_d, backward=False)
@@ -428,13 +552,14 @@ def attention_fwd(q, k, v, rel_h, rel_w, scale: float, tiles: dict | None = None
     for base, n in _bh_chunks(B * NH):
         grid = (triton.cdiv(TQ, tiles["BLOCK_M"]), n)
         _attn_fwd_kernel[grid](
-            q, k, v, rh, rw, out, lse,
-            NH, TQ, TK, D, RH, RW, base, scale * 1.4426950408889634,
-            *q.stride(), *k.stride(), *v.stride(), *rel_strides,
+            q, k, v, rh, rw, bp, out, lse,
+            NH, TQ, TK, D, RH, RW, G, base, scale * 1.4426950408889634,
+            *q.stride(), *k.stride(), *v.stride(), *rel_strides, *bias_strides,
             *out.stride(), *lse.stride(),
             HAS_REL=rel_h is not None,
             KEY_GRID=grid_keys,
             WP=wp if grid_keys else 1,
+            HAS_BIAS=bias is not None,
             BLOCK_D=block_d,
             **_flags(q),
             **tiles,
@@ -442,9 +567,19 @@ def attention_fwd(q, k, v, rel_h, rel_w, scale: float, tiles: dict | None = None
     return out, lse
 
 
-def attention_bwd(q, k, v, rel_h, rel_w, scale: float, do, lse, delta, need_rel: bool):
-    """(dq, dk, dv, d rel_h, d rel_w); delta (B, nH, Tq) fp32 = rowsum(dO * O) - dlse, with the
-    strides of lse. The bias gradients are None without rel pos or when need_rel is False."""
+def attention_bwd(
+    q, k, v, rel_h, rel_w, scale: float, do, lse, delta, need_rel: bool, bias=None,
+    need_bias: bool = False,
+):  # fmt: skip
+    """(dq, dk, dv, d rel_h, d rel_w, d bias); delta (B, nH, Tq) fp32 = rowsum(dO * O) - dlse,
+    with the strides of lse. The rel-pos gradients are None without rel pos or when need_rel
+    is False; d bias (G, nH or 1, Tq, Tk), contiguous, in bias's dtype, is None without a
+    bias or when need_bias is False.
+
+    d bias costs a third kernel (``_attn_bwd_dbias_kernel``) that recomputes the score and dP
+    tiles: 2 of the backward's 7 tile products again (about 30% more backward FLOPs, which a
+    fused variant with atomics would save at the price of determinism), one extra read of q,
+    k, v, dO; no memory beyond d bias itself (the size of bias)."""
     import torch
 
     B, NH, TQ, D = q.shape
@@ -455,11 +590,18 @@ def attention_bwd(q, k, v, rel_h, rel_w, scale: float, do, lse, delta, need_rel:
     has_rel = rel_h is not None
     drh = torch.empty_like(rel_h, memory_format=torch.contiguous_format) if has_rel else None
     drw = torch.empty_like(rel_w, memory_format=torch.contiguous_format) if has_rel else None
+    need_bias = need_bias and bias is not None
+    dbias = torch.empty_like(bias, memory_format=torch.contiguous_format) if need_bias else None
+    if not need_rel:
+        drh_out = drw_out = None
+    else:
+        drh_out, drw_out = drh, drw
     if B * NH == 0 or D == 0:
-        return dq, dk, dv, drh, drw
+        return dq, dk, dv, drh_out, drw_out, (dbias.zero_() if need_bias else None)
     if TQ == 0:  # no queries: nothing reaches the keys
-        return dq, dk.zero_(), dv.zero_(), drh, drw
+        return dq, dk.zero_(), dv.zero_(), drh_out, drw_out, dbias
     rh, rw, rel_strides, RH, RW = _rel_args(rel_h, rel_w, q)
+    bp, G, bias_strides = _bias_args(bias, q)
     drh_arg, drw_arg = (drh, drw) if has_rel else (dq, dq)
     drel_strides = (*drh.stride(), *drw.stride()) if has_rel else (0,) * 8
     block_d = _pad(D)
@@ -470,23 +612,26 @@ def attention_bwd(q, k, v, rel_h, rel_w, scale: float, do, lse, delta, need_rel:
     qk_scale = scale * 1.4426950408889634
     assert lse.stride() == delta.stride()
     common = (
-        *q.stride(), *k.stride(), *v.stride(), *rel_strides, *do.stride(), *lse.stride(),
+        *q.stride(), *k.stride(), *v.stride(), *rel_strides, *bias_strides, *do.stride(),
+        *lse.stride(),
     )  # fmt: skip
     for base, n in _bh_chunks(B * NH):
         _attn_bwd_dkdv_kernel[(triton.cdiv(TK, tiles["BLOCK_N"]), n)](
-            q, k, v, rh, rw, do, lse, delta, dk, dv,
-            NH, TQ, TK, D, RW, base, qk_scale, scale,
+            q, k, v, rh, rw, bp, do, lse, delta, dk, dv,
+            NH, TQ, TK, D, RW, G, base, qk_scale, scale,
             *common, *dk.stride(), *dv.stride(),
             HAS_REL=has_rel,
+            HAS_BIAS=bias is not None,
             BLOCK_D=block_d,
             **flags,
             **tiles,
         )  # fmt: skip
         _attn_bwd_dq_kernel[(triton.cdiv(TQ, tiles["BLOCK_M"]), n)](
-            q, k, v, rh, rw, do, lse, delta, dq, drh_arg, drw_arg,
-            NH, TQ, TK, D, rel_h.shape[-1] if has_rel else 1, RW, base, qk_scale, scale,
+            q, k, v, rh, rw, bp, do, lse, delta, dq, drh_arg, drw_arg,
+            NH, TQ, TK, D, rel_h.shape[-1] if has_rel else 1, RW, G, base, qk_scale, scale,
             *common, *dq.stride(), *drel_strides,
             HAS_REL=has_rel,
+            HAS_BIAS=bias is not None,
             ONEHOT_PREC=onehot_prec,
             BLOCK_D=block_d,
             BLOCK_H=_pad(rel_h.shape[-1]) if has_rel else 16,
@@ -494,6 +639,17 @@ def attention_bwd(q, k, v, rel_h, rel_w, scale: float, do, lse, delta, need_rel:
             **flags,
             **tiles,
         )  # fmt: skip
-    if not need_rel:
-        drh = drw = None
-    return dq, dk, dv, drh, drw
+    if need_bias:
+        HB = bias.shape[1]
+        nhl = NH if HB == 1 else 1
+        n_tiles = triton.cdiv(TQ, tiles["BLOCK_M"]) * triton.cdiv(TK, tiles["BLOCK_N"])
+        _attn_bwd_dbias_kernel[(G * HB * n_tiles,)](
+            q, k, v, rh, rw, bp, do, lse, delta, dbias,
+            NH, TQ, TK, D, RW, G, HB, (B // G) * nhl, nhl, qk_scale,
+            *common, *dbias.stride(),
+            HAS_REL=has_rel,
+            BLOCK_D=block_d,
+            **flags,
+            **tiles,
+        )  # fmt: skip
+    return dq, dk, dv, drh_out, drw_out, dbias

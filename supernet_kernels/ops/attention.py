@@ -1,23 +1,35 @@
-"""Attention with SAM's decomposed relative-position bias: ``torch.ops.supernet_kernels.attention``.
+"""Attention with an additive bias: ``torch.ops.supernet_kernels.attention``.
 
     out = softmax(scale * q k^T + bias) v
-    bias[b, h, i, j] = rel_h[b, h, i, j // W] + rel_w[b, h, i, j % W]      (T = H * W)
+
+with two kinds of bias, alone or together:
+
+* SAM's decomposed relative-position bias, given by its two factors:
+  ``rel_h[b, h, i, j // W] + rel_w[b, h, i, j % W]``  (T = H * W);
+* an additive bias tensor ``bias[b % G, h, i, j]`` (Swin's learned relative-position bias
+  plus its shifted-window mask, or any other (Tq x Tk) bias shared by batch rows).
 
 The op::
 
-    attention(Tensor q, Tensor k, Tensor v, Tensor? rel_h, Tensor? rel_w, float scale)
-        -> (Tensor out, Tensor lse)
+    attention(Tensor q, Tensor k, Tensor v, Tensor? rel_h, Tensor? rel_w, float scale,
+              Tensor? bias=None) -> (Tensor out, Tensor lse)
 
 takes q (B, nH, Tq, d), k and v (B, nH, Tk, d) in any strides, and optionally the two factors
-of SAM's bias, rel_h (B, nH, T, H) and rel_w (B, nH, T, W) (then Tq = Tk = H * W). It returns
+of SAM's bias, rel_h (B, nH, T, H) and rel_w (B, nH, T, W) (then Tq = Tk = H * W), and
+``bias`` (G, nH or 1, Tq, Tk) in q's dtype, any strides, with B a multiple of G: batch row b
+adds bias[b % G] (timm's Swin batches windows as B * nW with window index b % nW, so G = nW;
+G = 1 for a bias every row shares), and a one-head bias is shared by all heads. It returns
 out (B, nH, Tq, d) in q's dtype and lse (B, nH, Tq), the fp32 log-sum-exp of each query's
 biased, scaled scores (natural log; like aten's flash-attention op it is the statistic the
-backward needs, and it is differentiable). Gradients reach q, k, v, rel_h and rel_w.
+backward needs, and it is differentiable). Gradients reach q, k, v, rel_h, rel_w and bias; the
+gradient of bias is dS summed over the batch rows of each group (and over the heads for a
+one-head bias).
 
 The wrapper :func:`attention` is what layers call: it takes SAM's relative-position tables
 (resized by :func:`get_rel_pos` as segment-anything does), builds rel_h / rel_w with two small
 einsums (T x H and T x W; the gradient to q and the tables flows through them by ordinary
-autograd), takes the first ``heads`` heads as views (elastic heads), and calls the op.
+autograd), takes the first ``heads`` heads as views (elastic heads; a full-heads ``bias``
+becomes bias[:, :heads]), and calls the op.
 
 Definition (the reference below, the CPU path): scores, bias and softmax in fp32 (float64 for
 float64 inputs); the probabilities are rounded to the input dtype and multiplied by v in that
@@ -25,11 +37,11 @@ dtype (fp32 accumulation). This is what flash-attention kernels compute, and mor
 segment-anything's Attention, which computes the whole attention map in the input dtype.
 
 Backends: "torch" (the reference, materializing the T x T scores), "triton" (flash-attention
-style kernels that never materialize the T x T scores or bias, with a Triton backward; see
-``kernels/triton_attention.py``); "cuda" has no kernel yet and raises BackendUnavailable.
-Without rel pos on a CUDA device, the wrapper hands the "torch" backend's work to
-F.scaled_dot_product_attention (``SDPA_FOR_TORCH_BACKEND``): this choice awaits a GPU
-measurement against the Triton kernel.
+style kernels that never materialize the T x T scores or a (B, nH, T, T) bias: the bias is
+read tile by tile; with a Triton backward; see ``kernels/triton_attention.py``); "cuda" has no
+kernel yet and raises BackendUnavailable. Without rel pos or bias on a CUDA device, the wrapper
+hands the "torch" backend's work to F.scaled_dot_product_attention (``SDPA_FOR_TORCH_BACKEND``):
+this choice awaits a GPU measurement against the Triton kernel.
 """
 
 from __future__ import annotations
@@ -97,10 +109,36 @@ def _check_qkv(q, k, v, where: str) -> None:
         raise ValueError(f"{where}: q's head dim must be at least 1, got shape {tuple(q.shape)}")
 
 
-def check_attention_args(q, k, v, rel_h, rel_w, scale) -> None:
+def _check_bias(bias, q, k, where: str) -> None:
+    """bias: None or (G, nH or 1, Tq, Tk) in q's dtype and device, with B a multiple of G."""
+    if bias is None:
+        return
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{where}: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    if bias.dtype != q.dtype:
+        raise TypeError(f"{where}: bias has dtype {bias.dtype}, expected q's dtype {q.dtype}")
+    if bias.device != q.device:
+        raise ValueError(f"{where}: bias is on {bias.device}, expected q's device {q.device}")
+    B, nH, tq = q.shape[0], q.shape[1], q.shape[2]
+    tk = k.shape[2]
+    if bias.dim() != 4 or bias.shape[2:] != (tq, tk) or bias.shape[1] not in (nH, 1):
+        raise ValueError(
+            f"{where}: bias must be 4-D (G, nH or 1, Tq, Tk) = (G, {nH} or 1, {tq}, {tk}), "
+            f"got shape {tuple(bias.shape)}"
+        )
+    G = bias.shape[0]
+    if G < 1 or B % G != 0:
+        raise ValueError(
+            f"{where}: bias has G = {G} groups but q's batch B = {B} is not a multiple of G "
+            "(batch row b uses bias[b % G])"
+        )
+
+
+def check_attention_args(q, k, v, rel_h, rel_w, scale, bias=None) -> None:
     """Validate the op's arguments. Errors name the argument and what was expected."""
     where = "attention"
     _check_qkv(q, k, v, where)
+    _check_bias(bias, q, k, where)
     for name, t in (("rel_h", rel_h), ("rel_w", rel_w)):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(
@@ -137,9 +175,15 @@ def check_attention_args(q, k, v, rel_h, rel_w, scale) -> None:
         )
 
 
-def _reference_core(q, k, v, rel_h, rel_w, scale):
-    """(out, lse): the materializing definition, the "torch" backend and the test reference."""
-    acc = torch.promote_types(q.dtype, torch.float32)
+def _add_bias(s, bias, acc):
+    """s (B, nH, Tq, Tk) + bias[b % G] (bias (G, nH or 1, Tq, Tk)), in ``acc``."""
+    B, nH, tq, tk = s.shape
+    G = bias.shape[0]
+    return (s.view(B // G, G, nH, tq, tk) + bias.to(acc)).view(B, nH, tq, tk)
+
+
+def _scores(q, k, rel_h, rel_w, scale, bias, acc):
+    """The (B, nH, Tq, Tk) biased, scaled scores in ``acc``."""
     s = torch.matmul(q.to(acc), k.to(acc).transpose(-2, -1)) * scale
     if rel_h is not None:
         B, nH, T, H = rel_h.shape
@@ -147,23 +191,27 @@ def _reference_core(q, k, v, rel_h, rel_w, scale):
         s = (
             s.view(B, nH, T, H, W) + rel_h.to(acc)[..., :, None] + rel_w.to(acc)[..., None, :]
         ).view(B, nH, T, H * W)
+    if bias is not None:
+        s = _add_bias(s, bias, acc)
+    return s
+
+
+def _reference_core(q, k, v, rel_h, rel_w, scale, bias=None):
+    """(out, lse): the materializing definition, the "torch" backend and the test reference."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    s = _scores(q, k, rel_h, rel_w, scale, bias, acc)
     lse = torch.logsumexp(s, dim=-1)
     p = torch.exp(s - lse[..., None])
     out = torch.matmul(p.to(v.dtype), v)
     return out, lse.to(torch.promote_types(lse.dtype, torch.float32))
 
 
-def _reference_backward(q, k, v, rel_h, rel_w, scale, g_out, g_lse):
-    """Gradients of ``_reference_core``, written out (the same dtype flow autograd takes)."""
+def _reference_backward(q, k, v, rel_h, rel_w, scale, g_out, g_lse, bias=None):
+    """Gradients of ``_reference_core``, written out (the same dtype flow autograd takes):
+    (dq, dk, dv, d rel_h, d rel_w, d bias)."""
     acc = torch.promote_types(q.dtype, torch.float32)
     q32, k32 = q.to(acc), k.to(acc)
-    s = torch.matmul(q32, k32.transpose(-2, -1)) * scale
-    if rel_h is not None:
-        B, nH, T, H = rel_h.shape
-        W = rel_w.shape[-1]
-        s = (
-            s.view(B, nH, T, H, W) + rel_h.to(acc)[..., :, None] + rel_w.to(acc)[..., None, :]
-        ).view(B, nH, T, H * W)
+    s = _scores(q, k, rel_h, rel_w, scale, bias, acc)
     lse = torch.logsumexp(s, dim=-1, keepdim=True)
     p = torch.exp(s - lse)
     p_lp = p.to(v.dtype)
@@ -174,21 +222,34 @@ def _reference_backward(q, k, v, rel_h, rel_w, scale, g_out, g_lse):
         ds = ds + p * g_lse.to(acc)[..., None]
     dq = (torch.matmul(ds, k32) * scale).to(q.dtype)
     dk = (torch.matmul(ds.transpose(-2, -1), q32) * scale).to(k.dtype)
-    drh = drw = None
+    drh = drw = dbias = None
     if rel_h is not None:
+        B, nH, T, H = rel_h.shape
+        W = rel_w.shape[-1]
         ds5 = ds.view(B, nH, T, H, W)
         drh = ds5.sum(-1).to(rel_h.dtype)
         drw = ds5.sum(-2).to(rel_w.dtype)
-    return dq, dk, dv, drh, drw
+    if bias is not None:
+        # d bias[g] = sum over the batch rows b = g (mod G) of dS[b] (and over the heads for a
+        # bias with one head).
+        B, nH, tq, tk = ds.shape
+        G = bias.shape[0]
+        db = ds.view(B // G, G, nH, tq, tk).sum(0)
+        if bias.shape[1] != nH:
+            db = db.sum(1, keepdim=True)
+        dbias = db.to(bias.dtype)
+    return dq, dk, dv, drh, drw, dbias
 
 
-def _resolve(q, k, has_rel: bool) -> str:
+def _resolve(q, k, has_rel: bool, has_bias: bool = False) -> str:
     """The backend for this call. Dispatch keys: m = query tokens per sequence, and
-    bh = batch * heads, t_k = key tokens, d = head dim, rel = 1 with the bias."""
+    bh = batch * heads, t_k = key tokens, d = head dim, rel = 1 with SAM's decomposed bias,
+    bias = 1 with the additive bias."""
     B, nH, tq, d = q.shape
     return backends.resolve(
-        "attention", q.device, q.dtype, tq, bh=B * nH, t_k=k.shape[2], d=d, rel=int(has_rel)
-    )
+        "attention", q.device, q.dtype, tq, bh=B * nH, t_k=k.shape[2], d=d, rel=int(has_rel),
+        bias=int(has_bias),
+    )  # fmt: skip
 
 
 @torch.library.custom_op(OP, mutates_args=())
@@ -199,34 +260,36 @@ def _attention_op(
     rel_h: torch.Tensor | None,
     rel_w: torch.Tensor | None,
     scale: float,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    check_attention_args(q, k, v, rel_h, rel_w, scale)
-    name = _resolve(q, k, rel_h is not None)
+    check_attention_args(q, k, v, rel_h, rel_w, scale, bias)
+    name = _resolve(q, k, rel_h is not None, bias is not None)
     if name == "torch":
-        return _reference_core(q, k, v, rel_h, rel_w, scale)
+        return _reference_core(q, k, v, rel_h, rel_w, scale, bias)
     if name == "cuda":
         raise backends.BackendUnavailable(
             "attention: no CUDA C++ attention kernel yet; use backend 'triton'"
         )
     from ..kernels import triton_attention as ta
 
-    return ta.attention_fwd(q, k, v, rel_h, rel_w, float(scale))
+    return ta.attention_fwd(q, k, v, rel_h, rel_w, float(scale), bias)
 
 
 @_attention_op.register_fake
-def _(q, k, v, rel_h, rel_w, scale):
-    check_attention_args(q, k, v, rel_h, rel_w, scale)
+def _(q, k, v, rel_h, rel_w, scale, bias=None):
+    check_attention_args(q, k, v, rel_h, rel_w, scale, bias)
     B, nH, tq, d = q.shape
     lse_dtype = torch.promote_types(q.dtype, torch.float32)
     return q.new_empty((B, nH, tq, d)), q.new_empty((B, nH, tq), dtype=lse_dtype)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, rel_h, rel_w, scale = inputs
+    q, k, v, rel_h, rel_w, scale, bias = inputs
     out, lse = output
     ctx.scale = scale
     ctx.has_rel = rel_h is not None
-    ctx.save_for_backward(q, k, v, rel_h, rel_w, out, lse)
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(q, k, v, rel_h, rel_w, out, lse, bias)
 
 
 @torch.library.custom_op(BACKWARD_OP, mutates_args=())
@@ -242,9 +305,13 @@ def _attention_backward_op(
     g_lse: torch.Tensor | None,
     scale: float,
     need_rel: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The attention op's backward: (dq, dk, dv, d rel_h, d rel_w); the last two are empty (0,)
-    tensors without rel pos or when need_rel is False.
+    bias: torch.Tensor | None = None,
+    need_bias: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention op's backward: (dq, dk, dv, d rel_h, d rel_w, d bias); d rel_h and d rel_w
+    are empty (0,) tensors without rel pos or when need_rel is False, d bias (the shape of
+    bias, reduced over the batch rows of each group and, for a one-head bias, over the heads)
+    likewise without a bias or when need_bias is False.
 
     An op of its own, which picks its backend when it runs (not when torch.compile traces the
     forward): a compiled graph keeps following ``supernet_kernels.backend``, and the traced
@@ -252,13 +319,16 @@ def _attention_backward_op(
     (out, lse), which every backend's forward produces with the same definition. Double
     backward is not supported."""
     need_rel = need_rel and rel_h is not None
-    name = _resolve(q, k, rel_h is not None)
+    need_bias = need_bias and bias is not None
+    name = _resolve(q, k, rel_h is not None, bias is not None)
     if name == "cuda":
         raise backends.BackendUnavailable(
             "attention: no CUDA C++ attention kernel yet; use backend 'triton'"
         )
     if name == "torch":
-        dq, dk, dv, drh, drw = _reference_backward(q, k, v, rel_h, rel_w, scale, g_out, g_lse)
+        dq, dk, dv, drh, drw, dbias = _reference_backward(
+            q, k, v, rel_h, rel_w, scale, g_out, g_lse, bias
+        )
     else:
         from ..kernels import triton_attention as ta
 
@@ -266,37 +336,44 @@ def _attention_backward_op(
         delta = (g_out.to(torch.float32) * out.to(torch.float32)).sum(-1)
         if g_lse is not None:
             delta = delta - g_lse.to(torch.float32)
-        dq, dk, dv, drh, drw = ta.attention_bwd(
+        dq, dk, dv, drh, drw, dbias = ta.attention_bwd(
             q, k, v, rel_h, rel_w, float(scale), g_out, lse.contiguous(), delta.contiguous(),
-            need_rel,
+            need_rel, bias, need_bias,
         )  # fmt: skip
     if not need_rel:
         drh, drw = q.new_empty((0,)), q.new_empty((0,))
-    return dq, dk, dv, drh, drw
+    if not need_bias:
+        dbias = q.new_empty((0,))
+    return dq, dk, dv, drh, drw, dbias
 
 
 @_attention_backward_op.register_fake
-def _(q, k, v, rel_h, rel_w, out, lse, g_out, g_lse, scale, need_rel):
-    grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
+def _(q, k, v, rel_h, rel_w, out, lse, g_out, g_lse, scale, need_rel, bias=None, need_bias=False):
+    def like(t):
+        return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+    grads = [like(t) for t in (q, k, v)]
     if need_rel and rel_h is not None:
-        grads += [
-            torch.empty_like(t, memory_format=torch.contiguous_format) for t in (rel_h, rel_w)
-        ]
+        grads += [like(rel_h), like(rel_w)]
     else:
         grads += [q.new_empty((0,)), q.new_empty((0,))]
+    grads.append(like(bias) if need_bias and bias is not None else q.new_empty((0,)))
     return tuple(grads)
 
 
 def _backward(ctx, g_out, g_lse):
-    q, k, v, rel_h, rel_w, out, lse = ctx.saved_tensors
+    q, k, v, rel_h, rel_w, out, lse, bias = ctx.saved_tensors
     needs = ctx.needs_input_grad
     if g_out is None:
         g_out = torch.zeros_like(out)
     need_rel = ctx.has_rel and (needs[3] or needs[4])
-    grads = torch.ops.supernet_kernels._attention_backward(
-        q, k, v, rel_h, rel_w, out, lse, g_out, g_lse, float(ctx.scale), need_rel
+    # needs_input_grad has one entry per argument given: 6 when bias was left out.
+    need_bias = ctx.has_bias and len(needs) > 6 and needs[6]
+    dq, dk, dv, drh, drw, dbias = torch.ops.supernet_kernels._attention_backward(
+        q, k, v, rel_h, rel_w, out, lse, g_out, g_lse, float(ctx.scale), need_rel, bias, need_bias
     )
-    return (*(g if needs[i] else None for i, g in enumerate(grads)), None)
+    grads = (dq, dk, dv, drh, drw, None, dbias)[: len(needs)]
+    return tuple(g if needs[i] else None for i, g in enumerate(grads))
 
 
 _attention_op.register_autograd(_backward, setup_context=_setup_context)
@@ -326,10 +403,12 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return resized[relative_coords.long()]
 
 
-def _prepare(q, k, v, rel_pos_h, rel_pos_w, hw, heads, scale):
-    """Validate the wrapper's arguments; return (q, k, v, rel_h, rel_w, scale) for the op."""
+def _prepare(q, k, v, rel_pos_h, rel_pos_w, hw, heads, scale, bias=None):
+    """Validate the wrapper's arguments; return (q, k, v, rel_h, rel_w, scale, bias) for the
+    op."""
     where = "attention"
     _check_qkv(q, k, v, where)
+    _check_bias(bias, q, k, where)
     nH, T, d = q.shape[1], q.shape[2], q.shape[3]
     if heads is not None:
         if not _is_int(heads):
@@ -337,6 +416,8 @@ def _prepare(q, k, v, rel_pos_h, rel_pos_w, hw, heads, scale):
         if heads < 1 or heads > nH:
             raise ValueError(f"{where}: heads must be in 1..{nH} (q's heads), got {heads}")
         q, k, v = q[:, :heads], k[:, :heads], v[:, :heads]
+        if bias is not None and bias.shape[1] != 1:
+            bias = bias[:, :heads]
     if scale is None:
         scale = d**-0.5
     elif not _is_real(scale):
@@ -364,7 +445,7 @@ def _prepare(q, k, v, rel_pos_h, rel_pos_w, hw, heads, scale):
                 f"{where}: hw = {tuple(hw)} gives H * W = {hw[0] * hw[1]} tokens but q has {T}"
             )
     if rel_pos_h is None:
-        return q, k, v, None, None, scale
+        return q, k, v, None, None, scale, bias
     if hw is None:
         raise ValueError(f"{where}: hw=(H, W) is required with rel_pos_h / rel_pos_w")
     if k.shape[2] != T:
@@ -389,12 +470,14 @@ def _prepare(q, k, v, rel_pos_h, rel_pos_w, hw, heads, scale):
     r_q = q.reshape(B, nh, H, W, d)
     rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).reshape(B, nh, T, H)
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).reshape(B, nh, T, W)
-    return q, k, v, rel_h, rel_w, scale
+    return q, k, v, rel_h, rel_w, scale, bias
 
 
-def attention(q, k, v, rel_pos_h=None, rel_pos_w=None, hw=None, heads=None, scale=None):
-    """softmax(scale * q k^T + SAM's decomposed rel-pos bias) v, without a T x T tensor on the
-    Triton backend.
+def attention(
+    q, k, v, rel_pos_h=None, rel_pos_w=None, hw=None, heads=None, scale=None, bias=None
+):  # fmt: skip
+    """softmax(scale * q k^T + SAM's decomposed rel-pos bias + bias) v, without a T x T tensor
+    of scores on the Triton backend.
 
     Args:
         q: (B, nH, Tq, d) queries; k, v: (B, nH, Tk, d). Any strides.
@@ -403,22 +486,35 @@ def attention(q, k, v, rel_pos_h=None, rel_pos_w=None, hw=None, heads=None, scal
         hw: (H, W) with H * W = T; required with the tables (then Tq = Tk).
         heads: use only the first ``heads`` heads (views; elastic heads). Default: all.
         scale: default d ** -0.5.
+        bias: an additive bias (G, nH or 1, Tq, Tk) in q's dtype, any strides, or None. B must
+            be a multiple of G; batch row b adds bias[b % G] (Swin: windows batched as B * nW
+            with window index b % nW, so G = nW holds the rel-pos bias plus the shift mask).
+            A one-head bias is shared by all heads; with ``heads`` a full-heads bias is used as
+            bias[:, :heads]. Differentiable (its gradient is reduced over the batch rows of
+            each group). Combines with the rel-pos tables.
 
     Returns:
         (B, heads, Tq, d) in q's dtype.
     """
-    q, k, v, rel_h, rel_w, scale = _prepare(q, k, v, rel_pos_h, rel_pos_w, hw, heads, scale)
+    q, k, v, rel_h, rel_w, scale, bias = _prepare(
+        q, k, v, rel_pos_h, rel_pos_w, hw, heads, scale, bias
+    )
     if (
         rel_h is None
+        and bias is None
         and SDPA_FOR_TORCH_BACKEND
         and q.device.type == "cuda"
         and _resolve(q, k, False) == "torch"
     ):
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    return torch.ops.supernet_kernels.attention(q, k, v, rel_h, rel_w, scale)[0]
+    return torch.ops.supernet_kernels.attention(q, k, v, rel_h, rel_w, scale, bias)[0]
 
 
-def attention_reference(q, k, v, rel_pos_h=None, rel_pos_w=None, hw=None, heads=None, scale=None):
+def attention_reference(
+    q, k, v, rel_pos_h=None, rel_pos_w=None, hw=None, heads=None, scale=None, bias=None
+):  # fmt: skip
     """The pure-PyTorch definition of :func:`attention` (materializes the T x T scores)."""
-    q, k, v, rel_h, rel_w, scale = _prepare(q, k, v, rel_pos_h, rel_pos_w, hw, heads, scale)
-    return _reference_core(q, k, v, rel_h, rel_w, scale)[0]
+    q, k, v, rel_h, rel_w, scale, bias = _prepare(
+        q, k, v, rel_pos_h, rel_pos_w, hw, heads, scale, bias
+    )
+    return _reference_core(q, k, v, rel_h, rel_w, scale, bias)[0]

@@ -25,9 +25,9 @@ graph capture needs). An input of another size falls back to computing them on t
 device. A table whose length is not 2 * size - 1 is resized by linear interpolation in the
 forward (as segment-anything does; it is a parameter).
 
-Swin is not converted: its relative position bias is a learned (Wh*Ww) x (Wh*Ww) table per head
-(plus the shifted-window mask), an arbitrary function of (dy, dx), which the op's decomposed
-bias ``rel_h[i, j // W] + rel_w[i, j % W]`` cannot express.
+timm Swin's ``WindowAttention`` is replaced by
+:class:`~supernet_kernels.supernet.swin_attention.SKSwinAttention` (its own file), which passes
+the learned relative-position bias plus the shifted-window mask as the op's additive ``bias``.
 
 Elastic heads. Both modules run ``num_heads`` heads of ``head_dim`` channels and read qkv's
 output in one of two row layouts, ``qkv_layout``:
@@ -56,6 +56,7 @@ from torch import nn
 
 from ..nn.importance import HeadImportanceFn, reorder_heads
 from ..ops.attention import attention as sk_attention
+from .swin_attention import SKSwinAttention, _window_attention_cls
 
 QKV_LAYOUTS = ("qkv", "head")
 
@@ -265,10 +266,13 @@ ATTENTION_CHOICES = ("ours", "original")
 
 
 def swap_attention(model: nn.Module, family: str) -> list[str]:
-    """Replace, in place, the attention modules of a timm ViT / DeiT ("timm_vit") or a SAM
-    image encoder ("sam") with ours; returns the names replaced (other families: none)."""
+    """Replace, in place, the attention modules of a timm ViT / DeiT ("timm_vit"), a timm Swin
+    ("timm_swin") or a SAM image encoder ("sam") with ours; returns the names replaced (other
+    families: none)."""
     if family == "timm_vit":
         cls, ours = _timm_attention_cls(), SKViTAttention
+    elif family == "timm_swin":
+        cls, ours = _window_attention_cls(), SKSwinAttention
     elif family == "sam":
         cls, ours = _sam_attention_cls(), SKSamAttention
     else:
@@ -285,7 +289,9 @@ def swap_attention(model: nn.Module, family: str) -> list[str]:
 
 
 def uses_our_attention(model: nn.Module) -> bool:
-    return any(isinstance(m, SKViTAttention | SKSamAttention) for m in model.modules())
+    return any(
+        isinstance(m, SKViTAttention | SKSamAttention | SKSwinAttention) for m in model.modules()
+    )
 
 
 # --------------------------------------------------------------------------- elastic heads
