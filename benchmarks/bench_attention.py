@@ -381,8 +381,9 @@ def main(argv=None) -> int:
         print(f"\n[attention] {R.verdict(target['pass'])} {target['target']}: {shown}")
     bad = [r for r in records if r.get("status") in ("error", "mismatch")]
     for r in bad:
-        print(f"[attention] {r['status'].upper()}: {r['backend']} {r['shape']} {r['dtype']} "
-              f"{r['pass']}: {r.get('reason') or r.get('rel_err')}")  # fmt: skip
+        print(f"[attention] {r['status'].upper()}: {r.get('backend', r.get('kind'))} "
+              f"{r['shape']} {r['dtype']} {r.get('pass', 'fwd')}: "
+              f"{r.get('reason') or r.get('rel_err')}")  # fmt: skip
     print(f"[attention] {len(records)} records appended to {path} in "
           f"{time.perf_counter() - t0:.1f} s; shapes not run (budget): {not_run}")  # fmt: skip
     if args.summary_json:

@@ -158,7 +158,7 @@ quant() {
   # autotuning took the whole 55 s of the first H100 run's quant phase).
   "$PY" benchmarks/bench_quant.py $mode --write-dispatch --out "$OUT" \
     --peers "${GPU_CHECK_QUANT_PEERS-int_mm,scaled_mm,int4pack,bnb,gemlite}" \
-    --summary-json "$TMP/quant_summary.json" --time-budget-s $((limit - 35))
+    --summary-json "$TMP/quant_summary.json" --time-budget-s $((limit - 35 > limit / 2 ? limit - 35 : limit / 2))
 }
 
 models() {

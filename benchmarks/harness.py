@@ -481,10 +481,15 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def bucket_bounds(values: Iterable[int], *, last: int = 2**31 - 1) -> list[tuple[int, int]]:
+def bucket_bounds(values: Iterable[int], *, last: int | None = None) -> list[tuple[int, int]]:
     """(measured value, inclusive upper bound) per bucket. Bounds sit at geometric midpoints
-    between measured values (sizes scale multiplicatively); the last bucket is open-ended."""
+    between measured values (sizes scale multiplicatively); the last bucket ends at ``last``,
+    by default twice the largest measured value: a table does not extrapolate further (the
+    second H100 run measured quant_linear at M = 1 only, and an open-ended bucket would have
+    sent M = 4096 to a GEMV kernel). Beyond it "auto" falls back to torch."""
     vs = sorted(set(values))
+    if last is None:
+        last = 2 * vs[-1] if vs else 0
     return [
         (v, int(math.sqrt(v * vs[i + 1])) if i + 1 < len(vs) else last) for i, v in enumerate(vs)
     ]

@@ -162,7 +162,7 @@ def info_text() -> str:
     if not triton_interpret():
         lines.append("  (set TRITON_INTERPRET=1 to run the Triton kernels on the CPU, for testing)")
 
-    lines += ["", "kernels verified on a real GPU (the whole test suite passed there)"]
+    lines += ["", "kernels verified on a real GPU (every test of the op and backend passed there)"]
     verified = dispatch.verified_kernels()
     from .backends import KERNELS
 
@@ -176,7 +176,7 @@ def info_text() -> str:
                 lines.append(f"  {op:<16} {be:<7} verified: {where}")
             else:
                 lines.append(
-                    f"  {op:<16} {be:<7} UNVERIFIED: never passed the test suite on a real "
+                    f"  {op:<16} {be:<7} UNVERIFIED: its tests never all passed on a real "
                     "GPU; 'auto' will not pick it"
                 )
     return "\n".join(lines)

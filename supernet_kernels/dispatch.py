@@ -5,7 +5,8 @@
   ``{"dtype": "float16", "m_max": 256, "rank_max": 128, "backend": "triton"}``; the first entry
   whose dtype matches and whose bounds hold wins.
 * ``configs/verified.json``: per op and backend, the GPUs (name, commit, tests passed) on which
-  the whole test suite passed. "auto" never picks a GPU kernel that is not listed there.
+  every test of that op and backend in the suite ran and passed (the record says which, and
+  how the rest of the suite went). "auto" never picks a GPU kernel that is not listed there.
 
 ``SUPERNET_KERNELS_CONFIG_DIR`` points both lookups at another folder (tables of the user's own
 GPU, written by the benchmark) before the packaged ones.

@@ -71,7 +71,7 @@ def _run(fn, tensors, g_out, g_lse, dtype, device):
     return [out, lse] + [t.grad for t in leaves if t is not None]
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", list(CASES))
 def test_bias_forward_and_gradients_match_float64(device, be, dtype, case):
@@ -92,7 +92,7 @@ def test_bias_forward_and_gradients_match_float64(device, be, dtype, case):
         assert_matches(a.cpu(), r, b, f"{be} {dtype} {case} {name}")
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 def test_wrapper_elastic_heads_slice_the_bias(device, be):
     """heads=2 of 3: a full-heads bias is used as bias[:, :2] (the unused head's slice gets no
     gradient); a one-head bias is shared. Against the oracle in float64."""
@@ -151,7 +151,7 @@ def test_gradcheck_float64():
 # ----------------------------------------------------------------------------- op contract
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_opcheck(device, be, dtype):
     gen = torch.Generator().manual_seed(5)
@@ -166,7 +166,7 @@ def test_opcheck(device, be, dtype):
         torch.library.opcheck(OP.default, (q, k, v, None, None, 0.25), {"bias": bias})
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 def test_frozen_bias_and_empty_batch(device, be):
     """A bias not requiring grad gets none (the d-bias kernel is skipped); an empty batch gives
     an empty output and a zero bias gradient."""
@@ -236,7 +236,7 @@ def test_triton_never_allocates_b_by_h_by_t_by_t():
     assert 0 < Largest.numel <= bias.numel(), f"a tensor of {Largest.numel} elements"
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("attention"))
 def test_torch_compile_fullgraph_with_bias(device, be):
     gen = torch.Generator().manual_seed(8)
     ins = [torch.randn(4, 2, 9, 16, generator=gen).to(device) for _ in range(3)]

@@ -178,3 +178,27 @@ def test_info_reports_everything(capsys):
     # Nothing is verified until a GPU run records it (configs/verified.json).
     if not dispatch.verified_kernels().get("lowrank_linear", {}).get("cuda"):
         assert "cuda    UNVERIFIED" in out
+
+
+def test_shipped_verified_record_and_dispatch_tables_name_real_kernels():
+    """The packaged configs only name ops and backends that exist (backends.KERNELS), and every
+    verified record says on which GPU and commit, and which tests passed."""
+    import json
+
+    from supernet_kernels.backends import KERNELS
+
+    configs = dispatch.PACKAGE_CONFIGS
+    verified = json.loads((configs / "verified.json").read_text())
+    for op, by_backend in verified.items():
+        for be, runs in by_backend.items():
+            assert be in KERNELS[op], (op, be)
+            for run in runs:
+                assert {"gpu", "commit", "tests"} <= set(run), (op, be, run)
+    for path in (configs / "dispatch").glob("*.json"):
+        table = json.loads(path.read_text())
+        for op, entries in table.items():
+            if op == "meta":
+                continue
+            for e in entries:
+                assert e["backend"] == "torch" or e["backend"] in KERNELS[op], (path.name, op, e)
+                assert e["m_max"] < 2**31 - 1, "a bucket past twice the largest measured M"

@@ -69,8 +69,10 @@ def test_rel_err():
 
 
 def test_bucket_bounds_geometric_midpoints():
-    assert H.bucket_bounds([4096, 197, 4096]) == [(197, 898), (4096, 2**31 - 1)]
-    assert H.bucket_bounds([32, 128]) == [(32, 64), (128, 2**31 - 1)]
+    assert H.bucket_bounds([4096, 197, 4096]) == [(197, 898), (4096, 8192)]
+    assert H.bucket_bounds([32, 128]) == [(32, 64), (128, 256)]
+    assert H.bucket_bounds([1]) == [(1, 2)]  # one measured M: no extrapolation to all M
+    assert H.bucket_bounds([32, 128], last=2**31 - 1)[-1] == (128, 2**31 - 1)
 
 
 # --------------------------------------------------------------------------- result files
@@ -169,7 +171,8 @@ def test_derive_dispatch_picks_fastest_correct_backend():
     assert _lookup(entries, "float16", 500, 384) == "triton"  # 500 < sqrt(197*4096): small bucket
     # cuda is fastest-but-one and wrong on one shape at M=4096: never chosen there.
     assert _lookup(entries, "float16", 4096, 64) == "triton"
-    assert _lookup(entries, "float16", 10**6, 10**4) == "triton"  # last buckets are open-ended
+    assert _lookup(entries, "float16", 8192, 768) == "triton"  # last buckets: 2x the largest
+    assert _lookup(entries, "float16", 10**6, 10**4) is None  # no extrapolation: torch
     assert _lookup(entries, "bfloat16", 197, 32) is None
 
 

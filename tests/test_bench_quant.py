@@ -149,7 +149,8 @@ def test_derive_dispatch_on_fake_records():
     assert _lookup(q, "float16", 16, bits=4, act_bits=16) == "triton"
     assert _lookup(q, "float16", 200, bits=4, act_bits=16) == "triton"  # 200 < sqrt(16*4096)
     assert _lookup(q, "float16", 4096, bits=4, act_bits=16) == "cuda"
-    assert _lookup(q, "float16", 10**6, bits=4, act_bits=8) == "cuda"  # open-ended last bucket
+    assert _lookup(q, "float16", 8192, bits=4, act_bits=8) == "cuda"  # 2x the largest M
+    assert _lookup(q, "float16", 10**6, bits=4, act_bits=8) is None  # no extrapolation
     # cuda is fastest at M=4096 for W2A16 but wrong on one shape: never chosen there.
     assert _lookup(q, "float16", 4096, bits=2, act_bits=16) == "triton"
     assert _lookup(q, "float16", 1, bits=3, act_bits=16) is None  # not measured
@@ -158,7 +159,7 @@ def test_derive_dispatch_on_fake_records():
     w4 = [e for e in q if (e["bits"], e["act_bits"]) == (4, 16)]
     assert [e["backend"] for e in w4] == ["triton", "cuda"]
     i8 = tables["int8_linear"]
-    assert i8 == [{"dtype": "float16", "m_max": 2**31 - 1, "backend": "triton"}]
+    assert i8 == [{"dtype": "float16", "m_max": 8192, "backend": "triton"}]
 
 
 def test_pick_backend_falls_back_to_torch():

@@ -330,6 +330,27 @@ def test_latency_predict_config_restores():
         table.predict({"r1": 2, "r2": 8})
 
 
+def test_latency_table_takes_a_supernets_config_names():
+    """Choices named as in the supernet's config reach layers inside droppable blocks, whose
+    module path has an extra ``.block`` (the first GPU run's DeiT-B table failed on them)."""
+    import supernet_kernels as sk
+    from tests._models import tiny_timm_vit
+
+    sn = sk.convert(tiny_timm_vit(depth=4, img_size=32, patch_size=16))
+    wrapped = [n for n, m in sn.model.named_modules() if n.endswith(".block")]
+    assert wrapped, "the tiny ViT has a droppable (wrapped) block"
+    names = [n for n, d in sn.space["linear"].items() if d["rank"] != [None]]
+    rank = min(sn.space["linear"][names[0]]["rank"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = cost.LatencyTable.build(
+            sn, (1, 3, 32, 32), "cpu", choices={n: [{"rank": rank}] for n in names}, warmup=0,
+            reps=1,
+        )  # fmt: skip
+    measured = {n for n, entry in table.layers.items() if any(f"rank={rank}," in k for k in entry)}
+    assert len(measured) == len(names) and any(".block." in n for n in measured)
+
+
 @pytest.mark.parametrize(
     "content",
     [

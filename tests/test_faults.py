@@ -122,19 +122,16 @@ def _tmp_files(out: Path) -> list[Path]:
 
 @pytest.mark.parametrize("every,kill_step", [(1, 3), (2, 3)])
 def test_killed_at_a_step_resumes_bit_identically(tmp_path, baseline, every, kill_step):
-    t0 = time.time()
     _train(tmp_path, every, False, expect_rc=-signal.SIGKILL, SK_FAULT_KILL_AT_STEP=kill_step)
     ck = _ck_step(tmp_path)
     assert ck == (kill_step // every) * every, "the last checkpoint before the kill is on disk"
     assert [r["step"] for r in _records(tmp_path)] == list(range(kill_step))
     _train(tmp_path, every, True)
     _assert_same_as_baseline(tmp_path, baseline, ck)
-    assert time.time() - t0 < 30
 
 
 def test_killed_after_a_random_delay_resumes_bit_identically(tmp_path, baseline):
     rng = random.Random(1234)  # fixed: the same delays in every run of the suite
-    t0 = time.time()
     p = _spawn(["train", tmp_path, STEPS, 1, 0])
     # the worker spends ~1-3 s importing, then trains; kill somewhere in between or during
     time.sleep(rng.uniform(2.0, 4.0))
@@ -149,11 +146,9 @@ def test_killed_after_a_random_delay_resumes_bit_identically(tmp_path, baseline)
     )
     _train(tmp_path, 1, True)
     _assert_same_as_baseline(tmp_path, baseline, ck)
-    assert time.time() - t0 < 30
 
 
 def test_kill_inside_a_checkpoint_write_leaves_the_previous_one(tmp_path, baseline):
-    t0 = time.time()
     # every=1: saves after steps 0 and 1 complete; the 3rd (after step 2) dies half-written
     _train(tmp_path, 1, False, expect_rc=-signal.SIGKILL, SK_FAULT_KILL_IN_SAVE=3)
     tmps = _tmp_files(tmp_path)
@@ -163,7 +158,6 @@ def test_kill_inside_a_checkpoint_write_leaves_the_previous_one(tmp_path, baseli
         load_checkpoint(tmps[0])  # and the half-written file itself is refused
     _train(tmp_path, 1, True)
     _assert_same_as_baseline(tmp_path, baseline, 2)
-    assert time.time() - t0 < 30
 
 
 def test_truncated_checkpoint_is_refused(tmp_path, baseline):
@@ -200,7 +194,6 @@ def _search(db: Path, n: int, log: Path, expect_rc=0, **env) -> str:
 
 def test_killed_search_resumes_to_the_planned_trials(tmp_path):
     optuna = pytest.importorskip("optuna")
-    t0 = time.time()
     db, log, n = tmp_path / "study.db", tmp_path / "evals.log", 8
     _search(db, n, log, expect_rc=-signal.SIGKILL, SK_FAULT_KILL_AT_TRIAL=4)
     study = optuna.load_study(study_name="supernet-search", storage=f"sqlite:///{db}")
@@ -220,4 +213,3 @@ def test_killed_search_resumes_to_the_planned_trials(tmp_path):
     n_lines = len(lines)
     _search(db, n, log)
     assert len(log.read_text().splitlines()) == n_lines
-    assert time.time() - t0 < 30

@@ -359,3 +359,13 @@ def test_fp8_linear_bad_input():
         TypeError, match=r"fp8_linear: weight_scale must be float32 of shape \(5,\)"
     ):
         sk.ops.fp8_linear(torch.randn(2, 16), w, torch.rand(5, 1))
+
+
+def test_gpu_launch_config_of_empty_inputs():
+    """M = 0 (an empty batch) with the GPU's configs: split-K has no tiles to divide by (the
+    first H100 run raised ZeroDivisionError there; the CPU interpreter's fixed split hid it)."""
+    from supernet_kernels.kernels import triton_quant as tq
+
+    for m, n in ((0, 64), (0, 0), (1, 0), (5, 64)):
+        cfg = tq.default_config(m, n, 256, 128, num_sms=132, interpret=False)
+        assert tq._split_k(m, n, 256, cfg, num_sms=132) >= 1

@@ -114,8 +114,8 @@ def test_filter_candidates_rule_and_full_rank():
         limit = 1.1 * res[full]
         assert kept == sorted(r for r in res if r == full or res[r] <= limit)
     # weights restored
-    for k, v in sn.state_dict().items():
-        assert torch.equal(v, before[k]), k
+    for k, v in sn.state_dict().items():  # (on the device it trained on: CUDA where there is one)
+        assert torch.equal(v.cpu(), before[k].cpu()), k
     # no training, tau = 0: full rank reproduces the teacher (loss = its entropy), a rank-1/8
     # approximation is worse, so it goes; a large atol keeps everything
     task = ClassificationTask()
@@ -138,7 +138,8 @@ def test_train_flora_runs():
     )
     assert len(hist["steps"]) == 2
     assert hist["space"]["linear"]
-    out = sn(torch.randn(2, 3, 16, 16))
+    dev = next(sn.parameters()).device  # trained on CUDA where there is one
+    out = sn(torch.randn(2, 3, 16, 16, device=dev))
     assert out.shape == (2, NUM_CLASSES)
 
 

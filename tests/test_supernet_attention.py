@@ -264,7 +264,11 @@ def test_compile_and_capture_refuse_bad_input():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
-def test_capture_cuda_graph_sam():  # pragma: no cover - GPU only
+def test_capture_cuda_graph_sam(monkeypatch):  # pragma: no cover - GPU only
+    # cuDNN convolutions (the patch embedding) default to TF32, whose rounding (2^-11) differs
+    # between the eager and the compiled convolution algorithms: 2.8e-4 on the first H100 run,
+    # past the 1e-4 this test means for fp32. Plain fp32 convolutions keep the bound honest.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     sub = sk.convert(make_sam()).extract()
     sub = sub.cuda()
     x = torch.randn(1, 3, 64, 64, device="cuda")

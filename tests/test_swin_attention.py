@@ -173,7 +173,7 @@ def test_set_input_size_after_conversion():
     conv = sk.convert(model).model
     orig = copy.deepcopy(model)
     for m in (conv, orig):
-        m.set_input_size(window_size=2)
+        m.set_input_size(img_size=32, window_size=2)  # img_size too: timm 1.0.29 needs it
     assert conv.layers[0].blocks[0].attn.window_size == (2, 2)
     x = torch.randn(1, 3, 32, 32)
     y, calls = run_counting(conv, x)

@@ -115,6 +115,19 @@ def _restore_kwargs(m: nn.Module) -> dict | None:
     return layer_state(m) or None
 
 
+def _module_name(model: nn.Module, layers: dict[str, nn.Module], name: str) -> str:
+    """The module name of a layer named as in a Supernet's config (``blocks.1.attn.qkv``),
+    which differs from its module path (``model.blocks.1.block.attn.qkv`` when the block is
+    droppable); other names are returned as they are."""
+    if name in layers or not callable(getattr(model, "elastic_linears", None)):
+        return name
+    target = model.elastic_linears().get(name)
+    for module_name, m in layers.items():
+        if m is target:
+            return module_name
+    return name
+
+
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Outermost weight layers by name (known types and modules with ``cost_bits()``)."""
     out: dict[str, nn.Module] = {}
@@ -267,11 +280,7 @@ class LatencyTable:
                 )
             break
         layers = weight_layers(model)
-        # A Supernet's layers are named in its config without the wrapper's "model." prefix.
-        choices = {
-            (f"model.{k}" if k not in layers and f"model.{k}" in layers else k): v
-            for k, v in (choices or {}).items()
-        }
+        choices = {_module_name(model, layers, k): v for k, v in (choices or {}).items()}
         unknown = sorted(set(choices) - set(layers))
         if unknown:
             raise KeyError(

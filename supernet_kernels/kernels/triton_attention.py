@@ -182,7 +182,7 @@ def _attn_fwd_kernel(
         if KEY_GRID:
             s = _dot(q, kt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_FP32) * qk_scale
             rows = n0 // WP + tl.arange(0, ROWS)
-            bh = (
+            rel_rows = (
                 tl.load(
                     rh_ptr + offs_m[:, None] * srht + rows[None, :] * srhk,
                     mask=mask_m[:, None] & (rows < RH)[None, :],
@@ -191,9 +191,9 @@ def _attn_fwd_kernel(
                 * LOG2E
             )
             if ROWS == 1:
-                s += bh + bw
+                s += rel_rows + bw
             else:
-                s += tl.reshape(bh[:, :, None] + bw[:, None, :], (BLOCK_M, BLOCK_N))
+                s += tl.reshape(rel_rows[:, :, None] + bw[:, None, :], (BLOCK_M, BLOCK_N))
             if HAS_BIAS:
                 s += _bias_tile(b_ptr, offs_m, offs_n, mask, sbt, sbk) * LOG2E
         else:
@@ -494,7 +494,7 @@ def _tiles(interpret: bool, block_d: int, backward: bool) -> dict:
     if backward:
         return dict(BLOCK_M=32, BLOCK_N=32 if block_d <= 64 else 16, num_warps=4)
     if block_d <= 64:
-        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4)
 
 

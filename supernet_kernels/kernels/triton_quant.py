@@ -213,7 +213,8 @@ def default_config(m: int, n: int, k: int, group_size: int, num_sms: int, interp
 def _split_k(m: int, n: int, k: int, cfg, num_sms: int) -> int:
     if cfg.split_k is not None:
         return max(1, cfg.split_k)
-    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    # max(1, ...): M = 0 or N = 0 has no tiles (a ZeroDivisionError on the first H100 run)
+    tiles = max(1, triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n))
     k_tiles = triton.cdiv(k, cfg.block_k)
     return max(1, min(k_tiles, triton.cdiv(2 * num_sms, tiles)))
 
@@ -239,13 +240,13 @@ def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dty
         raise ValueError(
             f"tuned block_k {cfg.block_k} does not divide group_size {group_size} ({key})"
         )
+    if m == 0 or n == 0:  # nothing to launch (and no tiles to split K over: 0 programs)
+        return torch.empty((m, n), dtype=out_dtype, device=x.device)
     split = _split_k(m, n, k, cfg, num_sms)
     if split > 1:  # partial sums are added atomically in fp32, then cast
         y = torch.zeros((m, n), dtype=torch.float32, device=x.device)
     else:
         y = torch.empty((m, n), dtype=out_dtype, device=x.device)
-    if m == 0:
-        return y.to(out_dtype)
     probe = torch.empty(0, dtype=out_dtype, device=x.device)  # dtype flags follow the output
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), split)
     _quant_matmul_kernel[grid](
