@@ -64,6 +64,7 @@ def test_format_attention():
     assert "% bf16 peak" in table.splitlines()[0] and "global" in table
 
 
+@pytest.mark.slow
 def test_smoke_run(tmp_path):
     out = tmp_path / "att.jsonl"
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -218,6 +218,7 @@ def run_smoke(script: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess,
     return proc, time.perf_counter() - t0, summary
 
 
+@pytest.mark.slow
 def test_smoke_run_exits_zero_within_budget(tmp_path):
     proc, _, summary = run_smoke("bench_lowrank.py", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

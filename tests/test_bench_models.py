@@ -30,6 +30,7 @@ def deit():
     return spec, model, dense, B.make_supernets(model)
 
 
+@pytest.mark.slow
 def test_rank_for_half_flops_within_10_percent(deit):
     spec, model, dense, sns = deit
     e, est, table = B.choose_rank_ratio(sns.lowrank.space, dense, B.linear_dims(model))
@@ -42,6 +43,7 @@ def test_rank_for_half_flops_within_10_percent(deit):
     assert abs(ratio - est) < 1e-3
 
 
+@pytest.mark.slow
 def test_counts_match_profile_of_extracted_subnet(deit):
     from supernet_kernels.cost import profile
 
@@ -290,6 +292,7 @@ def test_rel_err_and_latest_run():
     assert [r["run_id"] for r in R.latest_run(recs)] == ["2", "b"]
 
 
+@pytest.mark.slow
 def test_smoke_counts_only_run(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(BENCH / "bench_models.py"), "--smoke", "--out", str(tmp_path)],

@@ -190,6 +190,7 @@ def test_plot_from_fake_records(tmp_path):
 # --------------------------------------------------------------------------- smoke run
 
 
+@pytest.mark.slow
 def test_smoke_run_exits_zero_within_budget(tmp_path):
     from test_bench_harness import run_smoke
 

@@ -275,6 +275,7 @@ def converted(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_end_to_end_round_trip(converted, capsys):
     root = converted
     sn_json = root / "sn" / "supernet.json"
@@ -441,6 +442,7 @@ def test_end_to_end_round_trip(converted, capsys):
     assert [r["batch"] for r in rows] == [1, 2] and all(r["median_ms"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_convert_recipes_and_checkpoint(converted, capsys, tmp_path):
     import timm
 

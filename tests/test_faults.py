@@ -28,6 +28,8 @@ from safetensors.torch import load_file
 
 from supernet_kernels.train.checkpoint import checkpoint_path, load_checkpoint
 
+pytestmark = pytest.mark.slow  # subprocesses and whole pipelines: minutes on 2 cores
+
 sys.path.insert(0, os.path.dirname(__file__))
 
 WORKER = Path(__file__).with_name("_fault_worker.py")

@@ -12,6 +12,8 @@ import supernet_kernels as sk
 from supernet_kernels import cli
 from supernet_kernels.cost import profile
 
+pytestmark = pytest.mark.slow  # subprocesses and whole pipelines: minutes on 2 cores
+
 
 @pytest.mark.timeout(300)
 def test_quickstart_fast(tmp_path, capsys):

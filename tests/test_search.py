@@ -395,6 +395,7 @@ def _spawn(db, n_trials, ready_dir, idx, mode):
     )
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(tmp_path, sn, ev):
     db, n = tmp_path / "shared.db", 10
     procs = [_spawn(db, n, tmp_path, i, "share") for i in range(2)]
@@ -417,6 +418,7 @@ def test_two_workers_share_one_study(tmp_path, sn, ev):
     assert all(bitops_of(sn, m["config"]) <= limit for m in res.front)
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes(tmp_path, sn, ev):
     db, n = tmp_path / "killed.db", 9
     p = _spawn(db, n, tmp_path, 0, "kill")

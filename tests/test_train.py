@@ -132,6 +132,7 @@ def test_resume_is_exact(tmp_path):
     assert t2.train(resume=True) == []  # finished: nothing to do
 
 
+@pytest.mark.slow
 def test_two_processes_gloo(tmp_path):
     import _ddp_worker
     import torch.multiprocessing as mp
