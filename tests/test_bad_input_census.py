@@ -144,6 +144,24 @@ CASES = [
         ValueError,
         "hw",
     ),
+    (
+        "attention",
+        "bias of the wrong shape",
+        lambda: sk.ops.attention(
+            _x(2, 2, 8, 16), _x(2, 2, 8, 16), _x(2, 2, 8, 16), bias=_x(1, 2, 8, 7)
+        ),
+        ValueError,
+        "bias",
+    ),
+    (
+        "attention",
+        "batch not a multiple of the bias groups",
+        lambda: sk.ops.attention(
+            _x(3, 2, 8, 16), _x(3, 2, 8, 16), _x(3, 2, 8, 16), bias=_x(2, 2, 8, 8)
+        ),
+        ValueError,
+        "bias",
+    ),
     # backends
     (
         "backend",
@@ -211,6 +229,13 @@ def _cfg_cases(supernet):
 
     qkv = "blocks.0.attn.qkv"
     return [
+        (
+            "set_active",
+            "more heads than the block has",
+            setter(lambda c: c["heads"].update({k: 99 for k in c["heads"]})),
+            ValueError,
+            "heads",
+        ),
         (
             "set_active",
             "rank above the maximum",
