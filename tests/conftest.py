@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from supernet_kernels.backends import BACKENDS, KERNELS, unavailable_reason
 
@@ -88,3 +89,42 @@ def assert_matches(out, ref64, torch_out, what: str = "") -> None:
     assert e <= tol, (
         f"{what}: rel err {e:.3g} > {tol:.3g} (torch: {e_torch:.3g}); worst: {worst(out, ref64)}"
     )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Conversion runs small float64 SVDs and tiny matmuls; on shared, busy cores torch's
+    intra-op threads make them ~100x slower (spin-waiting), so a module that converts models
+    runs single-threaded (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def rel_norm(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64."""
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+ATTENTION_OP = "supernet_kernels.attention.default"
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the calls of one op (by its dispatcher name) made inside the block."""
+
+    def __init__(self, op: str = ATTENTION_OP):
+        super().__init__()
+        self.op, self.calls = op, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) == self.op:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_op_calls(model, x, op: str = ATTENTION_OP):
+    """(model(x) without grad, the number of calls of ``op`` dispatched during it)."""
+    with torch.no_grad(), OpCounter(op) as c:
+        y = model(x)
+    return y, c.calls

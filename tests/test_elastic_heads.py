@@ -25,20 +25,12 @@ pytest.importorskip("segment_anything")
 
 from _models import tiny_sam_encoder, tiny_timm_vit  # noqa: E402
 
+from tests.conftest import rel_norm as rel  # noqa: E402
+
 HEADS = 4  # both tiny models: 4 heads of 16 channels
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Conversion runs small SVDs; single-threaded on shared, busy cores (see test_supernet)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_vit(**kw) -> nn.Module:

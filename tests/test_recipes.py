@@ -19,13 +19,7 @@ import _models  # noqa: E402
 NUM_CLASSES = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small SVDs and tiny matmuls: single-threaded is fastest on shared, busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vit(depth: int = 4):

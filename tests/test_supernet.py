@@ -19,19 +19,9 @@ timm = pytest.importorskip("timm")
 
 from _models import tiny_sam_encoder, tiny_timm_vit  # noqa: E402
 
+from tests.conftest import rel_norm as rel  # noqa: E402
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Conversion runs small float64 SVDs; on shared, busy cores torch's intra-op threads
-    make them ~100x slower (spin-waiting), so this module runs single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- tiny models

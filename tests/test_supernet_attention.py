@@ -9,49 +9,19 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import supernet_kernels as sk
 from supernet_kernels.compile import HostWorkRecorder, find_host_work
 from supernet_kernels.supernet.attention import SKSamAttention, SKViTAttention
+from tests.conftest import count_op_calls as run_counting
+from tests.conftest import rel_norm as rel
 
 timm = pytest.importorskip("timm")
 sam_enc = pytest.importorskip("segment_anything.modeling.image_encoder")
 
 from _models import tiny_sam_encoder  # noqa: E402
 
-OP = "supernet_kernels.attention.default"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Conversion runs small SVDs; single-threaded on shared, busy cores (see test_supernet)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the calls of each op (by name) dispatched inside the block."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls: dict[str, int] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls[str(func)] = self.calls.get(str(func), 0) + 1
-        return func(*args, **(kwargs or {}))
-
-
-def run_counting(model, x):
-    with torch.no_grad(), OpCounter() as c:
-        y = model(x)
-    return y, c.calls.get(OP, 0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- tiny models

@@ -10,46 +10,18 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import supernet_kernels as sk
 from supernet_kernels.supernet.attention import uses_our_attention
 from supernet_kernels.supernet.swin_attention import SKSwinAttention
+from tests.conftest import OpCounter
+from tests.conftest import count_op_calls as run_counting
+from tests.conftest import rel_norm as rel
 
 timm = pytest.importorskip("timm")
 from timm.models.swin_transformer import SwinTransformer, WindowAttention  # noqa: E402
 
-OP = "supernet_kernels.attention.default"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Conversion runs small SVDs; single-threaded on shared, busy cores (see test_supernet)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-
-class OpCounter(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func) == OP:
-            self.calls += 1
-        return func(*args, **(kwargs or {}))
-
-
-def run_counting(model, x):
-    with torch.no_grad(), OpCounter() as c:
-        y = model(x)
-    return y, c.calls
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_swin(img_size=56, embed_dim=24, depths=(2, 2), num_heads=(2, 4), window_size=7):

@@ -34,13 +34,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _models import tiny_sam  # noqa: E402
 from _train_helpers import class_data, make_generic_supernet, make_vit_supernet  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def T(*args, **kw) -> Trainer:
