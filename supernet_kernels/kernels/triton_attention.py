@@ -50,7 +50,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_lowrank import _dot, _round
+from .triton_lowrank import _dot, _load_tile, _round
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -428,33 +428,15 @@ def _attn_bwd_dbias_kernel(
     mask_n = offs_n < TK
     mask_d = offs_d < D
     mask = mask_m[:, None] & mask_n[None, :]
-    mask_md = mask_m[:, None] & mask_d[None, :]
-    mask_dn = mask_d[:, None] & mask_n[None, :]
     bias2 = _bias_tile(b_ptr + g * sbg + hb * sbh, offs_m, offs_n, mask, sbt, sbk) * LOG2E
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for it in range(0, N_ITER):
         b = (it // NHL).to(tl.int64) * G + g
         h = hb + (it % NHL)
-        q = tl.load(
-            q_ptr + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
-            mask=mask_md,
-            other=0.0,
-        )
-        do = tl.load(
-            do_ptr + b * sdob + h * sdoh + offs_m[:, None] * sdot + offs_d[None, :] * sdod,
-            mask=mask_md,
-            other=0.0,
-        )
-        kt = tl.load(
-            k_ptr + b * skb + h * skh + offs_d[:, None] * skd + offs_n[None, :] * skt,
-            mask=mask_dn,
-            other=0.0,
-        )
-        vt = tl.load(
-            v_ptr + b * svb + h * svh + offs_d[:, None] * svd + offs_n[None, :] * svt,
-            mask=mask_dn,
-            other=0.0,
-        )
+        q = _load_tile(q_ptr + b * sqb + h * sqh, offs_m, offs_d, sqt, sqd, mask_m, mask_d)
+        do = _load_tile(do_ptr + b * sdob + h * sdoh, offs_m, offs_d, sdot, sdod, mask_m, mask_d)
+        kt = _load_tile(k_ptr + b * skb + h * skh, offs_d, offs_n, skd, skt, mask_d, mask_n)
+        vt = _load_tile(v_ptr + b * svb + h * svh, offs_d, offs_n, svd, svt, mask_d, mask_n)
         lse2 = tl.load(lse_ptr + b * slb + h * slh + offs_m * slt, mask=mask_m, other=0.0) * LOG2E
         delta = tl.load(dl_ptr + b * slb + h * slh + offs_m * slt, mask=mask_m, other=0.0)
         s = _scores(
