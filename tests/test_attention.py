@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import supernet_kernels as sk
 from supernet_kernels.backends import BackendUnavailable
 from supernet_kernels.ops.attention import get_rel_pos
-from tests.conftest import DTYPES, assert_matches, backend_params, rel_err
+from tests.conftest import DTYPES, LargestTensor, assert_matches, backend_params, rel_err
 
 sam = pytest.importorskip("segment_anything.modeling.image_encoder")
 
@@ -259,24 +258,10 @@ def test_triton_never_allocates_t_by_t():
     leaves, kw = _leaves(q, k, v, tables)
     T = q.shape[2]
 
-    class Largest(TorchDispatchMode):
-        numel = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if func in (torch.ops.aten.set_.source_Storage, torch.ops.aten.copy_.default) or (
-                func is torch.ops.aten.set_.source_Storage_storage_offset
-            ):
-                return out  # no allocation: the interpreter's host views of the arguments
-            for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor):
-                    Largest.numel = max(Largest.numel, t.numel())
-            return out
-
-    with sk.backend("triton"), Largest():
+    with sk.backend("triton"), LargestTensor() as largest:
         sk.ops.attention(*leaves[:3], heads=heads, **kw).sum().backward()
     assert leaves[3].grad is not None and leaves[3].grad.abs().sum() > 0
-    assert 0 < Largest.numel < T * T, f"a tensor of {Largest.numel} elements (T * T = {T * T})"
+    assert 0 < largest.numel < T * T, f"a tensor of {largest.numel} elements (T * T = {T * T})"
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import supernet_kernels as sk
-from tests.conftest import DTYPES, assert_matches, backend_params, rel_err
+from tests.conftest import DTYPES, LargestTensor, assert_matches, backend_params, rel_err
 
 OP = torch.ops.supernet_kernels.attention
 
@@ -215,25 +214,11 @@ def test_triton_never_allocates_b_by_h_by_t_by_t():
     B, nH, T = leaves[0].shape[:3]
     bias = leaves[3]
 
-    class Largest(TorchDispatchMode):
-        numel = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if func in (torch.ops.aten.set_.source_Storage, torch.ops.aten.copy_.default) or (
-                func is torch.ops.aten.set_.source_Storage_storage_offset
-            ):
-                return out  # no allocation: the interpreter's host views of the arguments
-            for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor):
-                    Largest.numel = max(Largest.numel, t.numel())
-            return out
-
-    with sk.backend("triton"), Largest():
+    with sk.backend("triton"), LargestTensor() as largest:
         sk.ops.attention(*leaves[:3], bias=bias).sum().backward()
     assert bias.grad is not None and bias.grad.abs().sum() > 0
     assert bias.numel() < B * nH * T * T
-    assert 0 < Largest.numel <= bias.numel(), f"a tensor of {Largest.numel} elements"
+    assert 0 < largest.numel <= bias.numel(), f"a tensor of {largest.numel} elements"
 
 
 @pytest.mark.parametrize("device,be", backend_params("attention"))
