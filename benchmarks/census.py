@@ -1,0 +1,626 @@
+"""Kernel census: every GPU kernel of every op, read from its sm_90 code, without a GPU.
+
+    python benchmarks/census.py [--out benchmarks/results] [--gates benchmarks/census_gates.json]
+
+For every scenario of benchmarks/census_scenarios.py (op, implementation, entry point, the
+benchmark shapes): the Triton launchers are called on meta tensors with ``JITFunction.run``
+recorded, each launch is specialised as Triton's runtime would (Triton's own argument binder:
+integers equal to 1 become constants, pointers and integers divisible by 16 are marked so) and
+compiled once per distinct specialisation for ``GPUTarget("cuda", 90, 32)``; the CUDA kernels
+are read from the sm_90 cubins of the built extension, with the launch plans the plan headers
+compute (benchmarks/census_plan_probe.cpp). ``cuobjdump`` (shipped with Triton) gives the SASS
+and resource usage; benchmarks/census_sass.py counts it and benchmarks/census_model.py turns it
+into occupancy, a predicted time, and gates.
+
+Writes census_sm90.json (one record per kernel launch and shape) and census_sm90.md (the table,
+the comparison with the last committed census, predicted vs measured on the H100 runs of
+2026-11-26, gate results), and exits 1 when a gate fails (each failure names the gate, kernel,
+shape and figure). Runs in a few minutes on 2 cores, never touches a GPU or the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SCRATCH = Path(tempfile.gettempdir()) / "supernet_kernels_census"
+# before any Triton import: compile for the GPU (not the interpreter), cache in the scratch
+os.environ.pop("TRITON_INTERPRET", None)
+os.environ.setdefault("TRITON_CACHE_DIR", str(SCRATCH / "triton"))
+os.environ["SUPERNET_KERNELS_CACHE_DIR"] = str(SCRATCH / "tuning-empty")  # no local tunings
+sys.path[:0] = [str(HERE), str(ROOT)]
+
+import census_model as cm  # noqa: E402
+import census_sass as cs  # noqa: E402
+import census_scenarios as scen  # noqa: E402
+
+QUANT_OPS = ("quant_linear", "int8_linear", "fp8_linear")
+MEASURED = ("h100_run1", "h100_run2")  # the H100 runs of 2026-11-26
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise FileNotFoundError(f"{name}: not shipped with Triton and not on PATH")
+
+
+def _run(cmd: list[str], **kw) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def analyse(sass_text: str, res_text: str) -> dict[str, dict]:
+    """Short kernel name -> resource usage and SASS counts of the kernel and its main loop."""
+    funcs = cs.parse_sass(sass_text)
+    res = cs.parse_res_usage(res_text)
+    names = cs.demangle(list(funcs))
+    out = {}
+    for fn, insns in funcs.items():
+        loop = cs.main_loop(insns)
+        out[cs.short_name(names[fn])] = dict(
+            res=res.get(fn, {}), all=cs.census(insns), loop=cs.census(loop),
+            loop_mma_flops_per_warp=sum(cm.mma_flops_per_warp(i.opcode) for i in loop),
+        )  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton
+
+
+def _specialise(launch: scen.Launch, backend):
+    """(signature, constexprs, attrs, options) exactly as JITFunction.run would compile."""
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = launch.fn
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, spec, opts = binder(*launch.args, **launch.kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(
+        backend, dict(launch.kwargs), bound, spec, opts
+    )
+    return bound, signature, constexprs, attrs, options
+
+
+def compile_triton(calls: list[scen.Call], tmp: Path, log=print) -> dict[int, dict]:
+    """id(launch) -> kernel facts; each distinct specialisation is compiled once."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.compiler import compile as triton_compile
+    from triton.compiler.compiler import make_backend
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    cuobjdump = _tool("cuobjdump")
+    cache: dict[str, dict] = {}
+    out = {}
+    t0 = time.time()
+    for call in calls:
+        for ln in call.launches:
+            bound, signature, constexprs, attrs, options = _specialise(ln, backend)
+            key = repr((ln.fn.__name__, ln.fn.cache_key, sorted(signature.items()),
+                        sorted((str(k), repr(v)) for k, v in constexprs.items()),
+                        sorted((str(k), repr(v)) for k, v in attrs.items()),
+                        sorted(options.__dict__.items())))  # fmt: skip
+            disk = SCRATCH / "analysed" / (hashlib.sha256(
+                (key + triton.__version__).encode()).hexdigest() + ".json")  # fmt: skip
+            if key not in cache and disk.exists():
+                cache[key] = json.loads(disk.read_text())
+            if key not in cache:
+                src = ASTSource(ln.fn, signature, constexprs, attrs)
+                k = triton_compile(src, target=target, options=options.__dict__)
+                cub = tmp / f"k{len(cache)}.cubin"
+                cub.write_bytes(k.asm["cubin"])
+                facts = analyse(_run([cuobjdump, "-sass", str(cub)]),
+                                _run([cuobjdump, "-res-usage", str(cub)]))  # fmt: skip
+                (name, f), *_ = facts.items()
+                f.update(
+                    kernel=ln.fn.__name__, num_warps=k.metadata.num_warps,
+                    num_stages=options.num_stages, dynamic_smem=k.metadata.shared,
+                    ptx_wgmma=k.asm["ptx"].count("wgmma.mma_async"),
+                )  # fmt: skip
+                cache[key] = f
+                disk.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_write(disk, json.dumps(f))
+            facts = dict(cache[key])
+            facts["config"] = {
+                p.name: bound[p.name]
+                for p in ln.fn.params
+                if p.is_constexpr and isinstance(bound[p.name], (int, bool))
+            }
+            # integer arguments the runtime turned into constants (equal to 1)
+            facts["ones"] = sorted(
+                p.name
+                for p in ln.fn.params
+                if not p.is_constexpr and signature.get(p.name) == "constexpr"
+            )
+            out[id(ln)] = facts
+    per: dict[str, int] = {}
+    for f in cache.values():
+        per[f["kernel"]] = per.get(f["kernel"], 0) + 1
+    log(
+        f"  compiled {len(cache)} distinct Triton specialisations in {time.time() - t0:.0f} s: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(per.items()))
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA
+
+
+def cuda_plans(shapes: list[tuple[str, dict]], tmp: Path) -> tuple[list[list[dict]] | None, str]:
+    """The launches of each CUDA call, from the plan headers (None and why, if unavailable)."""
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if not cxx:
+        return None, "no host C++ compiler"
+    exe = tmp / "plan_probe"
+    try:
+        subprocess.run([cxx, "-std=c++17", "-O1", f"-I{ROOT / 'csrc'}",
+                        str(HERE / "census_plan_probe.cpp"), "-o", str(exe)],
+                       check=True, capture_output=True, text=True)  # fmt: skip
+    except subprocess.CalledProcessError as e:
+        return None, "plan probe does not compile against csrc/: " + e.stderr[-600:]
+    lines = []
+    for op, s in shapes:
+        extra = s.get("bits", s.get("rank", ""))
+        lines.append(f"{op} {s['m']} {s['k']} {s['n']} {extra}".strip())
+    out = _run([str(exe)], input="\n".join(lines) + "\n")
+    plans, cur = [], []
+    for line in out.splitlines():
+        d = json.loads(line)
+        if d.get("end"):
+            plans.append(cur)
+            cur = []
+        else:
+            cur.append(d)
+    return plans, ""
+
+
+def cuda_kernels(tmp: Path) -> tuple[dict[str, dict], str]:
+    sos = sorted(glob.glob(str(ROOT / "supernet_kernels" / "_C*.so")))
+    if not sos:
+        return {}, "no built extension (supernet_kernels/_C*.so)"
+    cuobjdump = _tool("cuobjdump")
+    return analyse(_run([cuobjdump, "-sass", sos[0]]), _run([cuobjdump, "-res-usage", sos[0]])), ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Records
+
+
+def _static_smem(res: dict) -> int:
+    # cuobjdump counts the 1 KB the driver reserves per CTA on sm_90 in SHARED
+    return max(0, res.get("shared_bytes", 0) - cm.SM90["smem_reserved_per_cta"])
+
+
+def kernel_record(op, impl, shape, label, f, grid, threads, dyn_smem, tile, m_tiles,
+                  reads_weight) -> dict:  # fmt: skip
+    res = f["res"]
+    smem = _static_smem(res) + dyn_smem
+    regs = res.get("registers", 0)
+    ctas, limiter = cm.occupancy(regs, threads, smem)
+    loop = f["loop"]
+    mma = cs.mma_kind(f["all"])
+    rec = dict(
+        op=op, implementation=impl, kernel=f["kernel"], shape=shape, shape_label=label,
+        config=f.get("config", {}), grid=grid, threads=threads,
+        registers=regs, spill_bytes=f["all"]["local_bytes"], stack_bytes=res.get("stack_bytes", 0),
+        smem_bytes=smem, ctas_per_sm=ctas, occupancy_limit=limiter,
+        waves=round(grid / (ctas * cm.GPUS["H100"]["sms"]), 3) if grid and ctas else None,
+        loads=f["all"]["loads"], main_loop_loads=loop["loads"], mma=mma,
+        main_loop_instructions=loop["instructions"], barriers_per_iter=loop["barriers"],
+        shared_stores_per_iter=loop["shared_stores"], main_loop_local_ops=loop["local_ops"],
+        mbarrier_ops_per_iter=loop["mbarrier_ops"],
+    )  # fmt: skip
+    rec["_warp_instr"] = _main_loop_warp_instructions(rec, f, threads, tile, m_tiles, reads_weight)
+    # a loop that loads synchronously and meets a barrier before using the data exposes one
+    # memory round trip per trip (no cp.async / TMA pipeline to hide it)
+    async_copies = any(k.startswith("LDGSTS") or k == "TMA" for k in loop["loads"])
+    if rec.get("_trips") and grid and loop["loads"] and loop["barriers"] and not async_copies:
+        per_cta = rec["_trips"] / grid
+        rec["exposed_round_trips"] = round(per_cta * math.ceil(max(rec["waves"] or 1, 1)), 1)
+    return rec
+
+
+def _main_loop_warp_instructions(rec, f, threads, tile, m_tiles, reads_weight) -> float | None:
+    """Main-loop warp-instructions over the whole launch; sets instr_per_code / _per_tile.
+
+    Quantized ops: instructions per weight code = loop instructions / codes each thread
+    dequantizes per iteration (BLOCK_N * BLOCK_K / threads when the kernel names its tile so,
+    else the bytes of its widest global loads in the loop: the streamed weight), times the
+    codes N * K dequantized once per M tile. Other ops: loop trips = FLOPs / the loop's
+    tensor-core FLOPs per CTA per iteration."""
+    op, s, loop = rec["op"], rec["shape"], f["loop"]
+    n_instr = loop["instructions"]
+    if not n_instr:
+        return None
+    warps = max(1, threads // 32)
+    if op in QUANT_OPS:
+        if not reads_weight:  # e.g. the activation quantizer: light next to the GEMM
+            return None
+        bits = s.get("bits", 8)
+        bn, bk = tile.get("BLOCK_N"), tile.get("BLOCK_K")
+        if bn and bk:
+            codes = bn * bk / threads
+        else:
+            loads = loop["loads"]
+            widest = max((int(k.split(".")[1]) for k in loads if k[-1].isdigit()), default=0)
+            wbytes = sum(v * widest // 8 for k, v in loads.items() if k.endswith(f".{widest}"))
+            codes = wbytes * 8 / bits
+        if not codes:
+            return None
+        rec["instr_per_code"] = round(n_instr / codes, 2)
+        rec["_trips"] = s["n"] * s["k"] * m_tiles / (codes * threads)
+        return n_instr / codes * s["n"] * s["k"] * m_tiles / 32
+    per_iter = f["loop_mma_flops_per_warp"] * warps
+    if not per_iter:
+        return None
+    flops = cm.op_traffic(op, s)[1]
+    rec["_trips"] = flops / per_iter
+    total = flops / per_iter * n_instr * warps
+    if op == "lowrank_linear" and tile.get("BLOCK_M") and tile.get("BLOCK_N"):
+        tiles = math.ceil(s["m"] / tile["BLOCK_M"]) * math.ceil(s["n"] / tile["BLOCK_N"])
+        rec["instr_per_tile"] = round(total / tiles, 1)
+    return total
+
+
+def _tile(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
+
+
+def finish_call(recs: list[dict], n_launches: int, op: str, s: dict) -> None:
+    """Call-level figures (bytes, flops, launches, predicted and roofline time) on each record."""
+    bytes_, flops = cm.op_traffic(op, s)
+    eight = op in ("int8_linear", "fp8_linear") or s.get("act_bits") == 8
+    main = max(recs, key=lambda r: r.get("_warp_instr") or 0)
+    for name, gpu in cm.GPUS.items():
+        iss = sum(r.get("_warp_instr") or 0 for r in recs)
+        lat = sum(r.get("exposed_round_trips") or 0 for r in recs) * cm.MODEL["round_trip_us"]
+        # the call's issue time: each launch issues on the SMs that have its CTAs
+        iss_us = sum(
+            cm.issue_us(gpu, r["_warp_instr"], min(r["grid"] or gpu["sms"], gpu["sms"]))
+            for r in recs
+            if r.get("_warp_instr")
+        )
+        peak = cm.tensor_peak_tflops(gpu, main["mma"], eight)
+        pred, roof, bound = cm.predict(gpu, n_launches, bytes_, flops, peak, iss_us, lat)
+        suffix = "" if name == "H100" else f"_{name.lower()}"
+        for r in recs:
+            r["predicted_us" + suffix] = round(pred, 2)
+            r["roofline_us" + suffix] = round(roof, 2)
+            if name == "H100":
+                r["issue_us"] = round(iss_us, 2) if iss else None
+                r["bound"] = bound
+    for r in recs:
+        r.update(bytes=int(bytes_), flops=int(flops), launches_per_call=n_launches,
+                 main_kernel=r is main)  # fmt: skip
+
+
+def build_records(log=print) -> tuple[list[dict], list[str]]:
+    notes: list[str] = []
+    records: list[dict] = []
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as tmpd:
+        tmp = Path(tmpd)
+        t0 = time.time()
+        calls = scen.record_calls()
+        log(f"  recorded {sum(len(c.launches) for c in calls)} Triton launches from "
+            f"{len(calls)} calls in {time.time() - t0:.0f} s")  # fmt: skip
+        facts = compile_triton([c for c in calls if not c.error], tmp, log)
+        for c in calls:
+            if c.error:
+                notes.append(f"{c.op}/{c.implementation} {c.label}: launcher failed: {c.error}")
+                continue
+            recs = []
+            for ln in c.launches:
+                f = facts[id(ln)]
+                grid = math.prod(ln.grid) if ln.grid else None
+                tile = _tile(f["config"])
+                m_tiles = math.ceil(c.shape["m"] / tile["BLOCK_M"]) if (
+                    "m" in c.shape and tile.get("BLOCK_M")) else 1  # fmt: skip
+                recs.append(kernel_record(c.op, c.implementation, c.shape, c.label, f, grid,
+                                          f["num_warps"] * 32, f["dynamic_smem"], tile, m_tiles,
+                                          ln.reads_weight))  # fmt: skip
+                recs[-1]["config"].update(num_warps=f["num_warps"], num_stages=f["num_stages"])
+                recs[-1]["specialised_to_1"] = f["ones"]
+            if not recs:
+                continue
+            if c.op == "lowrank_linear" and len(c.launches) == 1:
+                tile = _tile(recs[0]["config"])
+                if tile.get("BLOCK_M") and recs[0]["grid"]:
+                    rows = math.ceil(c.shape["m"] / tile["BLOCK_M"])
+                    recs[0]["t_per_row_tile"] = recs[0]["grid"] // rows
+            finish_call(recs, len(c.launches) + len(c.torch_kernels), c.op, c.shape)
+            for r in recs:
+                r["torch_kernels"] = c.torch_kernels
+            records += recs
+        records += cuda_records(tmp, notes, log)
+    for r in records:
+        r.pop("_warp_instr", None)
+        r.pop("_trips", None)
+    return records, notes
+
+
+def cuda_records(tmp: Path, notes: list[str], log) -> list[dict]:
+    kernels, why = cuda_kernels(tmp)
+    if why:
+        notes.append(f"CUDA kernels not read: {why}")
+        return []
+    calls = [(sc, s) for sc in scen.SCENARIOS if sc.implementation == "cuda" for s in sc.shapes]
+    plans, why = cuda_plans([(sc.op, s) for sc, s in calls], tmp)
+    if plans is None:
+        notes.append(f"CUDA launch plans unavailable: {why}")
+        return []
+    out = []
+    for (sc, s), plan in zip(calls, plans, strict=True):
+        s = dict(s, dtype="float16")
+        label = scen.shape_label(sc.op, s)
+        recs = []
+        for p in plan:
+            if p["kernel"].startswith("torch:"):
+                continue
+            f = kernels.get(p["kernel"])
+            if f is None:
+                notes.append(f"{sc.op}/cuda {label}: plan names {p['kernel']}, not in the cubins")
+                continue
+            f = dict(f, kernel=p["kernel"])
+            tile = dict(BLOCK_M=p["block_m"], BLOCK_N=p["block_n"])
+            rec = kernel_record(
+                sc.op, "cuda", s, label, f, p["grid"], p["threads"], p["dynamic_smem"], tile,
+                p["m_tiles"], bool(p["reads_weight"]),
+            )  # fmt: skip
+            rec["config"] = dict(block_m=p["block_m"], block_n=p["block_n"], threads=p["threads"])
+            if sc.op == "lowrank_linear":
+                rec["t_per_row_tile"] = p["grid"] // max(1, p["m_tiles"])
+            recs.append(rec)
+        if recs:
+            finish_call(recs, len(plan), sc.op, s)
+            out += recs
+    log(f"  CUDA: {len(kernels)} kernels in the cubins, {len(out)} records")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Coverage, measurements, report
+
+
+def coverage(records: list[dict]) -> list[str]:
+    """Every GPU implementation the registry lists has census records (else a note)."""
+    try:
+        from supernet_kernels import registry
+
+        listed = registry.kernels()
+        source = "registry"
+    except ImportError:
+        from supernet_kernels import backends
+
+        listed, source = backends.KERNELS, "backends.KERNELS"
+    have = {(r["op"], r["implementation"]) for r in records}
+    missing = [f"{op}/{impl}" for op, impls in listed.items() for impl in impls
+               if (op, impl) not in have]  # fmt: skip
+    return [f"no census records for {m} (listed in {source})" for m in missing]
+
+
+def load_measured(results: Path) -> list[dict]:
+    out = []
+    for run in MEASURED:
+        for path in sorted((results / run).glob("*.jsonl")):
+            for line in path.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                if r.get("status") == "ok":
+                    out.append(dict(r, _run=run, _file=path.name))
+    return out
+
+
+def _measured_for(rec: dict, measured: list[dict]) -> dict | None:
+    s, op, impl = rec["shape"], rec["op"], rec["implementation"]
+    for m in reversed(measured):  # the latest run first (run 2 re-measured after fixes)
+        if op.startswith("attention"):
+            if op != "attention" or m.get("kind") != "attention" or m.get("pass") != "fwd":
+                continue
+            want = "triton" if s.get("rel") else "triton_norel"
+            gh, gw = s["grid"]
+            if (m.get("backend"), m.get("B"), m.get("H"), m.get("T"), m.get("d")) == (
+                want,
+                s["b"],
+                s["h"],
+                gh * gw,
+                s["d"],
+            ):
+                return m
+            continue
+        if m.get("backend") != impl or m.get("M") != s.get("m"):
+            continue
+        if (m.get("K"), m.get("N")) != (s.get("k"), s.get("n")):
+            continue
+        if op == "lowrank_linear" and m.get("rank") == s["rank"] and "w_bits" not in m:
+            return m
+        if m.get("op") == op and op == "quant_linear":
+            if (m.get("w_bits"), m.get("a_bits"), m.get("group_size")) == (
+                s["bits"],
+                s["act_bits"],
+                s["group"],
+            ):
+                return m
+        elif m.get("op") == op:
+            return m
+    return None
+
+
+def compare_measured(records: list[dict], measured: list[dict]) -> list[dict]:
+    rows = []
+    for r in records:
+        if not r.get("main_kernel"):
+            continue
+        m = _measured_for(r, measured)
+        if not m:
+            continue
+        t = m.get("graph_us") or m.get("median_us")
+        if not t:
+            continue
+        how = "graph" if m.get("graph_us") else "eager"
+        ratio, off = cm.ratio_flag(r["predicted_us"], t)
+        r.update(measured_us=round(t, 2), measured_how=how, ratio=round(ratio, 2),
+                 model_error=off)  # fmt: skip
+        rows.append(r)
+    return rows
+
+
+def _loads(d: dict) -> str:
+    return " ".join(f"{k}:{v}" for k, v in d.items()) or "-"
+
+
+def _key(r: dict) -> tuple:
+    return (r["op"], r["implementation"], r["kernel"], r["shape_label"])
+
+
+def markdown(records, failures, waived, unused, notes, cmp_rows, previous) -> str:
+    lines = [
+        "# Kernel census, sm_90 (generated by benchmarks/census.py; do not edit)",
+        "",
+        "Figures read from the compiled code without a GPU. Main loop: the innermost "
+        "backward-branch loop holding the kernel's tensor-core instructions or global loads "
+        "(largest if several); counts are static (unrolled copies and not-taken paths "
+        "included). Times are one call on an H100 (the time model in "
+        "benchmarks/census_model.py): predicted = launches x 3.5 us + max(bytes at 3.00 TB/s, "
+        "FLOPs at the tensor peak, main-loop instructions at 60% issue).",
+        "",
+        "| op | impl | kernel | shape | regs | spill B | smem KB | CTA/SM (limit) | waves | "
+        "main-loop loads | mma | bar/it | STS/it | instr/code | instr/tile | launches | "
+        "bound | predicted us | roofline us | H200 us |",
+        "|" + "---|" * 20,
+    ]
+    for r in records:
+        if not r.get("main_kernel"):
+            continue
+        lines.append(
+            f"| {r['op']} | {r['implementation']} | {r['kernel']} | {r['shape_label']} | "
+            f"{r['registers']} | {r['spill_bytes']} | {r['smem_bytes'] / 1024:.1f} | "
+            f"{r['ctas_per_sm']} ({r['occupancy_limit']}) | {r['waves']} | "
+            f"{_loads(r['main_loop_loads'])} | {r['mma']} | {r['barriers_per_iter']} | "
+            f"{r['shared_stores_per_iter']} | {r.get('instr_per_code', '-')} | "
+            f"{r.get('instr_per_tile', '-')} | {r['launches_per_call']} | {r['bound']} | "
+            f"{r['predicted_us']} | {r['roofline_us']} | {r['predicted_us_h200']} |"
+        )
+    lines += ["", "## Predicted vs measured (H100, 2026-11-26)", "",
+              "| op | impl | shape | predicted us | measured us | how | measured/predicted | |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in cmp_rows:
+        flag = "MODEL ERROR (>2x)" if r["model_error"] else ""
+        lines.append(f"| {r['op']} | {r['implementation']} | {r['shape_label']} | "
+                     f"{r['predicted_us']} | {r['measured_us']} | {r['measured_how']} | "
+                     f"{r['ratio']} | {flag} |")  # fmt: skip
+    lines += ["", "## Gates", ""]
+    lines += [f"- FAIL {f['gate']}: {f['op']}/{f['implementation']} {f['kernel']} "
+              f"[{f['shape']}]: {f['figure']}" for f in failures] or ["- no failures"]  # fmt: skip
+    counts: dict = {}
+    for w in waived:
+        counts.setdefault((w["gate"], w["op"], w["implementation"], w["kernel"], w["issue"]),
+                          []).append(w)  # fmt: skip
+    lines += ["", "Waived (known violations, removed when the kernel is fixed):", ""]
+    for (gate, op, impl, kernel, issue), ws in sorted(counts.items()):
+        lines.append(f"- {gate}: {op}/{impl} {kernel}: {len(ws)} shapes, e.g. "
+                     f"[{ws[0]['shape']}] {ws[0]['figure']} (issue {issue})")  # fmt: skip
+    lines += [f"- unused waiver: {json.dumps(w)}" for w in unused]
+    lines += ["", "## Changes since the last committed census", ""]
+    lines += previous or ["- none"]
+    lines += ["", "## Notes", ""] + ([f"- {n}" for n in notes] or ["- none"])
+    return "\n".join(lines) + "\n"
+
+
+_DIFF_FIELDS = ("registers", "spill_bytes", "smem_bytes", "ctas_per_sm", "mma",
+                "main_loop_loads", "barriers_per_iter", "instr_per_code", "instr_per_tile",
+                "launches_per_call", "predicted_us")  # fmt: skip
+
+
+def diff_previous(records: list[dict], path: Path) -> list[str]:
+    """What changed against the census committed at ``path`` (git HEAD's copy)."""
+    try:
+        rel = path.resolve().relative_to(ROOT)
+        old = json.loads(_run(["git", "-C", str(ROOT), "show", f"HEAD:{rel}"]))["records"]
+    except (subprocess.CalledProcessError, ValueError, KeyError, FileNotFoundError):
+        return ["- no committed census to compare with"]
+    before = {_key(r): r for r in old}
+    now = {_key(r): r for r in records}
+    out = []
+    for k in sorted(now.keys() - before.keys()):
+        out.append(f"- new: {' / '.join(k)}")
+    for k in sorted(before.keys() - now.keys()):
+        out.append(f"- gone: {' / '.join(k)}")
+    for k in sorted(now.keys() & before.keys()):
+        ch = [f"{f} {before[k].get(f)} -> {now[k].get(f)}" for f in _DIFF_FIELDS
+              if before[k].get(f) != now[k].get(f)]  # fmt: skip
+        if ch:
+            out.append(f"- {' / '.join(k)}: " + "; ".join(ch))
+    if len(out) > 200:
+        out = out[:200] + [f"- ... {len(out) - 200} more"]
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--gates", type=Path, default=HERE / "census_gates.json")
+    a = ap.parse_args(argv)
+    t0 = time.time()
+    print("kernel census (sm_90)")
+    records, notes = build_records()
+    notes += coverage(records)
+    spec = json.loads(a.gates.read_text())
+    failures, waived, unused = cm.evaluate(records, spec)
+    cmp_rows = compare_measured(records, load_measured(HERE / "results"))
+    a.out.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = a.out / "census_sm90.json", a.out / "census_sm90.md"
+    previous = diff_previous(records, jpath)
+    import triton
+
+    doc = dict(target="sm_90", triton=triton.__version__, gpus=cm.GPUS, model=cm.MODEL,
+               records=records, gate_failures=failures, notes=notes)  # fmt: skip
+    _atomic_write(jpath, json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
+    _atomic_write(mpath, markdown(records, failures, waived, unused, notes, cmp_rows, previous))
+    print(f"  {len(records)} records -> {jpath}, {mpath}")
+    for r in cmp_rows:
+        flag = "  MODEL ERROR (>2x)" if r["model_error"] else ""
+        print(f"  {r['op']}/{r['implementation']} [{r['shape_label']}]: predicted "
+              f"{r['predicted_us']} us, measured {r['measured_us']} us ({r['measured_how']}), "
+              f"ratio {r['ratio']}{flag}")  # fmt: skip
+    for n in notes:
+        print(f"  note: {n}")
+    for w in unused:
+        print(f"  unused waiver: {w}")
+    print(f"  gates: {len(failures)} failures, {len(waived)} waived ({time.time() - t0:.0f} s)")
+    for f in failures:
+        print(f"  FAIL {f['gate']}: {f['op']}/{f['implementation']} {f['kernel']} "
+              f"[{f['shape']}]: {f['figure']}")  # fmt: skip
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
