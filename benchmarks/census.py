@@ -98,17 +98,50 @@ def _specialise(launch: scen.Launch, backend):
     return bound, signature, constexprs, attrs, options
 
 
-def compile_triton(calls: list[scen.Call], tmp: Path, log=print) -> dict[int, dict]:
-    """id(launch) -> kernel facts; each distinct specialisation is compiled once."""
-    import triton
+def TARGET():  # noqa: N802 - a constant that needs Triton imported
     from triton.backends.compiler import GPUTarget
+
+    return GPUTarget("cuda", 90, 32)
+
+
+def _compiled(key, ln, signature, constexprs, attrs, options, tmp: Path) -> dict:
+    """Kernel facts of one specialisation. The SASS and resource-usage text is kept under the
+    scratch folder by a hash of the specialisation (and Triton's version), so a rerun only
+    re-reads it; the analysis itself always runs."""
+    import triton
     from triton.compiler import ASTSource
     from triton.compiler import compile as triton_compile
+
+    disk = SCRATCH / "sass" / (hashlib.sha256((key + triton.__version__).encode()).hexdigest()
+                               + ".json")  # fmt: skip
+    if disk.exists():
+        raw = json.loads(disk.read_text())
+    else:
+        src = ASTSource(ln.fn, signature, constexprs, attrs)
+        k = triton_compile(src, target=TARGET(), options=options.__dict__)
+        cub = tmp / "k.cubin"
+        cub.write_bytes(k.asm["cubin"])
+        cuobjdump = _tool("cuobjdump")
+        raw = dict(
+            sass=_run([cuobjdump, "-sass", str(cub)]),
+            res=_run([cuobjdump, "-res-usage", str(cub)]),
+            num_warps=k.metadata.num_warps,
+            num_stages=options.num_stages,
+            dynamic_smem=k.metadata.shared,
+        )
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(disk, json.dumps(raw))
+    (_, f), *_ = analyse(raw["sass"], raw["res"]).items()
+    f.update(kernel=ln.fn.__name__, num_warps=raw["num_warps"], num_stages=raw["num_stages"],
+             dynamic_smem=raw["dynamic_smem"])  # fmt: skip
+    return f
+
+
+def compile_triton(calls: list[scen.Call], tmp: Path, log=print) -> dict[int, dict]:
+    """id(launch) -> kernel facts; each distinct specialisation is compiled once."""
     from triton.compiler.compiler import make_backend
 
-    target = GPUTarget("cuda", 90, 32)
-    backend = make_backend(target)
-    cuobjdump = _tool("cuobjdump")
+    backend = make_backend(TARGET())
     cache: dict[str, dict] = {}
     out = {}
     t0 = time.time()
@@ -119,26 +152,8 @@ def compile_triton(calls: list[scen.Call], tmp: Path, log=print) -> dict[int, di
                         sorted((str(k), repr(v)) for k, v in constexprs.items()),
                         sorted((str(k), repr(v)) for k, v in attrs.items()),
                         sorted(options.__dict__.items())))  # fmt: skip
-            disk = SCRATCH / "analysed" / (hashlib.sha256(
-                (key + triton.__version__).encode()).hexdigest() + ".json")  # fmt: skip
-            if key not in cache and disk.exists():
-                cache[key] = json.loads(disk.read_text())
             if key not in cache:
-                src = ASTSource(ln.fn, signature, constexprs, attrs)
-                k = triton_compile(src, target=target, options=options.__dict__)
-                cub = tmp / f"k{len(cache)}.cubin"
-                cub.write_bytes(k.asm["cubin"])
-                facts = analyse(_run([cuobjdump, "-sass", str(cub)]),
-                                _run([cuobjdump, "-res-usage", str(cub)]))  # fmt: skip
-                (name, f), *_ = facts.items()
-                f.update(
-                    kernel=ln.fn.__name__, num_warps=k.metadata.num_warps,
-                    num_stages=options.num_stages, dynamic_smem=k.metadata.shared,
-                    ptx_wgmma=k.asm["ptx"].count("wgmma.mma_async"),
-                )  # fmt: skip
-                cache[key] = f
-                disk.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write(disk, json.dumps(f))
+                cache[key] = _compiled(key, ln, signature, constexprs, attrs, options, tmp)
             facts = dict(cache[key])
             facts["config"] = {
                 p.name: bound[p.name]
@@ -230,6 +245,8 @@ def kernel_record(op, impl, shape, label, f, grid, threads, dyn_smem, tile, m_ti
         shared_stores_per_iter=loop["shared_stores"], main_loop_local_ops=loop["local_ops"],
         mbarrier_ops_per_iter=loop["mbarrier_ops"],
     )  # fmt: skip
+    rec["reads_weight"] = bool(reads_weight) or op not in QUANT_OPS
+    rec["tile_m"] = tile.get("BLOCK_M")
     rec["_warp_instr"] = _main_loop_warp_instructions(rec, f, threads, tile, m_tiles, reads_weight)
     # a loop that loads synchronously and meets a barrier before using the data exposes one
     # memory round trip per trip (no cp.async / TMA pipeline to hide it)

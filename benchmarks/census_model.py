@@ -182,7 +182,7 @@ def _check(gate: dict, rec: dict) -> tuple[bool, str] | None:
         return not narrow, f"main-loop global loads {loads} (16-byte or TMA only)"
     if kind == "mma_is":
         mma = rec.get("mma")
-        if mma is None or mma == "none":
+        if mma is None:
             return None
         return mma.startswith(gate["value"]), f"mma = {mma} (must be {gate['value']})"
     raise ValueError(f"unknown gate check {kind!r}")

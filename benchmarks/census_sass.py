@@ -6,10 +6,12 @@ The census counts what decides a kernel's speed in its compiled code: global loa
 traffic, for the whole kernel and for its main loop.
 
 Main loop: every backward branch (``BRA`` to a lower address) closes a loop spanning
-[target, branch]. The main loop is the innermost loop holding the kernel's streamed work: of
-the loops that contain a tensor-core instruction or a global load (LDG / LDGSTS / UTMALDG),
-those containing no other such loop; of these, the one with the most instructions. Counts are
-static: an unrolled body counts every copy, and not-taken paths inside the loop count too.
+[target, branch]. The main loop is the innermost loop holding the kernel's streamed work: the
+loops that contain a tensor-core instruction (or, in a kernel without tensor-core
+instructions in loops, the widest global load: LDG / LDGSTS / UTMALDG), keeping those that contain no
+other such loop, and of these the one with the most instructions. Counts are static: an
+unrolled body counts every copy, not-taken paths inside the loop count too, and a loop nested
+inside the main loop counts once.
 """
 
 from __future__ import annotations
@@ -172,13 +174,25 @@ def loops(insns: list[Insn]) -> list[tuple[int, int]]:
     return out
 
 
-def _streams(insns: list[Insn]) -> bool:
-    return any(is_mma(i) or load_kind(i) for i in insns)
+def _load_bits(insn: Insn) -> int:
+    k = load_kind(insn)
+    if k is None:
+        return 0
+    return 1024 if k == "TMA" else int(k.rsplit(".", 1)[1])
 
 
 def main_loop(insns: list[Insn]) -> list[Insn]:
     """The instructions of the main loop (see the module docstring); [] if there is none."""
-    cands = [(a, b) for a, b in loops(insns) if _streams(insns[a : b + 1])]
+    all_loops = loops(insns)
+    cands = [(a, b) for a, b in all_loops if any(is_mma(i) for i in insns[a : b + 1])]
+    if not cands:  # no tensor cores: the loops holding the widest global loads (the weights)
+        widths = [_load_bits(i) for a, b in all_loops for i in insns[a : b + 1]]
+        widest = max(widths, default=0)
+        cands = [
+            (a, b)
+            for a, b in all_loops
+            if widest and any(_load_bits(i) == widest for i in insns[a : b + 1])
+        ]
     inner = [
         (a, b)
         for a, b in cands
