@@ -8,8 +8,8 @@ traffic, for the whole kernel and for its main loop.
 Main loop: every backward branch (``BRA`` to a lower address) closes a loop spanning
 [target, branch]. The main loop is the innermost loop holding the kernel's streamed work: the
 loops that contain a tensor-core instruction (or, in a kernel without tensor-core
-instructions in loops, the widest global load: LDG / LDGSTS / UTMALDG), keeping those that contain no
-other such loop, and of these the one with the most instructions. Counts are static: an
+instructions in loops, its widest global load: LDG / LDGSTS / UTMALDG), keeping those that
+contain no other such loop, and of these the one with the most instructions. Counts are static: an
 unrolled body counts every copy, not-taken paths inside the loop count too, and a loop nested
 inside the main loop counts once.
 """
