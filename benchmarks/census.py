@@ -85,7 +85,7 @@ def analyse(sass_text: str, res_text: str) -> dict[str, dict]:
 # Triton
 
 
-def _specialise(launch: scen.Launch, backend):
+def specialise(launch: scen.Launch, backend):
     """(signature, constexprs, attrs, options) exactly as JITFunction.run would compile."""
     from triton.runtime.jit import create_function_from_signature
 
@@ -147,7 +147,7 @@ def compile_triton(calls: list[scen.Call], tmp: Path, log=print) -> dict[int, di
     t0 = time.time()
     for call in calls:
         for ln in call.launches:
-            bound, signature, constexprs, attrs, options = _specialise(ln, backend)
+            bound, signature, constexprs, attrs, options = specialise(ln, backend)
             key = repr((ln.fn.__name__, ln.fn.cache_key, sorted(signature.items()),
                         sorted((str(k), repr(v)) for k, v in constexprs.items()),
                         sorted((str(k), repr(v)) for k, v in attrs.items()),

@@ -31,6 +31,9 @@ class Scenario:
     implementation: str  # "triton" or "cuda"
     entry: tuple[str, ...]  # "module:function" (the first that imports), or a torch op name
     shapes: tuple[dict, ...]
+    # dtypes the compile check covers (the census reads the benchmarks' dtype: a shape's own
+    # "dtype", else float16)
+    dtypes: tuple[str, ...] = ("float16", "bfloat16", "float32")
 
 
 def _quant_shapes() -> tuple[dict, ...]:
@@ -74,13 +77,15 @@ _ATTN_SHAPES = (
     dict(b=6, h=3, grid=(7, 7), d=80, bias=3, rel=False),
 )
 
+_HALF = ("float16", "bfloat16")  # the quantized kernels take 16-bit activations
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("quant_linear", "triton", ("supernet_kernels.kernels.triton_quant:quant_linear",),
-             _quant_shapes()),
+             _quant_shapes(), _HALF),
     Scenario("int8_linear", "triton", ("supernet_kernels.kernels.triton_quant:raw8_linear",),
-             _raw8_shapes()),
+             _raw8_shapes(), _HALF),
     Scenario("fp8_linear", "triton", ("supernet_kernels.kernels.triton_quant:raw8_linear",),
-             tuple(s for s in _raw8_shapes() if s["m"] in (1, 4096))),
+             tuple(s for s in _raw8_shapes() if s["m"] in (1, 4096)), _HALF),
     Scenario("lowrank_linear", "triton",
              ("supernet_kernels.kernels.triton_lowrank:lowrank_linear",
               "supernet_kernels.ops.lowrank:_triton_impl"), _lowrank_shapes()),
@@ -94,8 +99,14 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("lowrank_linear", "cuda", ("_lowrank_linear_cuda",), _lowrank_shapes()),
 )  # fmt: skip
 
-# The compile check also covers the other dtypes the launchers accept.
-COMPILE_DTYPES = ("float16", "bfloat16", "float32")
+
+def compile_subset(sc: Scenario) -> tuple[dict, ...]:
+    """The shapes the compile check runs in every dtype: for the linear ops those of the first
+    K x N (other K x N of the table specialise alike: all are multiples of 16)."""
+    if sc.op.startswith("attention"):
+        return sc.shapes
+    kn = (sc.shapes[0]["k"], sc.shapes[0]["n"])
+    return tuple(s for s in sc.shapes if (s["k"], s["n"]) == kn)
 
 
 def shape_label(op: str, s: dict) -> str:
@@ -134,7 +145,7 @@ def _dt(name: str) -> torch.dtype:
 def call(sc: Scenario, fn: Callable, s: dict, dtype: str) -> torch.Tensor | None:
     """Call a Triton entry point on meta tensors for shape ``s``; returns the weight tensor
     (the operand a quantized kernel streams), None for other ops."""
-    dt = _dt(s.get("dtype", dtype))
+    dt = _dt(dtype)
     if sc.op == "quant_linear":
         from supernet_kernels.quant.packing import codes_per_word
 
@@ -252,8 +263,10 @@ class _CountKernels(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def record_calls(scenarios=SCENARIOS, dtypes=("float16",)) -> list[Call]:
-    """Call every Triton scenario at every shape and dtype; return what each call launched."""
+def record_calls(scenarios=SCENARIOS, compile_check: bool = False) -> list[Call]:
+    """Call every Triton scenario; return what each call launched. The census: every shape in
+    the benchmarks' dtype. The compile check: :func:`compile_subset` in every dtype of the
+    scenario."""
     out: list[Call] = []
     with recording() as sink:
         for sc in scenarios:
@@ -264,8 +277,10 @@ def record_calls(scenarios=SCENARIOS, dtypes=("float16",)) -> list[Call]:
             except LookupError as e:
                 out.append(Call(sc.op, sc.implementation, {}, "-", [], [], str(e)))
                 continue
-            for s in sc.shapes:
-                for dt in dtypes if "dtype" not in s else (s["dtype"],):
+            for s in compile_subset(sc) if compile_check else sc.shapes:
+                default = s.get("dtype", "float16")
+                for dt in sc.dtypes if compile_check else (default,):
+                    s = dict(s, dtype=dt)
                     label = shape_label(sc.op, s) + ("" if dt == "float16" else f" {dt}")
                     sink.clear()
                     counter = _CountKernels()
