@@ -8,7 +8,7 @@ export CUDA_HOME TORCH_CUDA_ARCH_LIST
 PY_SOURCES = supernet_kernels tests benchmarks python setup.py
 CXX_SOURCES = $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: deps install native ctest test test-all bench lint format clean
+.PHONY: deps install native ctest test census test-all bench lint format clean
 
 deps:  ## torch with CUDA (local wheel on our machines) and the test tools
 	$(PYTHON) -m pip install -q torch==2.14.1 torchvision==0.29.1
@@ -31,7 +31,10 @@ ctest:  ## the same csrc/ through CMake (find_package(Torch)), C++ tests under c
 test:  ## pytest; Triton kernels run on the CPU through the interpreter
 	TRITON_INTERPRET=1 $(PYTHON) -m pytest -q --timeout=900 tests
 
-test-all: install ctest test  ## what CI runs (README's test command)
+census:  ## sm_90 kernel census without a GPU: figures, predicted times, gates (fails on a gate)
+	$(PYTHON) benchmarks/census.py
+
+test-all: install ctest test census  ## what CI runs (README's test command)
 
 bench:  ## the low-rank benchmark (GPU: full table; CPU: smoke run)
 	$(PYTHON) benchmarks/bench_lowrank.py
