@@ -35,9 +35,10 @@ MODEL = dict(
     mma_sync_fraction=0.6,  # mma.sync on sm_90 reaches about 60% of the wgmma peak
     int8_speedup=2.0,  # 8-bit wgmma: twice the fp16 rate
     # one global-memory round trip exposed per trip of a loop that loads synchronously and
-    # syncs before use (loaded HBM latency plus the barrier); the CUDA int8 GEMM at M = 1
-    # (64 such trips per CTA, 111 us measured) implies about 1.6 us
-    round_trip_us=1.0,
+    # syncs before use (loaded HBM latency plus the barrier): fitted on the CUDA int8 GEMM at
+    # M = 1, 4096x11008 (64 such trips per CTA, one wave, two launches: 111.1 us in graph
+    # replay on the H100 -> (111.1 - 7) / 64 = 1.6 us)
+    round_trip_us=1.6,
 )
 SM90 = dict(regs_per_sm=65536, threads_per_sm=2048, ctas_per_sm=32, smem_per_sm=228 * 1024,
             smem_reserved_per_cta=1024, reg_unit=256, max_regs_per_thread=255)  # fmt: skip

@@ -19,13 +19,15 @@ constexpr int kNumSms = 132;
 constexpr int kQuantizeThreads = 256;  // kQuantThreads in csrc/quant/quant_cuda.cu
 constexpr int kFusedRankChunk = lowrank_tiling::kMaxRank;
 
-// reads_weight: the kernel streams the call's (quantized) weight.
+// reads_weight: the kernel streams the call's (quantized) weight. trips: sequential
+// reduction steps of one CTA (K chunks, then r chunks per N tile for the low-rank kernel);
+// 0 where the census estimates them from the code.
 void emit(const char* kernel, long grid, int threads, long smem, long block_m, long block_n,
-          long m_tiles, int reads_weight = 1) {
+          long m_tiles, int reads_weight = 1, long trips = 0) {
   std::printf(
       "{\"kernel\":\"%s\",\"grid\":%ld,\"threads\":%d,\"dynamic_smem\":%ld,\"block_m\":%ld,"
-      "\"block_n\":%ld,\"m_tiles\":%ld,\"reads_weight\":%d}\n",
-      kernel, grid, threads, smem, block_m, block_n, m_tiles, reads_weight);
+      "\"block_n\":%ld,\"m_tiles\":%ld,\"reads_weight\":%d,\"trips\":%ld}\n",
+      kernel, grid, threads, smem, block_m, block_n, m_tiles, reads_weight, trips);
 }
 
 void quant(long M, long K, long N, int bits) {
@@ -38,23 +40,23 @@ void quant(long M, long K, long N, int bits) {
 
 void int8(long M, long K, long N) {
   using namespace int8_gemm_tiling;
-  (void)K;
   emit("quantize_rows_int8_kernel", M, kQuantizeThreads, 0, 1, 0, M, 0);
   const long m_tiles = quant_ceil_div(M, kBlockM);
   const long gy = m_tiles < kMaxGridY ? m_tiles : kMaxGridY;
   emit("int8_gemm_kernel", quant_ceil_div(N, kBlockN) * gy, kThreads, 0, kBlockM, kBlockN,
-       m_tiles);
+       m_tiles, 1, quant_ceil_div(K, kBlockK) * quant_ceil_div(m_tiles, gy));
 }
 
 void lowrank(long M, long K, long N, long R) {
-  (void)K;
+  using namespace lowrank_tiling;
   // ops/lowrank.py::_cuda_impl splits ranks past the fused kernel's limit into chunks.
   for (long r0 = 0; r0 < R; r0 += kFusedRankChunk) {
     const long r = R - r0 < kFusedRankChunk ? R - r0 : kFusedRankChunk;
     const LowRankPlan p = make_lowrank_plan(M, N, r, kNumSms, 2);
-    emit("lowrank_fused_kernel<__half>", static_cast<long>(p.grid_x) * p.grid_y,
-         lowrank_tiling::kThreads, static_cast<long>(p.smem_bytes), p.block_m, p.block_n,
-         p.grid_x);
+    const long trips = lowrank_ceil_div(K, kBlockK) +
+                       p.n_per_split / kBlockN * lowrank_ceil_div(p.r_pad, kBlockR);
+    emit("lowrank_fused_kernel<__half>", static_cast<long>(p.grid_x) * p.grid_y, kThreads,
+         static_cast<long>(p.smem_bytes), p.block_m, p.block_n, p.grid_x, 1, trips);
     if (r0 > 0) emit("torch:add_", 0, 0, 0, 0, 0, 0, 0);
   }
 }
