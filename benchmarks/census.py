@@ -227,7 +227,7 @@ def _static_smem(res: dict) -> int:
 
 
 def kernel_record(op, impl, shape, label, f, grid, threads, dyn_smem, tile, m_tiles,
-                  reads_weight, plan_trips=0) -> dict:  # fmt: skip
+                  reads_weight, plan_trips=0, mma_share=1.0) -> dict:  # fmt: skip
     res = f["res"]
     smem = _static_smem(res) + dyn_smem
     regs = res.get("registers", 0)
@@ -247,27 +247,36 @@ def kernel_record(op, impl, shape, label, f, grid, threads, dyn_smem, tile, m_ti
     )  # fmt: skip
     rec["reads_weight"] = bool(reads_weight) or op not in QUANT_OPS
     rec["tile_m"] = tile.get("BLOCK_M")
-    rec["_warp_instr"] = _main_loop_warp_instructions(rec, f, threads, tile, m_tiles, reads_weight)
+    rec["_warp_instr"] = _main_loop_warp_instructions(
+        rec, f, threads, tile, m_tiles, reads_weight, mma_share
+    )
     # a loop that loads synchronously and meets a barrier before using the data exposes one
     # memory round trip per trip (no cp.async / TMA pipeline to hide it)
     async_copies = any(k.startswith("LDGSTS") or k == "TMA" for k in loop["loads"])
     if plan_trips or (rec.get("_trips") and grid):
         # the plan's trip count where it has one (a static body may hold code for every rank)
         rec["trips_per_cta"] = round(plan_trips or rec["_trips"] / grid, 1)
-    if rec.get("trips_per_cta") and loop["loads"] and loop["barriers"] and not async_copies:
+    if rec.get("trips_per_cta") and loop["loads"] and (loop["barriers"] or async_copies):
+        # a CTA's trips are sequential: each exposes a memory round trip, shared by the
+        # stages of a cp.async / TMA pipeline
+        stages = f.get("num_stages", 1) if async_copies else 1
         waves = math.ceil(max(rec["waves"] or 1, 1))
-        rec["exposed_round_trips"] = round(rec["trips_per_cta"] * waves, 1)
+        rec["exposed_round_trips"] = round(rec["trips_per_cta"] * waves / max(1, stages), 1)
     return rec
 
 
-def _main_loop_warp_instructions(rec, f, threads, tile, m_tiles, reads_weight) -> float | None:
+def _main_loop_warp_instructions(
+    rec, f, threads, tile, m_tiles, reads_weight, mma_share
+) -> float | None:
     """Main-loop warp-instructions over the whole launch; sets instr_per_code / _per_tile.
 
     Quantized ops: instructions per weight code = loop instructions / codes each thread
     dequantizes per iteration (BLOCK_N * BLOCK_K / threads when the kernel names its tile so,
     else the bytes of its widest global loads in the loop: the streamed weight), times the
     codes N * K dequantized once per M tile. Other ops: loop trips = FLOPs / the loop's
-    tensor-core FLOPs per CTA per iteration."""
+    tensor-core FLOPs per CTA per iteration, the op's FLOPs shared equally by the call's
+    launches with tensor-core loops (the two GEMMs of the unfused low-rank path, the
+    attention backward kernels)."""
     op, s, loop = rec["op"], rec["shape"], f["loop"]
     n_instr = loop["instructions"]
     if not n_instr:
@@ -293,7 +302,7 @@ def _main_loop_warp_instructions(rec, f, threads, tile, m_tiles, reads_weight) -
     per_iter = f["loop_mma_flops_per_warp"] * warps
     if not per_iter:
         return None
-    flops = cm.op_traffic(op, s)[1]
+    flops = cm.op_traffic(op, s)[1] * mma_share
     rec["_trips"] = flops / per_iter
     total = flops / per_iter * n_instr * warps
     if op == "lowrank_linear" and tile.get("BLOCK_M") and tile.get("BLOCK_N"):
@@ -350,6 +359,7 @@ def build_records(log=print) -> tuple[list[dict], list[str]]:
                 notes.append(f"{c.op}/{c.implementation} {c.label}: launcher failed: {c.error}")
                 continue
             recs = []
+            n_mma = sum(1 for ln in c.launches if facts[id(ln)]["loop_mma_flops_per_warp"])
             for ln in c.launches:
                 f = facts[id(ln)]
                 grid = math.prod(ln.grid) if ln.grid else None
@@ -358,7 +368,7 @@ def build_records(log=print) -> tuple[list[dict], list[str]]:
                     "m" in c.shape and tile.get("BLOCK_M")) else 1  # fmt: skip
                 recs.append(kernel_record(c.op, c.implementation, c.shape, c.label, f, grid,
                                           f["num_warps"] * 32, f["dynamic_smem"], tile, m_tiles,
-                                          ln.reads_weight))  # fmt: skip
+                                          ln.reads_weight, 0, 1 / max(1, n_mma)))  # fmt: skip
                 recs[-1]["config"].update(num_warps=f["num_warps"], num_stages=f["num_stages"])
                 recs[-1]["specialised_to_1"] = f["ones"]
             if not recs:

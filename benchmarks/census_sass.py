@@ -23,7 +23,7 @@ import re
 _FUNC = re.compile(r"Function\s*:\s*(\S+)")
 # /*0a30*/  @!P0 LDG.E.128 R4, desc[UR6][R2.64] ;
 _INSN = re.compile(
-    r"^\s*/\*([0-9a-fA-F]{4,})\*/\s+(@!?U?P[0-9T]+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);"
+    r"^\s*/\*([0-9a-fA-F]{4,})\*/\s+(@!?U?P[0-9T]+\s+)?([A-Z][A-Za-z0-9_.]*)\s*([^;]*);"
 )
 _RES_FUNC = re.compile(r"Function\s+(\S+):")
 _RES = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
