@@ -243,7 +243,7 @@ def kernel_record(op, impl, shape, label, f, grid, threads, dyn_smem, tile, m_ti
         loads=f["all"]["loads"], main_loop_loads=loop["loads"], mma=mma,
         main_loop_instructions=loop["instructions"], barriers_per_iter=loop["barriers"],
         shared_stores_per_iter=loop["shared_stores"], main_loop_local_ops=loop["local_ops"],
-        mbarrier_ops_per_iter=loop["mbarrier_ops"],
+        mbarrier_ops_per_iter=loop["mbarrier_ops"], main_loop_alu=loop["alu"],
     )  # fmt: skip
     rec["reads_weight"] = bool(reads_weight) or op not in QUANT_OPS
     rec["tile_m"] = tile.get("BLOCK_M")

@@ -30,6 +30,10 @@ _RES = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 _TARGET = re.compile(r"0x([0-9a-fA-F]+)")
 
 WGMMA = ("HGMMA", "IGMMA", "QGMMA")
+# the arithmetic of a dequantization: fp32 and packed fp16 FMAs, bit logic, byte permutes,
+# conversions, and the integer compares and 64-bit address arithmetic around them
+ALU = ("FFMA", "HFMA2", "FMUL", "LOP3", "PRMT", "SHF", "I2F", "I2FP", "F2F", "F2FP", "ISETP",
+       "IMAD", "IADD3")  # fmt: skip
 MMA_SYNC = ("HMMA", "IMMA")
 
 
@@ -111,6 +115,7 @@ def census(insns: list[Insn]) -> dict:
     """Counts over a list of instructions (a kernel or a loop body)."""
     loads: collections.Counter = collections.Counter()
     mma: collections.Counter = collections.Counter()
+    alu: collections.Counter = collections.Counter()
     c = collections.Counter()
     for i in insns:
         k = load_kind(i)
@@ -119,6 +124,8 @@ def census(insns: list[Insn]) -> dict:
         b = i.base
         if is_mma(i):
             mma[b] += 1
+        if b in ALU:
+            alu[b] += 1
         if b == "BAR":
             c["barriers"] += 1
         elif b == "STS":
@@ -137,6 +144,7 @@ def census(insns: list[Insn]) -> dict:
         instructions=len(insns),
         loads=dict(sorted(loads.items())),
         mma=dict(sorted(mma.items())),
+        alu=dict(sorted(alu.items())),
         barriers=c["barriers"],
         shared_stores=c["shared_stores"],
         shared_loads=c["shared_loads"],

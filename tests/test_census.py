@@ -90,6 +90,7 @@ def test_loops_and_main_loop_prefers_the_tensor_core_loop():
     assert (loop[0].addr, loop[-1].addr) == (0x200, 0x280)  # innermost loop with the MMAs
     c = cs.census(loop)
     assert c["instructions"] == 6 and c["mma"] == {"HMMA": 2} and c["local_ops"] == 1
+    assert c["alu"] == {"ISETP": 1}
 
 
 def test_main_loop_without_tensor_cores_follows_the_widest_load():
