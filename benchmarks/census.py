@@ -227,7 +227,7 @@ def _static_smem(res: dict) -> int:
 
 
 def kernel_record(op, impl, shape, label, f, grid, threads, dyn_smem, tile, m_tiles,
-                  reads_weight, plan_trips=0, mma_share=1.0) -> dict:  # fmt: skip
+                  reads_weight, plan_trips=0, mma_share=1.0, recompute=1) -> dict:  # fmt: skip
     res = f["res"]
     smem = _static_smem(res) + dyn_smem
     regs = res.get("registers", 0)
@@ -248,7 +248,7 @@ def kernel_record(op, impl, shape, label, f, grid, threads, dyn_smem, tile, m_ti
     rec["reads_weight"] = bool(reads_weight) or op not in QUANT_OPS
     rec["tile_m"] = tile.get("BLOCK_M")
     rec["_warp_instr"] = _main_loop_warp_instructions(
-        rec, f, threads, tile, m_tiles, reads_weight, mma_share
+        rec, f, threads, tile, m_tiles, reads_weight, mma_share, recompute
     )
     # a loop that loads synchronously and meets a barrier before using the data exposes one
     # memory round trip per trip (no cp.async / TMA pipeline to hide it)
@@ -266,7 +266,7 @@ def kernel_record(op, impl, shape, label, f, grid, threads, dyn_smem, tile, m_ti
 
 
 def _main_loop_warp_instructions(
-    rec, f, threads, tile, m_tiles, reads_weight, mma_share
+    rec, f, threads, tile, m_tiles, reads_weight, mma_share, recompute
 ) -> float | None:
     """Main-loop warp-instructions over the whole launch; sets instr_per_code / _per_tile.
 
@@ -302,7 +302,7 @@ def _main_loop_warp_instructions(
     per_iter = f["loop_mma_flops_per_warp"] * warps
     if not per_iter:
         return None
-    flops = cm.op_traffic(op, s)[1] * mma_share
+    flops = cm.executed_flops(op, s, tile.get("BLOCK_M"), recompute) * mma_share
     rec["_trips"] = flops / per_iter
     total = flops / per_iter * n_instr * warps
     if op == "lowrank_linear" and tile.get("BLOCK_M") and tile.get("BLOCK_N"):
@@ -313,6 +313,17 @@ def _main_loop_warp_instructions(
 
 def _tile(config: dict) -> dict:
     return {k: v for k, v in config.items() if k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
+
+
+def _t_per_row_tile(c: scen.Call, facts: dict) -> int | None:
+    """Programs per row tile of a fused low-rank launch (each computes its own t)."""
+    if c.op != "lowrank_linear" or len(c.launches) != 1 or not c.launches[0].grid:
+        return None
+    ln = c.launches[0]
+    bm = _tile(facts[id(ln)]["config"]).get("BLOCK_M")
+    if not bm:
+        return None
+    return math.prod(ln.grid) // math.ceil(c.shape["m"] / bm)
 
 
 def finish_call(recs: list[dict], n_launches: int, op: str, s: dict) -> None:
@@ -360,6 +371,7 @@ def build_records(log=print) -> tuple[list[dict], list[str]]:
                 continue
             recs = []
             n_mma = sum(1 for ln in c.launches if facts[id(ln)]["loop_mma_flops_per_warp"])
+            recompute = _t_per_row_tile(c, facts)
             for ln in c.launches:
                 f = facts[id(ln)]
                 grid = math.prod(ln.grid) if ln.grid else None
@@ -368,16 +380,14 @@ def build_records(log=print) -> tuple[list[dict], list[str]]:
                     "m" in c.shape and tile.get("BLOCK_M")) else 1  # fmt: skip
                 recs.append(kernel_record(c.op, c.implementation, c.shape, c.label, f, grid,
                                           f["num_warps"] * 32, f["dynamic_smem"], tile, m_tiles,
-                                          ln.reads_weight, 0, 1 / max(1, n_mma)))  # fmt: skip
+                                          ln.reads_weight, 0, 1 / max(1, n_mma),
+                                          recompute or 1))  # fmt: skip
                 recs[-1]["config"].update(num_warps=f["num_warps"], num_stages=f["num_stages"])
                 recs[-1]["specialised_to_1"] = f["ones"]
             if not recs:
                 continue
-            if c.op == "lowrank_linear" and len(c.launches) == 1:
-                tile = _tile(recs[0]["config"])
-                if tile.get("BLOCK_M") and recs[0]["grid"]:
-                    rows = math.ceil(c.shape["m"] / tile["BLOCK_M"])
-                    recs[0]["t_per_row_tile"] = recs[0]["grid"] // rows
+            if recompute:
+                recs[0]["t_per_row_tile"] = recompute
             finish_call(recs, len(c.launches) + len(c.torch_kernels), c.op, c.shape)
             for r in recs:
                 r["torch_kernels"] = c.torch_kernels

@@ -137,6 +137,16 @@ def op_traffic(op: str, s: dict) -> tuple[float, float]:
     raise ValueError(f"no traffic model for op {op!r}")
 
 
+def executed_flops(op: str, s: dict, block_m: int | None, recompute: int = 1) -> float:
+    """FLOPs the kernels actually run: M padded to the row tile, and for the fused low-rank
+    kernel t = x v^T recomputed by each of the ``recompute`` programs of a row tile."""
+    flops = op_traffic(op, s)[1]
+    if op != "lowrank_linear" or not block_m:
+        return flops
+    m_pad = -(-s["m"] // block_m) * block_m
+    return 2.0 * m_pad * s["rank"] * (s["k"] * max(1, recompute) + s["n"])
+
+
 # ----------------------------------------------------------------------------------------------
 # Gates: properties every record must have, with budgets and waivers kept as data
 # (benchmarks/census_gates.json). A gate applies to the records matching its "where"
