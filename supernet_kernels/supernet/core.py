@@ -666,6 +666,11 @@ class Supernet(nn.Module):
                     f"Supernet: the input is {hw[0]}x{hw[1]}, the active resolution is {r}x{r}; "
                     "resize the images or set_active({'resolution': ...})"
                 )
+            if args[0].shape[0] == 0 and self.model.dynamic_img_size:
+                # timm's dynamic-size path reshapes with x.view(B, -1, C), ambiguous for B = 0:
+                # run one image and keep none of it (the original static model runs B = 0).
+                out = self.model(args[0].new_zeros((1, *args[0].shape[1:])), *args[1:], **kwargs)
+                return out[:0] if isinstance(out, torch.Tensor) else out
         return self.model(*args, **kwargs)
 
     def active_params(self) -> int:
@@ -830,6 +835,14 @@ def convert(
         raise ValueError(
             f"convert: attention must be one of {list(ATTENTION_CHOICES)}, got {attention!r}"
         )
+    meta = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    if meta:
+        # SVD factors, importance orders and quantization scales all need the weights' values.
+        raise ValueError(
+            f"convert: the model has {len(meta)} tensors on the meta device (e.g. {meta[0]!r}), "
+            "without values to convert; materialize it first (model.to_empty(device='cpu') then "
+            "load_state_dict, or build it on a real device)"
+        )
     family = fam.detect_family(model)
     if build == "auto":
         record = fam.describe_build(model, family)
@@ -859,7 +872,10 @@ def convert(
     flags = None
     if family == "timm_vit" and checked["resolution"] is not None:
         flags = fam.vit_flags(work)
-        fam.vit_make_dynamic(work)
+        # Only an elastic resolution needs timm's dynamic image size; a fixed one keeps the
+        # model's own (static) path, which also runs empty batches (the dynamic one cannot).
+        if len(checked["resolution"]) > 1:
+            fam.vit_make_dynamic(work)
     for n, sp in checked["linear"].items():
         lin = work.get_submodule(n)
         ranks = [r for r in sp["rank"] if r is not None] or None

@@ -34,10 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._direct_reads import direct_reads
 from .attention import head_count
-
-# Parents whose forward reads their nn.Linear children's weights directly: not converted.
-_READS_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
 @dataclasses.dataclass
@@ -100,13 +98,14 @@ def convertible_linears(model: nn.Module) -> tuple[list[str], dict[str, str]]:
             if p is not None:
                 params[id(p)] = params.get(id(p), 0) + 1
     ok, skipped = [], {}
+    reads = direct_reads(model)
     for pname, parent in model.named_modules():
         for attr, child in parent._modules.items():
             if not isinstance(child, nn.Linear):
                 continue
             name = f"{pname}.{attr}" if pname else attr
-            if isinstance(parent, _READS_WEIGHTS):
-                skipped[name] = f"inside {type(parent).__name__} (its forward reads .weight)"
+            if name in reads:
+                skipped[name] = reads[name]
             elif type(child).forward is not nn.Linear.forward:
                 skipped[name] = f"{type(child).__name__} overrides nn.Linear.forward"
             elif count[id(child)] > 1:
