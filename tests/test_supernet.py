@@ -156,6 +156,38 @@ def test_sampled_configs_extract_equal_supernet(fam):
     sn.set_active(sn.max_config())
 
 
+def test_empty_batch_runs_like_the_original(fam):
+    """A zero-size batch runs through the supernet (max, min, and while training, backward
+    included) and its extracted subnets as through the original model. The timm ViT failed
+    before: convert's dynamic image size reshapes with view(B, -1, C)."""
+    name, model, sn, inputs = fam
+    x = inputs(None)[:0]
+    try:
+        with torch.no_grad():
+            original = model(x).shape
+    except RuntimeError:  # SAM's and Swin's own attention reshape with -1 too
+        original = None
+    for cfg in (sn.max_config(), sn.min_config()):
+        sn.set_active(cfg)
+        xe = inputs(cfg["resolution"])[:0]
+        with torch.no_grad():
+            y = sn(xe)
+            assert y.shape[0] == 0 and y.shape[1:] == sn(inputs(cfg["resolution"])).shape[1:]
+            if original is not None:
+                assert sn.extract()(xe).shape == y.shape
+    sn.set_active(sn.max_config())
+    with torch.no_grad():
+        assert original is None or sn(x).shape == original
+    sn.train()
+    try:
+        xg = x.clone().requires_grad_(True)
+        sn(xg).sum().backward()
+        assert xg.grad is not None and xg.grad.shape == x.shape
+    finally:
+        sn.zero_grad(set_to_none=True)
+        sn.eval()
+
+
 def test_extract_with_config_keeps_active_and_removes_blocks(fam):
     name, model, sn, inputs = fam
     droppable = [b for b, c in sn.space["depth"].items() if False in c]

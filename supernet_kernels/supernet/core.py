@@ -666,11 +666,15 @@ class Supernet(nn.Module):
                     f"Supernet: the input is {hw[0]}x{hw[1]}, the active resolution is {r}x{r}; "
                     "resize the images or set_active({'resolution': ...})"
                 )
-            if args[0].shape[0] == 0 and self.model.dynamic_img_size:
-                # timm's dynamic-size path reshapes with x.view(B, -1, C), ambiguous for B = 0:
-                # run one image and keep none of it (the original static model runs B = 0).
-                out = self.model(args[0].new_zeros((1, *args[0].shape[1:])), *args[1:], **kwargs)
-                return out[:0] if isinstance(out, torch.Tensor) else out
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if x is not None and x.dim() == 4 and x.shape[0] == 0 and self.family != "generic":
+            # Image models reshape with -1 somewhere (timm's dynamic-size ViT x.view(B, -1, C),
+            # the attention of SAM and Swin), ambiguous for B = 0: run one zero image appended
+            # to the empty batch and keep none of it (gradients still reach the input).
+            out = self.model(torch.cat([x, x.new_zeros((1, *x.shape[1:]))]), *args[1:], **kwargs)
+            if isinstance(out, torch.Tensor):
+                return out[:0]
+            return type(out)(o[:0] for o in out)
         return self.model(*args, **kwargs)
 
     def active_params(self) -> int:
