@@ -65,7 +65,7 @@ EXIT_CODES_TEXT = """exit codes:
   4    infeasible budget: no subnet meets the search budget
   130  interrupted (Ctrl-C)"""
 
-SUPERNET_FORMAT = "sk-cli-supernet-v1"
+SUPERNET_FORMAT = "sk-cli-supernet-v1"  # supernet.store.SUPERNET_FORMAT (kept light: no torch)
 RECIPES = ("default", "flora", "supersam", "mplora")
 TRAIN_RECIPES = ("sandwich", "flora", "supersam", "mplora")
 
@@ -308,27 +308,6 @@ def _load_state_file(path: Path) -> dict:
         ) from exc
 
 
-def _save_state_file(module, path: Path) -> Path:
-    """``module.state_dict()`` as safetensors, written atomically (tensors sharing memory are
-    cloned: safetensors refuses them)."""
-    from safetensors.torch import save_file
-
-    tensors, seen = {}, set()
-    for k, t in module.state_dict().items():
-        t = t.detach().contiguous().cpu()
-        ident = t.untyped_storage().data_ptr() if t.numel() else None
-        if ident is not None and ident in seen:
-            t = t.clone()
-        elif ident is not None:
-            seen.add(ident)
-        tensors[k] = t
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-    return path
-
-
 def _space_override(recipe: str, model, args_space, bits) -> dict | None:
     """The ``convert(space=...)`` override of a recipe, merged with the user's."""
     from .config_files import deep_merge
@@ -356,108 +335,29 @@ def _space_override(recipe: str, model, args_space, bits) -> dict | None:
 
 def _build_supernet(model, meta: dict):
     """convert(model) the way ``meta`` (a supernet.json document) records it."""
-    from .supernet import convert
+    from .supernet.store import build_supernet
 
-    recipe = meta.get("recipe", "default")
-    if recipe == "mplora":
-        from .recipes.mplora import mplora_supernet
-
-        lora = meta.get("lora_rank") or 0
-        return mplora_supernet(
-            model,
-            bits=tuple(meta.get("bits") or (2, 3, 4, 8)),
-            lora_rank=lora or 8,
-            lora=bool(lora),
-        )
-    override = meta.get("space_override")
-    recorded = meta.get("space")
-    if isinstance(recorded, dict):
-        # Rebuilding a written supernet: its heads as recorded, which decides whether convert
-        # reorders qkv head-major. A file written before heads were elastic holds every head
-        # in the original qkv row order: all heads, fixed.
-        from .supernet import families as fam
-
-        heads = recorded.get("heads")
-        if heads is None:
-            heads = {a: [h] for a, h in fam.layout(model).heads.items()}
-        override = {**(override or {}), "heads": heads}
-    return convert(
-        model,
-        space=override,
-        attention=meta.get("attention", "ours"),
-        importance=meta.get("_importance", "magnitude"),
-        calib_batches=meta.get("_calib"),
-    )
-
-
-def _read_supernet_doc(path) -> tuple[dict, Path]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "supernet.json"
-    doc = _read_json(path, "supernet file")
-    if doc.get("format") != SUPERNET_FORMAT:
-        raise InputFileError(
-            f"{path}: not a supernet file written by `supernet-kernels convert` / `train` "
-            f"(format {doc.get('format')!r}, expected {SUPERNET_FORMAT!r})"
-        )
-    if not isinstance(doc.get("build"), dict):
-        raise InputFileError(f"{path}: the file records no architecture (build) to rebuild")
-    return doc, path
+    return build_supernet(model, meta)
 
 
 def load_supernet(path):
     """Rebuild the supernet of a ``supernet.json`` (from ``convert`` or ``train``) with its
-    weights. Returns ``(supernet, doc, json_path)``."""
-    from .supernet import families as fam
+    weights (:func:`supernet_kernels.supernet.store.load_supernet`). Returns ``(supernet, doc,
+    json_path)``."""
+    from .supernet.store import load_supernet as load
 
-    doc, path = _read_supernet_doc(path)
-    state_path = path.parent / doc.get("state", "supernet.safetensors")
-    if not state_path.is_file():
-        raise _missing(state_path, "supernet weights")
     try:
-        model = fam.rebuild(doc["build"])
-    except Exception as exc:
-        raise InputFileError(f"{path}: cannot rebuild the architecture: {exc}") from exc
-    meta = dict(doc)
-    meta.pop("_importance", None)
-    sn = _build_supernet(model, meta)
-    state = _load_state_file(state_path)
-    try:
-        sn.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise InputFileError(
-            f"{state_path} does not fit the supernet {path} describes: {str(exc)[:500]}"
-        ) from exc
-    have = sn.space
-    if isinstance(doc.get("space"), dict) and "heads" not in doc["space"]:
-        have.pop("heads")  # written before heads were elastic (see _build_supernet)
-    if doc.get("space") is not None and json.dumps(have, sort_keys=True) != json.dumps(
-        doc["space"], sort_keys=True
-    ):
-        raise InputFileError(f"{path}: the rebuilt supernet's space differs from the recorded one")
-    sn.set_active(sn.max_config())
-    return sn, doc, path
-
-
-def _supernet_doc(sn, base: dict) -> dict:
-    doc = dict(base)
-    doc.update(
-        format=SUPERNET_FORMAT,
-        family=sn.family,
-        build=sn.build,
-        attention=sn.attention,
-        space=sn.space,
-        max_config=sn.max_config(),
-        min_config=sn.min_config(),
-        state="supernet.safetensors",
-    )
-    return doc
+        return load(path)
+    except FileNotFoundError as exc:
+        raise InputFileError(str(exc)) from exc
+    except ValueError as exc:
+        raise InputFileError(str(exc)) from exc
 
 
 def _write_supernet(sn, doc: dict, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    _save_state_file(sn, out / "supernet.safetensors")
-    return _write_json(out / "supernet.json", _supernet_doc(sn, doc))
+    from .supernet.store import save_supernet
+
+    return save_supernet(sn, out, doc)
 
 
 # --------------------------------------------------------------------------- models

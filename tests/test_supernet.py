@@ -502,7 +502,7 @@ def test_save_load_generic_with_skeleton(tmp_path):
 
 
 def test_save_refuses_non_subnets(tmp_path, vit_sn):
-    with pytest.raises(TypeError, match="extracted subnet"):
+    with pytest.raises(ValueError, match="saved to a folder.*extract it first"):
         sk.save(vit_sn, tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="not a subnet extracted"):
         sk.save(make_gen(), tmp_path / "x.safetensors")

@@ -225,9 +225,10 @@ def _merge_space(space: dict, user, model: nn.Module, lay: fam.Layout) -> dict:
                 f"space.resolution: this {lay.family} supernet has no elastic resolution "
                 "(timm ViT only)"
             )
-        space["resolution"] = (
-            [lay.resolution["native"]] if user["resolution"] is None else user["resolution"]
-        )
+        if user["resolution"] is not None:
+            space["resolution"] = user["resolution"]
+        elif lay.resolution is not None:  # fixed at the native resolution
+            space["resolution"] = [lay.resolution["native"]]
     for section in ("depth", "mlp", "heads", "linear"):
         entries = user.get(section, {})
         if not isinstance(entries, dict):

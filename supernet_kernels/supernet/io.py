@@ -86,11 +86,15 @@ def _layer_record(m: nn.Module) -> dict | None:
 
 
 def save(module: nn.Module, path: str | os.PathLike) -> Path:
-    """Write an extracted subnet (from ``Supernet.extract``) to ``path``, atomically."""
+    """Write an extracted subnet (from ``Supernet.extract``) to the file ``path``, atomically;
+    a whole :class:`Supernet` to the folder ``path`` (see :mod:`~supernet_kernels.supernet.store`;
+    returns its supernet.json)."""
     from safetensors.torch import save_file
 
     if isinstance(module, Supernet):
-        raise TypeError("save: pass an extracted subnet, supernet.extract(config), not a Supernet")
+        from .store import save_supernet
+
+        return save_supernet(module, path)
     info = getattr(module, "sk_subnet", None)
     if not isinstance(info, dict) or info.get("format") != SUBNET_FORMAT:
         raise ValueError(
@@ -269,6 +273,32 @@ def _walk_numbers(value, where: str):
         raise ValueError(f"{where}: unexpected value {value!r}")
 
 
+def check_build_bounds(build, shapes: dict[str, tuple[int, ...]], n_removed: int, bad: str) -> None:
+    """A build record's numbers against the bounds the file's tensors give (see above)."""
+    n_tensors = len(shapes)
+    limit = _DIM_FACTOR * max([d for s in shapes.values() for d in s] + [n_tensors, 64])
+    if not isinstance(build, dict) or not isinstance(build.get("kwargs"), dict):
+        raise ValueError(f"{bad}: build record {build!r} is not a dict with kwargs")
+    kwargs = build["kwargs"]
+    for key, v in _walk_numbers(kwargs, "build.kwargs"):
+        if not math.isfinite(v) or abs(v) > limit:
+            raise ValueError(
+                f"{bad}: {key} = {v!r} is out of bounds (at most {limit}, {_DIM_FACTOR}x "
+                "the largest tensor dimension in the file)"
+            )
+    depth = kwargs.get("depth", kwargs.get("depths"))
+    if isinstance(depth, list) and all(_is_count(d) for d in depth):
+        depth = sum(depth)
+    if depth is not None and not _is_count(depth):
+        raise ValueError(f"{bad}: build.kwargs depth {depth!r} is not a block count")
+    if depth is not None and depth > n_tensors + n_removed:
+        raise ValueError(
+            f"{bad}: build.kwargs asks for {depth} blocks, but the file holds {n_tensors} "
+            f"tensors and removes {n_removed} blocks (each kept block holds at least "
+            "one tensor)"
+        )
+
+
 def _check_bounds(doc: dict, shapes: dict[str, tuple[int, ...]], where: str) -> None:
     """Every number and list of the document against bounds the file's tensors give (see
     above); ValueError naming the field. Cheap: nothing is built."""
@@ -286,28 +316,8 @@ def _check_bounds(doc: dict, shapes: dict[str, tuple[int, ...]], where: str) -> 
                 f"{bad}: {len(entries)} {field} records, but the file holds only {n_tensors} "
                 "tensors (each has at least one)"
             )
-    build = doc.get("build")
-    if build is not None:
-        if not isinstance(build, dict) or not isinstance(build.get("kwargs"), dict):
-            raise ValueError(f"{bad}: build record {build!r} is not a dict with kwargs")
-        kwargs = build["kwargs"]
-        for key, v in _walk_numbers(kwargs, "build.kwargs"):
-            if not math.isfinite(v) or abs(v) > limit:
-                raise ValueError(
-                    f"{bad}: {key} = {v!r} is out of bounds (at most {limit}, {_DIM_FACTOR}x "
-                    "the largest tensor dimension in the file)"
-                )
-        depth = kwargs.get("depth", kwargs.get("depths"))
-        if isinstance(depth, list) and all(_is_count(d) for d in depth):
-            depth = sum(depth)
-        if depth is not None and not _is_count(depth):
-            raise ValueError(f"{bad}: build.kwargs depth {depth!r} is not a block count")
-        if depth is not None and depth > n_tensors + len(removed):
-            raise ValueError(
-                f"{bad}: build.kwargs asks for {depth} blocks, but the file holds {n_tensors} "
-                f"tensors and removes {len(removed)} blocks (each kept block holds at least "
-                "one tensor)"
-            )
+    if doc.get("build") is not None:
+        check_build_bounds(doc["build"], shapes, len(removed), bad)
     for name, rec in doc["layers"].items():
         for key, v in _walk_numbers(rec, f"layers.{name}"):
             if not math.isfinite(v) or abs(v) > limit:
@@ -332,7 +342,9 @@ def _check_bounds(doc: dict, shapes: dict[str, tuple[int, ...]], where: str) -> 
 
 def load(path: str | os.PathLike, skeleton: nn.Module | None = None) -> nn.Module:
     """Load a :func:`save` file; see the module doc. ``skeleton``: a full model of the original
-    architecture (required where the file records no build; it is changed in place).
+    architecture (required where the file records no build; it is changed in place). A folder
+    (or its supernet.json) written by ``save(supernet, folder)`` or the command line loads as
+    a :class:`Supernet` at its max config.
 
     Nothing is built before the metadata is checked: first its numbers against bounds the
     file's tensors give (:func:`_check_bounds`), then (without a skeleton) the whole plan on
@@ -341,6 +353,12 @@ def load(path: str | os.PathLike, skeleton: nn.Module | None = None) -> nn.Modul
     from safetensors.torch import load_file
 
     path = Path(path)
+    if path.is_dir() or path.suffix == ".json":  # a whole supernet (folder or supernet.json)
+        from .store import load_supernet
+
+        if skeleton is not None:
+            raise ValueError(f"load: {path} is a supernet folder; it takes no skeleton")
+        return load_supernet(path)[0]
     doc, shapes = _read_doc(path)
     where = f"load: {path}"
     _check_bounds(doc, shapes, where)
