@@ -172,3 +172,25 @@ def test_census_summary_names_the_skipped_layers():
         n_qkv = sum(n.endswith("attn.qkv") for n, _ in model.named_modules())
         assert len([r for r in sn.skipped.values() if "reads self.qkv.weight" in r]) == n_qkv
         assert any(n.endswith("attn.proj") for n in sn.space["linear"])
+
+
+def test_generic_path_warns_when_the_space_is_nearly_empty():
+    cnn = timm.create_model("resnet10t", pretrained=False, num_classes=10)
+    with pytest.warns(UserWarning, match="nearly empty"):
+        sn = sk.convert(cnn)
+    assert sn.build == {"kind": "timm", "name": "resnet10t", "kwargs": {"num_classes": 10}}
+
+
+def test_any_timm_model_by_name_gets_a_build_record(tmp_path):
+    model, x = build("beit")
+    assert sk.convert(model).build is None  # built with architecture kwargs: not by name
+    model = timm.create_model("levit_128s", pretrained=False, num_classes=3).eval()
+    with pytest.warns(UserWarning, match="nearly empty"):  # every layer dense 16-bit
+        sn = sk.convert(model, space={"linear": {"*": {"rank": [None]}}})
+    assert sn.build["name"] == "levit_128s" and sn.build["kwargs"]["num_classes"] == 3
+    sub = sn.extract()
+    sk.save(sub, tmp_path / "s.safetensors")
+    back = sk.load(tmp_path / "s.safetensors")  # no skeleton needed
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(back(x), sub(x))

@@ -896,6 +896,7 @@ def convert(
             p.requires_grad_(lin.weight.requires_grad)
         parent, attr = _parent(work, n)
         setattr(parent, attr, el)
+    _warn_if_nearly_empty(model, lay, checked)
     wrapped = [b for b, c in checked["depth"].items() if False in c]
     for b in wrapped:
         parent, attr = _parent(work, b)
@@ -906,6 +907,37 @@ def convert(
     return Supernet(
         work, lay, checked, wrapped, record, flags, "ours" if swapped else "original", swapped
     )
+
+
+NEARLY_EMPTY = 0.2  # elastic linears holding less than this share of the weights: warn
+
+
+def _warn_if_nearly_empty(model: nn.Module, lay: fam.Layout, space: dict) -> None:
+    """A generic model whose elastic layers hold little of its weights (a CNN: only its
+    classifier; a model whose linears are read directly) gets a space that cannot compress
+    it: say so instead of returning it silently."""
+    if lay.family != "generic":
+        return
+    total = sum(p.numel() for p in model.parameters())
+    mods = dict(model.named_modules())
+    elastic = sum(mods[n].weight.numel() for n, sp in space["linear"].items() if len(sp["rank"]) > 1
+                  or len(sp["w_bits"]) > 1)  # fmt: skip
+    share = elastic / max(total, 1)
+    if (
+        share < NEARLY_EMPTY
+        and not space["mlp"]
+        and not any(False in c for c in space["depth"].values())
+    ):
+        import warnings
+
+        warnings.warn(
+            f"convert: the search space of this generic {type(model).__name__} is nearly empty: "
+            f"its {len(space['linear'])} elastic linear layers hold {share:.2%} of the model's "
+            f"{total} parameters, with no elastic MLP widths, heads or depth (first-class "
+            "families: timm ViT / DeiT / Swin, SAM's image encoder; declare MLPs and blocks "
+            "with space=)",
+            stacklevel=3,
+        )
 
 
 def extract(supernet: Supernet, config: dict | None = None) -> nn.Module:

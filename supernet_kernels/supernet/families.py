@@ -412,10 +412,41 @@ def fingerprint(model: nn.Module) -> tuple:
     return tuple(mods), tuple(shapes)
 
 
+def _generic_timm_candidates(model: nn.Module, name: str) -> list[dict]:
+    """Records for a timm model outside the ViT / Swin families: its architecture name with
+    the constructor arguments readable on any timm model (classes, input channels, pooling),
+    most specific first. The caller verifies them."""
+    kw: dict[str, Any] = {}
+    if isinstance(getattr(model, "num_classes", None), int):
+        kw["num_classes"] = int(model.num_classes)
+    pool = getattr(model, "global_pool", None)
+    if isinstance(pool, str):
+        kw["global_pool"] = pool
+    cands = []
+    for drop in ([], ["global_pool"], ["global_pool", "num_classes"]):
+        k = {a: b for a, b in kw.items() if a not in drop}
+        cands.append({"kind": "timm", "name": name, "kwargs": k})
+    return cands
+
+
 def describe_build(model: nn.Module, family: str) -> dict | None:
     """A verified JSON build record for ``model`` (call before converting it), or None."""
     reader = _KWARGS.get(family)
     if reader is None:
+        # Any timm model made by name: its name plus the generic arguments, verified.
+        cfg = getattr(model, "pretrained_cfg", None)
+        name = cfg.get("architecture") if isinstance(cfg, dict) else None
+        if not isinstance(name, str):
+            return None
+        want = fingerprint(model)
+        for build in _generic_timm_candidates(model, name):
+            for device in ("meta", "cpu"):
+                try:
+                    if fingerprint(rebuild(build, device=device)) == want:
+                        return build
+                    break
+                except Exception:
+                    continue
         return None
     try:
         kwargs = json.loads(json.dumps(reader(model)))
