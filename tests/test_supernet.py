@@ -406,7 +406,8 @@ def test_space_overrides():
         ({"linear": {"blocks.0.attn.qkv": {"w_bits": [8, 16]}}}, "runs 16-bit only"),
         ({"linear": {"blocks.0.attn.proj": {"w_bits": [16], "a_bits": [8]}}}, "a_bits 8 needs"),
         ({"linear": {"blocks.0.attn.qkv": {"rank": [65]}}}, "65 is not null or an int in 1..64"),
-        ({"mlp": {"blocks.0.mlp": [0]}}, "space.mlp.blocks.0.mlp: 0 is not an int in 1..256"),
+        ({"mlp": {"blocks.0.mlp": [0]}}, "space.mlp.blocks.0.mlp: 0 is neither a width in 1..256"),
+        ({"mlp": {"blocks.0.mlp": [1.5]}}, "space.mlp.blocks.0.mlp: 1.5 is neither a width"),
         (
             {"mlp": {"blocks.0.mlp": [32]}, "linear": {"blocks.0.mlp.fc1": {"rank": [40]}}},
             "smallest rank 40 exceeds",
@@ -423,6 +424,14 @@ def test_bad_spaces(space, msg):
     with pytest.raises(ValueError, match=None) as info:
         sk.convert(make_vit(), space)
     assert msg in str(info.value), str(info.value)
+
+
+def test_space_mlp_accepts_fractions_as_the_readme_gives_them():
+    sn = sk.convert(make_vit(), {"mlp": {"blocks.*.mlp": [0.25, 0.5, 1.0]}})
+    assert sn.space["mlp"]["blocks.0.mlp"] == [64, 128, 256]  # hidden 256; configs take widths
+    sn.set_active({"mlp": {"blocks.0.mlp": 64}})
+    with pytest.raises(ValueError, match=r"mlp.blocks.0.mlp: 0.25 is not one of \[64, 128, 256\]"):
+        sn.set_active({"mlp": {"blocks.0.mlp": 0.25}})
 
 
 def test_generic_skips_weight_reading_parents():

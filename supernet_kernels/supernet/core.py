@@ -141,13 +141,15 @@ def _rank_choices(n: int, k: int) -> list[int]:
     return sorted({max(1, round(full * e / 8)) for e in RANK_EIGHTHS})
 
 
+def _mlp_width(hidden: int, f: float) -> int:
+    """The width of fraction ``f`` of a hidden size (a multiple of 8 from 64 units up)."""
+    w = hidden * f
+    w = round(w / 8) * 8 if hidden >= 64 else round(w)
+    return min(hidden, max(1, int(w)))
+
+
 def _mlp_widths(hidden: int) -> list[int]:
-    out = set()
-    for f in MLP_FRACTIONS:
-        w = hidden * f
-        w = round(w / 8) * 8 if hidden >= 64 else round(w)
-        out.add(min(hidden, max(1, int(w))))
-    return sorted(out)
+    return sorted({_mlp_width(hidden, f) for f in MLP_FRACTIONS})
 
 
 def _head_counts(heads: int) -> list[int]:
@@ -306,10 +308,18 @@ def _check_space(space: dict, model: nn.Module, lay: fam.Layout, attention: str)
         )
     for m, vals in space["mlp"].items():
         hidden = mods[lay.mlps[m][0]].out_features
+        if isinstance(vals, list | tuple):  # fractions of the hidden size, as the docs give them
+            vals = [
+                _mlp_width(hidden, v) if isinstance(v, float) and 0 < v <= 1 else v for v in vals
+            ]
         out["mlp"][m] = _norm_choices(
             f"space.mlp.{m}",
             vals,
-            lambda v, h=hidden: None if _is_int(v) and 1 <= v <= h else f"is not an int in 1..{h}",
+            lambda v, h=hidden: (
+                None
+                if _is_int(v) and 1 <= v <= h
+                else f"is neither a width in 1..{h} nor a fraction in (0, 1] of it"
+            ),
         )
     for a, vals in space["heads"].items():
         full = lay.heads[a]
