@@ -326,6 +326,10 @@ def quantize_model(
         _replace(places, q)
         report.quantized.append((name, q.bits, q.group_size, q.act_bits))
         report.weight_bytes_after += q.weight_nbytes
+    if todo:  # transformers' save_pretrained would reload these layers re-initialized
+        from ..supernet.hf import refuse_save_pretrained
+
+        refuse_save_pretrained(model)
     return report
 
 

@@ -174,7 +174,10 @@ def _default_space(model: nn.Module, lay: fam.Layout, attention: str) -> dict:
         "depth": {b: ([False, True] if d else [True]) for b, d in lay.blocks.items()},
         "mlp": {m: _mlp_widths(mods[a].out_features) for m, (a, _) in lay.mlps.items()},
         # The model's own attention reshapes with a fixed head count: elastic with ours only.
-        "heads": {a: _head_counts(h) if attention == "ours" else [h] for a, h in lay.heads.items()},
+        "heads": {
+            a: _head_counts(h) if attention == "ours" or lay.family == "hf_vit" else [h]
+            for a, h in lay.heads.items()
+        },
         "linear": {n: _linear_default(r, mods[n]) for n, r in lay.roles.items()},
     }
 
@@ -328,7 +331,7 @@ def _check_space(space: dict, model: nn.Module, lay: fam.Layout, attention: str)
             vals,
             lambda v, h=full: None if _is_int(v) and 1 <= v <= h else f"is not an int in 1..{h}",
         )
-        if attention != "ours" and out["heads"][a] != [full]:
+        if attention != "ours" and lay.family != "hf_vit" and out["heads"][a] != [full]:
             raise ValueError(
                 f'space.heads.{a}: fewer heads than the model\'s {full} need attention="ours" '
                 f"(the model's own attention runs a fixed head count), got {out['heads'][a]}"
@@ -381,8 +384,7 @@ def _check_space(space: dict, model: nn.Module, lay: fam.Layout, attention: str)
         for m, w in out["mlp"].items()
     ]
     for a, counts in out["heads"].items():
-        d = mods[f"{a}.proj"].in_features // lay.heads[a]
-        sides = [(f"{a}.qkv", "out", 3 * d), (f"{a}.proj", "in", d)]
+        sides = [(n, side, unit) for n, side, unit in _head_sides(lay, mods, a)]
         narrowed.append((f"heads.{a}", "head count", counts[0], sides))
     for key, what, smallest, sides in narrowed:
         for lname, side, unit in sides:
@@ -396,6 +398,19 @@ def _check_space(space: dict, model: nn.Module, lay: fam.Layout, attention: str)
                     f"min(in, out) = {limit} at the smallest {what} {smallest} of {key}"
                 )
     return out
+
+
+def _head_sides(lay: fam.Layout, mods: dict, a: str) -> list[tuple[str, str, int]]:
+    """(linear, side narrowed, width per head) of attention module ``a``: its fused qkv and
+    proj (timm / SAM, our attention) or transformers ViT's q, k, v and o projections."""
+    if lay.family == "hf_vit":
+        from . import hf
+
+        qkv, o = hf.head_linears(a)
+        d = mods[o].in_features // lay.heads[a]
+        return [(n, "out", d) for n in qkv] + [(o, "in", d)]
+    d = mods[f"{a}.proj"].in_features // lay.heads[a]
+    return [(f"{a}.qkv", "out", 3 * d), (f"{a}.proj", "in", d)]
 
 
 # --------------------------------------------------------------------------- module surgery
@@ -470,22 +485,33 @@ class Supernet(nn.Module):
         self._paths = {n: self._wrapped_path(n) for n in [*space["linear"], *space["heads"]]}
         # Attention modules running fewer heads than they have (prioritized by convert):
         # name -> head_dim.
-        self._head_dims = {
-            a: self._mod(a).head_dim
-            for a in space["heads"]
-            if getattr(self._mod(a), "qkv_layout", "qkv") == "head"
-        }
+        if self.family == "hf_vit":  # transformers ViT: prioritized where heads are elastic
+            self._head_dims = {
+                a: self._mod(a).head_dim
+                for a, c in space["heads"].items()
+                if c != [layout.heads[a]]
+            }
+        else:
+            self._head_dims = {
+                a: self._mod(a).head_dim
+                for a in space["heads"]
+                if getattr(self._mod(a), "qkv_layout", "qkv") == "head"
+            }
         # Linears whose width follows another dimension: name -> (config section, entry,
         # side, width per unit of the entry's value).
         self._side: dict[str, tuple[str, str, str, int]] = {}
         for m, (a, b) in layout.mlps.items():
             self._side[a] = ("mlp", m, "out", 1)
             self._side[b] = ("mlp", m, "in", 1)
-        for a, d in self._head_dims.items():
-            self._side[f"{a}.qkv"] = ("heads", a, "out", 3 * d)
-            self._side[f"{a}.proj"] = ("heads", a, "in", d)
+        mods = {n: self._mod(n) for n in space["linear"]}
+        for a in self._head_dims:
+            for n, side, unit in _head_sides(layout, mods, a):
+                self._side[n] = ("heads", a, side, unit)
         self._config = self.max_config()
         self._apply_config(self._config)
+
+    def _side_of_heads(self, a: str) -> list[tuple[str, str, int]]:
+        return [(n, s[2], s[3]) for n, s in self._side.items() if s[0] == "heads" and s[1] == a]
 
     # ----------------------------------------------------------------- lookups
     def _wrapped_path(self, name: str) -> str:
@@ -659,11 +685,13 @@ class Supernet(nn.Module):
             a, b = self._layout.mlps[m]
             self._mod(a).set_active(out=h)
             self._mod(b).set_active(in_features=h)
-        for a, d in self._head_dims.items():
+        for a in self._head_dims:
             h = cfg["heads"][a]
-            self._mod(a).set_heads(h)
-            self._mod(f"{a}.qkv").set_active(out=3 * h * d)  # head-major: one prefix
-            self._mod(f"{a}.proj").set_active(in_features=h * d)
+            if self.family != "hf_vit":  # transformers' ViT reshapes with -1 heads
+                self._mod(a).set_heads(h)
+            for n, side, unit in self._side_of_heads(a):
+                # head-major: one prefix of each
+                self._mod(n).set_active(**{"out" if side == "out" else "in_features": h * unit})
         for n, c in cfg["linear"].items():
             self._mod(n).set_active(rank=c["rank"], w_bits=c["w_bits"], a_bits=c["a_bits"])
 
@@ -678,7 +706,12 @@ class Supernet(nn.Module):
                     "resize the images or set_active({'resolution': ...})"
                 )
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if x is not None and x.dim() == 4 and x.shape[0] == 0 and self.family != "generic":
+        if (
+            x is not None
+            and x.dim() == 4
+            and x.shape[0] == 0
+            and self.family in ("timm_vit", "timm_swin", "sam")
+        ):
             # Image models reshape with -1 somewhere (timm's dynamic-size ViT x.view(B, -1, C),
             # the attention of SAM and Swin), ambiguous for B = 0: run one zero image appended
             # to the empty batch and keep none of it (gradients still reach the input).
@@ -735,6 +768,9 @@ class Supernet(nn.Module):
         drop_placeholders(sub)
         if self.family == "timm_vit" and cfg["resolution"] is not None:
             fam.vit_set_resolution(sub, cfg["resolution"], self._vit_flags)
+        from .hf import refuse_save_pretrained
+
+        refuse_save_pretrained(sub)
         sub.sk_subnet = {
             "format": SUBNET_FORMAT,
             "family": self.family,
@@ -882,7 +918,14 @@ def convert(
             reorder_mlp(work.get_submodule(a), work.get_submodule(b), imp)
     swapped = swap_attention(work, family) if attention == "ours" else []
     for a, counts in checked["heads"].items():
-        if counts != [lay.heads[a]]:  # fewer heads possible: best heads first, qkv head-major
+        if counts == [lay.heads[a]]:
+            continue
+        # fewer heads possible: best heads first, qkv head-major
+        if family == "hf_vit":
+            from . import hf
+
+            hf.prioritize_heads(work.get_submodule(a), lay.heads[a])  # magnitude
+        else:
             prioritize_heads(work.get_submodule(a), head_imp)
     flags = None
     if family == "timm_vit" and checked["resolution"] is not None:
@@ -914,6 +957,9 @@ def convert(
         eb = ElasticBlock(blk)
         eb.train(blk.training)
         setattr(parent, attr, eb)
+    from .hf import refuse_save_pretrained
+
+    refuse_save_pretrained(work)
     return Supernet(
         work, lay, checked, wrapped, record, flags, "ours" if swapped else "original", swapped
     )

@@ -76,6 +76,11 @@ def _sam_cls():
 
 
 def detect_family(model: nn.Module) -> str:
+    from . import hf
+
+    found = hf.detect(model)
+    if found is not None:
+        return found
     for family, get in (("sam", _sam_cls), ("timm_swin", _swin_cls), ("timm_vit", _vit_cls)):
         cls = get()
         if cls is not None and isinstance(model, cls):
@@ -181,6 +186,10 @@ def layout(model: nn.Module, family: str | None = None) -> Layout:
             for j, blk in enumerate(stage.blocks):
                 _transformer_block(f"layers.{s}.blocks.{j}", blk, ("fc1", "fc2"), roles, mlps)
                 blocks[f"layers.{s}.blocks.{j}"] = 0 < j < n - 1
+    elif family in ("hf_vit", "hf_sam"):
+        from . import hf
+
+        roles, mlps, blocks, heads = hf.layout_parts(model, family)
     elif family == "sam":
         n = len(model.blocks)
         for i, blk in enumerate(model.blocks):
@@ -190,7 +199,16 @@ def layout(model: nn.Module, family: str | None = None) -> Layout:
     default = "generic" if family == "generic" else "other"
     roles = {n_: roles.get(n_, default) for n_ in names}  # model order; skipped ones dropped
     mlps = {k: v for k, v in mlps.items() if v[0] in roles and v[1] in roles}
-    heads = {a: h for a, h in heads.items() if f"{a}.qkv" in roles and f"{a}.proj" in roles}
+    if family == "hf_vit":
+        from . import hf
+
+        heads = {
+            a: h
+            for a, h in heads.items()
+            if all(n_ in roles for n_ in [*hf.head_linears(a)[0], hf.head_linears(a)[1]])
+        }
+    else:
+        heads = {a: h for a, h in heads.items() if f"{a}.qkv" in roles and f"{a}.proj" in roles}
     return Layout(family, roles, mlps, blocks, skipped, resolution, heads)
 
 
@@ -375,6 +393,10 @@ def rebuild(build: dict, device=None) -> nn.Module:
                 if not isinstance(name, str):
                     raise ValueError(f"corrupt build record: name {name!r}")
                 return timm.create_model(name, pretrained=False, **kwargs)
+            if kind == "hf":
+                from . import hf
+
+                return hf.rebuild(build)
             if kind == "class":
                 get = _CLASSES.get(build.get("class"))
                 cls = get() if get is not None else None
@@ -431,6 +453,16 @@ def _generic_timm_candidates(model: nn.Module, name: str) -> list[dict]:
 
 def describe_build(model: nn.Module, family: str) -> dict | None:
     """A verified JSON build record for ``model`` (call before converting it), or None."""
+    if family in ("hf_vit", "hf_sam"):
+        from . import hf
+
+        try:
+            build = json.loads(json.dumps(hf.build_record(model)))
+            if fingerprint(rebuild(build, device="meta")) == fingerprint(model):
+                return build
+        except Exception:
+            pass
+        return None
     reader = _KWARGS.get(family)
     if reader is None:
         # Any timm model made by name: its name plus the generic arguments, verified.

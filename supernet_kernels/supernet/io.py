@@ -62,6 +62,7 @@ from .attention import (
 from .core import SUBNET_FORMAT, Supernet, remove_blocks
 
 _META_KEY = "supernet_kernels"
+FAMILIES = ("timm_vit", "timm_swin", "sam", "hf_vit", "hf_sam", "generic")
 
 
 def _layer_record(m: nn.Module) -> dict | None:
@@ -171,7 +172,7 @@ def _read_doc(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
                 f"format {doc.get('format')!r}, expected {SUBNET_FORMAT!r} (another file kind "
                 "or a newer release)"
             )
-        if doc.get("family") not in ("timm_vit", "timm_swin", "sam", "generic"):
+        if doc.get("family") not in FAMILIES:
             raise ValueError(f"unknown family {doc.get('family')!r}")
         if not isinstance(doc.get("layers"), dict) or not isinstance(doc.get("removed"), list):
             raise ValueError("'layers' / 'removed' missing or of the wrong type")
@@ -254,6 +255,23 @@ _DIM_FACTOR = 16
 _MAX_NAME = 1000
 
 
+def _hf_layers(kwargs: dict):
+    """The layers a transformers config asks for (``num_hidden_layers``, nested configs
+    summed), or None."""
+    total, found = 0, False
+    stack = [kwargs]
+    while stack:
+        d = stack.pop()
+        for k, v in d.items():
+            if isinstance(v, dict):
+                stack.append(v)
+            elif k == "num_hidden_layers":
+                if not _is_count(v):
+                    return v  # reported as not a block count
+                total, found = total + v, True
+    return total if found else None
+
+
 def _is_count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
@@ -286,7 +304,7 @@ def check_build_bounds(build, shapes: dict[str, tuple[int, ...]], n_removed: int
                 f"{bad}: {key} = {v!r} is out of bounds (at most {limit}, {_DIM_FACTOR}x "
                 "the largest tensor dimension in the file)"
             )
-    depth = kwargs.get("depth", kwargs.get("depths"))
+    depth = kwargs.get("depth", kwargs.get("depths", _hf_layers(kwargs)))
     if isinstance(depth, list) and all(_is_count(d) for d in depth):
         depth = sum(depth)
     if depth is not None and not _is_count(depth):
