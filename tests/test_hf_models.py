@@ -149,3 +149,13 @@ def test_hf_record_with_absurd_layer_count_is_refused(tmp_path):
     save_file(load_file(str(path)), str(bad), metadata={"supernet_kernels": json.dumps(doc)})
     with pytest.raises(ValueError, match="num_hidden_layers|blocks"):
         sk.load(bad)
+
+
+def test_empty_batch_through_the_hf_vit_supernet():
+    """transformers' own ViT cannot run B = 0 (view with -1 heads); the supernet can."""
+    sn = sk.convert(hf_vit())
+    for cfg in (sn.max_config(), sn.min_config()):
+        sn.set_active(cfg)
+        with torch.no_grad():
+            out = sn(pixel_values=torch.randn(0, 3, 32, 32)).logits
+        assert out.shape == (0, 5)

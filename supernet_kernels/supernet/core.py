@@ -719,6 +719,15 @@ class Supernet(nn.Module):
             if isinstance(out, torch.Tensor):
                 return out[:0]
             return type(out)(o[:0] for o in out)
+        px = kwargs.get("pixel_values")
+        if self.family == "hf_vit" and isinstance(px, torch.Tensor) and px.shape[0] == 0:
+            # transformers' ViT attention views with -1 heads, ambiguous for B = 0: as above.
+            one = torch.cat([px, px.new_zeros((1, *px.shape[1:]))])
+            out = self.model(*args, **{**kwargs, "pixel_values": one})
+            for k, v in list(out.items()):
+                if isinstance(v, torch.Tensor):
+                    out[k] = v[:0]
+            return out
         return self.model(*args, **kwargs)
 
     def active_params(self) -> int:
