@@ -194,3 +194,44 @@ def test_any_timm_model_by_name_gets_a_build_record(tmp_path):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(back(x), sub(x))
+
+
+class _Hidden(torch.nn.Module):
+    """Reads its linear's weight through getattr, which the source scan cannot see."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 16)
+        self.out = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        w = getattr(self.fc, "wei" + "ght")
+        return self.out(torch.nn.functional.linear(x, w))
+
+
+def test_a_read_the_scan_misses_names_the_problem():
+    torch.manual_seed(0)
+    sn = sk.convert(_Hidden())
+    with pytest.raises(AttributeError, match="reads this layer's weight directly"):
+        sn(torch.randn(2, 16))
+
+
+def test_direct_read_scan_sees_the_parents_methods():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+
+    class Reader(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+            self.head = torch.nn.Linear(4, 2)
+
+        def _mix(self, x):
+            return torch.nn.functional.linear(x, self.proj.weight, self.proj.bias)
+
+        def forward(self, x):
+            return self.head(self._mix(x))
+
+    from supernet_kernels._direct_reads import direct_reads
+
+    assert set(direct_reads(Reader())) == {"proj"}
+    assert direct_reads(model) == {}
