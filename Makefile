@@ -13,7 +13,7 @@ CXX_SOURCES = $(shell find csrc tests/cpp -name '*.cpp' -o -name '*.h' -o -name 
 deps:  ## torch with CUDA (local wheel on our machines) and the test tools
 	$(PYTHON) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PYTHON) -m pip install -q "pytest>=7" pytest-timeout expecttest matplotlib ruff cmake ninja \
-		safetensors timm segment-anything optuna scikit-learn pyyaml tqdm hypothesis
+		safetensors timm segment-anything transformers optuna scikit-learn pyyaml tqdm hypothesis
 
 install: deps  ## build the native extension in place (editable) with the CUDA kernels
 	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .

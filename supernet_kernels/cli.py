@@ -65,7 +65,7 @@ EXIT_CODES_TEXT = """exit codes:
   4    infeasible budget: no subnet meets the search budget
   130  interrupted (Ctrl-C)"""
 
-SUPERNET_FORMAT = "sk-cli-supernet-v1"
+SUPERNET_FORMAT = "sk-cli-supernet-v1"  # supernet.store.SUPERNET_FORMAT (kept light: no torch)
 RECIPES = ("default", "flora", "supersam", "mplora")
 TRAIN_RECIPES = ("sandwich", "flora", "supersam", "mplora")
 
@@ -308,27 +308,6 @@ def _load_state_file(path: Path) -> dict:
         ) from exc
 
 
-def _save_state_file(module, path: Path) -> Path:
-    """``module.state_dict()`` as safetensors, written atomically (tensors sharing memory are
-    cloned: safetensors refuses them)."""
-    from safetensors.torch import save_file
-
-    tensors, seen = {}, set()
-    for k, t in module.state_dict().items():
-        t = t.detach().contiguous().cpu()
-        ident = t.untyped_storage().data_ptr() if t.numel() else None
-        if ident is not None and ident in seen:
-            t = t.clone()
-        elif ident is not None:
-            seen.add(ident)
-        tensors[k] = t
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-    return path
-
-
 def _space_override(recipe: str, model, args_space, bits) -> dict | None:
     """The ``convert(space=...)`` override of a recipe, merged with the user's."""
     from .config_files import deep_merge
@@ -356,108 +335,29 @@ def _space_override(recipe: str, model, args_space, bits) -> dict | None:
 
 def _build_supernet(model, meta: dict):
     """convert(model) the way ``meta`` (a supernet.json document) records it."""
-    from .supernet import convert
+    from .supernet.store import build_supernet
 
-    recipe = meta.get("recipe", "default")
-    if recipe == "mplora":
-        from .recipes.mplora import mplora_supernet
-
-        lora = meta.get("lora_rank") or 0
-        return mplora_supernet(
-            model,
-            bits=tuple(meta.get("bits") or (2, 3, 4, 8)),
-            lora_rank=lora or 8,
-            lora=bool(lora),
-        )
-    override = meta.get("space_override")
-    recorded = meta.get("space")
-    if isinstance(recorded, dict):
-        # Rebuilding a written supernet: its heads as recorded, which decides whether convert
-        # reorders qkv head-major. A file written before heads were elastic holds every head
-        # in the original qkv row order: all heads, fixed.
-        from .supernet import families as fam
-
-        heads = recorded.get("heads")
-        if heads is None:
-            heads = {a: [h] for a, h in fam.layout(model).heads.items()}
-        override = {**(override or {}), "heads": heads}
-    return convert(
-        model,
-        space=override,
-        attention=meta.get("attention", "ours"),
-        importance=meta.get("_importance", "magnitude"),
-        calib_batches=meta.get("_calib"),
-    )
-
-
-def _read_supernet_doc(path) -> tuple[dict, Path]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "supernet.json"
-    doc = _read_json(path, "supernet file")
-    if doc.get("format") != SUPERNET_FORMAT:
-        raise InputFileError(
-            f"{path}: not a supernet file written by `supernet-kernels convert` / `train` "
-            f"(format {doc.get('format')!r}, expected {SUPERNET_FORMAT!r})"
-        )
-    if not isinstance(doc.get("build"), dict):
-        raise InputFileError(f"{path}: the file records no architecture (build) to rebuild")
-    return doc, path
+    return build_supernet(model, meta)
 
 
 def load_supernet(path):
     """Rebuild the supernet of a ``supernet.json`` (from ``convert`` or ``train``) with its
-    weights. Returns ``(supernet, doc, json_path)``."""
-    from .supernet import families as fam
+    weights (:func:`supernet_kernels.supernet.store.load_supernet`). Returns ``(supernet, doc,
+    json_path)``."""
+    from .supernet.store import load_supernet as load
 
-    doc, path = _read_supernet_doc(path)
-    state_path = path.parent / doc.get("state", "supernet.safetensors")
-    if not state_path.is_file():
-        raise _missing(state_path, "supernet weights")
     try:
-        model = fam.rebuild(doc["build"])
-    except Exception as exc:
-        raise InputFileError(f"{path}: cannot rebuild the architecture: {exc}") from exc
-    meta = dict(doc)
-    meta.pop("_importance", None)
-    sn = _build_supernet(model, meta)
-    state = _load_state_file(state_path)
-    try:
-        sn.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise InputFileError(
-            f"{state_path} does not fit the supernet {path} describes: {str(exc)[:500]}"
-        ) from exc
-    have = sn.space
-    if isinstance(doc.get("space"), dict) and "heads" not in doc["space"]:
-        have.pop("heads")  # written before heads were elastic (see _build_supernet)
-    if doc.get("space") is not None and json.dumps(have, sort_keys=True) != json.dumps(
-        doc["space"], sort_keys=True
-    ):
-        raise InputFileError(f"{path}: the rebuilt supernet's space differs from the recorded one")
-    sn.set_active(sn.max_config())
-    return sn, doc, path
-
-
-def _supernet_doc(sn, base: dict) -> dict:
-    doc = dict(base)
-    doc.update(
-        format=SUPERNET_FORMAT,
-        family=sn.family,
-        build=sn.build,
-        attention=sn.attention,
-        space=sn.space,
-        max_config=sn.max_config(),
-        min_config=sn.min_config(),
-        state="supernet.safetensors",
-    )
-    return doc
+        return load(path)
+    except FileNotFoundError as exc:
+        raise InputFileError(str(exc)) from exc
+    except ValueError as exc:
+        raise InputFileError(str(exc)) from exc
 
 
 def _write_supernet(sn, doc: dict, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    _save_state_file(sn, out / "supernet.safetensors")
-    return _write_json(out / "supernet.json", _supernet_doc(sn, doc))
+    from .supernet.store import save_supernet
+
+    return save_supernet(sn, out, doc)
 
 
 # --------------------------------------------------------------------------- models
@@ -480,6 +380,16 @@ def _read_state_dict(path: Path) -> dict:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
+        if type(exc).__name__ == "UnpicklingError":
+            # torch's message advises retrying with weights_only=False, which runs whatever
+            # code the file holds: do not pass that on. Keep only what it found.
+            found = [ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln]
+            raise InputFileError(
+                f"{path} holds pickled Python objects besides tensors"
+                f"{' (' + found[0] + ')' if found else ''}; supernet-kernels does not unpickle "
+                "them (unpickling can run code). Save the weights as a state dict of tensors "
+                "(torch.save(model.state_dict(), ...)) or as safetensors"
+            ) from None
         raise InputFileError(f"{path} is not a readable checkpoint: {exc}") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
@@ -871,6 +781,37 @@ def _accuracy_evaluator(task, data, batch_size: int):
     return evaluate
 
 
+def _source_size(data) -> tuple[int, int] | None:
+    """(H, W) of the first sample as stored (before any resize), or None if unknown."""
+    samples = getattr(data, "samples", None)
+    if samples:
+        try:
+            from PIL import Image
+
+            with Image.open(samples[0][0]) as im:
+                return im.height, im.width
+        except Exception:
+            return None
+    try:
+        return tuple(int(d) for d in data[0][0].shape[-2:])
+    except Exception:
+        return None
+
+
+def _note_resize(args, data, size: int) -> None:
+    """Say when the images are resized to the supernet's input size: silently upsampling a
+    32x32 dataset to 224x224 changes what the accuracies mean."""
+    hw = _source_size(data)
+    if hw is None or hw == (size, size):
+        return
+    verb = "upsampled" if max(hw) < size else "resized"
+    _log(
+        args,
+        f"note: the images are {hw[0]}x{hw[1]}; they are {verb} (bilinear) to the supernet's "
+        f"{size}x{size} input",
+    )
+
+
 def cmd_search(args) -> int:
     import torch
 
@@ -895,6 +836,7 @@ def cmd_search(args) -> int:
     device = _device(args)
     sn.to(device)
     size = int(doc.get("image_size") or 224)
+    _note_resize(args, data, size)
     example = (1, 3, size, size)
     if metric == "accuracy":
         task.setup(sn)
@@ -953,7 +895,24 @@ def cmd_search(args) -> int:
     except ImportError:
         _log(args, "matplotlib is not installed: no plot")
     if best is None:
-        raise CLIError("search: no candidate was evaluated successfully (see front.json)")
+        hist = result.history
+        ok = sum(r["status"] == "ok" for r in hist)
+        failed = [r for r in hist if r["status"] == "fail"]
+        over = sum(r["status"] == "infeasible" or (r["status"] == "ok" and not r["feasible"])
+                   for r in hist)  # fmt: skip
+        if hist and not failed:
+            # Every candidate ran (or was costed) and none met the budget: the budget is tight
+            # for this sampler's draws, not an error of the evaluation.
+            raise InfeasibleBudget(
+                f"search: no candidate met the budget {args.budget!r}: {len(hist)} candidates, "
+                f"{ok} evaluated, {over} over the budget (the smallest subnet meets it: raise "
+                "--trials, or use --algorithm evolution, which starts from feasible subnets)"
+            )
+        why = f": {failed[0].get('error')}" if failed else ""
+        raise CLIError(
+            f"search: no candidate was evaluated successfully ({len(failed)} of {len(hist)} "
+            f"failed{why}; see history.csv)"
+        )
     _write_json(out / "best_config.json", best["config"])
     _log(args, f"front ({len(result.front)} members, {dt:.1f} s):")
     _log(args, f"  {'#':>3}  {'metric':>8}  {args.objective:>14}")
@@ -982,6 +941,30 @@ def _config_from_file(path) -> dict:
     return data
 
 
+def _precheck_config(cfg, space, what: str) -> None:
+    """The config's shape and names against a recorded space (no supernet needed); the values
+    are validated by the supernet itself."""
+    if not isinstance(cfg, dict):
+        raise InputFileError(f"{what}: a subnet config is a JSON object, got {type(cfg).__name__}")
+    keys = ("resolution", "depth", "mlp", "heads", "linear")
+    bad = [k for k in cfg if k not in keys]
+    if bad:
+        raise InputFileError(f"{what}: unknown key {bad[0]!r} (expected some of {list(keys)})")
+    if not isinstance(space, dict):
+        return
+    for section in keys[1:]:
+        entries = cfg.get(section, {})
+        if not isinstance(entries, dict):
+            raise InputFileError(f"{what}: {section} must be an object")
+        names = space.get(section) or {}
+        unknown = [n for n in entries if n not in names]
+        if unknown:
+            raise InputFileError(
+                f"{what}: {section}.{unknown[0]} is not in this supernet (it has "
+                f"{list(names)[:4]}{' ...' if len(names) > 4 else ''})"
+            )
+
+
 def cmd_export(args) -> int:
     import torch
 
@@ -993,7 +976,17 @@ def cmd_export(args) -> int:
     chosen = [bool(args.subnet_config), bool(args.front), bool(args.preset)]
     if sum(chosen) != 1:
         raise UsageError("give exactly one of --subnet-config, --front or --preset")
-    sn, doc, src = load_supernet(args.supernet)
+    # The config is read and checked against the recorded space before the supernet is built
+    # (a minute for SAM): a broken file is reported at once.
+    from .supernet.store import read_supernet_doc
+
+    try:
+        recorded, _ = read_supernet_doc(args.supernet)
+    except FileNotFoundError as exc:
+        raise InputFileError(str(exc)) from exc
+    except ValueError as exc:
+        raise InputFileError(str(exc)) from exc
+    cfg = what = None
     if args.subnet_config:
         cfg = _config_from_file(args.subnet_config)
         what = f"config {args.subnet_config}"
@@ -1014,7 +1007,10 @@ def cmd_export(args) -> int:
                     f"(0..{len(front) - 1})"
                 )
             cfg, what = front[args.member]["config"], f"member {args.member} of {args.front}"
-    else:
+    if cfg is not None:
+        _precheck_config(cfg, recorded.get("space"), what)
+    sn, doc, src = load_supernet(args.supernet)
+    if cfg is None:
         cfg = sn.max_config() if args.preset == "max" else sn.min_config()
         what = f"the {'largest' if args.preset == 'max' else 'smallest'} subnet"
     try:
@@ -1090,9 +1086,31 @@ def time_forward(model, x, repeats: int = 20, warmup: int = 3) -> dict:
     return {
         "median_ms": statistics.median(times),
         "min_ms": min(times),
+        "max_ms": max(times),
         "mean_ms": statistics.fmean(times),
         "repeats": repeats,
     }
+
+
+def _bench_image_size(model, given: int | None) -> int:
+    """The input size a subnet runs: its recorded resolution (timm ViT), the fixed size of a
+    SAM encoder or Swin (their window / relative-position tables depend on it), else
+    ``--image-size``; a --image-size the subnet cannot run is a usage error."""
+    info = getattr(model, "sk_subnet", {}) or {}
+    family = info.get("family")
+    fixed, why = info.get("resolution"), "the subnet's resolution"
+    if family == "sam":
+        fixed, why = int(model.img_size), "a SAM image encoder runs only its img_size"
+    elif family == "timm_swin":
+        fixed = int(model.patch_embed.img_size[0])
+        why = "a Swin subnet runs only its img_size (windows and relative positions)"
+    if fixed is None:
+        if given is None:
+            raise UsageError("the subnet records no resolution: give --image-size")
+        return given
+    if given is not None and given != fixed:
+        raise UsageError(f"--image-size {given}: this subnet takes {fixed}x{fixed} ({why})")
+    return fixed
 
 
 def cmd_bench(args) -> int:
@@ -1116,9 +1134,17 @@ def cmd_bench(args) -> int:
             raise UsageError(f"--suite {suite!r}: not one of {suites}")
         import shlex
 
-        cmd = [sys.executable, str(bench_dir / f"bench_{suite}.py"), *shlex.split(args.bench_args)]
+        extra = shlex.split(args.bench_args)
+        if not any(a == "--out" or a.startswith("--out=") for a in extra):
+            # Results go where the user says, or the current folder: never into the package's
+            # (possibly installed, read-only) tree, which the scripts default to.
+            out = Path(args.out) if args.out else Path.cwd()
+            out.mkdir(parents=True, exist_ok=True)
+            target = out / "attention.jsonl" if suite == "attention" else out
+            extra += ["--out", str(target)]
+        cmd = [sys.executable, str(bench_dir / f"bench_{suite}.py"), *extra]
         _log(args, "running " + " ".join(cmd))
-        return subprocess.call(cmd, cwd=bench_dir.parent)
+        return subprocess.call(cmd)
     import torch
 
     import supernet_kernels as sk
@@ -1140,9 +1166,7 @@ def cmd_bench(args) -> int:
     if device.type == "cpu" and dtype == torch.float16:
         raise UsageError("--dtype float16 on the CPU is not supported; use float32 or bfloat16")
     model = model.to(device=device, dtype=dtype).eval()
-    size = model.sk_subnet.get("resolution") or args.image_size
-    if size is None:
-        raise UsageError("the subnet records no resolution: give --image-size")
+    size = _bench_image_size(model, args.image_size)
     rows = []
     bar = _bar(args, len(args.batch_sizes), "bench")
     with backend(args.backend):
@@ -1153,6 +1177,15 @@ def cmd_bench(args) -> int:
             rows.append(r)
             bar.update(1)
     bar.close()
+    for r in rows:
+        if r["max_ms"] > 10 * r["min_ms"]:
+            # e.g. first-call compilation or autotuning inside the timed runs, or a busy machine
+            print(
+                f"warning: batch {r['batch']}: the {r['repeats']} timed runs disagree by "
+                f"{r['max_ms'] / r['min_ms']:.0f}x (min {r['min_ms']:.3f} ms, max "
+                f"{r['max_ms']:.3f} ms); raise --warmup / --repeats or check the machine's load",
+                file=sys.stderr,
+            )
     print(f"{path.name} on {device} ({args.dtype}, backend {args.backend}), {size}x{size}")
     print(f"  {'batch':>5}  {'median ms':>10}  {'min ms':>8}  {'images/s':>10}")
     for r in rows:
@@ -1539,7 +1572,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--bench-args",
         default="",
         metavar="ARGS",
-        help="arguments for the benchmark script, e.g. '--smoke'",
+        help="arguments for the benchmark script, e.g. --bench-args '--smoke'",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="suites: folder for their results (default: the current folder)",
     )
     _common(p)
     p.set_defaults(func=cmd_bench)
@@ -1659,9 +1698,23 @@ def _apply_config(parser, sub: argparse.ArgumentParser, argv: list[str], args):
 
 
 # --------------------------------------------------------------------------- main
+def _join_bench_args(argv: list[str]) -> list[str]:
+    """``--bench-args '--smoke'``: argparse takes a value starting with '-' for an option and
+    stops; the value of --bench-args is always the next word, so join the two."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--bench-args" and i + 1 < len(argv):
+            out.append(f"--bench-args={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def _run(argv: list[str] | None, state: dict) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _join_bench_args(list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

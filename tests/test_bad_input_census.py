@@ -323,7 +323,13 @@ def test_census(supernet, tmp_path):
             "sub.safetensors",
         ),
         ("convert", "not a module", lambda: sk.convert("vit"), TypeError, "Module"),
-    ]
+        ("convert", "model on the meta device", lambda: sk.convert(_vit().to("meta")),
+         ValueError, "meta device"),
+        ("save", "a supernet to a file name", lambda: sk.save(supernet, tmp_path / "s.safetensors"),
+         ValueError, "folder"),
+        ("load", "a folder without a supernet", lambda: sk.load(tmp_path), FileNotFoundError,
+         "supernet.json"),
+    ]  # fmt: skip
     failures = []
     for entry, what, fn, exc, text in cases:
         try:

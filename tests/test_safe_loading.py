@@ -607,3 +607,107 @@ def test_no_pickle_imports_in_the_package():
                 names = [node.module.split(".")[0]]
             found += [f"{f.name}:{node.lineno}: {n}" for n in names if n in banned]
     assert not found, found
+
+
+# ----------------------------------------------------------------------------- (d) metadata
+# The header's document says what to build. Each field is checked against bounds and against
+# the tensors in the file before anything is built: a 2 KB edit (a depth of 10**7) made load
+# allocate until the machine ran out of memory.
+
+
+@pytest.fixture(scope="module")
+def vit_file(tmp_path_factory):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+        depth=3, num_heads=2, num_classes=5,
+    ).eval()  # fmt: skip
+    sn = sk.convert(model)
+    sub = sn.extract(sn.min_config())
+    return sk.save(sub, tmp_path_factory.mktemp("vit") / "vit.safetensors")
+
+
+def _edit_doc(src: Path, dst: Path, change) -> Path:
+    with safe_open(str(src), framework="pt") as f:
+        meta = f.metadata()
+    doc = json.loads(meta["supernet_kernels"])
+    change(doc)
+    save_file(load_file(str(src)), str(dst), metadata={"supernet_kernels": json.dumps(doc)})
+    return dst
+
+
+def _set_kwarg(field, value):
+    return lambda doc: doc["build"]["kwargs"].__setitem__(field, value)
+
+
+def _first_layer(doc, t):
+    return next(v for v in doc["layers"].values() if v["type"] == t)
+
+
+METADATA_EDITS = {
+    "depth_1e7": (_set_kwarg("depth", 10**7), "depth"),
+    "depth_60": (_set_kwarg("depth", 60), "blocks"),
+    "depth_plus_2": (_set_kwarg("depth", 5), "does not match"),
+    "embed_dim_1e6": (_set_kwarg("embed_dim", 10**6), "embed_dim"),
+    "img_size_inf": (_set_kwarg("img_size", float("inf")), "img_size"),
+    "num_classes_negative": (_set_kwarg("num_classes", -(10**9)), "num_classes"),
+    "kwargs_not_numbers": (_set_kwarg("depth", {"a": object.__name__}), "not a block count"),
+    "rank_vs_tensors": (
+        lambda doc: _first_layer(doc, "LowRankLinear").__setitem__("rank", 1),
+        "recorded as LowRankLinear",
+    ),
+    "rank_huge": (
+        lambda doc: _first_layer(doc, "LowRankLinear").__setitem__("rank", 10**9),
+        "out of bounds",
+    ),
+    "layer_records_beyond_tensors": (
+        lambda doc: doc["layers"].update(
+            {
+                f"x{i}": {"type": "Linear", "in_features": 1, "out_features": 1, "bias": False}
+                for i in range(1000)
+            }  # fmt: skip
+        ),
+        "layers records",
+    ),
+    "removed_repeated": (lambda doc: doc["removed"].extend(["blocks.1", "blocks.1"]), "repeated"),
+}
+
+
+@pytest.mark.parametrize("edit", list(METADATA_EDITS))
+def test_bad_metadata_refused_before_building(vit_file, tmp_path, monkeypatch, edit):
+    """Nothing is built for real before the checks pass (only the meta-device dry run), the
+    error names the file and the field, and no build is ever asked for an absurd size."""
+    from supernet_kernels.supernet import families
+
+    real = families.rebuild
+    calls = []
+
+    def guarded(build, device=None):
+        calls.append(device)
+        if device != "meta":
+            raise AssertionError("load built the model before checking the metadata")
+        n = build["kwargs"].get("depth", 0)
+        if not isinstance(n, int) or n > 1000 or build["kwargs"].get("embed_dim", 0) > 10**4:
+            raise AssertionError(f"load asked for an absurd build: {build['kwargs']}")
+        return real(build, device=device)
+
+    monkeypatch.setattr(families, "rebuild", guarded)
+    change, pattern = METADATA_EDITS[edit]
+    p = _edit_doc(vit_file, tmp_path / f"{edit}.safetensors", change)
+    with pytest.raises(ValueError, match=pattern) as info:
+        sk.load(p)
+    assert p.name in str(info.value)
+
+
+def test_good_vit_file_loads_after_the_dry_run(vit_file, monkeypatch):
+    from supernet_kernels.supernet import families
+
+    real = families.rebuild
+    calls = []
+    monkeypatch.setattr(
+        families, "rebuild", lambda b, device=None: calls.append(device) or real(b, device=device)
+    )
+    model = sk.load(vit_file)
+    assert calls == ["meta", None]
+    assert not any(t.is_meta for t in model.state_dict().values())

@@ -156,6 +156,38 @@ def test_sampled_configs_extract_equal_supernet(fam):
     sn.set_active(sn.max_config())
 
 
+def test_empty_batch_runs_like_the_original(fam):
+    """A zero-size batch runs through the supernet (max, min, and while training, backward
+    included) and its extracted subnets as through the original model. The timm ViT failed
+    before: convert's dynamic image size reshapes with view(B, -1, C)."""
+    name, model, sn, inputs = fam
+    x = inputs(None)[:0]
+    try:
+        with torch.no_grad():
+            original = model(x).shape
+    except RuntimeError:  # SAM's and Swin's own attention reshape with -1 too
+        original = None
+    for cfg in (sn.max_config(), sn.min_config()):
+        sn.set_active(cfg)
+        xe = inputs(cfg["resolution"])[:0]
+        with torch.no_grad():
+            y = sn(xe)
+            assert y.shape[0] == 0 and y.shape[1:] == sn(inputs(cfg["resolution"])).shape[1:]
+            if original is not None:
+                assert sn.extract()(xe).shape == y.shape
+    sn.set_active(sn.max_config())
+    with torch.no_grad():
+        assert original is None or sn(x).shape == original
+    sn.train()
+    try:
+        xg = x.clone().requires_grad_(True)
+        sn(xg).sum().backward()
+        assert xg.grad is not None and xg.grad.shape == x.shape
+    finally:
+        sn.zero_grad(set_to_none=True)
+        sn.eval()
+
+
 def test_extract_with_config_keeps_active_and_removes_blocks(fam):
     name, model, sn, inputs = fam
     droppable = [b for b, c in sn.space["depth"].items() if False in c]
@@ -374,7 +406,8 @@ def test_space_overrides():
         ({"linear": {"blocks.0.attn.qkv": {"w_bits": [8, 16]}}}, "runs 16-bit only"),
         ({"linear": {"blocks.0.attn.proj": {"w_bits": [16], "a_bits": [8]}}}, "a_bits 8 needs"),
         ({"linear": {"blocks.0.attn.qkv": {"rank": [65]}}}, "65 is not null or an int in 1..64"),
-        ({"mlp": {"blocks.0.mlp": [0]}}, "space.mlp.blocks.0.mlp: 0 is not an int in 1..256"),
+        ({"mlp": {"blocks.0.mlp": [0]}}, "space.mlp.blocks.0.mlp: 0 is neither a width in 1..256"),
+        ({"mlp": {"blocks.0.mlp": [1.5]}}, "space.mlp.blocks.0.mlp: 1.5 is neither a width"),
         (
             {"mlp": {"blocks.0.mlp": [32]}, "linear": {"blocks.0.mlp.fc1": {"rank": [40]}}},
             "smallest rank 40 exceeds",
@@ -391,6 +424,14 @@ def test_bad_spaces(space, msg):
     with pytest.raises(ValueError, match=None) as info:
         sk.convert(make_vit(), space)
     assert msg in str(info.value), str(info.value)
+
+
+def test_space_mlp_accepts_fractions_as_the_readme_gives_them():
+    sn = sk.convert(make_vit(), {"mlp": {"blocks.*.mlp": [0.25, 0.5, 1.0]}})
+    assert sn.space["mlp"]["blocks.0.mlp"] == [64, 128, 256]  # hidden 256; configs take widths
+    sn.set_active({"mlp": {"blocks.0.mlp": 64}})
+    with pytest.raises(ValueError, match=r"mlp.blocks.0.mlp: 0.25 is not one of \[64, 128, 256\]"):
+        sn.set_active({"mlp": {"blocks.0.mlp": 0.25}})
 
 
 def test_generic_skips_weight_reading_parents():
@@ -470,7 +511,7 @@ def test_save_load_generic_with_skeleton(tmp_path):
 
 
 def test_save_refuses_non_subnets(tmp_path, vit_sn):
-    with pytest.raises(TypeError, match="extracted subnet"):
+    with pytest.raises(ValueError, match="saved to a folder.*extract it first"):
         sk.save(vit_sn, tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="not a subnet extracted"):
         sk.save(make_gen(), tmp_path / "x.safetensors")

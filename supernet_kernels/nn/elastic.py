@@ -183,6 +183,21 @@ class ElasticLinear(nn.Module):
         self.a_bits = self.a_bits_choices[-1]
         self._check_config(self.active_rank, self.w_bits, self.a_bits, "the default configuration")
 
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name != "weight":
+                raise
+        # A model reading ``layer.weight`` instead of calling the layer: convert leaves the
+        # layers it can see being read (supernet_kernels._direct_reads); say what happened.
+        raise AttributeError(
+            f"ElasticLinear (factorized, rank choices {self.rank_choices}) has no dense .weight "
+            "(it stores factors u, v): the model reads this layer's weight directly instead of "
+            "calling it. Give the layer a dense space in convert (space={'linear': {name: "
+            "{'rank': [None]}}}) or call the layer instead of reading its weight."
+        )
+
     # ----------------------------------------------------------------- construction
     def _base_params(self) -> list[nn.Parameter]:
         base = [self.weight] if self.max_rank is None else [self.u, self.v]

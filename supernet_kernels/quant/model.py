@@ -225,8 +225,10 @@ def quantize_model(
 
     Layers that cannot be quantized are left as they are and listed in the report with the
     reason: in_features not divisible by group_size, a non-floating-point weight, a weight
-    shared with another module, the out_proj of ``nn.MultiheadAttention`` (whose forward reads
-    ``.weight`` directly), NaN / inf weights, or a layer too small for the packed form to save
+    shared with another module, a layer whose weight or bias the model reads directly instead
+    of calling it (``nn.MultiheadAttention``'s out_proj; timm BEiT / EVA / Swin V2 attention's
+    ``F.linear(x, self.qkv.weight, ...)``, found by :mod:`supernet_kernels._direct_reads`),
+    NaN / inf weights, or a layer too small for the packed form to save
     memory (scales and zero points outweigh the codes). ``FakeQuantLinear`` layers (from
     quantization-aware training) are exported with their own learned scales and configuration
     (``to_quant_linear()``), whatever ``bits`` / ``group_size`` / ``act_bits`` say.
@@ -243,7 +245,9 @@ def quantize_model(
     }
     skip_fn = _skip_fn(skip, names)
     shared = _shared_weight_ids(model)
-    mha_children = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    from .._direct_reads import direct_reads
+
+    reads = direct_reads(model)
     report = QuantizeReport()
     todo = []
 
@@ -282,8 +286,8 @@ def quantize_model(
                 f"quantize_model: group_size for {name!r} must be a positive int, -1 or None, "
                 f"got {g!r}"
             )
-        if id(lin) in mha_children:
-            leave("out_proj of nn.MultiheadAttention (its forward reads .weight directly)")
+        if name in reads:
+            leave(reads[name])
         elif type(lin).forward is not nn.Linear.forward:
             leave(f"{type(lin).__name__} overrides nn.Linear.forward")
         elif not w.dtype.is_floating_point:
@@ -322,6 +326,10 @@ def quantize_model(
         _replace(places, q)
         report.quantized.append((name, q.bits, q.group_size, q.act_bits))
         report.weight_bytes_after += q.weight_nbytes
+    if todo:  # transformers' save_pretrained would reload these layers re-initialized
+        from ..supernet.hf import refuse_save_pretrained
+
+        refuse_save_pretrained(model)
     return report
 
 

@@ -141,13 +141,15 @@ def _rank_choices(n: int, k: int) -> list[int]:
     return sorted({max(1, round(full * e / 8)) for e in RANK_EIGHTHS})
 
 
+def _mlp_width(hidden: int, f: float) -> int:
+    """The width of fraction ``f`` of a hidden size (a multiple of 8 from 64 units up)."""
+    w = hidden * f
+    w = round(w / 8) * 8 if hidden >= 64 else round(w)
+    return min(hidden, max(1, int(w)))
+
+
 def _mlp_widths(hidden: int) -> list[int]:
-    out = set()
-    for f in MLP_FRACTIONS:
-        w = hidden * f
-        w = round(w / 8) * 8 if hidden >= 64 else round(w)
-        out.add(min(hidden, max(1, int(w))))
-    return sorted(out)
+    return sorted({_mlp_width(hidden, f) for f in MLP_FRACTIONS})
 
 
 def _head_counts(heads: int) -> list[int]:
@@ -172,7 +174,10 @@ def _default_space(model: nn.Module, lay: fam.Layout, attention: str) -> dict:
         "depth": {b: ([False, True] if d else [True]) for b, d in lay.blocks.items()},
         "mlp": {m: _mlp_widths(mods[a].out_features) for m, (a, _) in lay.mlps.items()},
         # The model's own attention reshapes with a fixed head count: elastic with ours only.
-        "heads": {a: _head_counts(h) if attention == "ours" else [h] for a, h in lay.heads.items()},
+        "heads": {
+            a: _head_counts(h) if attention == "ours" or lay.family == "hf_vit" else [h]
+            for a, h in lay.heads.items()
+        },
         "linear": {n: _linear_default(r, mods[n]) for n, r in lay.roles.items()},
     }
 
@@ -225,9 +230,10 @@ def _merge_space(space: dict, user, model: nn.Module, lay: fam.Layout) -> dict:
                 f"space.resolution: this {lay.family} supernet has no elastic resolution "
                 "(timm ViT only)"
             )
-        space["resolution"] = (
-            [lay.resolution["native"]] if user["resolution"] is None else user["resolution"]
-        )
+        if user["resolution"] is not None:
+            space["resolution"] = user["resolution"]
+        elif lay.resolution is not None:  # fixed at the native resolution
+            space["resolution"] = [lay.resolution["native"]]
     for section in ("depth", "mlp", "heads", "linear"):
         entries = user.get(section, {})
         if not isinstance(entries, dict):
@@ -305,10 +311,18 @@ def _check_space(space: dict, model: nn.Module, lay: fam.Layout, attention: str)
         )
     for m, vals in space["mlp"].items():
         hidden = mods[lay.mlps[m][0]].out_features
+        if isinstance(vals, list | tuple):  # fractions of the hidden size, as the docs give them
+            vals = [
+                _mlp_width(hidden, v) if isinstance(v, float) and 0 < v <= 1 else v for v in vals
+            ]
         out["mlp"][m] = _norm_choices(
             f"space.mlp.{m}",
             vals,
-            lambda v, h=hidden: None if _is_int(v) and 1 <= v <= h else f"is not an int in 1..{h}",
+            lambda v, h=hidden: (
+                None
+                if _is_int(v) and 1 <= v <= h
+                else f"is neither a width in 1..{h} nor a fraction in (0, 1] of it"
+            ),
         )
     for a, vals in space["heads"].items():
         full = lay.heads[a]
@@ -317,7 +331,7 @@ def _check_space(space: dict, model: nn.Module, lay: fam.Layout, attention: str)
             vals,
             lambda v, h=full: None if _is_int(v) and 1 <= v <= h else f"is not an int in 1..{h}",
         )
-        if attention != "ours" and out["heads"][a] != [full]:
+        if attention != "ours" and lay.family != "hf_vit" and out["heads"][a] != [full]:
             raise ValueError(
                 f'space.heads.{a}: fewer heads than the model\'s {full} need attention="ours" '
                 f"(the model's own attention runs a fixed head count), got {out['heads'][a]}"
@@ -370,8 +384,7 @@ def _check_space(space: dict, model: nn.Module, lay: fam.Layout, attention: str)
         for m, w in out["mlp"].items()
     ]
     for a, counts in out["heads"].items():
-        d = mods[f"{a}.proj"].in_features // lay.heads[a]
-        sides = [(f"{a}.qkv", "out", 3 * d), (f"{a}.proj", "in", d)]
+        sides = [(n, side, unit) for n, side, unit in _head_sides(lay, mods, a)]
         narrowed.append((f"heads.{a}", "head count", counts[0], sides))
     for key, what, smallest, sides in narrowed:
         for lname, side, unit in sides:
@@ -385,6 +398,19 @@ def _check_space(space: dict, model: nn.Module, lay: fam.Layout, attention: str)
                     f"min(in, out) = {limit} at the smallest {what} {smallest} of {key}"
                 )
     return out
+
+
+def _head_sides(lay: fam.Layout, mods: dict, a: str) -> list[tuple[str, str, int]]:
+    """(linear, side narrowed, width per head) of attention module ``a``: its fused qkv and
+    proj (timm / SAM, our attention) or transformers ViT's q, k, v and o projections."""
+    if lay.family == "hf_vit":
+        from . import hf
+
+        qkv, o = hf.head_linears(a)
+        d = mods[o].in_features // lay.heads[a]
+        return [(n, "out", d) for n in qkv] + [(o, "in", d)]
+    d = mods[f"{a}.proj"].in_features // lay.heads[a]
+    return [(f"{a}.qkv", "out", 3 * d), (f"{a}.proj", "in", d)]
 
 
 # --------------------------------------------------------------------------- module surgery
@@ -459,22 +485,33 @@ class Supernet(nn.Module):
         self._paths = {n: self._wrapped_path(n) for n in [*space["linear"], *space["heads"]]}
         # Attention modules running fewer heads than they have (prioritized by convert):
         # name -> head_dim.
-        self._head_dims = {
-            a: self._mod(a).head_dim
-            for a in space["heads"]
-            if getattr(self._mod(a), "qkv_layout", "qkv") == "head"
-        }
+        if self.family == "hf_vit":  # transformers ViT: prioritized where heads are elastic
+            self._head_dims = {
+                a: self._mod(a).head_dim
+                for a, c in space["heads"].items()
+                if c != [layout.heads[a]]
+            }
+        else:
+            self._head_dims = {
+                a: self._mod(a).head_dim
+                for a in space["heads"]
+                if getattr(self._mod(a), "qkv_layout", "qkv") == "head"
+            }
         # Linears whose width follows another dimension: name -> (config section, entry,
         # side, width per unit of the entry's value).
         self._side: dict[str, tuple[str, str, str, int]] = {}
         for m, (a, b) in layout.mlps.items():
             self._side[a] = ("mlp", m, "out", 1)
             self._side[b] = ("mlp", m, "in", 1)
-        for a, d in self._head_dims.items():
-            self._side[f"{a}.qkv"] = ("heads", a, "out", 3 * d)
-            self._side[f"{a}.proj"] = ("heads", a, "in", d)
+        mods = {n: self._mod(n) for n in space["linear"]}
+        for a in self._head_dims:
+            for n, side, unit in _head_sides(layout, mods, a):
+                self._side[n] = ("heads", a, side, unit)
         self._config = self.max_config()
         self._apply_config(self._config)
+
+    def _side_of_heads(self, a: str) -> list[tuple[str, str, int]]:
+        return [(n, s[2], s[3]) for n, s in self._side.items() if s[0] == "heads" and s[1] == a]
 
     # ----------------------------------------------------------------- lookups
     def _wrapped_path(self, name: str) -> str:
@@ -648,11 +685,13 @@ class Supernet(nn.Module):
             a, b = self._layout.mlps[m]
             self._mod(a).set_active(out=h)
             self._mod(b).set_active(in_features=h)
-        for a, d in self._head_dims.items():
+        for a in self._head_dims:
             h = cfg["heads"][a]
-            self._mod(a).set_heads(h)
-            self._mod(f"{a}.qkv").set_active(out=3 * h * d)  # head-major: one prefix
-            self._mod(f"{a}.proj").set_active(in_features=h * d)
+            if self.family != "hf_vit":  # transformers' ViT reshapes with -1 heads
+                self._mod(a).set_heads(h)
+            for n, side, unit in self._side_of_heads(a):
+                # head-major: one prefix of each
+                self._mod(n).set_active(**{"out" if side == "out" else "in_features": h * unit})
         for n, c in cfg["linear"].items():
             self._mod(n).set_active(rank=c["rank"], w_bits=c["w_bits"], a_bits=c["a_bits"])
 
@@ -666,6 +705,29 @@ class Supernet(nn.Module):
                     f"Supernet: the input is {hw[0]}x{hw[1]}, the active resolution is {r}x{r}; "
                     "resize the images or set_active({'resolution': ...})"
                 )
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if (
+            x is not None
+            and x.dim() == 4
+            and x.shape[0] == 0
+            and self.family in ("timm_vit", "timm_swin", "sam")
+        ):
+            # Image models reshape with -1 somewhere (timm's dynamic-size ViT x.view(B, -1, C),
+            # the attention of SAM and Swin), ambiguous for B = 0: run one zero image appended
+            # to the empty batch and keep none of it (gradients still reach the input).
+            out = self.model(torch.cat([x, x.new_zeros((1, *x.shape[1:]))]), *args[1:], **kwargs)
+            if isinstance(out, torch.Tensor):
+                return out[:0]
+            return type(out)(o[:0] for o in out)
+        px = kwargs.get("pixel_values")
+        if self.family == "hf_vit" and isinstance(px, torch.Tensor) and px.shape[0] == 0:
+            # transformers' ViT attention views with -1 heads, ambiguous for B = 0: as above.
+            one = torch.cat([px, px.new_zeros((1, *px.shape[1:]))])
+            out = self.model(*args, **{**kwargs, "pixel_values": one})
+            for k, v in list(out.items()):
+                if isinstance(v, torch.Tensor):
+                    out[k] = v[:0]
+            return out
         return self.model(*args, **kwargs)
 
     def active_params(self) -> int:
@@ -715,6 +777,9 @@ class Supernet(nn.Module):
         drop_placeholders(sub)
         if self.family == "timm_vit" and cfg["resolution"] is not None:
             fam.vit_set_resolution(sub, cfg["resolution"], self._vit_flags)
+        from .hf import refuse_save_pretrained
+
+        refuse_save_pretrained(sub)
         sub.sk_subnet = {
             "format": SUBNET_FORMAT,
             "family": self.family,
@@ -830,6 +895,14 @@ def convert(
         raise ValueError(
             f"convert: attention must be one of {list(ATTENTION_CHOICES)}, got {attention!r}"
         )
+    meta = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    if meta:
+        # SVD factors, importance orders and quantization scales all need the weights' values.
+        raise ValueError(
+            f"convert: the model has {len(meta)} tensors on the meta device (e.g. {meta[0]!r}), "
+            "without values to convert; materialize it first (model.to_empty(device='cpu') then "
+            "load_state_dict, or build it on a real device)"
+        )
     family = fam.detect_family(model)
     if build == "auto":
         record = fam.describe_build(model, family)
@@ -854,12 +927,22 @@ def convert(
             reorder_mlp(work.get_submodule(a), work.get_submodule(b), imp)
     swapped = swap_attention(work, family) if attention == "ours" else []
     for a, counts in checked["heads"].items():
-        if counts != [lay.heads[a]]:  # fewer heads possible: best heads first, qkv head-major
+        if counts == [lay.heads[a]]:
+            continue
+        # fewer heads possible: best heads first, qkv head-major
+        if family == "hf_vit":
+            from . import hf
+
+            hf.prioritize_heads(work.get_submodule(a), lay.heads[a])  # magnitude
+        else:
             prioritize_heads(work.get_submodule(a), head_imp)
     flags = None
     if family == "timm_vit" and checked["resolution"] is not None:
         flags = fam.vit_flags(work)
-        fam.vit_make_dynamic(work)
+        # Only an elastic resolution needs timm's dynamic image size; a fixed one keeps the
+        # model's own (static) path, which also runs empty batches (the dynamic one cannot).
+        if len(checked["resolution"]) > 1:
+            fam.vit_make_dynamic(work)
     for n, sp in checked["linear"].items():
         lin = work.get_submodule(n)
         ranks = [r for r in sp["rank"] if r is not None] or None
@@ -875,6 +958,7 @@ def convert(
             p.requires_grad_(lin.weight.requires_grad)
         parent, attr = _parent(work, n)
         setattr(parent, attr, el)
+    _warn_if_nearly_empty(model, lay, checked)
     wrapped = [b for b, c in checked["depth"].items() if False in c]
     for b in wrapped:
         parent, attr = _parent(work, b)
@@ -882,9 +966,43 @@ def convert(
         eb = ElasticBlock(blk)
         eb.train(blk.training)
         setattr(parent, attr, eb)
+    from .hf import refuse_save_pretrained
+
+    refuse_save_pretrained(work)
     return Supernet(
         work, lay, checked, wrapped, record, flags, "ours" if swapped else "original", swapped
     )
+
+
+NEARLY_EMPTY = 0.2  # elastic linears holding less than this share of the weights: warn
+
+
+def _warn_if_nearly_empty(model: nn.Module, lay: fam.Layout, space: dict) -> None:
+    """A generic model whose elastic layers hold little of its weights (a CNN: only its
+    classifier; a model whose linears are read directly) gets a space that cannot compress
+    it: say so instead of returning it silently."""
+    if lay.family != "generic":
+        return
+    total = sum(p.numel() for p in model.parameters())
+    mods = dict(model.named_modules())
+    elastic = sum(mods[n].weight.numel() for n, sp in space["linear"].items() if len(sp["rank"]) > 1
+                  or len(sp["w_bits"]) > 1)  # fmt: skip
+    share = elastic / max(total, 1)
+    if (
+        share < NEARLY_EMPTY
+        and not space["mlp"]
+        and not any(False in c for c in space["depth"].values())
+    ):
+        import warnings
+
+        warnings.warn(
+            f"convert: the search space of this generic {type(model).__name__} is nearly empty: "
+            f"its {len(space['linear'])} elastic linear layers hold {share:.2%} of the model's "
+            f"{total} parameters, with no elastic MLP widths, heads or depth (first-class "
+            "families: timm ViT / DeiT / Swin, SAM's image encoder; declare MLPs and blocks "
+            "with space=)",
+            stacklevel=3,
+        )
 
 
 def extract(supernet: Supernet, config: dict | None = None) -> nn.Module:

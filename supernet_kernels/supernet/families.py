@@ -34,10 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._direct_reads import direct_reads
 from .attention import head_count
-
-# Parents whose forward reads their nn.Linear children's weights directly: not converted.
-_READS_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
 @dataclasses.dataclass
@@ -78,6 +76,11 @@ def _sam_cls():
 
 
 def detect_family(model: nn.Module) -> str:
+    from . import hf
+
+    found = hf.detect(model)
+    if found is not None:
+        return found
     for family, get in (("sam", _sam_cls), ("timm_swin", _swin_cls), ("timm_vit", _vit_cls)):
         cls = get()
         if cls is not None and isinstance(model, cls):
@@ -100,13 +103,14 @@ def convertible_linears(model: nn.Module) -> tuple[list[str], dict[str, str]]:
             if p is not None:
                 params[id(p)] = params.get(id(p), 0) + 1
     ok, skipped = [], {}
+    reads = direct_reads(model)
     for pname, parent in model.named_modules():
         for attr, child in parent._modules.items():
             if not isinstance(child, nn.Linear):
                 continue
             name = f"{pname}.{attr}" if pname else attr
-            if isinstance(parent, _READS_WEIGHTS):
-                skipped[name] = f"inside {type(parent).__name__} (its forward reads .weight)"
+            if name in reads:
+                skipped[name] = reads[name]
             elif type(child).forward is not nn.Linear.forward:
                 skipped[name] = f"{type(child).__name__} overrides nn.Linear.forward"
             elif count[id(child)] > 1:
@@ -182,6 +186,10 @@ def layout(model: nn.Module, family: str | None = None) -> Layout:
             for j, blk in enumerate(stage.blocks):
                 _transformer_block(f"layers.{s}.blocks.{j}", blk, ("fc1", "fc2"), roles, mlps)
                 blocks[f"layers.{s}.blocks.{j}"] = 0 < j < n - 1
+    elif family in ("hf_vit", "hf_sam"):
+        from . import hf
+
+        roles, mlps, blocks, heads = hf.layout_parts(model, family)
     elif family == "sam":
         n = len(model.blocks)
         for i, blk in enumerate(model.blocks):
@@ -191,7 +199,16 @@ def layout(model: nn.Module, family: str | None = None) -> Layout:
     default = "generic" if family == "generic" else "other"
     roles = {n_: roles.get(n_, default) for n_ in names}  # model order; skipped ones dropped
     mlps = {k: v for k, v in mlps.items() if v[0] in roles and v[1] in roles}
-    heads = {a: h for a, h in heads.items() if f"{a}.qkv" in roles and f"{a}.proj" in roles}
+    if family == "hf_vit":
+        from . import hf
+
+        heads = {
+            a: h
+            for a, h in heads.items()
+            if all(n_ in roles for n_ in [*hf.head_linears(a)[0], hf.head_linears(a)[1]])
+        }
+    else:
+        heads = {a: h for a, h in heads.items() if f"{a}.qkv" in roles and f"{a}.proj" in roles}
     return Layout(family, roles, mlps, blocks, skipped, resolution, heads)
 
 
@@ -376,6 +393,10 @@ def rebuild(build: dict, device=None) -> nn.Module:
                 if not isinstance(name, str):
                     raise ValueError(f"corrupt build record: name {name!r}")
                 return timm.create_model(name, pretrained=False, **kwargs)
+            if kind == "hf":
+                from . import hf
+
+                return hf.rebuild(build)
             if kind == "class":
                 get = _CLASSES.get(build.get("class"))
                 cls = get() if get is not None else None
@@ -413,10 +434,51 @@ def fingerprint(model: nn.Module) -> tuple:
     return tuple(mods), tuple(shapes)
 
 
+def _generic_timm_candidates(model: nn.Module, name: str) -> list[dict]:
+    """Records for a timm model outside the ViT / Swin families: its architecture name with
+    the constructor arguments readable on any timm model (classes, input channels, pooling),
+    most specific first. The caller verifies them."""
+    kw: dict[str, Any] = {}
+    if isinstance(getattr(model, "num_classes", None), int):
+        kw["num_classes"] = int(model.num_classes)
+    pool = getattr(model, "global_pool", None)
+    if isinstance(pool, str):
+        kw["global_pool"] = pool
+    cands = []
+    for drop in ([], ["global_pool"], ["global_pool", "num_classes"]):
+        k = {a: b for a, b in kw.items() if a not in drop}
+        cands.append({"kind": "timm", "name": name, "kwargs": k})
+    return cands
+
+
 def describe_build(model: nn.Module, family: str) -> dict | None:
     """A verified JSON build record for ``model`` (call before converting it), or None."""
+    if family in ("hf_vit", "hf_sam"):
+        from . import hf
+
+        try:
+            build = json.loads(json.dumps(hf.build_record(model)))
+            if fingerprint(rebuild(build, device="meta")) == fingerprint(model):
+                return build
+        except Exception:
+            pass
+        return None
     reader = _KWARGS.get(family)
     if reader is None:
+        # Any timm model made by name: its name plus the generic arguments, verified.
+        cfg = getattr(model, "pretrained_cfg", None)
+        name = cfg.get("architecture") if isinstance(cfg, dict) else None
+        if not isinstance(name, str):
+            return None
+        want = fingerprint(model)
+        for build in _generic_timm_candidates(model, name):
+            for device in ("meta", "cpu"):
+                try:
+                    if fingerprint(rebuild(build, device=device)) == want:
+                        return build
+                    break
+                except Exception:
+                    continue
         return None
     try:
         kwargs = json.loads(json.dumps(reader(model)))

@@ -39,6 +39,7 @@ file, or one from another model, raises ValueError naming the problem.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -61,6 +62,7 @@ from .attention import (
 from .core import SUBNET_FORMAT, Supernet, remove_blocks
 
 _META_KEY = "supernet_kernels"
+FAMILIES = ("timm_vit", "timm_swin", "sam", "hf_vit", "hf_sam", "generic")
 
 
 def _layer_record(m: nn.Module) -> dict | None:
@@ -85,11 +87,15 @@ def _layer_record(m: nn.Module) -> dict | None:
 
 
 def save(module: nn.Module, path: str | os.PathLike) -> Path:
-    """Write an extracted subnet (from ``Supernet.extract``) to ``path``, atomically."""
+    """Write an extracted subnet (from ``Supernet.extract``) to the file ``path``, atomically;
+    a whole :class:`Supernet` to the folder ``path`` (see :mod:`~supernet_kernels.supernet.store`;
+    returns its supernet.json)."""
     from safetensors.torch import save_file
 
     if isinstance(module, Supernet):
-        raise TypeError("save: pass an extracted subnet, supernet.extract(config), not a Supernet")
+        from .store import save_supernet
+
+        return save_supernet(module, path)
     info = getattr(module, "sk_subnet", None)
     if not isinstance(info, dict) or info.get("format") != SUBNET_FORMAT:
         raise ValueError(
@@ -166,7 +172,7 @@ def _read_doc(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
                 f"format {doc.get('format')!r}, expected {SUBNET_FORMAT!r} (another file kind "
                 "or a newer release)"
             )
-        if doc.get("family") not in ("timm_vit", "timm_swin", "sam", "generic"):
+        if doc.get("family") not in FAMILIES:
             raise ValueError(f"unknown family {doc.get('family')!r}")
         if not isinstance(doc.get("layers"), dict) or not isinstance(doc.get("removed"), list):
             raise ValueError("'layers' / 'removed' missing or of the wrong type")
@@ -239,14 +245,141 @@ def _make_layer(rec: Any, where: str, ref: nn.Linear) -> nn.Module:
     raise ValueError(f"{where}: unknown layer type {t!r}")
 
 
+# Bounds of the metadata, checked before anything is built. A build record's numbers come
+# from the file's header, which anyone can edit: a depth of 10**7 must not make load build
+# ten million blocks. Each kept block, layer and attention module holds at least one tensor
+# of the file, and no constructor number of these families exceeds a small multiple of the
+# largest tensor dimension (image sizes are the largest: SAM ViT-B 1024 against an MLP of
+# 3072; a tiny ViT 224 against 128).
+_DIM_FACTOR = 16
+_MAX_NAME = 1000
+
+
+def _hf_layers(kwargs: dict):
+    """The layers a transformers config asks for (``num_hidden_layers``, nested configs
+    summed), or None."""
+    total, found = 0, False
+    stack = [kwargs]
+    while stack:
+        d = stack.pop()
+        for k, v in d.items():
+            if isinstance(v, dict):
+                stack.append(v)
+            elif k == "num_hidden_layers":
+                if not _is_count(v):
+                    return v  # reported as not a block count
+                total, found = total + v, True
+    return total if found else None
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _walk_numbers(value, where: str):
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int | float):
+        yield where, value
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _walk_numbers(v, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk_numbers(v, f"{where}.{k}")
+    else:
+        raise ValueError(f"{where}: unexpected value {value!r}")
+
+
+def check_build_bounds(build, shapes: dict[str, tuple[int, ...]], n_removed: int, bad: str) -> None:
+    """A build record's numbers against the bounds the file's tensors give (see above)."""
+    n_tensors = len(shapes)
+    limit = _DIM_FACTOR * max([d for s in shapes.values() for d in s] + [n_tensors, 64])
+    if not isinstance(build, dict) or not isinstance(build.get("kwargs"), dict):
+        raise ValueError(f"{bad}: build record {build!r} is not a dict with kwargs")
+    kwargs = build["kwargs"]
+    for key, v in _walk_numbers(kwargs, "build.kwargs"):
+        if not math.isfinite(v) or abs(v) > limit:
+            raise ValueError(
+                f"{bad}: {key} = {v!r} is out of bounds (at most {limit}, {_DIM_FACTOR}x "
+                "the largest tensor dimension in the file)"
+            )
+    depth = kwargs.get("depth", kwargs.get("depths", _hf_layers(kwargs)))
+    if isinstance(depth, list) and all(_is_count(d) for d in depth):
+        depth = sum(depth)
+    if depth is not None and not _is_count(depth):
+        raise ValueError(f"{bad}: build.kwargs depth {depth!r} is not a block count")
+    if depth is not None and depth > n_tensors + n_removed:
+        raise ValueError(
+            f"{bad}: build.kwargs asks for {depth} blocks, but the file holds {n_tensors} "
+            f"tensors and removes {n_removed} blocks (each kept block holds at least "
+            "one tensor)"
+        )
+
+
+def _check_bounds(doc: dict, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """Every number and list of the document against bounds the file's tensors give (see
+    above); ValueError naming the field. Cheap: nothing is built."""
+    n_tensors = len(shapes)
+    largest = max([d for s in shapes.values() for d in s] + [n_tensors, 64])
+    limit = _DIM_FACTOR * largest
+    bad = f"{where}: corrupt metadata"
+    removed = doc["removed"]
+    if len(set(removed)) != len(removed) or any(len(r) > _MAX_NAME for r in removed):
+        raise ValueError(f"{bad}: 'removed' holds repeated or overlong block names")
+    for field in ("layers", "heads"):
+        entries = doc.get(field) or {}
+        if len(entries) > n_tensors:
+            raise ValueError(
+                f"{bad}: {len(entries)} {field} records, but the file holds only {n_tensors} "
+                "tensors (each has at least one)"
+            )
+    if doc.get("build") is not None:
+        check_build_bounds(doc["build"], shapes, len(removed), bad)
+    for name, rec in doc["layers"].items():
+        for key, v in _walk_numbers(rec, f"layers.{name}"):
+            if not math.isfinite(v) or abs(v) > limit:
+                raise ValueError(f"{bad}: {key} = {v!r} is out of bounds (at most {limit})")
+        if not isinstance(rec, dict):
+            continue
+        # The layer's tensors must be in the file with the recorded shapes.
+        k, n, t = rec.get("in_features"), rec.get("out_features"), rec.get("type")
+        want = {}
+        if t == "Linear":
+            want = {f"{name}.weight": (n, k)}
+        elif t == "LowRankLinear":
+            r = rec.get("rank")
+            want = {f"{name}.u": (n, r), f"{name}.v": (r, k)}
+        for key, shape in want.items():
+            if key in shapes and shapes[key] != shape:
+                raise ValueError(
+                    f"{bad}: layer {name!r} is recorded as {t} {k}->{n} (rank "
+                    f"{rec.get('rank')}), but the file's {key} is {shapes[key]}"
+                )
+
+
 def load(path: str | os.PathLike, skeleton: nn.Module | None = None) -> nn.Module:
     """Load a :func:`save` file; see the module doc. ``skeleton``: a full model of the original
-    architecture (required where the file records no build; it is changed in place)."""
+    architecture (required where the file records no build; it is changed in place). A folder
+    (or its supernet.json) written by ``save(supernet, folder)`` or the command line loads as
+    a :class:`Supernet` at its max config.
+
+    Nothing is built before the metadata is checked: first its numbers against bounds the
+    file's tensors give (:func:`_check_bounds`), then (without a skeleton) the whole plan on
+    the meta device (no memory): the architecture, removals, layer types and every key and
+    shape against the file. Only then is the model built on the CPU and the tensors read."""
     from safetensors.torch import load_file
 
     path = Path(path)
+    if path.is_dir() or path.suffix == ".json":  # a whole supernet (folder or supernet.json)
+        from .store import load_supernet
+
+        if skeleton is not None:
+            raise ValueError(f"load: {path} is a supernet folder; it takes no skeleton")
+        return load_supernet(path)[0]
     doc, shapes = _read_doc(path)
     where = f"load: {path}"
+    _check_bounds(doc, shapes, where)
     if skeleton is None:
         if doc.get("build") is None:
             raise ValueError(
@@ -255,6 +388,14 @@ def load(path: str | os.PathLike, skeleton: nn.Module | None = None) -> nn.Modul
                 "original architecture"
             )
         try:
+            dry = fam.rebuild(doc["build"], device="meta")
+        except ValueError as exc:
+            if "cannot rebuild" not in str(exc):
+                raise ValueError(f"{where}: {exc}") from exc
+            dry = None  # a build some timm versions cannot run on meta: the bounds hold
+        if dry is not None:
+            _prepare(dry, doc, shapes, where)
+        try:
             model = fam.rebuild(doc["build"])
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
@@ -262,6 +403,31 @@ def load(path: str | os.PathLike, skeleton: nn.Module | None = None) -> nn.Modul
         if not isinstance(skeleton, nn.Module):
             raise TypeError(f"load: skeleton must be an nn.Module, got {type(skeleton).__name__}")
         model = skeleton
+    _prepare(model, doc, shapes, where)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise ValueError(f"{where} could not be read (truncated or corrupt?): {exc}") from exc
+    check_dtypes(tensors, model.state_dict(), where)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{where} does not fit the model: {exc}") from exc
+    model.sk_subnet = {
+        "format": SUBNET_FORMAT,
+        "family": doc["family"],
+        "build": doc.get("build"),
+        "config": doc.get("config"),
+        "removed": list(doc["removed"]),
+        "resolution": doc["resolution"],
+        "attention": doc.get("attention", "original"),
+    }
+    return model.eval()
+
+
+def _prepare(model: nn.Module, doc: dict, shapes: dict, where: str) -> None:
+    """Make ``model`` (the full original architecture) the file's subnet: resolution, removed
+    blocks, attention, heads, layer types; then check every key and shape against the file."""
     have = fam.detect_family(model)
     if have != doc["family"]:
         raise ValueError(
@@ -344,22 +510,3 @@ def load(path: str | os.PathLike, skeleton: nn.Module | None = None) -> nn.Modul
     bad = [f"{k}: file {shapes[k]}, model {s}" for k, s in expected.items() if shapes[k] != s]
     if bad:
         raise ValueError(f"{where} does not match the model (shape mismatch): {bad[:8]}")
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except Exception as exc:
-        raise ValueError(f"{where} could not be read (truncated or corrupt?): {exc}") from exc
-    check_dtypes(tensors, model.state_dict(), where)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{where} does not fit the model: {exc}") from exc
-    model.sk_subnet = {
-        "format": SUBNET_FORMAT,
-        "family": doc["family"],
-        "build": doc.get("build"),
-        "config": doc.get("config"),
-        "removed": list(doc["removed"]),
-        "resolution": doc["resolution"],
-        "attention": attention,
-    }
-    return model.eval()

@@ -1,0 +1,155 @@
+"""Hugging Face transformers families: ViT (``ViTModel``, ``ViTForImageClassification``) and
+SAM (``SamModel``, ``SamVisionModel``).
+
+* ``hf_vit``: each ``ViTLayer`` (``{layers}.{i}``) has ``attention.q_proj`` / ``k_proj`` /
+  ``v_proj`` (role qkv: factorized), ``attention.o_proj`` (role proj: dense, 4 / 8 / 16-bit)
+  and ``mlp.fc1`` / ``fc2`` (elastic MLP width). Heads are elastic: transformers' ViT attention
+  reshapes q, k, v with ``view(..., -1, head_dim)``, so h heads are the first h * head_dim rows
+  of q, k and v and the first h * head_dim inputs of o_proj. ``convert`` sorts the heads by
+  magnitude (the L2 norm of each head's q, k, v rows and o_proj columns) so a prefix keeps the
+  best. Every layer but the first and the last is droppable.
+* ``hf_sam``: each ``SamVisionLayer`` of the vision encoder has ``attn.qkv`` (factorized),
+  ``attn.proj`` (dense, quantizable) and ``mlp.lin1`` / ``lin2`` (elastic width); windowed
+  layers but the first and last are droppable, global-attention layers are kept (as for
+  segment-anything). Heads stay fixed: the fused qkv rows are laid out (3, heads, head_dim) and
+  the attention reshapes with ``num_attention_heads``, so fewer heads are not a prefix (the
+  segment-anything family gets elastic heads through our attention module; that module is not
+  written for transformers' SAM). The prompt encoder and mask decoder linears are converted
+  as fixed dense 16-bit layers ("other").
+
+Build records: ``{"kind": "hf", "class": "ViTForImageClassification", "kwargs": config
+dict}``, rebuilt as ``cls(cls.config_class.from_dict(kwargs))`` for a whitelisted class.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+HF_FAMILIES = ("hf_vit", "hf_sam")
+HF_CLASSES = ("ViTModel", "ViTForImageClassification", "SamModel", "SamVisionModel")
+
+
+def _is_hf(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("transformers.") and "transformers" in sys.modules
+
+
+def _layer_cls(family: str):
+    if family == "hf_vit":
+        from transformers.models.vit.modeling_vit import ViTLayer
+
+        return ViTLayer
+    from transformers.models.sam.modeling_sam import SamVisionLayer
+
+    return SamVisionLayer
+
+
+def detect(model: nn.Module) -> str | None:
+    """ "hf_vit" / "hf_sam" for a whitelisted transformers class, else None."""
+    if not _is_hf(model) or type(model).__name__ not in HF_CLASSES:
+        return None
+    return "hf_sam" if type(model).__name__.startswith("Sam") else "hf_vit"
+
+
+def layers(model: nn.Module, family: str) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of the family's transformer layers, in order."""
+    cls = _layer_cls(family)
+    return [(n, m) for n, m in model.named_modules() if type(m) is cls]
+
+
+def layout_parts(model: nn.Module, family: str):
+    """(roles, mlps, blocks, heads) of a transformers model (see the module doc)."""
+    roles: dict[str, str] = {}
+    mlps: dict[str, tuple[str, str]] = {}
+    blocks: dict[str, bool] = {}
+    heads: dict[str, int] = {}
+    found = layers(model, family)
+    n = len(found)
+    for i, (name, layer) in enumerate(found):
+        edge = 0 < i < n - 1
+        if family == "hf_vit":
+            a = f"{name}.attention"
+            for p in ("q_proj", "k_proj", "v_proj"):
+                roles[f"{a}.{p}"] = "qkv"
+            roles[f"{a}.o_proj"] = "proj"
+            roles[f"{name}.mlp.fc1"], roles[f"{name}.mlp.fc2"] = "fc1", "fc2"
+            mlps[f"{name}.mlp"] = (f"{name}.mlp.fc1", f"{name}.mlp.fc2")
+            heads[a] = int(layer.attention.num_attention_heads)
+            blocks[name] = edge
+        else:
+            roles[f"{name}.attn.qkv"], roles[f"{name}.attn.proj"] = "qkv", "proj"
+            roles[f"{name}.mlp.lin1"], roles[f"{name}.mlp.lin2"] = "fc1", "fc2"
+            mlps[f"{name}.mlp"] = (f"{name}.mlp.lin1", f"{name}.mlp.lin2")
+            blocks[name] = edge and int(layer.window_size) > 0
+    return roles, mlps, blocks, heads
+
+
+def head_linears(attn_name: str) -> tuple[list[str], str]:
+    """(q, k, v linear names, output linear name) of a transformers ViT attention."""
+    return [f"{attn_name}.{p}" for p in ("q_proj", "k_proj", "v_proj")], f"{attn_name}.o_proj"
+
+
+@torch.no_grad()
+def prioritize_heads(attn: nn.Module, num_heads: int) -> torch.Tensor:
+    """Sort a transformers ViT attention's heads by magnitude (L2 norm of each head's q, k, v
+    rows and o_proj columns), in place; the module computes the same function (attention is
+    invariant to the order of the heads). Returns the head permutation."""
+    q, k, v, o = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+    d = q.out_features // num_heads
+    score = torch.zeros(num_heads, dtype=torch.float64, device=q.weight.device)
+    for lin in (q, k, v):
+        score += lin.weight.double().reshape(num_heads, d, -1).pow(2).sum((1, 2))
+    score += o.weight.double().reshape(o.out_features, num_heads, d).pow(2).sum((0, 2))
+    perm = torch.argsort(score, descending=True, stable=True)
+    rows = (perm[:, None] * d + torch.arange(d, device=perm.device)).reshape(-1)
+    for lin in (q, k, v):
+        lin.weight.copy_(lin.weight[rows])
+        if lin.bias is not None:
+            lin.bias.copy_(lin.bias[rows])
+    o.weight.copy_(o.weight[:, rows])
+    return perm
+
+
+def build_record(model: nn.Module) -> dict:
+    return {
+        "kind": "hf",
+        "class": type(model).__name__,
+        "kwargs": model.config.to_diff_dict() if hasattr(model.config, "to_diff_dict") else {},
+    }
+
+
+def rebuild(build: dict) -> nn.Module:
+    """The transformers model a build record describes (fresh weights), in the current default
+    device context."""
+    name = build.get("class")
+    if name not in HF_CLASSES:
+        raise ValueError(f"unknown transformers class {name!r} in build record")
+    try:
+        import transformers
+    except ImportError as exc:  # pragma: no cover - only without transformers
+        raise ValueError(f"the record needs transformers ({exc})") from exc
+    cls = getattr(transformers, name)
+    config = cls.config_class.from_dict(dict(build["kwargs"]))
+    return cls(config).eval()
+
+
+def refuse_save_pretrained(model: nn.Module) -> None:
+    """Give a converted / extracted / quantized transformers model a ``save_pretrained`` that
+    refuses: transformers would write our layers' tensors (u, v, packed codes) under names its
+    own classes do not have, and ``from_pretrained`` would then initialize those linears
+    afresh (a warning in a log, not an error)."""
+    if not _is_hf(model) or not hasattr(model, "save_pretrained"):
+        return
+
+    def save_pretrained(*args, **kwargs):
+        raise NotImplementedError(
+            "save_pretrained: this model holds supernet-kernels layers (LowRankLinear / "
+            "QuantLinear / ElasticLinear) that transformers' from_pretrained would silently "
+            "re-initialize; save it with supernet_kernels.save(subnet, path) (an extracted "
+            "subnet) or supernet_kernels.save_quantized(model, path), and load with "
+            "supernet_kernels.load / load_quantized"
+        )
+
+    model.save_pretrained = save_pretrained
