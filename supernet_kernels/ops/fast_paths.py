@@ -7,7 +7,8 @@
   compressed is within 1.10x of the dense layer. For int8/fp8 (and quant_linear with act_bits=8)
   it is the dense layer itself: the activations are not quantized.
 * ``torch_int4pack``: torch's int4 kernel (``_weight_int4pack_mm``), the weight converted to its
-  layout once (cached): bits 4, act_bits 16, group size 32..256; on CUDA bfloat16 only.
+  layout once (cached): bits 4, act_bits 16, group size 32..256, N % 16, K % 32; on CUDA
+  bfloat16 only.
 * ``torch_int_mm``: ``torch._int_mm`` for int8 (cuBLASLt needs M > 16, K and N multiples of 8).
 * ``torch_scaled_mm``: ``torch._scaled_mm`` with row-wise scales for fp8 (sm_89+, K and N
   multiples of 16).
@@ -36,7 +37,9 @@ from . import attention as _att
 from . import lowrank as _lr
 from . import quant as _q
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# id(weight) -> (weak reference to it, {key: (stamp, value)}); keyed by id because a tensor's
+# == is elementwise (a WeakKeyDictionary would compare tensors).
+_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
 
 
 def _stamp(*tensors) -> tuple:
@@ -53,13 +56,18 @@ def _stamp(*tensors) -> tuple:
 def _cached(primary: torch.Tensor, key: tuple, depends: tuple, make):
     """``make()``, kept beside ``primary`` until it or a tensor in ``depends`` changes."""
     stamp = _stamp(primary, *depends)
-    slot = _CACHE.get(primary)
+    held = _CACHE.get(id(primary))
+    slot = held[1] if held is not None and held[0]() is primary else None
     if slot is not None and key in slot and slot[key][0] == stamp:
         return slot[key][1]
     value = make()
     capturing = primary.is_cuda and torch.cuda.is_current_stream_capturing()
     if not capturing:  # a tensor made inside a CUDA graph capture lives in the graph's pool
-        _CACHE.setdefault(primary, {})[key] = (stamp, value)
+        if slot is None:
+            i = id(primary)
+            slot = {}
+            _CACHE[i] = (weakref.ref(primary, lambda _, i=i: _CACHE.pop(i, None)), slot)
+        slot[key] = (stamp, value)
     return value
 
 
@@ -94,11 +102,11 @@ def _int4_supports(device, dtype, *, bits=4, act_bits=16, group_size=128, k=0, n
         return f"torch's int4 kernel takes group sizes 32, 64, 128, 256, got {group_size}"
     if k % 32:
         return f"torch's int4 kernel needs in_features divisible by 32, got {k}"
+    if n % 16:  # the CPU layout conversion demands it; the CUDA one 8 (kept to one rule)
+        return f"torch's int4 kernel needs out_features divisible by 16, got {n}"
     if device.type == "cuda":
         if dtype != torch.bfloat16:
             return f"torch's CUDA int4 kernel takes bfloat16 activations, got {dtype}"
-        if n % 8:
-            return f"torch's CUDA int4 kernel needs out_features divisible by 8, got {n}"
     elif device.type != "cpu":
         return f"torch's int4 kernel does not run on {device.type}"
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
