@@ -161,8 +161,7 @@ def _cuda_impl(x2, u, v, rank, n, bias):
 
 @registry.register("lowrank_linear", "torch", kernel=False, reference=True)
 def _torch_impl(x, u, v, rank, out_features=None, bias=None):
-    """Two cuBLAS GEMMs on the slices, in x's dtype: the definition, the CPU path, and torch's
-    fast path on a GPU."""
+    """The definition, two matmuls on the slices in x's dtype: the CPU path and oracle."""
     return lowrank_linear_reference(x, u, v, rank, out_features, bias)
 
 

@@ -258,7 +258,13 @@ def _cuda_int8(x2, weight, weight_scale, bias):
     return torch.ops.supernet_kernels._int8_linear_cuda(x2, weight, weight_scale, bias)
 
 
-registry.register("int8_linear", "torch", kernel=False, reference=True)(
+registry.register(
+    "int8_linear",
+    "torch",
+    kernel=False,
+    reference=True,
+    doc="The W8A8 definition (float64 on the CPU): the CPU path and oracle.",
+)(  # fmt: skip
     lambda x, weight, weight_scale, bias=None: int8_linear_reference(x, weight, weight_scale, bias)
 )
 registry.register("int8_linear", "triton", kernel=True, doc="our Triton kernel")(
@@ -355,7 +361,13 @@ def fp8_linear_reference(x, weight, weight_scale, bias=None):
     return y.to(x.dtype)
 
 
-registry.register("fp8_linear", "torch", kernel=False, reference=True)(
+registry.register(
+    "fp8_linear",
+    "torch",
+    kernel=False,
+    reference=True,
+    doc="The fp8 definition (float64 on the CPU): the CPU path and oracle.",
+)(  # fmt: skip
     lambda x, weight, weight_scale, bias=None: fp8_linear_reference(x, weight, weight_scale, bias)
 )
 # float8 tensor cores: sm_89 (Ada) and newer.
