@@ -68,7 +68,17 @@ def attention_entries(records: list[dict], capability: str | None = None) -> lis
                 dense = dict(times["torch_sdpa"]) if "torch_sdpa" in times else None
                 shapes = sorted([list(c) for c in {config(r) for r in cell}])
                 entry = {"dtype": dtype, "m_max": m_max, "rel": rel, "bias": 0, "shapes": shapes}
-                entry.update(RC.ranked_entry(times, dense, pick))
+                b, h, d = min(tuple(c) for c in shapes)
+                call = {
+                    "dtype": dtype,
+                    "m": t,
+                    "bh": b * h,
+                    "t_k": t,
+                    "d": d,
+                    "rel": rel,
+                    "bias": 0,
+                }
+                entry.update(RC.ranked_entry(times, dense, pick, call))
                 entries.append(entry)
     return entries
 

@@ -155,7 +155,9 @@ def derive_dispatch(records: list[dict], capability: str | None = None) -> list[
                     times["torch_dense"] = dict(dense)
                 entry = {"dtype": dtype, "m_max": m_max, "rank_max": rank_max,
                          "shapes": sorted([list(c) for c in shapes])}  # fmt: skip
-                entry.update(RC.ranked_entry(times, dense, pick))
+                k, n = min(shapes)
+                call = {"dtype": dtype, "m": m, "rank": rank, "k": k, "n": n}
+                entry.update(RC.ranked_entry(times, dense, pick, call))
                 entries.append(entry)
     return entries
 

@@ -335,7 +335,13 @@ def derive_dispatch(records: list[dict], capability: str | None = None) -> dict[
                         times["torch_dense"] = dict(dense)
                     entry = {"dtype": dtype, "m_max": m_max, **pins,
                              "shapes": sorted([list(c) for c in shapes])}  # fmt: skip
-                    entry.update(RC.ranked_entry(times, dense, pick))
+                    k, n = min(shapes)
+                    call = {"dtype": dtype, "m": m, "k": k, "n": n, **pins}
+                    if pins:
+                        call["group_size"] = next(
+                            (r["group_size"] for r in cell if r.get("group_size")), k
+                        )
+                    entry.update(RC.ranked_entry(times, dense, pick, call))
                     entries.append(entry)
         out[op] = entries
     return out

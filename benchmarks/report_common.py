@@ -122,12 +122,13 @@ def cell_times(
 
 def ranked_entry(
     times: dict[str, dict[str, float | None]], dense: dict[str, float | None] | None,
-    pick: Callable[[list[str], dict], str],
+    pick: Callable[[list[str], dict, dict], str], call: dict,
 ) -> dict:  # fmt: skip
     """The ranking fields of a dispatch bucket: ``rank_by`` is "graph" where the dense layer and
     some candidate have graph-replay times (models are served under CUDA graphs), else "eager";
     ``ranked`` orders the candidates by it (those without it after, by eager time, those with
-    no time last); ``pick(ranked, entry)`` names what auto runs on the measured GPU."""
+    no time last); ``pick(ranked, entry, call)`` names what auto runs on the measured GPU for
+    ``call`` (the op's dispatch keys at a shape the bucket measured, dtype included)."""
     has_graph = dense is not None and dense.get("graph") and any(t["graph"] for t in times.values())
     rank_by = "graph" if has_graph else "eager"
     inf = float("inf")
@@ -147,24 +148,33 @@ def ranked_entry(
             {k: (round(v, 3) if v else None) for k, v in dense.items()} if dense else None
         ),
     }
-    entry["pick"] = pick(names, entry)
+    entry["pick"] = pick(names, entry, call)
     return entry
 
 
-def auto_pick(op: str, capability: str | None) -> Callable[[list[str], dict], str]:
+def auto_pick(op: str, capability: str | None) -> Callable[[list[str], dict, dict], str]:
     """What "auto" runs for a bucket on the measured GPU: the first candidate within the 1.10x
-    rule that is a torch path, or a kernel verified on ``capability``; else the dense-equivalent
-    path (the reference never: it is the oracle, not a GPU path)."""
-    from supernet_kernels import dispatch, registry
+    rule that is a torch path, or a kernel verified on ``capability``, and that supports the
+    call; else the dense-equivalent path (the reference never: it is the oracle, not a GPU
+    path)."""
+    import torch
+
+    from supernet_kernels import backends, dispatch, registry
 
     impls = registry.implementations(op)
 
-    def pick(names: list[str], entry: dict) -> str:
+    def pick(names: list[str], entry: dict, call: dict) -> str:
+        call = dict(call)
+        dtype = getattr(torch, call.pop("dtype"))
         for name in names:
             impl = impls.get(name)
             if impl is None or impl.reference or not dispatch.within_rule(entry, name):
                 continue
             if impl.kernel and not dispatch.is_verified(op, name, capability):
+                continue
+            if backends._impl_reason(
+                impl, torch.device("cuda"), dtype, call, capability or (9, 0), here=False
+            ):
                 continue
             return name
         dense = registry.dense_equivalent(op)

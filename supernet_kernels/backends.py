@@ -305,7 +305,10 @@ def select(
         if reason is not None:
             skipped.append(f"{cand}: {reason}")
             continue
-        how = "verified on " + tag if impl.kernel else "torch's path"
+        how = (
+            f"verified on {tag}" if impl.kernel
+            else "dense-equivalent path" if impl.dense_equivalent else "torch's path"
+        )  # fmt: skip
         rank = f"fastest by {entry.get('rank_by', 'eager')} time" + (
             f" after skipping {'; '.join(skipped)}" if skipped else ""
         )

@@ -17,7 +17,8 @@
 * ``torch_sdpa``: ``F.scaled_dot_product_attention`` with SAM's relative-position term (and any
   bias) as an additive mask (B, nH, Tq, Tk) in q's dtype. The op form must also return the
   log-sum-exp for its backward, which SDPA does not give, so it computes that from the scores;
-  :func:`supernet_kernels.ops.attention` calls SDPA directly and needs no log-sum-exp.
+  :func:`supernet_kernels.ops.attention` calls SDPA directly and needs no log-sum-exp. It is
+  attention's dense-equivalent path: what the uncompressed model computes, done by torch.
 
 The caches hold one converted tensor per (weight, dtype, slice) and are dropped with the weight
 (a weak reference); a weight changed in place (its version counter moved) is converted again.
@@ -305,7 +306,7 @@ def sdpa_attention(q, k, v, rel_h, rel_w, scale, bias=None):
     )
 
 
-@registry.register("attention", "torch_sdpa", kernel=False, fallback=0)
+@registry.register("attention", "torch_sdpa", kernel=False, fallback=0, dense_equivalent=True)
 def _attention_sdpa(q, k, v, rel_h, rel_w, scale, bias=None):
     """torch's SDPA with the rel-pos term (and bias) as an additive mask."""
     out = sdpa_attention(q, k, v, rel_h, rel_w, scale, bias)
