@@ -150,7 +150,7 @@ def derive_dispatch(records: list[dict], capability: str | None = None) -> list[
                 times = RC.cell_times(cell, lambda r: r["backend"], ok, config)
                 if "torch" in times:  # the reference's rows time the two GEMMs on slices
                     times["torch_two_gemm"] = dict(times["torch"])
-                dense = RC.cell_times(dcell, lambda r: "dense", ok, config).get("dense")
+                dense = RC.dense_times(dcell, cell, config)
                 if dense is not None:
                     times["torch_dense"] = dict(dense)
                 entry = {"dtype": dtype, "m_max": m_max, "rank_max": rank_max,

@@ -330,7 +330,7 @@ def derive_dispatch(records: list[dict], capability: str | None = None) -> dict[
                         if r["dtype"] == dtype and r["M"] == m and config(r) in shapes
                     ]  # fmt: skip
                     times = RC.cell_times(cell, lambda r, op=op: impl_name(r, op), _correct, config)
-                    dense = RC.cell_times(dcell, lambda r: "dense", _correct, config).get("dense")
+                    dense = RC.dense_times(dcell, cell, config)
                     if dense is not None:
                         times["torch_dense"] = dict(dense)
                     entry = {"dtype": dtype, "m_max": m_max, **pins,

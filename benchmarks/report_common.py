@@ -120,6 +120,24 @@ def cell_times(
     return out
 
 
+def dense_times(
+    dense_rows: list[dict], cell: list[dict], config: Callable[[dict], tuple]
+) -> dict[str, float | None] | None:
+    """The dense layer's {"eager", "graph"} over the cell's configurations: from its own rows
+    where the benchmark wrote them, else from the ``dense_us``/``dense_graph_us`` each record
+    carries."""
+    if dense_rows:
+        return cell_times(dense_rows, lambda r: "dense", lambda r: True, config).get("dense")
+    by_config = {config(r): r for r in cell if r.get("dense_us")}
+    if not by_config:
+        return None
+    rows = [
+        {**r, "median_us": r["dense_us"], "graph_us": r.get("dense_graph_us")}
+        for r in by_config.values()
+    ]
+    return cell_times(rows, lambda r: "dense", lambda r: True, config).get("dense")
+
+
 def ranked_entry(
     times: dict[str, dict[str, float | None]], dense: dict[str, float | None] | None,
     pick: Callable[[list[str], dict, dict], str], call: dict,
