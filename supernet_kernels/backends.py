@@ -53,6 +53,8 @@ def __getattr__(name: str):
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "supernet_kernels_backend", default=None
 )
+# Set by supernet_kernels.plan while it runs a model: told of every select() call.
+_RECORDER: contextvars.ContextVar = contextvars.ContextVar("supernet_kernels_plan", default=None)
 
 
 class BackendUnavailable(RuntimeError):
@@ -219,14 +221,14 @@ def _impl_reason(
     return impl.reason(dev, dtype, **shape)
 
 
-def _explicit(op: str, name: str, device, dtype, shape) -> Choice:
+def _explicit(op: str, name: str, device, dtype, shape, capability=None, here=True) -> Choice:
     impls = registry.implementations(op)
     if name not in impls:
         raise BackendUnavailable(
             f"{op}: no {name} implementation (it has {', '.join(impls)}); use one of those "
             "or 'auto'"
         )
-    reason = _impl_reason(impls[name], device, dtype, shape)
+    reason = _impl_reason(impls[name], device, dtype, shape, capability, here)
     if reason is not None:
         raise BackendUnavailable(f"{op}: backend {name!r} cannot run here: {reason}")
     return Choice(impls[name], f"backend {name!r} was named")
@@ -261,9 +263,12 @@ def select(
 
     ``shape`` holds the op's dispatch keys (``m`` first). ``gpu``/``capability`` describe a GPU
     to answer for (the plan); by default the device's own."""
+    rec = _RECORDER.get()
+    if rec is not None:
+        rec(op, device, dtype, shape)
     name = backend_name or get_backend()
     if name != "auto":
-        return _explicit(op, name, device, dtype, shape)
+        return _explicit(op, name, device, dtype, shape, capability, gpu is None)
     ref = registry.reference(op)
     if gpu is None and device.type != "cuda":
         return Choice(ref, f"on {device.type} auto runs the reference")
