@@ -47,8 +47,8 @@ ATTENTION_IMPLS = {
 
 def attention_entries(records: list[dict], capability: str | None = None) -> list[dict]:
     """Per (dtype, rel, T bucket): every implementation's forward time, ranked. The "dense"
-    attention is torch's SDPA (torch_sdpa, the dense-equivalent path) where it was recorded:
-    the bench times it without the rel-pos mask only, so with rel pos dense_us is null."""
+    attention is torch's SDPA (torch_sdpa, the dense-equivalent path) where it was recorded;
+    records before the torch_sdpa rows have it without rel pos only (with rel pos: null)."""
     rows = [
         r for r in records
         if r.get("kind") == "attention" and r.get("pass") == "fwd" and r.get("status") == "ok"

@@ -148,11 +148,12 @@ def derive_dispatch(records: list[dict], capability: str | None = None) -> list[
                     if r["dtype"] == dtype and r["M"] == m and config(r) in shapes
                 ]  # fmt: skip
                 times = RC.cell_times(cell, lambda r: r["backend"], ok, config)
-                if "torch" in times:  # the reference's rows time the two GEMMs on slices
+                if "torch" in times and "torch_two_gemm" not in times:
+                    # older records: the reference's rows time the two GEMMs on slices
                     times["torch_two_gemm"] = dict(times["torch"])
                 dense = RC.dense_times(dcell, cell, config)
-                if dense is not None:
-                    times["torch_dense"] = dict(dense)
+                if dense is not None and not (times.get("torch_dense") or {}).get("eager"):
+                    times["torch_dense"] = dict(dense)  # older records: the dense row's GEMM
                 entry = {"dtype": dtype, "m_max": m_max, "rank_max": rank_max,
                          "shapes": sorted([list(c) for c in shapes])}  # fmt: skip
                 k, n = min(shapes)

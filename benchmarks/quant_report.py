@@ -331,8 +331,8 @@ def derive_dispatch(records: list[dict], capability: str | None = None) -> dict[
                     ]  # fmt: skip
                     times = RC.cell_times(cell, lambda r, op=op: impl_name(r, op), _correct, config)
                     dense = RC.dense_times(dcell, cell, config)
-                    if dense is not None:
-                        times["torch_dense"] = dict(dense)
+                    if dense is not None and not (times.get("torch_dense") or {}).get("eager"):
+                        times["torch_dense"] = dict(dense)  # older records: the dense row
                     entry = {"dtype": dtype, "m_max": m_max, **pins,
                              "shapes": sorted([list(c) for c in shapes])}  # fmt: skip
                     k, n = min(shapes)

@@ -4,8 +4,9 @@
 * ``torch_dense``: the dense-equivalent path: the dense weight (dequantized, or the product of
   the low-rank factors) is made once, cached beside the weight, and every call is one cuBLAS
   GEMM: the dense layer's time, and its memory. ``auto`` falls back to it where nothing
-  compressed is within 1.10x of the dense layer. For int8/fp8 (and quant_linear with act_bits=8)
-  it is the dense layer itself: the activations are not quantized.
+  compressed is within 1.10x of the dense layer. Activations still go through the op's
+  quantizer where the op has one (int8/fp8, act_bits=8): every path computes the op's
+  definition (one elementwise pass more than the dense layer).
 * ``torch_int4pack``: torch's int4 kernel (``_weight_int4pack_mm``), the weight converted to its
   layout once (cached): bits 4, act_bits 16, group size 32..256, N % 16, K % 32; on CUDA
   bfloat16 only.
@@ -171,7 +172,7 @@ def _quant_dense(x, packed, scales, zeros, bits, group_size, in_features, act_bi
         packed, ("dense", x.dtype), (scales, zeros),
         lambda: _q._dequantize(packed, scales, zeros, bits, group_size, in_features).to(x.dtype),
     )  # fmt: skip
-    return _linear(x, w, bias)
+    return _linear(_act8(x) if act_bits == 8 else x, w, bias)
 
 
 # ------------------------------------------------------------------ int8_linear / fp8_linear
@@ -235,26 +236,30 @@ def _raw8_dequant(quantize):
     return run
 
 
-def _raw8_dense(x, weight, weight_scale, bias=None):
-    """The dense-equivalent path: the weight dequantized once (cached), then cuBLAS."""
-    w = _cached(
-        weight, ("dense", x.dtype), (weight_scale,),
-        lambda: (weight.to(torch.float32) * weight_scale[:, None]).to(x.dtype),
-    )  # fmt: skip
-    return _linear(x, w, bias)
+def _raw8_dense(quantize):
+    def run(x, weight, weight_scale, bias=None):
+        w = _cached(
+            weight, ("dense", x.dtype), (weight_scale,),
+            lambda: (weight.to(torch.float32) * weight_scale[:, None]).to(x.dtype),
+        )  # fmt: skip
+        xq, xs = quantize(x)
+        return _linear((xq.to(torch.float32) * xs).to(x.dtype), w, bias)
+
+    run.__doc__ = "The dense-equivalent path: the weight dequantized once (cached), then cuBLAS."
+    return run
 
 
 registry.register("int8_linear", "torch_dequant", kernel=False)(
     _raw8_dequant(quantize_activations_int8)
 )
 registry.register("int8_linear", "torch_dense", kernel=False, dense_equivalent=True, fallback=1)(
-    _raw8_dense
+    _raw8_dense(quantize_activations_int8)
 )
 registry.register("fp8_linear", "torch_dequant", kernel=False)(
     _raw8_dequant(quantize_activations_fp8)
 )
 registry.register("fp8_linear", "torch_dense", kernel=False, dense_equivalent=True, fallback=1)(
-    _raw8_dense
+    _raw8_dense(quantize_activations_fp8)
 )
 
 
