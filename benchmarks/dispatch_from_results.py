@@ -113,7 +113,9 @@ def main(argv=None) -> int:
             "source": str(source), "derived_by": "benchmarks/dispatch_from_results.py",
             "commit": recs[0].get("commit") if recs else None,
             "ranking": "graph-replay time where recorded (rank_by per bucket), else eager; "
-            "times are geometric means over the shapes of a bucket; torch_dense is the dense row",
+            "times are geometric means over the shapes of a bucket; where the records have no "
+            "torch_dense row, its time is the dense row's (its GEMM; the A8 paths' activation "
+            "quantizer, one elementwise pass, not included)",
             "torch": recs[0].get("torch") if recs else None,
             "triton": recs[0].get("triton") if recs else None,
         }  # fmt: skip
