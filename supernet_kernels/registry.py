@@ -90,9 +90,16 @@ def register(
     return deco
 
 
+_loaded = False
+
+
 def _load() -> None:
-    for mod in _PROVIDERS:
-        importlib.import_module(mod)
+    # Every select() of every op call reaches here: import the providers once.
+    global _loaded
+    if not _loaded:
+        for mod in _PROVIDERS:
+            importlib.import_module(mod)
+        _loaded = True
 
 
 def ops() -> tuple[str, ...]:
