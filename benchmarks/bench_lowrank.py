@@ -503,19 +503,25 @@ def write_dispatch(runner: Runner, records, sweeps, out: Path) -> Path | None:
             "[bench] --write-dispatch: supernet_kernels.dispatch.write_dispatch_table unavailable"
         )
         return None
-    entries = derive_dispatch(records)
+    cap = "{}.{}".format(*torch.cuda.get_device_capability(runner.device))
+    entries = derive_dispatch(records, cap)
     meta = {
         "source": "benchmarks/bench_lowrank.py",
         "sweep": [s.name for s, _ in sweeps],
-        "criterion": "per (dtype, M bucket, rank bucket): lowest geometric mean over (K, N) of "
-        "time / best time, among backends correct on every (K, N) of the bucket",
+        "criterion": "per (dtype, M bucket, rank bucket): every registered implementation's "
+        "eager and graph time (geometric mean over the bucket's (K, N)) and the dense layer's; "
+        "ranked by graph time where recorded; pick: the fastest within 1.10x of dense that is "
+        "a torch path or a kernel verified on this architecture, else torch_dense",
         **{
             k: runner.env.get(k)
             for k in ("gpu", "commit", "date", "torch", "triton", "cuda", "ceilings")
         },
     }
-    path = Path(runner.api.write_dispatch_table(runner.env["gpu"], "lowrank_linear", entries, meta))
-    print(f"[bench] dispatch table ({len(entries)} entries) written to {path}")
+    written = runner.api.write_dispatch_table(
+        runner.env["gpu"], "lowrank_linear", entries, meta, capability=cap
+    )
+    path = Path(written[0])  # the GPU's own table; the architecture's (sm90.json) beside it
+    print(f"[bench] dispatch table ({len(entries)} entries) written to {written}")
     H.copy_dispatch(path, out)
     return path
 

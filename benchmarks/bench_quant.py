@@ -661,14 +661,21 @@ def write_dispatch(runner: Runner, records, sweeps, out: Path) -> list[str]:
     meta = {
         "source": "benchmarks/bench_quant.py",
         "sweep": [s.name for s, _ in sweeps],
-        "criterion": "per (dtype, M bucket, bits, act_bits): lowest geometric mean over (K, N, "
-        "group) of time / best time, among our backends correct on every one (else torch)",
+        "criterion": "per (dtype, M bucket, bits, act_bits): every registered implementation's "
+        "eager and graph time (geometric mean over the bucket's shapes) and the dense layer's; "
+        "ranked by graph time where recorded; pick: the fastest within 1.10x of dense that is "
+        "a torch path or a kernel verified on this architecture, else torch_dense",
         **{k: runner.env.get(k) for k in ("gpu", "commit", "date", "torch", "triton", "cuda")},
     }
+    cap = "{}.{}".format(*torch.cuda.get_device_capability(runner.device))
     paths = []
-    for op, entries in R.derive_dispatch(records).items():
-        path = Path(runner.api.write_dispatch_table(runner.env["gpu"], op, entries, meta))
-        print(f"[bench] dispatch table for {op} ({len(entries)} entries) written to {path}")
+    for op, entries in R.derive_dispatch(records, cap).items():
+        # The GPU's own table and its architecture's (sm90.json).
+        written = runner.api.write_dispatch_table(
+            runner.env["gpu"], op, entries, meta, capability=cap
+        )
+        path = Path(written[0])
+        print(f"[bench] dispatch table for {op} ({len(entries)} entries) written to {written}")
         paths.append(str(path))
     if paths:
         # Same file as bench_lowrank's copy (one table per GPU holds every op).
