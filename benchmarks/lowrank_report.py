@@ -31,7 +31,8 @@ def format_table(records: list[dict]) -> str:
         if r["backend"] != "dense":
             by_key.setdefault(_config_key(r), {})[r["backend"]] = r
     best = best_rows(records)
-    backends = [b for b in LOWRANK_BACKENDS if any(b in row for row in by_key.values())]
+    seen = {b for row in by_key.values() for b in row}
+    backends = [b for b in LOWRANK_BACKENDS if b in seen] + sorted(seen - set(LOWRANK_BACKENDS))
 
     rows = []
     for key, row in by_key.items():

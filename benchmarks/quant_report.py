@@ -104,7 +104,9 @@ def format_table(records: list[dict]) -> str:
         if is_ours(r):
             key = (*bits_key(r), r.get("group_size"), r["op"])
             rows_by.setdefault(key, {})[r["backend"]] = r
-    backends = [b for b in OUR_BACKENDS if any(b in row for row in rows_by.values())]
+    # Our kernels and the reference first, then every other registered implementation timed.
+    seen = {b for row in rows_by.values() for b in row}
+    backends = [b for b in OUR_BACKENDS if b in seen] + sorted(seen - set(OUR_BACKENDS))
     peers = best_peers(records)
 
     rows = []
