@@ -288,6 +288,11 @@ def select(
     entry, table = dispatch.find_entry(op, gpu, capability, dtype_name, m, **keys)
     if entry is None:
         why = f"no bucket of the {table} fits" if table else f"no dispatch table for {gpu} or {tag}"
+        if here and not table:
+            dispatch._warn_once(
+                f"supernet_kernels: {why}: the ops run torch's fastest paths; measure this GPU "
+                "with the benchmarks (--write-dispatch) to use our kernels"
+            )
         return _fallback(
             op, device, dtype, shape, f"{why}; torch's fastest path", None, None, capability, here
         )

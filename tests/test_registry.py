@@ -131,7 +131,8 @@ def test_h200_uses_sm90_verified_kernels_from_the_architecture_table(fake_gpu, c
     # An sm_80 GPU: no table, no verification: torch's fastest path (fp16: the int4 kernel
     # takes bfloat16 only, so the dense-equivalent; bfloat16: torch's int4 kernel).
     fake_gpu("NVIDIA A100-SXM4-80GB", (8, 0))
-    choice = backends.select("quant_linear", CUDA, torch.float16, **QUANT_M1)
+    with pytest.warns(dispatch.DispatchWarning, match="no dispatch table for NVIDIA A100"):
+        choice = backends.select("quant_linear", CUDA, torch.float16, **QUANT_M1)
     assert choice.name == "torch_dense" and "no dispatch table" in choice.reason
     assert backends.select("quant_linear", CUDA, torch.bfloat16, **QUANT_M1).name == (
         "torch_int4pack"
@@ -159,7 +160,8 @@ def test_shipped_h100_table_ranks_by_graph_time(fake_gpu):
 
 def test_unknown_gpu_unsupported_capability_and_bad_files_fall_back(fake_gpu, config_dir):
     fake_gpu("Some Future GPU", (12, 0))
-    choice = backends.select("int8_linear", CUDA, torch.float16, m=64, k=4096, n=4096)
+    with pytest.warns(dispatch.DispatchWarning, match="no dispatch table for Some Future GPU"):
+        choice = backends.select("int8_linear", CUDA, torch.float16, m=64, k=4096, n=4096)
     assert choice.name == "torch_int_mm" and "no dispatch table" in choice.reason
     (config_dir / "dispatch").mkdir()
     (config_dir / "dispatch" / "sm90.json").write_text("{not json")
