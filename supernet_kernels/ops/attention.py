@@ -500,8 +500,11 @@ def attention(
     q, k, v, rel_h, rel_w, scale, bias = _prepare(
         q, k, v, rel_pos_h, rel_pos_w, hw, heads, scale, bias
     )
-    if SDPA_FOR_TORCH_BACKEND and _resolve(q, k, rel_h is not None, bias is not None) == (
-        "torch_sdpa"
+    # Under torch.compile the op (opaque to the tracer) picks its implementation when it runs.
+    if (
+        SDPA_FOR_TORCH_BACKEND
+        and not torch.compiler.is_compiling()
+        and _resolve(q, k, rel_h is not None, bias is not None) == "torch_sdpa"
     ):
         from .fast_paths import sdpa_attention
 
