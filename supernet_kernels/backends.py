@@ -281,6 +281,23 @@ def select(
         except Exception as exc:  # noqa: BLE001 - an unreadable GPU falls back, loudly
             dispatch._warn_once(f"cannot read the GPU's name and capability ({exc})")
             return _fallback(op, device, dtype, shape, "GPU unknown; torch's fastest path")
+    if here:
+        memo_key = (
+            op, dtype, gpu, tuple(capability), tuple(sorted(shape.items())),
+            os.environ.get("SUPERNET_KERNELS_CONFIG_DIR"),
+        )  # fmt: skip
+        hit = dispatch.SELECT_MEMO.get(memo_key)
+        if hit is not None:
+            return hit
+        if len(dispatch.SELECT_MEMO) > 4096:  # many distinct shapes: start over
+            dispatch.SELECT_MEMO.clear()
+        choice = _select_auto(op, device, dtype, gpu, capability, here, shape)
+        dispatch.SELECT_MEMO[memo_key] = choice
+        return choice
+    return _select_auto(op, device, dtype, gpu, capability, here, shape)
+
+
+def _select_auto(op, device, dtype, gpu, capability, here, shape) -> Choice:
     tag = dispatch.capability_tag(capability)
     dtype_name = str(dtype).removeprefix("torch.")
     m = shape.get("m", 0)

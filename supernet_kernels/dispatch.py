@@ -127,7 +127,20 @@ def _load_table(name: str) -> dict[str, list[dict[str, Any]]]:
     return _table(name, strict=True)[0]
 
 
-_load_table.cache_clear = _read_table.cache_clear  # type: ignore[attr-defined]
+# What backends.select chose per (op, dtype, GPU, shape, ...) on a real GPU: a choice costs
+# ~16 us of Python (measured on this project's CPU), an op call on a GPU tens of us. Cleared
+# with the tables and the verification record below.
+SELECT_MEMO: dict[tuple, Any] = {}
+
+
+def clear_caches() -> None:
+    """Forget the tables, the verification record and the choices made from them."""
+    _read_table.cache_clear()
+    _read_verified.cache_clear()
+    SELECT_MEMO.clear()
+
+
+_load_table.cache_clear = clear_caches  # type: ignore[attr-defined]
 
 
 def table_for(
@@ -244,7 +257,7 @@ def write_dispatch_table(
         table.setdefault("meta", {})[op] = {"gpu": gpu_name, "capability": tag, **meta}
         atomic_write_json(path, table)
         paths.append(path)
-    _read_table.cache_clear()
+    clear_caches()
     return paths
 
 
@@ -285,7 +298,7 @@ def verified_kernels(strict: bool = True) -> dict[str, dict[str, dict[str, list[
     return merged
 
 
-verified_kernels.cache_clear = _read_verified.cache_clear  # type: ignore[attr-defined]
+verified_kernels.cache_clear = clear_caches  # type: ignore[attr-defined]
 
 
 def _old_records(runs: list, path: Path) -> dict[str, list]:

@@ -158,6 +158,20 @@ def test_shipped_h100_table_ranks_by_graph_time(fake_gpu):
         assert "dense-equivalent" in choice.reason
 
 
+def test_choices_are_remembered_until_the_tables_change(fake_gpu, config_dir):
+    fake_gpu("NVIDIA H200", (9, 0))
+    call = dict(m=1, k=4096, n=11008)
+    first = backends.select("int8_linear", CUDA, torch.float16, **call)
+    assert backends.select("int8_linear", CUDA, torch.float16, **call) is first
+    _arch_table(config_dir, "int8_linear", [{
+        "dtype": "float16", "m_max": 2, "rank_by": "graph", "ranked": ["cuda"],
+        "times_us": {"cuda": {"eager": 20.0, "graph": 10.0}},
+        "dense_us": {"eager": 46.7, "graph": 34.7}, "pick": "cuda",
+    }])  # fmt: skip
+    dispatch.clear_caches()
+    assert backends.select("int8_linear", CUDA, torch.float16, **call).name == "cuda"
+
+
 def test_unknown_gpu_unsupported_capability_and_bad_files_fall_back(fake_gpu, config_dir):
     fake_gpu("Some Future GPU", (12, 0))
     with pytest.warns(dispatch.DispatchWarning, match="no dispatch table for Some Future GPU"):
