@@ -13,6 +13,9 @@ Rows per shape and dtype (fp16, bf16):
   reference    the op, backend "torch" (fp32 T x T scores), with rel pos
   triton_norel the op, backend "triton", without rel pos
   sdpa         F.scaled_dot_product_attention, without rel pos
+  <name>, <name>_norel   every other implementation registered for the op (torch's fast paths:
+               torch_sdpa = SDPA with the rel-pos term as an additive mask), with and without
+               rel pos, as ``supernet_kernels.ops.attention`` runs it
 Passes: fwd; full mode also bwd (fwd + bwd through autograd minus fwd; every input that takes a
 gradient does: q, k, v, and rel_h / rel_w).
 
@@ -54,7 +57,17 @@ import models_report as R  # noqa: E402
 
 TARGET_PCT = 40.0
 TOL = 2e-2
-BACKENDS = ("triton", "reference", "triton_norel", "sdpa")
+BASE_ROWS = ("triton", "reference", "triton_norel", "sdpa")
+
+
+def registered_rows() -> tuple[str, ...]:
+    """Rows for the registered implementations the base rows do not cover."""
+    names = H.op_backends("attention", ("all",))
+    extra = [n for n in names if n not in ("torch", "triton")]
+    return tuple(r for n in extra for r in (n, f"{n}_norel"))
+
+
+BACKENDS = BASE_ROWS
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,10 @@ def runner(backend: str, inputs, scale: float):
     q, k, v, rh, rw = inputs
     if backend == "sdpa":
         return lambda: F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if backend.removesuffix("_norel") == "torch_sdpa":
+        from supernet_kernels.ops.fast_paths import sdpa_attention
+
+        return lambda: sdpa_attention(q, k, v, rh, rw, scale)  # what ops.attention runs
 
     def run():
         with sk.backend(op_backend(backend)):
@@ -130,7 +147,12 @@ def runner(backend: str, inputs, scale: float):
 
 def op_backend(backend: str) -> str:
     """The supernet_kernels backend of a row ("auto" for sdpa: it does not use the op)."""
-    return {"reference": "torch", "triton": "triton", "triton_norel": "triton"}.get(backend, "auto")
+    fixed = {"reference": "torch", "triton": "triton", "triton_norel": "triton", "sdpa": "auto"}
+    return fixed.get(backend, backend.removesuffix("_norel"))
+
+
+def row_has_rel(backend: str) -> bool:
+    return backend != "sdpa" and not backend.endswith("_norel")
 
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -147,8 +169,9 @@ def run_shape(shape: Shape, dname: str, args, gpu: bool, ceilings, env, run_id) 
     peak = ceilings.peak_flops.get("bfloat16") if ceilings else None
     records = []
     refs: dict[bool, torch.Tensor] = {}
-    for backend in ("reference", *[b for b in BACKENDS if b != "reference"]):
-        rel = backend in ("triton", "reference")
+    rows = (*BACKENDS, *registered_rows())
+    for backend in ("reference", *[b for b in rows if b != "reference"]):
+        rel = row_has_rel(backend)
         base = dict(
             env, run_id=run_id, kind="attention", bench="attention", shape=shape.name,
             dtype=dname, backend=backend, rel=rel, B=shape.b, H=shape.h, T=shape.t, d=shape.d,
@@ -227,7 +250,7 @@ def time_pass(p, backend, shape, dtype, device, scale, gpu, settings, fwd) -> fl
     if p == "fwd":
         with torch.no_grad():
             return _time(fwd, gpu, settings)
-    rel = backend in ("triton", "reference")
+    rel = row_has_rel(backend)
     inputs = make_inputs(shape, dtype, device, rel, grad=True)
     f = runner(backend, inputs, scale)
     leaves = [t for t in inputs if t is not None]

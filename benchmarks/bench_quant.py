@@ -105,7 +105,12 @@ def load_api() -> Api:
 
 
 def backend_skips(api: Api, device: torch.device, backends) -> dict[str, str | None]:
-    skipped = usable_backends(api, device, tuple(backends))
+    backends = tuple(
+        dict.fromkeys(
+            b for op in ("quant_linear", "int8_linear") for b in H.op_backends(op, tuple(backends))
+        )
+    )
+    skipped = usable_backends(api, device, backends)
     if "triton" in backends and not skipped.get("triton"):
         try:
             import supernet_kernels.kernels.triton_quant  # noqa: F401
@@ -219,8 +224,11 @@ class Runner:
         except Skip as exc:
             return dict(base, status="skipped", reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - one broken backend must not stop the sweep
-            # A baseline that raises is skipped with its reason; one of ours is an error.
-            return dict(base, status="error" if R.is_ours(base) else "skipped", reason=_err(exc))
+            # A baseline that raises is skipped with its reason; one of ours is an error,
+            # unless the implementation does not take this call (its supports() said why).
+            declined = type(exc).__name__ == "BackendUnavailable"
+            status = "error" if R.is_ours(base) and not declined else "skipped"
+            return dict(base, status=status, reason=_err(exc))
         finally:
             cache.clear()
         rec = dict(
@@ -278,7 +286,7 @@ class Runner:
                     q = qw if i == 0 else clone_qweight(qw)
                     return _bind(self.api.ops.quant_linear, g.x(i), q, act_bits=act)
 
-                for b in backends:
+                for b in H.op_backends("quant_linear", backends):
                     rb = g.base(
                         "ours", b, bits, act, op="quant_linear", group_size=qw.group_size,
                         act_dtype=dtype,
@@ -293,7 +301,7 @@ class Runner:
                 wi, si = (w8, ws) if i == 0 else (w8.clone(), ws.clone())
                 return _bind(self.api.ops.int8_linear, g.x(i), wi, si)
 
-            for b in backends:
+            for b in H.op_backends("int8_linear", backends):
                 rb = g.base("ours", b, 8, 8, op="int8_linear", group_size=k, act_dtype=dtype)
                 records.append(self.run_ours(rb, b, skipped, factory8, nb, g.flops, ref))
 
@@ -315,7 +323,9 @@ class Runner:
             with self.api.backend(backend):
                 return self.measure(rb, factory, nb, flops, ref=ref, tol=TOLERANCE[rb["dtype"]])
         except Exception as exc:  # noqa: BLE001
-            return dict(rb, status="error", reason=_err(exc))
+            # An implementation that does not take this call (its supports() said why).
+            status = "skipped" if type(exc).__name__ == "BackendUnavailable" else "error"
+            return dict(rb, status=status, reason=_err(exc))
 
 
 # --------------------------------------------------------------------------- baselines, peers
@@ -547,7 +557,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=H.RESULTS_DIR, help="folder for quant.jsonl")
     p.add_argument("--summary-json", type=Path, default=None, help="targets/summary here")
     p.add_argument("--time-budget-s", type=float, default=0.0, help="stop new shapes after this")
-    p.add_argument("--backends", default="torch,triton,cuda", help="ours, comma list")
+    p.add_argument(
+        "--backends", default="all",
+        help="implementations to time, comma list; 'all': every one registered per op "
+        "(reference, torch's fast paths, our kernels)",
+    )  # fmt: skip
     p.add_argument("--peers", default=",".join(PEERS), help="baselines/peers ('' = none)")
     p.add_argument("--bf16", action="store_true", help="also bfloat16 activations")
     p.add_argument("--warmup-ms", type=int, default=10)
@@ -647,14 +661,21 @@ def write_dispatch(runner: Runner, records, sweeps, out: Path) -> list[str]:
     meta = {
         "source": "benchmarks/bench_quant.py",
         "sweep": [s.name for s, _ in sweeps],
-        "criterion": "per (dtype, M bucket, bits, act_bits): lowest geometric mean over (K, N, "
-        "group) of time / best time, among our backends correct on every one (else torch)",
+        "criterion": "per (dtype, M bucket, bits, act_bits): every registered implementation's "
+        "eager and graph time (geometric mean over the bucket's shapes) and the dense layer's; "
+        "ranked by graph time where recorded; pick: the fastest within 1.10x of dense that is "
+        "a torch path or a kernel verified on this architecture, else torch_dense",
         **{k: runner.env.get(k) for k in ("gpu", "commit", "date", "torch", "triton", "cuda")},
     }
+    cap = "{}.{}".format(*torch.cuda.get_device_capability(runner.device))
     paths = []
-    for op, entries in R.derive_dispatch(records).items():
-        path = Path(runner.api.write_dispatch_table(runner.env["gpu"], op, entries, meta))
-        print(f"[bench] dispatch table for {op} ({len(entries)} entries) written to {path}")
+    for op, entries in R.derive_dispatch(records, cap).items():
+        # The GPU's own table and its architecture's (sm90.json).
+        written = runner.api.write_dispatch_table(
+            runner.env["gpu"], op, entries, meta, capability=cap
+        )
+        path = Path(written[0])
+        print(f"[bench] dispatch table for {op} ({len(entries)} entries) written to {written}")
         paths.append(str(path))
     if paths:
         # Same file as bench_lowrank's copy (one table per GPU holds every op).

@@ -342,6 +342,21 @@ def report_ceilings(
     return ceilings, env
 
 
+def op_backends(op: str, wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """The implementations to time for ``op``: every one registered for it (``wanted`` =
+    ("all",): the references, torch's fast paths and our kernels, from
+    ``supernet_kernels.registry``), else those of ``wanted`` registered for it."""
+    try:
+        from supernet_kernels import registry
+
+        names = tuple(registry.implementations(op))
+    except Exception:  # noqa: BLE001 - a half-written package: time what was asked
+        return tuple(b for b in wanted if b != "all")
+    if "all" in wanted:
+        return names
+    return tuple(b for b in wanted if b in names)
+
+
 def import_package(load: Callable[[], Any]) -> tuple[Any, str | None, Any]:
     """Import what a benchmark needs lazily, so a half-written package costs rows, not the
     whole run: ``(load(), None, write_dispatch_table)``, or ``(None, reason, None)`` when

@@ -31,7 +31,8 @@ def format_table(records: list[dict]) -> str:
         if r["backend"] != "dense":
             by_key.setdefault(_config_key(r), {})[r["backend"]] = r
     best = best_rows(records)
-    backends = [b for b in LOWRANK_BACKENDS if any(b in row for row in by_key.values())]
+    seen = {b for row in by_key.values() for b in row}
+    backends = [b for b in LOWRANK_BACKENDS if b in seen] + sorted(seen - set(LOWRANK_BACKENDS))
 
     rows = []
     for key, row in by_key.items():
@@ -123,36 +124,44 @@ def evaluate_targets(records: list[dict]) -> dict[str, dict]:
     return result
 
 
-def derive_dispatch(records: list[dict]) -> list[dict]:
-    """Entries for write_dispatch_table, ordered (dtype, m_max, rank_max) ascending so that
-    'first entry with M <= m_max and rank <= rank_max' picks the nearest measured bucket."""
+def derive_dispatch(records: list[dict], capability: str | None = None) -> list[dict]:
+    """Buckets for write_dispatch_table, ordered (dtype, m_max, rank_max) ascending so that
+    'first entry with M <= m_max and rank <= rank_max' picks the nearest measured bucket. Each
+    keeps every implementation's eager and graph time (geometric mean over the shapes measured
+    there), the dense layer's (also torch_dense's: that GEMM), the ranking (graph time where
+    recorded) and auto's pick on a GPU of ``capability``."""
     rows = [r for r in records if r["backend"] != "dense" and r.get("M") is not None]
+    dense_rows = [r for r in records if r["backend"] == "dense"]
+    config = lambda r: (r["K"], r["N"])  # noqa: E731
+    ok = lambda r: r.get("status") == "ok"  # noqa: E731
+    pick = RC.auto_pick("lowrank_linear", capability)
     entries: list[dict] = []
     for dtype in sorted({r["dtype"] for r in rows}):
         rows_d = [r for r in rows if r["dtype"] == dtype]
         for m, m_max in H.bucket_bounds(r["M"] for r in rows_d):
             for rank, rank_max in H.bucket_bounds(r["rank"] for r in rows_d):
                 cell = [r for r in rows_d if r["M"] == m and r["rank"] == rank]
-                choice = _pick_backend(cell)
-                if (
-                    entries
-                    and entries[-1]["dtype"] == dtype
-                    and entries[-1]["m_max"] == m_max
-                    and entries[-1]["backend"] == choice
-                ):
-                    entries[-1]["rank_max"] = rank_max  # same backend as the smaller ranks: widen
-                else:
-                    entries.append(
-                        {"dtype": dtype, "m_max": m_max, "rank_max": rank_max, "backend": choice}
-                    )
+                if not cell:
+                    continue
+                shapes = {config(r) for r in cell}
+                dcell = [
+                    r for r in dense_rows
+                    if r["dtype"] == dtype and r["M"] == m and config(r) in shapes
+                ]  # fmt: skip
+                times = RC.cell_times(cell, lambda r: r["backend"], ok, config)
+                if "torch" in times and "torch_two_gemm" not in times:
+                    # older records: the reference's rows time the two GEMMs on slices
+                    times["torch_two_gemm"] = dict(times["torch"])
+                dense = RC.dense_times(dcell, cell, config)
+                if dense is not None and not (times.get("torch_dense") or {}).get("eager"):
+                    times["torch_dense"] = dict(dense)  # older records: the dense row's GEMM
+                entry = {"dtype": dtype, "m_max": m_max, "rank_max": rank_max,
+                         "shapes": sorted([list(c) for c in shapes])}  # fmt: skip
+                k, n = min(shapes)
+                call = {"dtype": dtype, "m": m, "rank": rank, "k": k, "n": n}
+                entry.update(RC.ranked_entry(times, dense, pick, call))
+                entries.append(entry)
     return entries
-
-
-def _pick_backend(cell: list[dict]) -> str:
-    # torch is the always-correct fallback when no fused backend qualifies.
-    return RC.geomean_pick(
-        cell, LOWRANK_BACKENDS, lambda r: (r["K"], r["N"]), lambda r: r.get("status") == "ok"
-    )
 
 
 # --------------------------------------------------------------------------- main

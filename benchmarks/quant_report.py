@@ -104,7 +104,9 @@ def format_table(records: list[dict]) -> str:
         if is_ours(r):
             key = (*bits_key(r), r.get("group_size"), r["op"])
             rows_by.setdefault(key, {})[r["backend"]] = r
-    backends = [b for b in OUR_BACKENDS if any(b in row for row in rows_by.values())]
+    # Our kernels and the reference first, then every other registered implementation timed.
+    seen = {b for row in rows_by.values() for b in row}
+    backends = [b for b in OUR_BACKENDS if b in seen] + sorted(seen - set(OUR_BACKENDS))
     peers = best_peers(records)
 
     rows = []
@@ -267,23 +269,54 @@ def _peer_check(records: list[dict]) -> dict:
 # --------------------------------------------------------------------------- dispatch
 
 
-def derive_dispatch(records: list[dict]) -> dict[str, list[dict]]:
-    """Entries per op for write_dispatch_table. quant_linear: per (dtype, bits, act_bits), one
-    entry per M bucket, pinned with exact "bits" and "act_bits" keys and ordered by m_max
-    ascending so that the first matching entry is the nearest measured bucket; adjacent M
-    buckets with the same backend are merged. int8_linear: per (dtype, M bucket)."""
+# Benchmark rows that time a registered implementation of an op: (kind, backend) -> name, and
+# the (w_bits, a_bits) they measured where that matters.
+REGISTERED_PEERS = {
+    ("peer", "torch_int4pack"): ("quant_linear", "torch_int4pack"),
+    ("gemm", "torch_int_mm"): ("int8_linear", "torch_int_mm"),
+    ("gemm", "torch_scaled_mm_fp8"): ("fp8_linear", "torch_scaled_mm"),
+}
+DISPATCH_OPS = ("quant_linear", "int8_linear", "fp8_linear")
+
+
+def impl_name(r: dict, op: str) -> str | None:
+    """The registered implementation of ``op`` a record times (None: another op, or a peer we
+    do not run). The dense row is "dense"."""
+    if r.get("kind") == "dense" or r.get("backend") == "dense":
+        return "dense"
+    if is_ours(r):
+        return r["backend"] if r.get("op") == op else None
+    hit = REGISTERED_PEERS.get((r.get("kind"), r.get("backend")))
+    return hit[1] if hit and hit[0] == op else None
+
+
+def _correct(r: dict) -> bool:
+    return _ok(r) and r.get("correct", True) is not False
+
+
+def derive_dispatch(records: list[dict], capability: str | None = None) -> dict[str, list[dict]]:
+    """Buckets per op for write_dispatch_table: per (dtype, [bits, act_bits,] M bucket) every
+    registered implementation's eager and graph time (geometric mean over the shapes measured
+    there), the dense layer's, the ranking (graph time where recorded) and auto's pick on a GPU
+    of ``capability`` (``report_common.auto_pick``). torch_dense is timed by the dense row: it
+    runs that GEMM. quant_linear buckets pin "bits" and "act_bits"."""
     out: dict[str, list[dict]] = {}
-    for op in OPS:
-        rows = [r for r in records if is_ours(r) and r.get("op") == op]
+    config = lambda r: (r["K"], r["N"])  # noqa: E731
+    for op in DISPATCH_OPS:
+        rows = [r for r in records if impl_name(r, op) not in (None, "dense")]
         if not rows:
             continue
+        dense_rows = [r for r in records if impl_name(r, op) == "dense"]
+        pick = RC.auto_pick(op, capability)
         entries: list[dict] = []
         for dtype in sorted({r["dtype"] for r in rows}):
             rows_d = [r for r in rows if r["dtype"] == dtype]
             buckets = H.bucket_bounds(r["M"] for r in rows_d)
-            combos = sorted({(r["w_bits"], r["a_bits"]) for r in rows_d})
-            if op == "int8_linear":
-                combos = [None]
+            combos = (
+                sorted({(r["w_bits"], r["a_bits"]) for r in rows_d})
+                if op == "quant_linear"
+                else [None]
+            )  # noqa: E501
             for combo in combos:
                 pins = {} if combo is None else {"bits": combo[0], "act_bits": combo[1]}
                 for m, m_max in buckets:
@@ -293,13 +326,25 @@ def derive_dispatch(records: list[dict]) -> dict[str, list[dict]]:
                     ]  # fmt: skip
                     if not cell:
                         continue
-                    choice = pick_backend(cell)
-                    last = entries[-1] if entries else None
-                    same = last and all(last.get(k) == v for k, v in pins.items())
-                    if same and last["dtype"] == dtype and last["backend"] == choice:
-                        last["m_max"] = m_max  # same backend as the smaller M bucket: widen
-                    else:
-                        entries.append({"dtype": dtype, "m_max": m_max, **pins, "backend": choice})
+                    shapes = {config(r) for r in cell}
+                    dcell = [
+                        r for r in dense_rows
+                        if r["dtype"] == dtype and r["M"] == m and config(r) in shapes
+                    ]  # fmt: skip
+                    times = RC.cell_times(cell, lambda r, op=op: impl_name(r, op), _correct, config)
+                    dense = RC.dense_times(dcell, cell, config)
+                    if dense is not None and not (times.get("torch_dense") or {}).get("eager"):
+                        times["torch_dense"] = dict(dense)  # older records: the dense row
+                    entry = {"dtype": dtype, "m_max": m_max, **pins,
+                             "shapes": sorted([list(c) for c in shapes])}  # fmt: skip
+                    k, n = min(shapes)
+                    call = {"dtype": dtype, "m": m, "k": k, "n": n, **pins}
+                    if pins:
+                        call["group_size"] = next(
+                            (r["group_size"] for r in cell if r.get("group_size")), k
+                        )
+                    entry.update(RC.ranked_entry(times, dense, pick, call))
+                    entries.append(entry)
         out[op] = entries
     return out
 

@@ -93,6 +93,114 @@ def geomean_pick(
     return min(scores, key=scores.get) if scores else "torch"
 
 
+def _geomean(values: list[float]) -> float | None:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def cell_times(
+    cell: list[dict], name_of: Callable[[dict], str | None], ok: Callable[[dict], bool],
+    config: Callable[[dict], tuple],
+) -> dict[str, dict[str, float | None]]:  # fmt: skip
+    """implementation -> {"eager", "graph"}: the geometric mean over the cell's configurations
+    (``config(r)``) of its eager (``median_us``) and CUDA-graph (``graph_us``) times; a time is
+    None unless recorded, and correct (``ok``), on every configuration of the cell."""
+    configs = {config(r) for r in cell}
+    by_name: dict[str, dict[tuple, dict]] = defaultdict(dict)
+    for r in cell:
+        name = name_of(r)
+        if name is not None:
+            by_name[name][config(r)] = r
+    out = {}
+    for name, rows in sorted(by_name.items()):
+        times = {}
+        for metric, key in (("eager", "median_us"), ("graph", "graph_us")):
+            vals = [rows[c].get(key) if c in rows and ok(rows[c]) else None for c in configs]
+            times[metric] = _geomean(vals) if all(vals) else None
+        out[name] = times
+    return out
+
+
+def dense_times(
+    dense_rows: list[dict], cell: list[dict], config: Callable[[dict], tuple]
+) -> dict[str, float | None] | None:
+    """The dense layer's {"eager", "graph"} over the cell's configurations: from its own rows
+    where the benchmark wrote them, else from the ``dense_us``/``dense_graph_us`` each record
+    carries."""
+    if dense_rows:
+        return cell_times(dense_rows, lambda r: "dense", lambda r: True, config).get("dense")
+    by_config = {config(r): r for r in cell if r.get("dense_us")}
+    if not by_config:
+        return None
+    rows = [
+        {**r, "median_us": r["dense_us"], "graph_us": r.get("dense_graph_us")}
+        for r in by_config.values()
+    ]
+    return cell_times(rows, lambda r: "dense", lambda r: True, config).get("dense")
+
+
+def ranked_entry(
+    times: dict[str, dict[str, float | None]], dense: dict[str, float | None] | None,
+    pick: Callable[[list[str], dict, dict], str], call: dict,
+) -> dict:  # fmt: skip
+    """The ranking fields of a dispatch bucket: ``rank_by`` is "graph" where the dense layer and
+    some candidate have graph-replay times (models are served under CUDA graphs), else "eager";
+    ``ranked`` orders the candidates by it (those without it after, by eager time, those with
+    no time last); ``pick(ranked, entry, call)`` names what auto runs on the measured GPU for
+    ``call`` (the op's dispatch keys at a shape the bucket measured, dtype included)."""
+    has_graph = dense is not None and dense.get("graph") and any(t["graph"] for t in times.values())
+    rank_by = "graph" if has_graph else "eager"
+    inf = float("inf")
+
+    def order(name: str) -> tuple:
+        t = times[name]
+        return (t[rank_by] is None, t[rank_by] or inf, t["eager"] or inf, name)
+
+    names = sorted(times, key=order)
+    entry = {
+        "rank_by": rank_by,
+        "ranked": names,
+        "times_us": {
+            n: {k: (round(v, 3) if v else None) for k, v in times[n].items()} for n in names
+        },
+        "dense_us": (
+            {k: (round(v, 3) if v else None) for k, v in dense.items()} if dense else None
+        ),
+    }
+    entry["pick"] = pick(names, entry, call)
+    return entry
+
+
+def auto_pick(op: str, capability: str | None) -> Callable[[list[str], dict, dict], str]:
+    """What "auto" runs for a bucket on the measured GPU: the first candidate within the 1.10x
+    rule that is a torch path, or a kernel verified on ``capability``, and that supports the
+    call; else the dense-equivalent path (the reference never: it is the oracle, not a GPU
+    path)."""
+    import torch
+
+    from supernet_kernels import backends, dispatch, registry
+
+    impls = registry.implementations(op)
+
+    def pick(names: list[str], entry: dict, call: dict) -> str:
+        call = dict(call)
+        dtype = getattr(torch, call.pop("dtype"))
+        for name in names:
+            impl = impls.get(name)
+            if impl is None or impl.reference or not dispatch.within_rule(entry, name):
+                continue
+            if impl.kernel and not dispatch.is_verified(op, name, capability):
+                continue
+            if backends._impl_reason(
+                impl, torch.device("cuda"), dtype, call, capability or (9, 0), here=False
+            ):
+                continue
+            return name
+        dense = registry.dense_equivalent(op)
+        return dense.name if dense else registry.fallbacks(op)[0].name
+
+    return pick
+
+
 # --------------------------------------------------------------------------- plots
 
 

@@ -11,6 +11,7 @@ from . import (
 from ._version import __version__
 from .backends import BackendUnavailable, backend, backend_status, get_backend
 from .compile import capture_cuda_graph, compile
+from .planning import plan
 from .quant import load_quantized, quantize_model, save_quantized
 from .supernet import Supernet, convert, extract, load, save
 
@@ -29,6 +30,7 @@ __all__ = [
     "load_quantized",
     "nn",
     "ops",
+    "plan",
     "quantize_model",
     "save",
     "save_quantized",

@@ -162,23 +162,40 @@ def info_text() -> str:
     if not triton_interpret():
         lines.append("  (set TRITON_INTERPRET=1 to run the Triton kernels on the CPU, for testing)")
 
-    lines += ["", "kernels verified on a real GPU (every test of the op and backend passed there)"]
-    verified = dispatch.verified_kernels()
-    from .backends import KERNELS
+    lines += ["", "implementations per op (the registry), and where our kernels are verified"]
+    lines.append("  (every test of the op and kernel passed on a real GPU of that architecture)")
+    from . import registry
 
-    for op, backends in KERNELS.items():
-        for be in backends:
-            runs = verified.get(op, {}).get(be, [])
-            if runs:
+    verified = dispatch.verified_kernels(strict=False)
+    for op in registry.ops():
+        lines.append(f"  {op}")
+        for name, impl in registry.implementations(op).items():
+            if not impl.kernel:
+                kind = "reference (CPU path, test oracle)" if impl.reference else "torch path"
+                if impl.dense_equivalent:
+                    kind += ", dense-equivalent"
+                lines.append(f"    {name:<16} {kind}: {impl.doc}")
+                continue
+            by_arch = verified.get(op, {}).get(name, {})
+            if any(by_arch.values()):
                 where = "; ".join(
-                    f"{r.get('gpu')} @ {str(r.get('commit', '?'))[:10]}" for r in runs
+                    f"{tag} ({', '.join(sorted({str(r.get('gpu')) for r in runs}))} @ "
+                    f"{str(runs[0].get('commit', '?'))[:10]})"
+                    for tag, runs in sorted(by_arch.items())
+                    if runs
                 )
-                lines.append(f"  {op:<16} {be:<7} verified: {where}")
+                lines.append(f"    {name:<16} kernel, verified on {where}")
             else:
                 lines.append(
-                    f"  {op:<16} {be:<7} UNVERIFIED: its tests never all passed on a real "
+                    f"    {name:<16} kernel, UNVERIFIED: its tests never all passed on a real "
                     "GPU; 'auto' will not pick it"
                 )
+    tables = sorted(p.stem for p in (dispatch.PACKAGE_CONFIGS / "dispatch").glob("*.json"))
+    lines += ["", f"dispatch tables shipped: {', '.join(tables) or 'none'}"]
+    lines.append(
+        "  (per architecture smXY, refined per GPU where measured; ranked by CUDA-graph time "
+        "where recorded; auto keeps within 1.10x of the dense layer)"
+    )
     return "\n".join(lines)
 
 
@@ -1201,6 +1218,75 @@ def cmd_bench(args) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- plan
+_SAM_NAMES = ("sam_vit_b", "sam_vit_l", "sam_vit_h")
+
+
+def _plan_supernet(args):
+    """(supernet, image size): a converted supernet folder/file, or a model converted here (a
+    timm name, a checkpoint with --arch / --sam, or sam_vit_b/l/h: the architecture with random
+    weights; a plan needs the shapes only)."""
+    import supernet_kernels as sk
+
+    src = args.model
+    path = Path(src)
+    if path.is_dir() and (path / "supernet.json").is_file() or path.name == "supernet.json":
+        sn, doc, _ = load_supernet(path)
+        return sn, int(doc.get("image_size") or 224)
+    if src in _SAM_NAMES and not path.exists():
+        try:
+            from segment_anything import sam_model_registry
+        except ImportError as exc:
+            raise CLIError(f"{src} needs segment-anything (pip install segment-anything)") from exc
+        enc = sam_model_registry[src.removeprefix("sam_")](checkpoint=None).image_encoder
+        model, size = enc.eval(), int(getattr(enc, "img_size", 1024))
+    else:
+        args.pretrained = False  # no download: the plan needs the architecture only
+        args.model_kwargs = None
+        model, info = _make_model(args)
+        size = int(info.get("image_size") or 224)
+    _log(args, f"converting {src} into a supernet ...")
+    try:
+        return sk.convert(model, inplace=True), size
+    except ValueError as exc:
+        raise UsageError(f"plan: cannot convert {src}: {exc}") from exc
+
+
+def cmd_plan(args) -> int:
+    import torch
+
+    from .planning import format_plan, plan
+
+    _set_threads(args)
+    if args.capability and not args.gpu:
+        raise UsageError("--capability describes the GPU named by --gpu; give --gpu too")
+    dtype = None
+    if args.dtype:
+        dtype = getattr(torch, args.dtype)
+    sn, size = _plan_supernet(args)
+    choice = args.plan_config or "max"
+    if choice in ("max", "min"):
+        cfg = sn.max_config() if choice == "max" else sn.min_config()
+    else:
+        cfg = _config_from_file(choice)
+    try:
+        sn.set_active(cfg)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputFileError(f"--config {choice}: does not fit this supernet: {exc}") from exc
+    res = int(cfg.get("resolution") or size) if isinstance(cfg, dict) else size
+    x = torch.randn(args.batch, 3, res, res)
+    _log(args, f"running {args.model} ({choice} config, {res}x{res}) once to record its calls ...")
+    try:
+        p = plan(sn, x, gpu=args.gpu, capability=args.capability, dtype=dtype)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    print(format_plan(p))
+    if args.json:
+        out = _write_json(Path(args.json), p)
+        _log(args, f"wrote {out}")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- quickstart
 def cmd_quickstart(args) -> int:
     from .quickstart import run_quickstart
@@ -1582,6 +1668,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
     p.set_defaults(func=cmd_bench)
+
+    # ------------------------------------------------------------------ plan
+    p = add(
+        "plan",
+        "what auto runs for each layer and attention on a GPU, why, and the recorded times",
+        "Run the model once on the CPU (or the GPU present) and print, for each weight layer "
+        "and attention: its op and shape, the implementation `auto` picks, why (verified on "
+        "which architecture, which table, which fallback), the recorded time of every "
+        "candidate and of the dense layer, and a flag where the pick is slower than dense. "
+        "With --gpu (and --capability) the answer comes from the dispatch tables for that "
+        "GPU: every time is a recorded one, not measured here.",
+    )
+    p.add_argument(
+        "--model", required=True, metavar="NAME_OR_PATH",
+        help="a supernet folder (convert's output), a timm model name (architecture only, "
+        "random weights), sam_vit_b/l/h, or a checkpoint with --arch / --sam",
+    )  # fmt: skip
+    p.add_argument("--arch", default=None, help="timm architecture of a checkpoint --model")
+    p.add_argument("--sam", default=None, metavar="TYPE", help="--model is a SAM checkpoint")
+    p.add_argument(
+        "--config", dest="plan_config", default="max", metavar="max|min|FILE",
+        help="the subnet: the largest, the smallest, or a subnet config file (default max)",
+    )  # fmt: skip
+    p.add_argument("--gpu", default=None, metavar="NAME", help="plan for this GPU (its name)")
+    p.add_argument(
+        "--capability", default=None, metavar="X.Y",
+        help="the named GPU's compute capability (9.0 for H100/H200); needed unless its own "
+        "table records it",
+    )  # fmt: skip
+    p.add_argument("--batch", type=_positive_int, default=1, help="images per call (default 1)")
+    p.add_argument(
+        "--dtype", choices=("float16", "bfloat16", "float32"), default=None,
+        help="activation dtype to plan for (default float16 for a GPU)",
+    )  # fmt: skip
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the plan as JSON")
+    _common(p, config=False)
+    p.set_defaults(func=cmd_plan)
 
     # ------------------------------------------------------------------ quickstart
     p = add(

@@ -62,34 +62,37 @@ def test_auto_is_torch_on_cpu_even_with_interpreter(monkeypatch):
 
 
 def test_auto_uses_table_only_for_verified_kernels(monkeypatch, tmp_path):
-    """A table naming an unverified kernel falls back to torch; once verified, it is used."""
+    """A table naming an unverified kernel falls back to a torch path; verified on the GPU's
+    architecture, it is used; verified on another architecture, it is not."""
     monkeypatch.setenv("SUPERNET_KERNELS_CONFIG_DIR", str(tmp_path))
     dispatch._load_table.cache_clear()
     dispatch.verified_kernels.cache_clear()
+    bucket = {"dtype": "float16", "m_max": 256, "rank_max": 128, "ranked": ["triton", "torch"]}
     dispatch.write_dispatch_table(
-        "Fake GPU 9000",
-        "lowrank_linear",
-        [{"dtype": "float16", "m_max": 256, "rank_max": 128, "backend": "triton"}],
-        {"commit": "abc"},
+        "Fake GPU 9000", "lowrank_linear", [{**bucket, "pick": "triton"}], {"commit": "abc"},
         config_dir=tmp_path,
-    )
-    monkeypatch.setattr(backends, "_gpu_name", lambda index: "Fake GPU 9000")
+    )  # fmt: skip
+    monkeypatch.setattr(backends, "_gpu_info", lambda index: ("Fake GPU 9000", (9, 0)))
     monkeypatch.setattr(backends, "unavailable_reason", lambda *a, **k: None)
     dev = torch.device("cuda", 0)
     assert dispatch.lookup("lowrank_linear", "Fake GPU 9000", "float16", 197, rank=64) == "triton"
-    assert (
-        backends.resolve("lowrank_linear", dev, torch.float16, 197, rank=64) == "torch"
-    )  # unverified
+    resolve = backends.resolve
+    assert resolve("lowrank_linear", dev, torch.float16, 197, rank=64) == "torch_dense"
+    record = {"gpu": "Fake GPU 9000", "commit": "abc", "tests": "all"}
     (tmp_path / "verified.json").write_text(
-        json.dumps({"lowrank_linear": {"triton": [{"gpu": "Fake GPU 9000", "commit": "abc"}]}})
+        json.dumps({"lowrank_linear": {"triton": {"sm80": [record]}}})
     )
     dispatch.verified_kernels.cache_clear()
     try:
-        assert backends.resolve("lowrank_linear", dev, torch.float16, 197, rank=64) == "triton"
-        assert (
-            backends.resolve("lowrank_linear", dev, torch.float16, 4096, rank=64) == "torch"
-        )  # no entry
-        assert backends.resolve("lowrank_linear", dev, torch.bfloat16, 197, rank=64) == "torch"
+        assert resolve("lowrank_linear", dev, torch.float16, 197, rank=64) == "torch_dense"
+        (tmp_path / "verified.json").write_text(
+            json.dumps({"lowrank_linear": {"triton": {"sm90": [record]}}})
+        )
+        dispatch.verified_kernels.cache_clear()
+        assert resolve("lowrank_linear", dev, torch.float16, 197, rank=64) == "triton"
+        # No bucket (M past the table, another dtype): torch's fastest path, never the oracle.
+        assert resolve("lowrank_linear", dev, torch.float16, 4096, rank=64) == "torch_dense"
+        assert resolve("lowrank_linear", dev, torch.bfloat16, 197, rank=64) == "torch_dense"
     finally:
         dispatch.verified_kernels.cache_clear()
         dispatch._load_table.cache_clear()
@@ -101,7 +104,7 @@ def test_dispatch_table_validation_and_corruption(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown backend"):
         dispatch.write_dispatch_table(
             "G",
-            "op",
+            "lowrank_linear",
             [{"dtype": "float16", "m_max": 1, "rank_max": 1, "backend": "x"}],
             {},
             config_dir=tmp_path,
@@ -111,8 +114,17 @@ def test_dispatch_table_validation_and_corruption(tmp_path, monkeypatch):
     monkeypatch.setenv("SUPERNET_KERNELS_CONFIG_DIR", str(tmp_path))
     dispatch._load_table.cache_clear()
     try:
+        # The strict reader names the file; dispatch itself warns and runs torch's path.
         with pytest.raises(ValueError, match="broken-gpu.json is not valid JSON"):
             dispatch.lookup("lowrank_linear", "Broken GPU", "float16", 1, rank=1)
+        monkeypatch.setattr(backends, "_gpu_info", lambda index: ("Broken GPU", (9, 0)))
+        monkeypatch.setattr(backends, "unavailable_reason", lambda *a, **k: None)
+        dispatch._WARNED.clear()
+        with pytest.warns(dispatch.DispatchWarning, match="broken-gpu.json"):
+            choice = backends.select(
+                "lowrank_linear", torch.device("cuda", 0), torch.float16, m=1, rank=1, k=8, n=8
+            )
+        assert not choice.impl.kernel and not choice.impl.reference
     finally:
         dispatch._load_table.cache_clear()
 
@@ -171,34 +183,43 @@ def test_info_reports_everything(capsys):
         "native extension",
         "GPU",
         "backends usable here",
-        "verified on a real GPU",
-        "lowrank_linear",
+        "implementations per op (the registry)",
+        "dispatch tables shipped",
     ):
         assert needle in out
+    from supernet_kernels import registry
+
+    for op in registry.ops():  # every registered implementation, and nothing else, is listed
+        assert f"\n  {op}\n" in out
+        for name in registry.implementations(op):
+            assert f"    {name} " in out, (op, name)
     # Nothing is verified until a GPU run records it (configs/verified.json).
-    if not dispatch.verified_kernels().get("lowrank_linear", {}).get("cuda"):
-        assert "cuda    UNVERIFIED" in out
+    if not dispatch.verified_on("lowrank_linear", "cuda"):
+        assert "cuda" in out and "UNVERIFIED" in out
 
 
 def test_shipped_verified_record_and_dispatch_tables_name_real_kernels():
-    """The packaged configs only name ops and backends that exist (backends.KERNELS), and every
-    verified record says on which GPU and commit, and which tests passed."""
-    import json
-
-    from supernet_kernels.backends import KERNELS
+    """The packaged configs only name registered implementations; every verified record is per
+    architecture and says on which GPU and commit, and which tests passed."""
+    from supernet_kernels import registry
 
     configs = dispatch.PACKAGE_CONFIGS
     verified = json.loads((configs / "verified.json").read_text())
-    for op, by_backend in verified.items():
-        for be, runs in by_backend.items():
-            assert be in KERNELS[op], (op, be)
-            for run in runs:
-                assert {"gpu", "commit", "tests"} <= set(run), (op, be, run)
+    for op, by_impl in verified.items():
+        for impl, by_arch in by_impl.items():
+            assert impl in backends.KERNELS[op], (op, impl)
+            for tag, runs in by_arch.items():
+                assert dispatch.capability_tag(tag) == tag, tag
+                for run in runs:
+                    assert {"gpu", "commit", "tests", "capability"} <= set(run), (op, impl, run)
     for path in (configs / "dispatch").glob("*.json"):
         table = json.loads(path.read_text())
         for op, entries in table.items():
             if op == "meta":
                 continue
+            impls = registry.implementations(op)
             for e in entries:
-                assert e["backend"] == "torch" or e["backend"] in KERNELS[op], (path.name, op, e)
+                assert e["pick"] in impls, (path.name, op, e["pick"])
+                assert set(e["ranked"]) == set(e["times_us"]) and set(e["ranked"]) <= set(impls)
+                assert e["rank_by"] in ("graph", "eager")
                 assert e["m_max"] < 2**31 - 1, "a bucket past twice the largest measured M"

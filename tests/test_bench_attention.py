@@ -76,7 +76,9 @@ def test_smoke_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["kind"] for r in recs} == {"attention"}
-    assert {r["backend"] for r in recs} == set(A.BACKENDS)
+    # The base rows and one pair per other registered implementation (torch_sdpa).
+    assert {r["backend"] for r in recs} == set(A.BACKENDS) | set(A.registered_rows())
+    assert {"torch_sdpa", "torch_sdpa_norel"} <= set(A.registered_rows())
     triton_ok = any(r["backend"] == "triton" and r["status"] == "ok" for r in recs)
     skipped = [r for r in recs if r["status"] == "skipped"]
     assert triton_ok or skipped  # Triton missing: rows skipped with the reason

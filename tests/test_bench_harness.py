@@ -155,25 +155,34 @@ def _fake_records():
     return recs
 
 
-def _lookup(entries, dtype, m, rank):
-    for e in entries:  # the documented matching rule of write_dispatch_table's entries
-        if e["dtype"] == dtype and m <= e["m_max"] and rank <= e["rank_max"]:
-            return e["backend"]
-    return None
+def _bucket(entries, dtype, m, rank):
+    from supernet_kernels import dispatch
+
+    return next((e for e in entries if dispatch._matches(e, dtype, m, {"rank": rank})), None)
 
 
-def test_derive_dispatch_picks_fastest_correct_backend():
-    entries = B.derive_dispatch(_fake_records())
-    assert all(set(e) == {"dtype", "m_max", "rank_max", "backend"} for e in entries)
-    assert _lookup(entries, "float16", 197, 32) == "cuda"
-    assert _lookup(entries, "float16", 197, 100) == "cuda"
-    assert _lookup(entries, "float16", 197, 384) == "triton"
-    assert _lookup(entries, "float16", 500, 384) == "triton"  # 500 < sqrt(197*4096): small bucket
-    # cuda is fastest-but-one and wrong on one shape at M=4096: never chosen there.
-    assert _lookup(entries, "float16", 4096, 64) == "triton"
-    assert _lookup(entries, "float16", 8192, 768) == "triton"  # last buckets: 2x the largest
-    assert _lookup(entries, "float16", 10**6, 10**4) is None  # no extrapolation: torch
-    assert _lookup(entries, "bfloat16", 197, 32) is None
+def test_derive_dispatch_ranks_every_implementation(monkeypatch):
+    entries = B.derive_dispatch(_fake_records(), "9.0")
+    keys = {"dtype", "m_max", "rank_max", "rank_by", "ranked", "times_us", "dense_us", "pick"}
+    assert all(set(e) == keys | {"shapes"} for e in entries)
+    e = _bucket(entries, "float16", 197, 32)
+    assert e["ranked"][0] == "cuda" and e["rank_by"] == "eager"
+    assert e["dense_us"]["eager"] == pytest.approx(10.0)  # from the records' dense_us
+    assert e["times_us"]["torch_two_gemm"] == e["times_us"]["torch"]
+    assert e["pick"] == "torch_dense"  # no low-rank kernel is verified
+    assert _bucket(entries, "float16", 197, 384)["ranked"][0] == "triton"
+    assert _bucket(entries, "float16", 500, 384)["m_max"] < 4096  # 500 < sqrt(197*4096)
+    # cuda is wrong on one shape at M=4096: no time there, never ranked first.
+    e = _bucket(entries, "float16", 4096, 64)
+    assert e["times_us"]["cuda"]["eager"] is None and e["ranked"][0] == "triton"
+    assert _bucket(entries, "float16", 8192, 768) is not None  # last buckets: 2x the largest
+    assert _bucket(entries, "float16", 10**6, 10**4) is None  # no extrapolation
+    assert _bucket(entries, "bfloat16", 197, 32) is None
+    from supernet_kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "is_verified", lambda *a, **k: True)
+    verified = B.derive_dispatch(_fake_records(), "9.0")
+    assert _bucket(verified, "float16", 197, 32)["pick"] == "cuda"
 
 
 def test_evaluate_targets():

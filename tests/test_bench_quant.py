@@ -128,38 +128,56 @@ def test_targets_miss_and_not_applicable():
     assert "N/A" in R.format_targets(empty)
 
 
-def _lookup(entries, dtype, m, **keys):
-    """dispatch.lookup's matching rule: <key>_max bounds, exact <key> pins, first match wins."""
-    for e in entries:
-        if e["dtype"] != dtype or m > e["m_max"]:
-            continue
-        if any(k in e and e[k] != v for k, v in keys.items()):
-            continue
-        if any(f"{k}_max" in e and v > e[f"{k}_max"] for k, v in keys.items()):
-            continue
-        return e["backend"]
-    return None
+def _bucket(entries, dtype, m, **keys):
+    """dispatch's matching rule: <key>_max bounds, exact <key> pins, first match wins."""
+    from supernet_kernels import dispatch
+
+    return next((e for e in entries if dispatch._matches(e, dtype, m, keys)), None)
+
+
+ENTRY_KEYS = {"dtype", "m_max", "rank_by", "ranked", "times_us", "dense_us", "pick", "shapes"}
 
 
 def test_derive_dispatch_on_fake_records():
-    tables = R.derive_dispatch(_fake_records())
+    tables = R.derive_dispatch(_fake_records(), "9.0")
     q = tables["quant_linear"]
-    assert all({"dtype", "m_max", "bits", "act_bits", "backend"} == set(e) for e in q)
-    assert _lookup(q, "float16", 1, bits=4, act_bits=16) == "triton"
-    assert _lookup(q, "float16", 16, bits=4, act_bits=16) == "triton"
-    assert _lookup(q, "float16", 200, bits=4, act_bits=16) == "triton"  # 200 < sqrt(16*4096)
-    assert _lookup(q, "float16", 4096, bits=4, act_bits=16) == "cuda"
-    assert _lookup(q, "float16", 8192, bits=4, act_bits=8) == "cuda"  # 2x the largest M
-    assert _lookup(q, "float16", 10**6, bits=4, act_bits=8) is None  # no extrapolation
-    # cuda is fastest at M=4096 for W2A16 but wrong on one shape: never chosen there.
-    assert _lookup(q, "float16", 4096, bits=2, act_bits=16) == "triton"
-    assert _lookup(q, "float16", 1, bits=3, act_bits=16) is None  # not measured
-    assert _lookup(q, "bfloat16", 1, bits=4, act_bits=16) is None
-    # M 1 and 16 share a backend: merged into one entry per (bits, act_bits).
-    w4 = [e for e in q if (e["bits"], e["act_bits"]) == (4, 16)]
-    assert [e["backend"] for e in w4] == ["triton", "cuda"]
+    assert all(ENTRY_KEYS | {"bits", "act_bits"} == set(e) for e in q)
+    e = _bucket(q, "float16", 1, bits=4, act_bits=16)
+    assert e["rank_by"] == "eager"  # no graph times recorded
+    assert e["ranked"][:2] == ["triton", "cuda"] and e["times_us"]["triton"]["eager"] == 8.0
+    assert e["dense_us"]["eager"] == pytest.approx(40.0) and "torch_dense" in e["times_us"]
+    # triton is faster but unverified; cuda is verified on sm90 and within 1.10x of dense.
+    assert e["pick"] == "cuda"
+    assert _bucket(q, "float16", 200, bits=4, act_bits=16)["m_max"] < 4096  # sqrt(16*4096)
+    assert _bucket(q, "float16", 4096, bits=4, act_bits=16)["pick"] == "cuda"
+    # No CUDA kernel for act_bits=8, and triton unverified: the dense-equivalent path.
+    assert _bucket(q, "float16", 4096, bits=4, act_bits=8)["pick"] == "torch_dense"
+    # cuda is fastest at M=4096 for W2A16 but wrong on one shape: it has no time there, and
+    # triton is unverified: the dense-equivalent path.
+    e = _bucket(q, "float16", 4096, bits=2, act_bits=16)
+    assert e["times_us"]["cuda"]["eager"] is None and e["ranked"][0] == "triton"
+    assert e["pick"] == "torch_dense"
+    assert _bucket(q, "float16", 10**6, bits=4, act_bits=8) is None  # no extrapolation
+    assert _bucket(q, "float16", 1, bits=3, act_bits=16) is None  # not measured
+    assert _bucket(q, "bfloat16", 1, bits=4, act_bits=16) is None
     i8 = tables["int8_linear"]
-    assert i8 == [{"dtype": "float16", "m_max": 8192, "backend": "triton"}]
+    big = _bucket(i8, "float16", 4096)
+    assert big["ranked"][0] == "torch_int_mm" and big["pick"] == "torch_int_mm"
+    # torch._int_mm needs M > 16: at M = 1 the dense-equivalent path.
+    assert _bucket(i8, "float16", 1)["pick"] == "torch_dense"
+
+
+def test_derive_dispatch_ranks_by_graph_time_where_recorded():
+    recs = [r for r in _fake_records() if r["M"] == 1]
+    for r in recs:  # graph replay reverses triton and cuda
+        if r.get("op") == "quant_linear" and r["backend"] in ("triton", "cuda"):
+            r["graph_us"] = {"triton": 30.0, "cuda": 10.0}[r["backend"]]
+        if r["kind"] == "dense":
+            r["graph_us"] = 35.0
+    e = _bucket(R.derive_dispatch(recs, "9.0")["quant_linear"], "float16", 1, bits=4, act_bits=16)
+    assert e["rank_by"] == "graph" and e["ranked"][:3] == ["cuda", "triton", "torch_dense"]
+    assert e["times_us"]["triton"] == {"eager": 8.0, "graph": 30.0}
+    assert e["dense_us"] == {"eager": pytest.approx(40.0), "graph": 35.0}
 
 
 def test_pick_backend_falls_back_to_torch():
@@ -199,10 +217,18 @@ def test_smoke_run_exits_zero_within_budget(tmp_path):
     records = H.read_results(tmp_path / "quant.jsonl")
     assert records and all(r["device"] == "cpu" for r in records)
     ours = [r for r in records if r["kind"] == "ours" and r["status"] == "ok"]
-    assert {r["backend"] for r in ours} == {"torch"}
-    assert {(r["w_bits"], r["a_bits"], r["M"]) for r in ours} == {
-        (b, a, m) for b in (4, 3) for a in (16, 8) for m in (1, 5)
-    }
+    # Every registered implementation that runs on the CPU (no kernels without the
+    # interpreter); torch's int4 kernel only where it applies (4-bit, 16-bit activations).
+    from supernet_kernels import registry
+
+    on_cpu = {n for n, i in registry.implementations("quant_linear").items() if not i.kernel}
+    assert {r["backend"] for r in ours} == on_cpu
+    for name in on_cpu - {"torch_int4pack"}:
+        assert {(r["w_bits"], r["a_bits"], r["M"]) for r in ours if r["backend"] == name} == {
+            (b, a, m) for b in (4, 3) for a in (16, 8) for m in (1, 5)
+        }, name
+    int4 = {(r["w_bits"], r["a_bits"]) for r in ours if r["backend"] == "torch_int4pack"}
+    assert int4 == {(4, 16)}
     assert all(r["correct"] and r["rel_err"] <= r["tol"] and r["median_us"] > 0 for r in ours)
     assert all(r["reason"] for r in records if r["status"] == "skipped")
     data = json.loads(summary.read_text())

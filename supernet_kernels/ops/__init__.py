@@ -5,6 +5,7 @@ the CPU path and the test reference, and Triton and CUDA implementations picked 
 :mod:`supernet_kernels.backends`.
 """
 
+from . import fast_paths  # noqa: E402,F401 - registers torch's fast paths
 from .attention import attention, attention_reference
 from .autocast import register_autocast_rules
 from .lowrank import lowrank_linear, lowrank_linear_reference

@@ -39,9 +39,9 @@ segment-anything's Attention, which computes the whole attention map in the inpu
 Backends: "torch" (the reference, materializing the T x T scores), "triton" (flash-attention
 style kernels that never materialize the T x T scores or a (B, nH, T, T) bias: the bias is
 read tile by tile; with a Triton backward; see ``kernels/triton_attention.py``); "cuda" has no
-kernel yet and raises BackendUnavailable. Without rel pos or bias on a CUDA device, the wrapper
-hands the "torch" backend's work to F.scaled_dot_product_attention (``SDPA_FOR_TORCH_BACKEND``):
-this choice awaits a GPU measurement against the Triton kernel.
+kernel and raises BackendUnavailable; "torch_sdpa" (``ops/fast_paths.py``) is torch's SDPA with
+the rel-pos term and bias as an additive mask, which the wrapper calls directly (differentiable
+by autograd) wherever the registry picks it (``SDPA_FOR_TORCH_BACKEND``).
 """
 
 from __future__ import annotations
@@ -51,15 +51,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import backends
+from .. import backends, registry
 
 OP = "supernet_kernels::attention"
 BACKWARD_OP = "supernet_kernels::_attention_backward"
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
-# Without rel pos on a CUDA device, backend "torch" runs F.scaled_dot_product_attention rather
-# than the materializing reference. Unmeasured: a GPU benchmark should confirm it (and decide
-# "auto" between it and the Triton kernel through the dispatch table).
+# Where the registry picks "torch_sdpa", the wrapper calls SDPA itself rather than the op (whose
+# form must also return the log-sum-exp). False: always go through the op.
 SDPA_FOR_TORCH_BACKEND = True
 
 
@@ -242,14 +241,28 @@ def _reference_backward(q, k, v, rel_h, rel_w, scale, g_out, g_lse, bias=None):
 
 
 def _resolve(q, k, has_rel: bool, has_bias: bool = False) -> str:
-    """The backend for this call. Dispatch keys: m = query tokens per sequence, and
+    """The implementation for this call. Dispatch keys: m = query tokens per sequence, and
     bh = batch * heads, t_k = key tokens, d = head dim, rel = 1 with SAM's decomposed bias,
     bias = 1 with the additive bias."""
     B, nH, tq, d = q.shape
-    return backends.resolve(
-        "attention", q.device, q.dtype, tq, bh=B * nH, t_k=k.shape[2], d=d, rel=int(has_rel),
+    return backends.select(
+        "attention", q.device, q.dtype, m=tq, bh=B * nH, t_k=k.shape[2], d=d, rel=int(has_rel),
         bias=int(has_bias),
-    )  # fmt: skip
+    ).name  # fmt: skip
+
+
+@registry.register("attention", "torch", kernel=False, reference=True)
+def _torch_attention(q, k, v, rel_h, rel_w, scale, bias=None):
+    """The definition: fp32 scores and softmax, materializing the T x T scores."""
+    return _reference_core(q, k, v, rel_h, rel_w, scale, bias)
+
+
+@registry.register("attention", "triton", kernel=True)
+def _triton_attention(q, k, v, rel_h, rel_w, scale, bias=None):
+    """Our flash-attention style Triton kernels (rel-pos and bias read tile by tile)."""
+    from ..kernels import triton_attention as ta
+
+    return ta.attention_fwd(q, k, v, rel_h, rel_w, float(scale), bias)
 
 
 @torch.library.custom_op(OP, mutates_args=())
@@ -264,15 +277,7 @@ def _attention_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     check_attention_args(q, k, v, rel_h, rel_w, scale, bias)
     name = _resolve(q, k, rel_h is not None, bias is not None)
-    if name == "torch":
-        return _reference_core(q, k, v, rel_h, rel_w, scale, bias)
-    if name == "cuda":
-        raise backends.BackendUnavailable(
-            "attention: no CUDA C++ attention kernel yet; use backend 'triton'"
-        )
-    from ..kernels import triton_attention as ta
-
-    return ta.attention_fwd(q, k, v, rel_h, rel_w, float(scale), bias)
+    return registry.get("attention", name).fn(q, k, v, rel_h, rel_w, scale, bias)
 
 
 @_attention_op.register_fake
@@ -321,11 +326,7 @@ def _attention_backward_op(
     need_rel = need_rel and rel_h is not None
     need_bias = need_bias and bias is not None
     name = _resolve(q, k, rel_h is not None, bias is not None)
-    if name == "cuda":
-        raise backends.BackendUnavailable(
-            "attention: no CUDA C++ attention kernel yet; use backend 'triton'"
-        )
-    if name == "torch":
+    if name != "triton":  # every other implementation's forward is the definition's
         dq, dk, dv, drh, drw, dbias = _reference_backward(
             q, k, v, rel_h, rel_w, scale, g_out, g_lse, bias
         )
@@ -499,14 +500,15 @@ def attention(
     q, k, v, rel_h, rel_w, scale, bias = _prepare(
         q, k, v, rel_pos_h, rel_pos_w, hw, heads, scale, bias
     )
+    # Under torch.compile the op (opaque to the tracer) picks its implementation when it runs.
     if (
-        rel_h is None
-        and bias is None
-        and SDPA_FOR_TORCH_BACKEND
-        and q.device.type == "cuda"
-        and _resolve(q, k, False) == "torch"
+        SDPA_FOR_TORCH_BACKEND
+        and not torch.compiler.is_compiling()
+        and _resolve(q, k, rel_h is not None, bias is not None) == "torch_sdpa"
     ):
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        from .fast_paths import sdpa_attention
+
+        return sdpa_attention(q, k, v, rel_h, rel_w, scale, bias)
     return torch.ops.supernet_kernels.attention(q, k, v, rel_h, rel_w, scale, bias)[0]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import backends
+from .. import backends, registry
 
 OP = "supernet_kernels::lowrank_linear"
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -155,6 +155,35 @@ def _cuda_impl(x2, u, v, rank, n, bias):
     return y
 
 
+# ------------------------------------------------------------------ registered implementations
+# Each has the op's signature (x any leading dims; out_features None = all rows of u).
+
+
+@registry.register("lowrank_linear", "torch", kernel=False, reference=True)
+def _torch_impl(x, u, v, rank, out_features=None, bias=None):
+    """The definition, two matmuls on the slices in x's dtype: the CPU path and oracle."""
+    return lowrank_linear_reference(x, u, v, rank, out_features, bias)
+
+
+def _flat_call(impl_fn):
+    def run(x, u, v, rank, out_features=None, bias=None):
+        n = u.shape[0] if out_features is None else out_features
+        k = x.shape[-1]
+        y = impl_fn(x.reshape(x.numel() // k if k else 0, k), u, v, rank, n, bias)
+        return y.reshape(*x.shape[:-1], n)
+
+    run.__doc__ = impl_fn.__doc__
+    return run
+
+
+registry.register("lowrank_linear", "triton", kernel=True, doc="our Triton kernels")(
+    _flat_call(_triton_impl)
+)
+registry.register("lowrank_linear", "cuda", kernel=True, doc="our CUDA C++ kernels")(
+    _flat_call(_cuda_impl)
+)
+
+
 @torch.library.custom_op(OP, mutates_args=())
 def _lowrank_linear_op(
     x: torch.Tensor,
@@ -167,12 +196,8 @@ def _lowrank_linear_op(
     n = check_lowrank_args(x, u, v, rank, out_features, bias)
     k = x.shape[-1]
     m = x.numel() // k if k else 0
-    name = backends.resolve("lowrank_linear", x.device, x.dtype, m, rank=rank)
-    if name == "torch":
-        return lowrank_linear_reference(x, u, v, rank, n, bias)
-    x2 = x.reshape(m, k)
-    impl = _triton_impl if name == "triton" else _cuda_impl
-    return impl(x2, u, v, rank, n, bias).reshape(*x.shape[:-1], n)
+    impl = backends.select("lowrank_linear", x.device, x.dtype, m=m, rank=rank, k=k, n=n).impl
+    return impl.fn(x, u, v, rank, n, bias)
 
 
 @_lowrank_linear_op.register_fake

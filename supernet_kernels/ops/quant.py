@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import backends
+from .. import backends, registry
 from ..quant.packing import unpack
 from ..quant.quantize import (
     QuantizedWeight,
@@ -145,6 +145,42 @@ def _quant_cuda(x2, packed, scales, zeros, bits, group_size, k, act_bits, bias):
     )
 
 
+# ------------------------------------------------------------------ registered implementations
+# Each has the op's signature; x may have any leading dims.
+
+
+def _no_act8_cuda(device, dtype, *, act_bits=16, **shape):
+    if act_bits == 8:
+        return "the CUDA backend has no act_bits=8 kernel for packed weights yet"
+    return None
+
+
+@registry.register("quant_linear", "torch", kernel=False, reference=True)
+def _quant_torch(x, packed, scales, zeros, bits, group_size, in_features, act_bits=16, bias=None):
+    """The pure-PyTorch definition (unpack to float32, multiply): the CPU path and oracle."""
+    return quant_linear_reference(
+        x, packed, scales, zeros, bits, group_size, in_features, act_bits, bias
+    )
+
+
+def _flat_call(impl_fn):
+    def run(x, packed, scales, zeros, bits, group_size, in_features, act_bits=16, bias=None):
+        x2, _ = _flat(x, in_features)
+        y = impl_fn(x2, packed, scales, zeros, bits, group_size, in_features, act_bits, bias)
+        return y.reshape(*x.shape[:-1], packed.shape[0])
+
+    run.__doc__ = impl_fn.__doc__
+    return run
+
+
+registry.register("quant_linear", "triton", kernel=True, doc="our Triton kernels")(
+    _flat_call(_quant_triton)
+)
+registry.register(
+    "quant_linear", "cuda", kernel=True, supports=_no_act8_cuda, doc="our CUDA C++ kernels"
+)(_flat_call(_quant_cuda))
+
+
 @torch.library.custom_op(QUANT_OP, mutates_args=())
 def _quant_linear_op(
     x: torch.Tensor,
@@ -158,15 +194,12 @@ def _quant_linear_op(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     n = check_quant_args(x, packed, scales, zeros, bits, group_size, in_features, act_bits, bias)
-    x2, m = _flat(x, in_features)
-    name = backends.resolve("quant_linear", x.device, x.dtype, m, bits=bits, act_bits=act_bits)
-    if name == "torch":
-        return quant_linear_reference(
-            x, packed, scales, zeros, bits, group_size, in_features, act_bits, bias
-        )
-    impl = _quant_triton if name == "triton" else _quant_cuda
-    y = impl(x2, packed, scales, zeros, bits, group_size, in_features, act_bits, bias)
-    return y.reshape(*x.shape[:-1], n)
+    m = x.numel() // in_features
+    impl = backends.select(
+        "quant_linear", x.device, x.dtype, m=m, bits=bits, act_bits=act_bits,
+        group_size=group_size, k=in_features, n=n,
+    ).impl  # fmt: skip
+    return impl.fn(x, packed, scales, zeros, bits, group_size, in_features, act_bits, bias)
 
 
 @_quant_linear_op.register_fake
@@ -198,30 +231,48 @@ def _quant_backward(ctx, grad):
 _quant_linear_op.register_autograd(_quant_backward, setup_context=_quant_setup)
 
 
-def _raw8_forward(op, x, weight, weight_scale, bias, *, check, reference, cuda_kernel, min_cc):
-    """One forward for int8_linear and fp8_linear: they differ only in the weight's 8-bit type,
-    their reference, their CUDA kernel (None: none yet) and the GPUs that can run them."""
+def _raw8_forward(op, x, weight, weight_scale, bias, *, check):
+    """One forward for int8_linear and fp8_linear: the registry holds what differs (their
+    reference, kernels, and the GPUs that can run them)."""
     n = check(x, weight, weight_scale, bias)
-    k = weight.shape[1]
-    x2, m = _flat(x, k)
-    name = backends.resolve(op, x.device, x.dtype, m)
-    if name == "torch":
-        return reference(x, weight, weight_scale, bias)
-    if name == "cuda":
-        if cuda_kernel is None:
-            raise backends.BackendUnavailable(f"{op}: no CUDA C++ kernel yet; use backend 'triton'")
-        y = cuda_kernel()(x2, weight, weight_scale, bias)
-    else:
-        if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < min_cc:
-            cc = "".join(map(str, torch.cuda.get_device_capability(x.device)))
-            need = "".join(map(str, min_cc))
-            raise backends.BackendUnavailable(
-                f"{op}: needs sm_{need} or newer tensor cores; this GPU is sm_{cc}"
-            )
-        from ..kernels import triton_quant as tq
+    m = x.numel() // weight.shape[1]
+    impl = backends.select(op, x.device, x.dtype, m=m, k=weight.shape[1], n=n).impl
+    return impl.fn(x, weight, weight_scale, bias)
 
-        y = tq.raw8_linear(x2, weight, weight_scale, bias)
-    return y.reshape(*x.shape[:-1], n)
+
+def _raw8_kernel(kernel):
+    def run(x, weight, weight_scale, bias=None):
+        x2, _ = _flat(x, weight.shape[1])
+        return kernel(x2, weight, weight_scale, bias).reshape(*x.shape[:-1], weight.shape[0])
+
+    return run
+
+
+def _triton_raw8(x2, weight, weight_scale, bias):
+    from ..kernels import triton_quant as tq
+
+    return tq.raw8_linear(x2, weight, weight_scale, bias)
+
+
+def _cuda_int8(x2, weight, weight_scale, bias):
+    return torch.ops.supernet_kernels._int8_linear_cuda(x2, weight, weight_scale, bias)
+
+
+registry.register(
+    "int8_linear",
+    "torch",
+    kernel=False,
+    reference=True,
+    doc="The W8A8 definition (float64 on the CPU): the CPU path and oracle.",
+)(  # fmt: skip
+    lambda x, weight, weight_scale, bias=None: int8_linear_reference(x, weight, weight_scale, bias)
+)
+registry.register("int8_linear", "triton", kernel=True, doc="our Triton kernel")(
+    _raw8_kernel(_triton_raw8)
+)
+registry.register("int8_linear", "cuda", kernel=True, doc="our CUDA C++ kernel")(
+    _raw8_kernel(_cuda_int8)
+)
 
 
 @torch.library.custom_op(INT8_OP, mutates_args=())
@@ -231,13 +282,7 @@ def _int8_linear_op(
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    return _raw8_forward(
-        "int8_linear", x, weight, weight_scale, bias,
-        check=check_raw8_args,
-        reference=int8_linear_reference,
-        cuda_kernel=lambda: torch.ops.supernet_kernels._int8_linear_cuda,
-        min_cc=(0, 0),  # no limit of its own
-    )  # fmt: skip
+    return _raw8_forward("int8_linear", x, weight, weight_scale, bias, check=check_raw8_args)
 
 
 @_int8_linear_op.register_fake
@@ -316,6 +361,21 @@ def fp8_linear_reference(x, weight, weight_scale, bias=None):
     return y.to(x.dtype)
 
 
+registry.register(
+    "fp8_linear",
+    "torch",
+    kernel=False,
+    reference=True,
+    doc="The fp8 definition (float64 on the CPU): the CPU path and oracle.",
+)(  # fmt: skip
+    lambda x, weight, weight_scale, bias=None: fp8_linear_reference(x, weight, weight_scale, bias)
+)
+# float8 tensor cores: sm_89 (Ada) and newer.
+registry.register(
+    "fp8_linear", "triton", kernel=True, min_capability=(8, 9), doc="our Triton kernel"
+)(_raw8_kernel(_triton_raw8))
+
+
 def _check_fp8(x, weight, weight_scale, bias) -> int:
     return check_raw8_args(x, weight, weight_scale, bias, "fp8_linear", torch.float8_e4m3fn)
 
@@ -327,11 +387,7 @@ def _fp8_linear_op(
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    # float8 tensor cores: sm_89 (Ada) and newer.
-    return _raw8_forward(
-        "fp8_linear", x, weight, weight_scale, bias,
-        check=_check_fp8, reference=fp8_linear_reference, cuda_kernel=None, min_cc=(8, 9),
-    )  # fmt: skip
+    return _raw8_forward("fp8_linear", x, weight, weight_scale, bias, check=_check_fp8)
 
 
 @_fp8_linear_op.register_fake
