@@ -25,11 +25,13 @@ not yet a GPU measurement (issue 5 measures and replaces them with tuned tables)
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import triton
 import triton.language as tl
 
-from .triton_lowrank import _dot, _load_tile, _round, _tile_offsets
+from .triton_common import _dot, _load_tile, _round, _tile_offsets, dot_fp32, interp_bf16
 
 
 @triton.jit
@@ -228,7 +230,6 @@ def _device_info(x):
 
 def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dtype, word_tile=True):
     from .. import tuning
-    from .triton_lowrank import _dot_fp32, _interp_bf16
 
     m = x.shape[0]
     gpu, num_sms, interpret = _device_info(x)
@@ -262,8 +263,8 @@ def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dty
         WORD_TILE=word_tile and (32 // bits) & (32 // bits - 1) == 0 and cfg.block_k >= 32 // bits,
         HAS_BIAS=bias is not None,
         SPLIT_K=split,
-        DOT_FP32=_dot_fp32(probe),
-        RNE_BF16=_interp_bf16(probe),
+        DOT_FP32=dot_fp32(probe),
+        RNE_BF16=interp_bf16(probe),
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
@@ -290,6 +291,13 @@ def quantize_rows(x, fp8: bool = False):
 def quant_linear(x, packed, scales, zeros, bits, group_size, k, act_bits, bias):
     """y (M, N) for x (M, K) and a packed weight; see the module docstring."""
     a8 = act_bits == 8
+    tile = None if a8 else tile_for(bits, group_size, k)
+    if tile is not None and x.shape[0] <= GEMV_MAX_M:
+        tiles = tiles_of(packed, bits, k, tile)
+        return launch_gemv(
+            x, tiles, scales.contiguous(), zeros.contiguous(), bias, packed.shape[0], k,
+            group_size, bits, tile,
+        )
     xq, xs = quantize_rows(x) if a8 else (x, None)
     return _launch(
         xq, xs=xs, w=packed.contiguous(), s=scales.contiguous(), z=zeros.contiguous(), bias=bias,
@@ -307,3 +315,260 @@ def raw8_linear(x, weight, weight_scale, bias):
         xq, xs=xs, w=weight.contiguous(), s=weight_scale.contiguous(), z=None, bias=bias,
         n=n, k=k, group_size=k, bits=8, a8=True, w_raw8=True, out_dtype=x.dtype,
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Weight-only kernels on the GPU tile layout (see quant.packing.to_tiles): 2, 4 and 8 bits.
+
+
+@triton.jit
+def _dequant(
+    h, j: tl.constexpr, zc, sc,
+    BITS: tl.constexpr, DEQ: tl.constexpr, WDT: tl.constexpr, RNE_BF16: tl.constexpr,
+):  # fmt: skip
+    """Sub-tile j of a code tile h (int32 (R, E/2); codes at bits [BITS*j, BITS*j + BITS) of
+    each int16 half), as (R, E) weights.
+
+    DEQ 0 (fp16): OR the code into the mantissa of 1024.0 (0x6400): the bits read as 1024 + q,
+    exactly (q < 1024). zc = 1024 + z is an integer, so ``f - zc`` = q - z is exact, and one
+    multiply by the group scale rounds once more than the reference (which rounds (q - z) * s
+    once from fp32): at most 1 ulp of the weight instead of half. With the shift, the AND and
+    the OR fused (SHF + LOP3) the compiler packs the fp16 pair work (HADD2 / HMUL2, HFMA2).
+    DEQ 1 (bf16): the same with 128.0 (0x4300); bf16 keeps 7 mantissa bits, so q < 128 (2 and
+    4 bits). DEQ 2: fp32 with 2**23 (0x4B000000), for fp32 activations and 8-bit bf16; the
+    product is rounded once, like the reference. DEQ 3: DEQ 1 computed in fp32 with bf16
+    rounding at the same two places (the CPU interpreter has no bf16 arithmetic).
+    """
+    if DEQ == 0:
+        f = _pairs(h, j, BITS, 0x64006400).to(tl.float16, bitcast=True)
+        w = (f - zc[:, None]) * sc[:, None]
+    elif DEQ == 1:
+        f = _pairs(h, j, BITS, 0x43004300).to(tl.bfloat16, bitcast=True)
+        w = (f - zc[:, None]) * sc[:, None]
+    elif DEQ == 2:
+        q = _pairs(h, j, BITS, 0)
+        f = (q.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
+        w = _round((f - zc[:, None]) * sc[:, None], WDT, RNE_BF16)
+    else:
+        f = _pairs(h, j, BITS, 0).to(tl.float32) + 128.0
+        w = _round((f - zc[:, None]) * sc[:, None], tl.float32, True).to(WDT)
+    return w
+
+
+@triton.jit
+def _pairs(h, j: tl.constexpr, BITS: tl.constexpr, MAGIC: tl.constexpr):
+    """int32 words h (R, W), each two int16 words of the tile layout -> int16 (R, 2W) holding
+    code j of every int16 word in its low bits, ORed with MAGIC (exponent bits, both halves).
+
+    Shift, AND and OR act on the 32-bit word, so one SHF and one LOP3 make two codes (the bits
+    a shift moves across the halves are masked off); the halves are then split, not computed.
+    """
+    MASK2: tl.constexpr = ((1 << BITS) - 1) | (((1 << BITS) - 1) << 16)
+    v = ((h >> (BITS * j)) & MASK2) | MAGIC
+    lo = v.to(tl.int16)
+    hi = (v >> 16).to(tl.int16)
+    return tl.reshape(tl.join(hi, lo), (h.shape[0], 2 * h.shape[1]))
+
+
+@triton.jit
+def _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ: tl.constexpr):
+    """Per row of a tile: (magic + z, s) in the precision _dequant works in."""
+    s = tl.load(s_ptr + rows * stride_sn + g)
+    z = tl.load(z_ptr + rows * stride_sn + g)
+    if DEQ == 0:
+        return (z + 1024.0).to(tl.float16), s.to(tl.float16)
+    elif DEQ == 1:
+        return (z + 128.0).to(tl.bfloat16), s.to(tl.bfloat16)
+    elif DEQ == 2:
+        return z + 8388608.0, s
+    else:
+        return z + 128.0, _round(s, tl.float32, True).to(tl.bfloat16).to(tl.float32)
+
+
+@triton.jit
+def _wq_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, lock_ptr,
+    M, N, K, G, k_split, stride_xm, stride_wn, stride_sn, stride_ym,
+    BITS: tl.constexpr,
+    DEQ: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    SUB_GROUPS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    RNE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """y^T (N, M) tile = W (BLOCK_N, K-range) @ x^T for M <= BLOCK_M = 16: the weight is the
+    MMA's M side (so 16 output columns fill a tile, whatever M is), x the narrow N side.
+
+    One program: BLOCK_N weight rows times its k_split-wide share of K. Per K tile of BLOCK_K
+    codes it loads (BLOCK_N, BLOCK_K / C) int16 words (C = 16 / BITS codes each), contiguous
+    along K and unmasked (rows past N are clamped to N - 1, their outputs never stored), so
+    every lane issues 16-byte loads. Word e holds the tile's codes e, E + e, 2E + e, ...
+    (E = BLOCK_K / C), so shift j yields a contiguous (BLOCK_N, E) weight slice multiplied by
+    x[:, k0 + jE : k0 + (j + 1)E], with no reshape between the load and the MMA.
+
+    Split over K in one launch: each program stores its fp32 partial tile, then takes a ticket
+    from a per-tile counter; the program that draws the last ticket sums the partials, adds the
+    bias, writes y in its dtype and resets the counter to 0 for the next call.
+    """
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    C: tl.constexpr = 16 // BITS
+    E: tl.constexpr = BLOCK_K // C
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(offs_n, N - 1)
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    offs_e = tl.arange(0, E)
+    offs_w = tl.arange(0, E // 2)
+    w_rows = w_ptr + rows[:, None] * stride_wn
+    x_rows = x_ptr + offs_m[None, :] * stride_xm
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    t_lo = pid_k * (k_split // BLOCK_K)
+    t_hi = tl.minimum(t_lo + k_split // BLOCK_K, tl.cdiv(K, BLOCK_K))
+    for t in range(t_lo, t_hi):
+        k0 = t * BLOCK_K
+        h = tl.load(w_rows + (t * (E // 2) + offs_w)[None, :])  # int32: two int16 words
+        if not SUB_GROUPS:
+            zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, k0 // G, DEQ)
+        for j in tl.static_range(C):
+            if SUB_GROUPS:  # groups narrower than the tile: each slice lies inside one group
+                # (the padding past K reads the last group; x is 0 there)
+                g = tl.minimum((k0 + j * E) // G, (K - 1) // G)
+                zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ)
+            w = _dequant(h, j, zc, sc, BITS, DEQ, x_ptr.dtype.element_ty, RNE_BF16)
+            offs_k = k0 + j * E + offs_e
+            if EVEN_K:
+                xt = tl.load(x_rows + offs_k[:, None], mask=mask_m[None, :], other=0.0)
+            else:
+                xt = tl.load(
+                    x_rows + offs_k[:, None], mask=mask_m[None, :] & (offs_k < K)[:, None],
+                    other=0.0,
+                )
+            acc = _dot(w, xt, acc, DOT_FP32)
+    mask_y = (offs_n < N)[:, None] & mask_m[None, :]
+    y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
+    if SPLIT_K > 1:
+        tile = offs_n[:, None] * BLOCK_M + offs_m[None, :]
+        tile_size = tl.num_programs(0) * BLOCK_N * BLOCK_M
+        tl.store(part_ptr + pid_k * tile_size + tile, acc)
+        tl.debug_barrier()  # every lane's partial is written before the ticket is taken
+        ticket = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel")
+        if ticket == SPLIT_K - 1:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            for p in range(0, SPLIT_K):
+                acc += tl.load(part_ptr + p * tile_size + tile, cache_modifier=".cg")
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
+            tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
+            tl.atomic_xchg(lock_ptr + pid_n, 0)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
+        tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers of the tile-layout kernels.
+
+GEMV_MAX_M = 16  # x^T is the MMA's 16-wide side: up to 16 rows share one weight pass
+_TILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS: dict = {}
+
+
+def tile_for(bits: int, group_size: int, k: int) -> int | None:
+    """Codes per K tile of the tile layout for this weight, None where it does not apply (3
+    bits; groups that are neither whole tiles nor whole MMA slices of one)."""
+    if bits not in (2, 4, 8):
+        return None
+    c = 16 // bits
+    for t in (128, 64, 32):
+        if t % (16 * c):
+            continue
+        if group_size == k or group_size % t == 0 or (t % group_size == 0 and group_size % (t // c) == 0):
+            return t
+    return None
+
+
+def tiles_of(packed, bits: int, k: int, tile: int):
+    """The tile layout of a packed weight, made on first use and kept while the weight lives
+    (recomputed if the weight is modified in place)."""
+    from ..quant.packing import to_tiles
+
+    hit = _TILES.get(packed)
+    key = (packed._version, bits, k, tile)
+    if hit is None or hit[0] != key:
+        hit = (key, to_tiles(packed, bits, k, tile))
+        _TILES[packed] = hit
+    return hit[1]
+
+
+def _locks(device, n: int):
+    """Zeroed int32 tickets for the split-K reduction; each call leaves them zero again."""
+    buf = _LOCKS.get(device)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+        _LOCKS[device] = buf
+    return buf
+
+
+def gemv_config(m: int, n: int, k: int, tile: int, num_sms: int, interpret: bool):
+    """(BLOCK_N, SPLIT_K, k_split, warps, stages). Enough K splits for two programs per SM."""
+    if interpret:
+        block_n, warps, stages = 16, 1, 1
+    else:
+        block_n, warps, stages = 128, 4, 4
+    n_tiles = triton.cdiv(n, block_n)
+    k_tiles = triton.cdiv(k, tile)
+    split = 2 if interpret else max(1, min(k_tiles, triton.cdiv(2 * num_sms, n_tiles)))
+    k_split = triton.cdiv(k_tiles, split) * tile
+    split = triton.cdiv(k_tiles * tile, k_split)
+    return block_n, split, k_split, warps, stages
+
+
+def _deq_mode(dtype, bits: int, interpret: bool) -> int:
+    if dtype == torch.float16:
+        return 0
+    if dtype == torch.bfloat16 and bits <= 4:
+        return 3 if interpret else 1
+    return 2
+
+
+def launch_gemv(x, tiles, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: int):
+    m = x.shape[0]
+    _, num_sms, interpret = _device_info(x)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return y
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    block_n, split, k_split, warps, stages = gemv_config(m, n, k, tile, num_sms, interpret)
+    n_tiles = triton.cdiv(n, block_n)
+    if split > 1:
+        part = torch.empty((split, n_tiles * block_n, GEMV_MAX_M), dtype=torch.float32,
+                           device=x.device)  # fmt: skip
+        locks = _locks(x.device, n_tiles)
+    else:
+        part = locks = y
+    _wq_gemv_kernel[(n_tiles, split)](
+        x, tiles.view(torch.int32), s, z, bias if bias is not None else y, y, part, locks,
+        m, n, k, group_size, k_split, x.stride(0), tiles.stride(0) // 2, s.stride(0), y.stride(0),
+        BITS=bits,
+        DEQ=_deq_mode(x.dtype, bits, interpret),
+        EVEN_K=k % tile == 0,
+        SUB_GROUPS=group_size < tile,
+        HAS_BIAS=bias is not None,
+        SPLIT_K=split,
+        DOT_FP32=dot_fp32(x),
+        RNE_BF16=interp_bf16(x),
+        BLOCK_M=GEMV_MAX_M,
+        BLOCK_N=block_n,
+        BLOCK_K=tile,
+        num_warps=warps,
+        num_stages=stages,
+    )  # fmt: skip
+    return y
