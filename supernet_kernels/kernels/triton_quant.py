@@ -322,67 +322,89 @@ def raw8_linear(x, weight, weight_scale, bias):
 
 
 @triton.jit
-def _centered(h, j: tl.constexpr, zc, BITS: tl.constexpr, DEQ: tl.constexpr, WDT: tl.constexpr,
-              ASM: tl.constexpr):  # fmt: skip
+def _centered(h, hs, j: tl.constexpr, zc, BITS: tl.constexpr, DEQ: tl.constexpr,
+              WDT: tl.constexpr, ASM: tl.constexpr):  # fmt: skip
     """q - z for sub-tile j of an int16 code tile h (R, E) (codes at bits [BITS*j, BITS*j +
     BITS) of each word), exact, in WDT (x's dtype): |q - z| <= 255 fits every float type.
+    hs is h shifted right by the base of code j (see _base), zc = magic + z per row.
 
     The group scale is not applied here but to the fp32 MMA result of the whole group (the
     weight is the MMA's row side, so the scale is one per accumulator row): the tensor cores
     multiply exact integers by x, and the scale is applied once in fp32, which rounds less
-    than the reference's dequantized weight in x's dtype.
+    than the reference's weight dequantized in x's dtype.
 
-    DEQ 0 (fp16): OR the code into the mantissa of 1024.0 (0x6400): the bits read as 1024 + q,
-    exactly (q < 1024), and zc = 1024 + z, so one HADD2 makes two exact q - z.
-    DEQ 1 (bf16): the same with 128.0 (0x4300); bf16 keeps 7 mantissa bits, so q < 128 (2 and
-    4 bits). DEQ 2: fp32 with 2**23 (0x4B000000), for fp32 activations and 8-bit bf16.
+    DEQ 0 (fp16): OR the code, left where it lies at bit offset r in hs, into the mantissa of
+    1024.0 (0x6400): the bits read as 1024 + q * 2**r, exactly while r + BITS <= 10; then one
+    packed FMA, f * 2**-r - (1024 * 2**-r + z), gives q - z exactly (power-of-two scaling and
+    an integer result). So a pair of codes costs one LOP3 and one HFMA2 (HADD2 at r = 0), plus
+    one SHF per word for each new base (2-bit: codes 0-4 from the word itself, 5-7 after one
+    shift by 10; 4-bit: codes 0-1, then 2-3 after a shift by 8).
+    DEQ 1 (bf16): the same with 128.0 (0x4300) and 7 mantissa bits (2 and 4 bits only).
+    DEQ 2: fp32 with 2**23 (0x4B000000), for fp32 activations and 8-bit bf16.
     DEQ 3: DEQ 1 computed in fp32 (the CPU interpreter has no bf16 arithmetic).
     """
-    if DEQ == 0:
-        f = _codes(h, j, BITS, 0x64006400, ASM).to(tl.float16, bitcast=True)
-        w = f - zc[:, None]
-    elif DEQ == 1:
-        f = _codes(h, j, BITS, 0x43004300, ASM).to(tl.bfloat16, bitcast=True)
-        w = f - zc[:, None]
+    if DEQ == 0 or DEQ == 1:
+        MB: tl.constexpr = 10 if DEQ == 0 else 7
+        R: tl.constexpr = BITS * (j % (MB // BITS))  # bit offset of code j in hs
+        if DEQ == 0:
+            f = _codes(hs, R, BITS, 0x64006400, ASM).to(tl.float16, bitcast=True)
+            base: tl.constexpr = 1024.0
+        else:
+            f = _codes(hs, R, BITS, 0x43004300, ASM).to(tl.bfloat16, bitcast=True)
+            base: tl.constexpr = 128.0
+        if R == 0:
+            w = f - zc[:, None]
+        else:
+            # zc + (base * 2**-R - base): integers, exact in 16 bits
+            zr = zc + (base / (1 << R) - base)
+            w = f * (1.0 / (1 << R)) - zr[:, None]  # one HFMA2 per pair
     elif DEQ == 2:
-        q = _codes(h, j, BITS, 0, ASM)
+        q = _codes(h, BITS * j, BITS, 0, ASM)
         f = (q.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
         w = (f - zc[:, None]).to(WDT)
     else:
-        f = _codes(h, j, BITS, 0, ASM).to(tl.float32) + 128.0
+        f = _codes(h, BITS * j, BITS, 0, ASM).to(tl.float32) + 128.0
         w = (f - zc[:, None]).to(WDT)
     return w
 
 
 @triton.jit
-def _codes(h, j: tl.constexpr, BITS: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr):
-    """Code j of every int16 word of h, ORed with MAGIC (the exponent bits of 1024.0 or 128.0;
-    0 for plain integers), still int16 bits.
+def _base(h, hs, j: tl.constexpr, BITS: tl.constexpr, DEQ: tl.constexpr, ASM: tl.constexpr):
+    """h shifted right to the base of code j: a new base wherever the codes since the last
+    one would pass the mantissa (10 bits fp16, 7 bf16); otherwise hs unchanged."""
+    MB: tl.constexpr = 10 if DEQ == 0 else 7
+    if (DEQ == 0 or DEQ == 1) and j % (MB // BITS) == 0 and j > 0:
+        if ASM:
+            asm: tl.constexpr = f"shr.b32 $0, $1, {BITS * j};"
+            hs = tl.inline_asm_elementwise(asm, "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
+        else:
+            hs = h >> (BITS * j)
+    return hs
 
-    ASM (GPUs): two int16 words share a 32-bit register, so one SHF and one LOP3 ((a & mask) |
-    magic) make two codes; the bits a shift moves across the halves are masked off. Written as
-    PTX because Triton 3.8 lowers the same plain ops per 16-bit element (one LOP3 each for the
-    AND and the OR) and repacks halves with PRMT: 4.7 SASS instructions per 4-bit code in the
-    main loop against 2.6 with this (sm_90 compile, M = 1, 4096x11008). The plain ops below
-    compute the same function and are what the CPU interpreter checks.
+
+@triton.jit
+def _codes(h, R: tl.constexpr, BITS: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr):
+    """The BITS-wide field at bit R of every int16 word of h, left in place and ORed with
+    MAGIC (exponent bits), as int16 bits; with MAGIC 0, the field shifted down to bit 0.
+
+    ASM (GPUs): two int16 words share a 32-bit register, so one LOP3 ((a & mask) | magic)
+    makes two codes. Written as PTX because Triton 3.8 lowers the same plain ops per 16-bit
+    element (one LOP3 each for the AND and the OR) and repacks the halves with PRMT: 4.7 SASS
+    instructions per 4-bit code in the main loop against 2.9 with this (sm_90 compile, M = 1,
+    4096x11008, before the shift-free codes of _centered). The plain ops below compute the
+    same function and are what the CPU interpreter checks.
     """
-    MASK: tl.constexpr = (1 << BITS) - 1
+    MASK: tl.constexpr = ((1 << BITS) - 1) << R
     if ASM:
         MASK2: tl.constexpr = MASK | (MASK << 16)
-        SHIFT: tl.constexpr = BITS * j
-        if SHIFT == 0:
-            asm: tl.constexpr = f"lop3.b32 $0, $1, {MASK2}, {MAGIC}, 0xea;"
+        if MAGIC == 0 and R > 0:
+            asm: tl.constexpr = f"{{ .reg .b32 t; shr.b32 t, $1, {R}; and.b32 $0, t, {MASK2 >> R}; }}"
         else:
-            asm: tl.constexpr = (
-                f"{{ .reg .b32 t; shr.b32 t, $1, {SHIFT}; lop3.b32 $0, t, {MASK2}, {MAGIC}, 0xea; }}"
-            )
-        return tl.inline_asm_elementwise(
-            asm, "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2
-        )
-    q = (h >> (BITS * j)) & MASK
+            asm: tl.constexpr = f"lop3.b32 $0, $1, {MASK2}, {MAGIC}, 0xea;"
+        return tl.inline_asm_elementwise(asm, "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
     if MAGIC:
-        q = q | (MAGIC & 0xFFFF)
-    return q
+        return (h & MASK) | (MAGIC & 0xFFFF)
+    return (h >> R) & ((1 << BITS) - 1)
 
 
 @triton.jit
@@ -452,13 +474,15 @@ def _wq_gemv_kernel(
         if not SUB_GROUPS:
             zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, k0 // G, DEQ)
             part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        hs = h
         for j in tl.static_range(C):
             if SUB_GROUPS:  # groups narrower than the tile: each slice lies inside one group
                 # (the padding past K reads the last group; x is 0 there)
                 g = tl.minimum((k0 + j * E) // G, (K - 1) // G)
                 zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ)
                 part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-            w = _centered(h, j, zc, BITS, DEQ, x_ptr.dtype.element_ty, ASM)
+            hs = _base(h, hs, j, BITS, DEQ, ASM)
+            w = _centered(h, hs, j, zc, BITS, DEQ, x_ptr.dtype.element_ty, ASM)
             offs_k = k0 + j * E + offs_e
             if EVEN_K:
                 xt = tl.load(x_rows + offs_k[:, None], mask=mask_m[None, :], other=0.0)
@@ -538,12 +562,12 @@ def _locks(device, n: int):
     return buf
 
 
-def gemv_config(m: int, n: int, k: int, tile: int, num_sms: int, interpret: bool):
+def gemv_config(m: int, n: int, k: int, tile: int, bits: int, num_sms: int, interpret: bool):
     """(BLOCK_N, SPLIT_K, k_split, warps, stages). Enough K splits for two programs per SM."""
     if interpret:
         block_n, warps, stages = 16, 1, 1
     else:
-        block_n, warps, stages = 128, 4, 4
+        block_n, warps, stages = (256 if bits == 2 else 128), 4, 4
     n_tiles = triton.cdiv(n, block_n)
     k_tiles = triton.cdiv(k, tile)
     split = 2 if interpret else max(1, min(k_tiles, triton.cdiv(2 * num_sms, n_tiles)))
@@ -568,7 +592,7 @@ def launch_gemv(x, tiles, s, z, bias, n: int, k: int, group_size: int, bits: int
         return y
     if x.stride(1) != 1:
         x = x.contiguous()
-    block_n, split, k_split, warps, stages = gemv_config(m, n, k, tile, num_sms, interpret)
+    block_n, split, k_split, warps, stages = gemv_config(m, n, k, tile, bits, num_sms, interpret)
     n_tiles = triton.cdiv(n, block_n)
     if split > 1:
         part = torch.empty((split, n_tiles * block_n, GEMV_MAX_M), dtype=torch.float32,
