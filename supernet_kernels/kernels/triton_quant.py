@@ -430,7 +430,7 @@ def _wq_gemv_kernel(
     BITS: tl.constexpr,
     DEQ: tl.constexpr,
     EVEN_K: tl.constexpr,
-    SUB_GROUPS: tl.constexpr,
+    SPG: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SPLIT_K: tl.constexpr,
     DOT_FP32: tl.constexpr,
@@ -471,12 +471,9 @@ def _wq_gemv_kernel(
     for t in range(t_lo, t_hi):
         k0 = t * BLOCK_K
         h = tl.load(w_rows + (t * E + offs_e)[None, :])
-        if not SUB_GROUPS:
-            zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, k0 // G, DEQ)
-            part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         hs = h
         for j in tl.static_range(C):
-            if SUB_GROUPS:  # groups narrower than the tile: each slice lies inside one group
+            if j % SPG == 0:  # a new group: SPG slices of E codes share its scale
                 # (the padding past K reads the last group; x is 0 there)
                 g = tl.minimum((k0 + j * E) // G, (K - 1) // G)
                 zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ)
@@ -492,10 +489,8 @@ def _wq_gemv_kernel(
                     other=0.0,
                 )
             part = _dot(w, xt, part, DOT_FP32)
-            if SUB_GROUPS:
+            if j % SPG == SPG - 1:
                 acc += part * sc[:, None]
-        if not SUB_GROUPS:
-            acc += part * sc[:, None]
     mask_y = (offs_n < N)[:, None] & mask_m[None, :]
     y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
     if SPLIT_K > 1:
@@ -532,7 +527,7 @@ def tile_for(bits: int, group_size: int, k: int) -> int | None:
     if bits not in (2, 4, 8):
         return None
     c = 16 // bits
-    for t in (128, 64, 32):
+    for t in ((256, 128) if bits == 2 else (128, 64, 32)):
         if t % (16 * c):
             continue
         if group_size == k or group_size % t == 0 or (t % group_size == 0 and group_size % (t // c) == 0):
@@ -606,7 +601,7 @@ def launch_gemv(x, tiles, s, z, bias, n: int, k: int, group_size: int, bits: int
         BITS=bits,
         DEQ=_deq_mode(x.dtype, bits, interpret),
         EVEN_K=k % tile == 0,
-        SUB_GROUPS=group_size < tile,
+        SPG=16 // bits if group_size == k or group_size >= tile else group_size * (16 // bits) // tile,
         HAS_BIAS=bias is not None,
         SPLIT_K=split,
         DOT_FP32=dot_fp32(x),
