@@ -68,16 +68,20 @@ def _quantize_rows_kernel(
     EMULATE_FP8: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Per token: int8 with s = max|x| / 127 (1 for a zero row) and q = round_half_even(x / s);
-    or FP8 (e4m3) with s = max|x| / 448 and q = x / s rounded by the conversion (to nearest)."""
+    """Per token: int8 with s = max|x| / 127 (1 for a zero row, NaN for a row holding NaN or
+    inf) and q = round_half_even(x / s); or FP8 (e4m3) with s = max|x| / 448 and q = x / s
+    rounded by the conversion (to nearest)."""
     row = tl.program_id(0).to(tl.int64)
     amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=offs < K, other=0.0)
-        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
-    scale = tl.max(amax, axis=0) / (448.0 if FP8 else 127.0)
-    scale = tl.where(scale > 0.0, scale, 1.0)
+        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)), propagate_nan=tl.PropagateNan.ALL)
+    amax = tl.max(tl.where(amax != amax, float("inf"), amax), axis=0)  # NaN -> inf, then max
+    has_nan = amax == float("inf")
+    scale = amax / (448.0 if FP8 else 127.0)
+    # 1 for an all-zero row; NaN for a row holding NaN or inf, so that its output is NaN
+    scale = tl.where(scale == 0.0, 1.0, tl.where(has_nan, float("nan"), scale))
     tl.store(s_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
@@ -88,6 +92,7 @@ def _quantize_rows_kernel(
             tl.store(q_ptr + row * K + offs, v.to(q_ptr.dtype.element_ty), mask=offs < K)
         else:
             q = tl.minimum(tl.maximum(_round_half_even(v), -127.0), 127.0)
+            q = tl.where(v != v, 0.0, q)  # a NaN row: codes 0, scale NaN
             tl.store(q_ptr + row * K + offs, q.to(tl.int8), mask=offs < K)
 
 
@@ -105,6 +110,7 @@ def _quant_matmul_kernel(
     SPLIT_K: tl.constexpr,
     DOT_FP32: tl.constexpr,
     RNE_BF16: tl.constexpr,
+    INT_ACC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -113,7 +119,14 @@ def _quant_matmul_kernel(
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
     offs_m, offs_n, mask_m, mask_n = _tile_offsets(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # INT_ACC: one scale per output column for all of K (int8 weights; A8 with one group), so
+    # the int32 tile products are summed exactly across K and scaled once in the epilogue
+    # (scaling inside the loop kept an fp32 and an int32 tile live: 193 registers, measured)
+    if INT_ACC:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        xsum = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
         offs_k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
         mask_k = offs_k < K
@@ -123,9 +136,7 @@ def _quant_matmul_kernel(
             w = tl.load(
                 w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=mask_w, other=0.0
             )
-            s = tl.load(s_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
-            part = tl.dot(x, w)  # int8: int32, exact; fp8: fp32
-            acc += part.to(tl.float32) * s[None, :]
+            acc = tl.dot(x, w, acc)  # int8: int32, exact; fp8: fp32
         else:
             if WORD_TILE:
                 # Each word once: a (BLOCK_K / PER_WORD, BLOCK_N) tile, contiguous along K
@@ -154,7 +165,11 @@ def _quant_matmul_kernel(
             group = k0 // G
             s = tl.load(s_ptr + offs_n * stride_sn + group, mask=mask_n, other=0.0)
             z = tl.load(z_ptr + offs_n * stride_sn + group, mask=mask_n, other=0.0)
-            if A8:
+            if A8 and INT_ACC:
+                OFFSET: tl.constexpr = 128 if BITS == 8 else 0
+                acc = tl.dot(x, (q - OFFSET).to(tl.int8), acc)  # int32, exact
+                xsum += tl.sum(x.to(tl.int32), axis=1)
+            elif A8:
                 OFFSET: tl.constexpr = 128 if BITS == 8 else 0
                 part = tl.dot(x, (q - OFFSET).to(tl.int8))  # int32, exact
                 xsum = tl.sum(x.to(tl.int32), axis=1)
@@ -164,7 +179,17 @@ def _quant_matmul_kernel(
             else:
                 w = _round((q.to(tl.float32) - z[None, :]) * s[None, :], x.dtype, RNE_BF16)
                 acc = _dot(x, w, acc, DOT_FP32)
-    if A8:
+    if W_RAW8:
+        s = tl.load(s_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
+        acc = acc.to(tl.float32) * s[None, :]
+    elif INT_ACC:
+        OFFSET2: tl.constexpr = 128 if BITS == 8 else 0
+        s = tl.load(s_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
+        z = tl.load(z_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
+        acc = (
+            acc.to(tl.float32) - xsum.to(tl.float32)[:, None] * (z - OFFSET2)[None, :]
+        ) * s[None, :]
+    if A8:  # the per-token scale (NaN for a row holding NaN, so that row comes out NaN)
         xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
         acc = acc * xs[:, None]
     if HAS_BIAS and pid_k == 0:  # added once, by the first K split
@@ -265,6 +290,7 @@ def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dty
         SPLIT_K=split,
         DOT_FP32=dot_fp32(probe),
         RNE_BF16=interp_bf16(probe),
+        INT_ACC=(w_raw8 and w.dtype == torch.int8) or (a8 and not w_raw8 and group_size == k),
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
