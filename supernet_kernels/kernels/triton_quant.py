@@ -551,7 +551,7 @@ def _wq_matmul_kernel(
 # Launchers of the tile-layout kernels.
 
 GEMV_MAX_M = 16  # x^T is the MMA's 16-wide side: up to 16 rows share one weight pass
-_TILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TILES: dict = {}  # id(packed) -> (weak reference to packed, key, tile layout)
 _LOCKS: dict = {}
 
 
@@ -580,12 +580,15 @@ def tiles_of(packed, bits: int, k: int, tile: int):
     (recomputed if the weight is modified in place)."""
     from ..quant.packing import to_tiles
 
-    hit = _TILES.get(packed)
     key = (packed._version, bits, k, tile)
-    if hit is None or hit[0] != key:
-        hit = (key, to_tiles(packed, bits, k, tile))
-        _TILES[packed] = hit
-    return hit[1]
+    hit = _TILES.get(id(packed))
+    if hit is not None and hit[0]() is packed and hit[1] == key:
+        return hit[2]
+    tiles = to_tiles(packed, bits, k, tile)
+    ident = id(packed)
+    ref = weakref.ref(packed, lambda _, i=ident: _TILES.pop(i, None))
+    _TILES[ident] = (ref, key, tiles)
+    return tiles
 
 
 def _locks(device, n: int):
@@ -609,16 +612,20 @@ def tiled_config(m: int, n: int, k: int, tile: int, bits: int, num_sms: int, int
         block_m, block_n, warps, stages = (16 if m <= GEMV_MAX_M else 32), 16, 1, 1
     elif m <= GEMV_MAX_M:
         block_m, block_n, warps, stages = 16, (256 if bits == 2 else 128), 4, 4
-    elif m <= 64:  # 2-bit at 128 x 64 spills bf16 (255 registers, sm_90 compile)
-        block_m, block_n, warps, stages = 64, (64 if bits == 2 else 128), 4, 3
+    elif m <= 64:  # 2- and 8-bit bf16 at 128 x 64 spill (255 registers, sm_90 compile)
+        block_m, block_n, warps, stages = 64, (128 if bits == 4 else 64), 4, 3
     else:
         block_m, block_n, warps, stages = 128, 128, 8, 3
     tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
     k_tiles = triton.cdiv(k, tile)
-    split = 2 if interpret else max(1, min(k_tiles, triton.cdiv(2 * num_sms, tiles)))
-    k_split = triton.cdiv(k_tiles, split) * tile
-    split = triton.cdiv(k_tiles * tile, k_split)
-    return block_m, block_n, split, k_split, warps, stages
+    # K tiles per program: as many as keep tiles * splits >= 2 programs per SM (rounded down,
+    # so the rounding of the split never drops below the target)
+    if interpret:  # the CPU interpreter: still exercise the split-K reduction
+        per = max(1, triton.cdiv(k_tiles, 2))
+    else:
+        per = max(1, min(k_tiles, k_tiles * tiles // (2 * num_sms)))
+    split = triton.cdiv(k_tiles, per)
+    return block_m, block_n, split, per * tile, warps, stages
 
 
 def _deq_mode(dtype, bits: int, interpret: bool) -> int:
