@@ -1,26 +1,37 @@
-"""Triton kernels for quantized matmul: one kernel for every weight bit-width.
+"""Triton kernels for quantized matmul.
 
-``_quant_matmul_kernel`` computes y = x @ w.T (+ bias) for a weight stored as sk-pack-v1 codes
-(see :mod:`supernet_kernels.quant.packing`), with BITS and PER_WORD as compile-time constants:
-code k of row n is ``(packed[n, k // PER_WORD] >> (k % PER_WORD) * BITS) & (2**BITS - 1)``.
-Each K tile lies inside one quantization group (BLOCK_K divides the group size), so a tile
-needs one scale and one zero point per output column.
+Weight-only (A16) with 2, 4 or 8 bits: ``_wq_matmul_kernel``, on the tile layout of
+:func:`supernet_kernels.quant.packing.to_tiles` (made once per weight from sk-pack-v1 and
+cached while the weight lives). One kernel for every M; the dequantized weight is the MMA's
+row side, read from registers (wgmma A operand on sm_90), x^T the column side from shared
+memory, with 16 (M <= 16), 64 or 128 columns. Codes become exact ``q - z`` with one LOP3 and
+one packed HFMA2/HADD2 per pair (magic-exponent trick, see ``_centered``); the group scale is
+applied once per group to the fp32 tile. K is split until there are two programs per SM, and
+the split is reduced inside the same launch (last program per tile, by ticket). sm_90 compile,
+M = 1, 4096x11008, g128 (main loop, per code): 2.6 SASS instructions at 4 bits (fp16), 1.9
+at 2 bits, 16-byte cp.async weight loads, no spills.
 
-* A16 (weight-only): codes are dequantized in registers, ``(q - z) * s`` cast to x's dtype,
-  and multiplied on the tensor cores with fp32 accumulation.
+``_quant_matmul_kernel`` serves the rest: 3-bit weights (10 codes per word do not split into
+16-bit halves), 8-bit activations (A8) and plain int8 / float8 weights (W_RAW8), and group
+sizes the tile layout cannot take. BITS and PER_WORD are compile-time constants: code k of row
+n is ``(packed[n, k // PER_WORD] >> (k % PER_WORD) * BITS) & (2**BITS - 1)``; each K tile lies
+inside one quantization group (BLOCK_K divides the group size).
+
+* A16: codes are dequantized in registers, ``(q - z) * s`` cast to x's dtype, and multiplied
+  on the tensor cores with fp32 accumulation.
 * A8: x arrives as per-token int8 codes (``_quantize_rows_kernel``). The tile product of the
   int8 activation codes and the weight codes runs on int8 tensor cores with int32
   accumulation (exact); the zero point comes out through the activation row sums:
   sum_k xq (q - z) s = s (sum_k xq q - z sum_k xq). 8-bit codes (0..255) are shifted by -128 to
-  fit int8, with the zero point shifted to match. The per-token scale is applied at the end.
+  fit int8, with the zero point shifted to match. With one group across K the int32 sums run
+  over all of K and the scales are applied once in the epilogue (INT_ACC). The per-token
+  scale is applied at the end; a row holding NaN or inf has scale NaN and comes out NaN.
 * W_RAW8: the weight is a plain 8-bit matrix, int8 (int8_linear) or float8 e4m3 (fp8_linear,
-  sm_89+), with one float32 scale per row, multiplied with 8-bit activations of the same kind.
+  sm_89+), with one float32 scale per row; int32 (int8) or fp32 (fp8) accumulation over all
+  of K, the row and token scales applied in the epilogue.
 
-Small M is memory-bound: the whole weight must stream once, yet M / BLOCK_M x N / BLOCK_N
-programs cannot fill the GPU (M = 1, N = 4096, BLOCK_N = 64: 64 programs on 132 SMs), so K is
-split across programs (SPLIT_K) and partial sums are added atomically into an fp32 buffer.
-Large M uses SPLIT_K = 1 and bigger tiles. The thresholds are a bandwidth/occupancy argument,
-not yet a GPU measurement (issue 5 measures and replaces them with tuned tables).
+Small M splits K across programs (SPLIT_K) with partial sums added atomically into an fp32
+buffer, cast afterwards (a second kernel; the tile-layout kernel does not need one).
 """
 
 from __future__ import annotations
@@ -495,7 +506,8 @@ def _wq_matmul_kernel(
     # tile's row base in 64 bits (x and y may pass 2**31 elements)
     x_ptr += pid_m.to(tl.int64) * BLOCK_M * stride_xm
     y_ptr += pid_m.to(tl.int64) * BLOCK_M * stride_ym
-    w_rows = w_ptr + rows[:, None] * stride_wn
+    # the tile layout's int16 words, passed as int32 pairs (strides in int16 words)
+    w_rows = w_ptr.to(tl.pointer_type(tl.int16)) + rows[:, None] * stride_wn
     x_rows = x_ptr + offs_m[None, :] * stride_xm
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     t_lo = pid_k * (k_split // BLOCK_K)
@@ -530,13 +542,17 @@ def _wq_matmul_kernel(
         tile = lock.to(tl.int64) * BLOCK_N * BLOCK_M + tl.arange(0, BLOCK_N)[:, None] * BLOCK_M
         tile += offs_m[None, :]
         tile_size = tl.num_programs(0) * tl.num_programs(1) * BLOCK_N * BLOCK_M
-        tl.store(part_ptr + pid_k * tile_size + tile, acc)
+        # only the rows of x that exist: at M = 1 the partials are 1/16 of the tile
+        tl.store(part_ptr + pid_k * tile_size + tile, acc, mask=mask_m[None, :])
         tl.debug_barrier()  # every lane's partial is written before the ticket is taken
         ticket = tl.atomic_add(lock_ptr + lock, 1, sem="acq_rel")
         if ticket == SPLIT_K - 1:
             acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
             for p in range(0, SPLIT_K):
-                acc += tl.load(part_ptr + p * tile_size + tile, cache_modifier=".cg")
+                acc += tl.load(
+                    part_ptr + p * tile_size + tile, mask=mask_m[None, :], other=0.0,
+                    cache_modifier=".cg",
+                )
             if HAS_BIAS:
                 acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
             tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
@@ -656,7 +672,7 @@ def launch_tiled(x, tiles, s, z, bias, n: int, k: int, group_size: int, bits: in
     else:
         part = locks = y
     _wq_matmul_kernel[(n_tiles, m_tiles, split)](
-        x, tiles, s, z, bias if bias is not None else y, y, part, locks,
+        x, tiles.view(torch.int32), s, z, bias if bias is not None else y, y, part, locks,
         m, n, k, group_size, k_split, x.stride(0), tiles.stride(0), s.stride(0), y.stride(0),
         BITS=bits,
         DEQ=_deq_mode(x.dtype, bits, interpret),
