@@ -382,14 +382,20 @@ def _centered(h, hs, j: tl.constexpr, zc, BITS: tl.constexpr, DEQ: tl.constexpr,
     """
     if DEQ == 0 or DEQ == 1:
         MB: tl.constexpr = 10 if DEQ == 0 else 7
-        R: tl.constexpr = BITS * (j % (MB // BITS))  # bit offset of code j in hs
+        R: tl.constexpr = BITS * (j % max(1, MB // BITS))  # bit offset of code j in hs
         if DEQ == 0:
             f = _codes(hs, R, BITS, 0x64006400, ASM).to(tl.float16, bitcast=True)
             base: tl.constexpr = 1024.0
         else:
-            f = _codes(hs, R, BITS, 0x43004300, ASM).to(tl.bfloat16, bitcast=True)
+            f = _codes(hs, R, min(BITS, 7), 0x43004300, ASM).to(tl.bfloat16, bitcast=True)
             base: tl.constexpr = 128.0
-        if R == 0:
+        if DEQ == 1 and BITS == 8:
+            # 8 bits pass bf16's 7 mantissa bits: the low 7 read as 128 + lo (f above, from
+            # the field masked to 7 bits), the top bit lands on the exponent's lowest bit and
+            # reads as 128 or 256 (g); (g - 256) + f = q and q - z are exact (|.| <= 255).
+            g = _codes(hs, 7, 1, 0x43004300, ASM).to(tl.bfloat16, bitcast=True)
+            w = (f + (g - 256.0)) - zc[:, None]
+        elif R == 0:
             w = f - zc[:, None]
         else:
             # zc + (base * 2**-R - base): integers, exact in 16 bits
@@ -400,7 +406,7 @@ def _centered(h, hs, j: tl.constexpr, zc, BITS: tl.constexpr, DEQ: tl.constexpr,
         f = (q.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
         w = (f - zc[:, None]).to(WDT)
     else:
-        f = _codes(h, BITS * j, BITS, 0, ASM).to(tl.float32) + 128.0
+        f = _codes(h, BITS * j, BITS, 0, ASM).to(tl.float32) + (0.0 if BITS == 8 else 128.0)
         w = (f - zc[:, None]).to(WDT)
     return w
 
@@ -410,7 +416,7 @@ def _base(h, hs, j: tl.constexpr, BITS: tl.constexpr, DEQ: tl.constexpr, ASM: tl
     """h shifted right to the base of code j: a new base wherever the codes since the last
     one would pass the mantissa (10 bits fp16, 7 bf16); otherwise hs unchanged."""
     MB: tl.constexpr = 10 if DEQ == 0 else 7
-    if (DEQ == 0 or DEQ == 1) and j % (MB // BITS) == 0 and j > 0:
+    if (DEQ == 0 or DEQ == 1) and j % max(1, MB // BITS) == 0 and j > 0:
         if ASM:
             asm: tl.constexpr = f"shr.b32 $0, $1, {BITS * j};"
             hs = tl.inline_asm_elementwise(asm, "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
@@ -445,18 +451,18 @@ def _codes(h, R: tl.constexpr, BITS: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.
 
 
 @triton.jit
-def _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ: tl.constexpr):
+def _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ: tl.constexpr, BITS: tl.constexpr):
     """Per row of a tile: magic + z in the precision _centered works in, and the fp32 scale."""
     s = tl.load(s_ptr + rows * stride_sn + g)
     z = tl.load(z_ptr + rows * stride_sn + g)
     if DEQ == 0:
         zc = (z + 1024.0).to(tl.float16)
-    elif DEQ == 1:
-        zc = (z + 128.0).to(tl.bfloat16)
+    elif DEQ == 1:  # 8 bits: z itself (128 + z may need 9 bits)
+        zc = (z + (0.0 if BITS == 8 else 128.0)).to(tl.bfloat16)
     elif DEQ == 2:
         zc = z + 8388608.0
     else:
-        zc = z + 128.0
+        zc = z + (0.0 if BITS == 8 else 128.0)
     return zc, s
 
 
@@ -520,7 +526,7 @@ def _wq_matmul_kernel(
             if j % SPG == 0:  # a new group: SPG slices of E codes share its scale
                 # (the padding past K reads the last group; x is 0 there)
                 g = tl.minimum((k0 + j * E) // G, (K - 1) // G)
-                zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ)
+                zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ, BITS)
                 part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
             hs = _base(h, hs, j, BITS, DEQ, ASM)
             w = _centered(h, hs, j, zc, BITS, DEQ, x_ptr.dtype.element_ty, ASM)
@@ -647,7 +653,7 @@ def tiled_config(m: int, n: int, k: int, tile: int, bits: int, num_sms: int, int
 def _deq_mode(dtype, bits: int, interpret: bool) -> int:
     if dtype == torch.float16:
         return 0
-    if dtype == torch.bfloat16 and bits <= 4:
+    if dtype == torch.bfloat16:
         return 3 if interpret else 1
     return 2
 
