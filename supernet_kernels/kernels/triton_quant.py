@@ -197,9 +197,8 @@ def _quant_matmul_kernel(
         OFFSET2: tl.constexpr = 128 if BITS == 8 else 0
         s = tl.load(s_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
         z = tl.load(z_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
-        acc = (
-            acc.to(tl.float32) - xsum.to(tl.float32)[:, None] * (z - OFFSET2)[None, :]
-        ) * s[None, :]
+        acc = acc.to(tl.float32) - xsum.to(tl.float32)[:, None] * (z - OFFSET2)[None, :]
+        acc = acc * s[None, :]
     if A8:  # the per-token scale (NaN for a row holding NaN, so that row comes out NaN)
         xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
         acc = acc * xs[:, None]
@@ -332,8 +331,16 @@ def quant_linear(x, packed, scales, zeros, bits, group_size, k, act_bits, bias):
     if tile is not None and packed.shape[0] * packed_width_tiles(k, bits, tile) < 2**31:
         tiles = tiles_of(packed, bits, k, tile)
         return launch_tiled(
-            x, tiles, scales.contiguous(), zeros.contiguous(), bias, packed.shape[0], k,
-            group_size, bits, tile,
+            x,
+            tiles,
+            scales.contiguous(),
+            zeros.contiguous(),
+            bias,
+            packed.shape[0],
+            k,
+            group_size,
+            bits,
+            tile,
         )
     xq, xs = quantize_rows(x) if a8 else (x, None)
     return _launch(
@@ -441,7 +448,9 @@ def _codes(h, R: tl.constexpr, BITS: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.
     if ASM:
         MASK2: tl.constexpr = MASK | (MASK << 16)
         if MAGIC == 0 and R > 0:
-            asm: tl.constexpr = f"{{ .reg .b32 t; shr.b32 t, $1, {R}; and.b32 $0, t, {MASK2 >> R}; }}"
+            asm: tl.constexpr = (
+                f"{{ .reg .b32 t; shr.b32 t, $1, {R}; and.b32 $0, t, {MASK2 >> R}; }}"
+            )
         else:
             asm: tl.constexpr = f"lop3.b32 $0, $1, {MASK2}, {MAGIC}, 0xea;"
         return tl.inline_asm_elementwise(asm, "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
@@ -487,12 +496,13 @@ def _wq_matmul_kernel(
     MMA's row side, taken from registers (wgmma's A operand on sm_90; B, x^T, comes through
     shared memory), so at M = 1 the 16-wide column side wastes nothing of the weight stream.
 
-    One program: BLOCK_N weight rows times BLOCK_M rows of x, over its k_split-wide share of K. Per K tile of BLOCK_K
-    codes it loads (BLOCK_N, BLOCK_K / C) int16 words (C = 16 / BITS codes each), contiguous
-    along K and unmasked (rows past N are clamped to N - 1, their outputs never stored), so
-    every lane issues 16-byte loads. Word e holds the tile's codes e, E + e, 2E + e, ...
-    (E = BLOCK_K / C), so shift j yields a contiguous (BLOCK_N, E) weight slice multiplied by
-    x[:, k0 + jE : k0 + (j + 1)E], with no reshape between the load and the MMA.
+    One program: BLOCK_N weight rows times BLOCK_M rows of x, over its k_split-wide share of
+    K. Per K tile of BLOCK_K codes it loads (BLOCK_N, BLOCK_K / C) int16 words (C = 16 / BITS
+    codes each), contiguous along K and unmasked (rows past N are clamped to N - 1, their
+    outputs never stored), so every lane issues 16-byte loads. Word e holds the tile's codes
+    e, E + e, 2E + e, ... (E = BLOCK_K / C), so shift j yields a contiguous (BLOCK_N, E)
+    weight slice multiplied by x[:, k0 + jE : k0 + (j + 1)E], with no reshape between the load
+    and the MMA.
 
     Split over K in one launch: each program stores its fp32 partial tile, then takes a ticket
     from a per-tile counter; the program that draws the last ticket sums the partials, adds the
@@ -535,7 +545,8 @@ def _wq_matmul_kernel(
                 xt = tl.load(x_rows + offs_k[:, None], mask=mask_m[None, :], other=0.0)
             else:
                 xt = tl.load(
-                    x_rows + offs_k[:, None], mask=mask_m[None, :] & (offs_k < K)[:, None],
+                    x_rows + offs_k[:, None],
+                    mask=mask_m[None, :] & (offs_k < K)[:, None],
                     other=0.0,
                 )
             part = _dot(w, xt, part, DOT_FP32)
@@ -556,7 +567,9 @@ def _wq_matmul_kernel(
             acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
             for p in range(0, SPLIT_K):
                 acc += tl.load(
-                    part_ptr + p * tile_size + tile, mask=mask_m[None, :], other=0.0,
+                    part_ptr + p * tile_size + tile,
+                    mask=mask_m[None, :],
+                    other=0.0,
                     cache_modifier=".cg",
                 )
             if HAS_BIAS:
@@ -583,10 +596,13 @@ def tile_for(bits: int, group_size: int, k: int) -> int | None:
     if bits not in (2, 4, 8):
         return None
     c = 16 // bits
-    for t in ((256, 128) if bits == 2 else (128, 64, 32)):
+    for t in (256, 128) if bits == 2 else (128, 64, 32):
         if t % (16 * c):
             continue
-        if group_size == k or group_size % t == 0 or (t % group_size == 0 and group_size % (t // c) == 0):
+        # one group per tile, or whole MMA slices of the tile per group
+        if group_size == k or group_size % t == 0:
+            return t
+        if t % group_size == 0 and group_size % (t // c) == 0:
             return t
     return None
 
@@ -650,6 +666,12 @@ def tiled_config(m: int, n: int, k: int, tile: int, bits: int, num_sms: int, int
     return block_m, block_n, split, per * tile, warps, stages
 
 
+def _slices_per_group(bits: int, group_size: int, k: int, tile: int) -> int:
+    """Slices of tile // C codes that share one scale (all C when a group spans the tile)."""
+    c = 16 // bits
+    return c if group_size == k or group_size >= tile else group_size * c // tile
+
+
 def _deq_mode(dtype, bits: int, interpret: bool) -> int:
     if dtype == torch.float16:
         return 0
@@ -683,7 +705,7 @@ def launch_tiled(x, tiles, s, z, bias, n: int, k: int, group_size: int, bits: in
         BITS=bits,
         DEQ=_deq_mode(x.dtype, bits, interpret),
         EVEN_K=k % tile == 0,
-        SPG=16 // bits if group_size == k or group_size >= tile else group_size * (16 // bits) // tile,
+        SPG=_slices_per_group(bits, group_size, k, tile),
         HAS_BIAS=bias is not None,
         SPLIT_K=split,
         DOT_FP32=dot_fp32(x),
