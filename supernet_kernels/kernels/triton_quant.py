@@ -239,7 +239,7 @@ def default_config(m: int, n: int, k: int, group_size: int, num_sms: int, interp
     if m <= 16:
         # GEMV-like: stream the weight once with as many programs as it takes to fill the GPU.
         bk = _block_k(group_size, k, 128)
-        return QuantConfig(16, 64, bk, num_warps=4, num_stages=4, split_k=None)
+        return QuantConfig(16, 64, bk, num_warps=4, num_stages=3, split_k=None)
     if m <= 64:
         return QuantConfig(
             32, 64, _block_k(group_size, k, 64), num_warps=4, num_stages=3, split_k=None
