@@ -30,8 +30,10 @@ inside one quantization group (BLOCK_K divides the group size).
   sm_89+), with one float32 scale per row; int32 (int8) or fp32 (fp8) accumulation over all
   of K, the row and token scales applied in the epilogue.
 
-Small M splits K across programs (SPLIT_K) with partial sums added atomically into an fp32
-buffer, cast afterwards (a second kernel; the tile-layout kernel does not need one).
+Small M splits K across programs (SPLIT_K); both kernels reduce the split in the same launch:
+each program stores its fp32 partial tile and takes a ticket from a per-tile counter, and the
+program with the last ticket sums the partials, adds the bias, writes y in its dtype and
+resets the counter (no zero-filled buffer and cast kernel around the launch).
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def _quantize_rows_kernel(
 
 @triton.jit
 def _quant_matmul_kernel(
-    x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr,
+    x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, lock_ptr,
     M, N, K, G,
     stride_xm, stride_xk, stride_wn, stride_sn, stride_ym, stride_yn,
     BITS: tl.constexpr,
@@ -202,14 +204,29 @@ def _quant_matmul_kernel(
     if A8:  # the per-token scale (NaN for a row holding NaN, so that row comes out NaN)
         xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
         acc = acc * xs[:, None]
-    if HAS_BIAS and pid_k == 0:  # added once, by the first K split
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
-        acc += bias.to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
     mask_y = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K > 1:
-        tl.atomic_add(y_ptrs, acc, mask=mask_y)  # y is an fp32 buffer
+    if SPLIT_K > 1:  # reduced in this launch, as in _wq_matmul_kernel
+        lock = pid_m * tl.num_programs(1) + pid_n
+        tile = lock.to(tl.int64) * BLOCK_M * BLOCK_N + tl.arange(0, BLOCK_M)[:, None] * BLOCK_N
+        tile += tl.arange(0, BLOCK_N)[None, :]
+        tile_size = tl.num_programs(0) * tl.num_programs(1) * BLOCK_M * BLOCK_N
+        tl.store(part_ptr + pid_k * tile_size + tile, acc, mask=mask_y)
+        tl.debug_barrier()  # every lane's partial is written before the ticket is taken
+        ticket = tl.atomic_add(lock_ptr + lock, 1, sem="acq_rel")
+        if ticket == SPLIT_K - 1:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for p in range(0, SPLIT_K):
+                acc += tl.load(
+                    part_ptr + p * tile_size + tile, mask=mask_y, other=0.0, cache_modifier=".cg"
+                )
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
+            tl.atomic_xchg(lock_ptr + lock, 0)
     else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
 
 
@@ -279,15 +296,18 @@ def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dty
     if m == 0 or n == 0:  # nothing to launch (and no tiles to split K over: 0 programs)
         return torch.empty((m, n), dtype=out_dtype, device=x.device)
     split = _split_k(m, n, k, cfg, num_sms)
-    if split > 1:  # partial sums are added atomically in fp32, then cast
-        y = torch.zeros((m, n), dtype=torch.float32, device=x.device)
-    else:
-        y = torch.empty((m, n), dtype=out_dtype, device=x.device)
-    probe = torch.empty(0, dtype=out_dtype, device=x.device)  # dtype flags follow the output
+    y = torch.empty((m, n), dtype=out_dtype, device=x.device)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), split)
+    if split > 1:  # fp32 partial tiles, reduced by the last program of each tile
+        part = torch.empty(split * grid[0] * grid[1] * cfg.block_m * cfg.block_n,
+                           dtype=torch.float32, device=x.device)  # fmt: skip
+        locks = _locks(x.device, grid[0] * grid[1])
+    else:
+        part = locks = y
+    probe = y  # dtype flags follow the output
     _quant_matmul_kernel[grid](
         x, xs if xs is not None else y, w, s, z if z is not None else s,
-        bias if bias is not None else y, y,
+        bias if bias is not None else y, y, part, locks,
         m, n, k, group_size,
         x.stride(0), x.stride(1), w.stride(0), s.stride(0), y.stride(0), y.stride(1),
         BITS=bits,
@@ -307,7 +327,7 @@ def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dty
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )  # fmt: skip
-    return y.to(out_dtype) if split > 1 else y
+    return y
 
 
 def quantize_rows(x, fp8: bool = False):
