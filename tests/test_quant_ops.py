@@ -16,7 +16,7 @@ from supernet_kernels.quant import (
     quantize_weight,
     unpack,
 )
-from tests.conftest import DTYPES, assert_matches, backend_params, stable_seed
+from tests.conftest import DTYPES, assert_matches, backend_params, rel_norm, stable_seed
 
 BITS = (2, 3, 4, 8)
 
@@ -369,3 +369,168 @@ def test_gpu_launch_config_of_empty_inputs():
     for m, n in ((0, 64), (0, 0), (1, 0), (5, 64)):
         cfg = tq.default_config(m, n, 256, 128, num_sms=132, interpret=False)
         assert tq._split_k(m, n, 256, cfg, num_sms=132) >= 1
+
+
+# ----------------------------------------------------------------------------- tile layout
+
+
+@pytest.mark.parametrize("bits,tile", [(2, 256), (2, 128), (4, 128), (4, 64), (8, 128), (8, 32)])
+@pytest.mark.parametrize("k", [32, 200, 256])
+def test_tile_layout_is_the_documented_one(bits, tile, k):
+    from supernet_kernels.quant.packing import tile_codes, to_tiles
+
+    codes = torch.randint(0, 2**bits, (5, k), generator=_gen("tiles", bits, tile, k))
+    words = to_tiles(pack(codes, bits), bits, k, tile)
+    c, width = tile_codes(k, bits, tile)
+    assert words.dtype == torch.int16 and words.shape == (5, width)
+    e = tile // c
+    u = words.to(torch.int64) & 0xFFFF
+    for t0 in range(0, width * c, tile):  # word t0 / c + e holds codes t0 + j * e_ + e
+        for j in range(c):
+            got = (u[:, t0 // c : t0 // c + e] >> (bits * j)) & (2**bits - 1)
+            ks = torch.arange(t0 + j * e, t0 + (j + 1) * e)
+            want = torch.where(ks < k, codes[:, ks.clamp(max=k - 1)], 0)
+            assert torch.equal(got, want)
+
+
+def _triton_or_skip():
+    if sk.backends.unavailable_reason("triton", torch.device("cpu")):
+        pytest.skip("Triton needs TRITON_INTERPRET=1 on the CPU")
+
+
+# Every M regime of the Triton kernels (GEMV <= 16 < 64-wide tiles < 128-wide tiles; several
+# row tiles at 130 under the interpreter's 32-row tiles), every bit-width (3-bit takes the
+# generic kernel), each dtype, group sizes from 32 to per-channel, odd N and K not a multiple
+# of the tile. The dtype and group are cycled over the cases to keep the interpreter's count
+# small while every pair appears.
+TILED = [
+    (m, bits, DTYPES[i % 3], (32, 64, 128, None)[(i // 3) % 4])
+    for i, (m, bits) in enumerate((m, b) for m in (1, 5, 16, 17, 33, 130) for b in BITS)
+]
+
+
+@pytest.mark.parametrize("m,bits,dtype,group", TILED, ids=str)
+def test_triton_paths_match_float64(m, bits, dtype, group):
+    _triton_or_skip()
+    from supernet_kernels.kernels import triton_quant as tq
+
+    k, n = (384 if group in (64, 128) else 160), 37
+    x, q, b = _qcase((m,), k, n, group, bits, dtype, "cpu", ("tiled", m, bits, str(dtype)))
+    assert (tq.tile_for(bits, q.group_size, k) is None) == (bits == 3)
+    ref = _ref64(x, q, 16, b)
+    plain = quant_linear_reference(x, q.packed, q.scales, q.zeros, bits, q.group_size, k, 16, b)
+    with sk.backend("triton"):
+        out = sk.ops.quant_linear(x, q, b)
+    assert_matches(out, ref, plain, f"triton W{bits}A16 M={m} {dtype} g{group}")
+    # the quantized product against the unquantized one: the weight's own SQNR, less a margin
+    # (the weight is _qcase's first draw from the same seed)
+    w = torch.randn(n, k, generator=_gen(("tiled", m, bits, str(dtype))))
+    exact = x.double() @ w.double().T + b.double()
+    sqnr = 20 * math.log10(exact.norm() / (out.double() - exact).norm())
+    assert sqnr >= SQNR_FLOOR[bits] - 3.0, f"output SQNR {sqnr:.1f} dB"
+
+
+def test_split_k_reduction_leaves_tickets_zero():
+    """The one-launch split-K reduction: the last program resets its tile's ticket counter, so
+    a second call (graph replay, say) starts from zero and gives the same result."""
+    _triton_or_skip()
+    from supernet_kernels.kernels import triton_quant as tq
+
+    x, q, b = _qcase((3,), 512, 21, 128, 4, torch.float16, "cpu", "tickets")
+    _, split, *_ = tq.tiled_config(3, 21, 512, 128, 4, 4, True)[1:]
+    assert tq.tiled_config(3, 21, 512, 128, 4, 4, True)[2] > 1  # split over K
+    with sk.backend("triton"):
+        y1 = sk.ops.quant_linear(x, q, b)
+        y2 = sk.ops.quant_linear(x, q, b)
+    assert torch.equal(y1, y2)
+    assert int(tq._LOCKS[torch.device("cpu")].abs().sum()) == 0
+
+
+def test_tile_layout_follows_in_place_changes():
+    _triton_or_skip()
+    x, q, _ = _qcase((2,), 128, 9, 64, 4, torch.float32, "cpu", "inplace")
+    with sk.backend("triton"):
+        y1 = sk.ops.quant_linear(x, q)
+        q.packed.copy_(pack(torch.randint(0, 16, (9, 128), generator=_gen("new")), 4))
+        y2 = sk.ops.quant_linear(x, q)
+    ref = _ref64(x, q, 16, None)
+    assert not torch.allclose(y1, y2)
+    assert rel_norm(y2, ref) < 1e-5
+
+
+def test_gpu_launch_plans_fill_the_gpu():
+    """Static properties of the H100 plans (132 SMs): two programs per SM at least where K
+    allows it, tiles of the wgmma shapes, one launch (no separate reduction kernel)."""
+    from supernet_kernels.kernels import triton_quant as tq
+
+    for bits in (2, 4, 8):
+        t = tq.tile_for(bits, 128, 4096)
+        for m in (1, 16, 48, 4096):
+            plan = tq.tiled_config(m, 11008, 4096, t, bits, 132, False)
+            bm, bn, split, k_split, warps, stages = plan
+            programs = -(-11008 // bn) * -(-m // bm) * split
+            assert programs >= 2 * 132 and k_split % t == 0 and stages >= 3
+            assert split == -(-4096 // k_split)  # no empty K splits
+
+
+# ----------------------------------------------------------------------------- NaN rows
+
+
+def _nan_row(x):
+    x = x.clone()
+    x[1, 3] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("be", ["torch", "triton"])
+@pytest.mark.parametrize("op", ["quant_a8", "int8", "fp8"])
+def test_nan_row_stays_nan_with_8bit_activations(be, op):
+    """A row holding NaN comes out NaN in that row (its per-token scale is NaN, not 1), the
+    other rows as without it."""
+    if be == "triton":
+        _triton_or_skip()
+    from supernet_kernels.ops.quant import fp8_linear_reference
+    from supernet_kernels.quant import quantize_weight_fp8
+
+    gen = _gen("nan", op)
+    x = torch.randn(4, 64, generator=gen)
+    if op == "quant_a8":
+        q = quantize_weight(torch.randn(24, 64, generator=gen), 4, 32)
+        run = lambda t: sk.ops.quant_linear(t, q, act_bits=8)  # noqa: E731
+    elif op == "int8":
+        w = torch.randint(-127, 128, (24, 64), generator=gen, dtype=torch.int8)
+        ws = torch.rand(24, generator=gen) / 100
+        run = lambda t: sk.ops.int8_linear(t, w, ws)  # noqa: E731
+    else:
+        w, ws = quantize_weight_fp8(torch.randn(24, 64, generator=gen))
+        run = lambda t: sk.ops.fp8_linear(t, w, ws)  # noqa: E731
+    with sk.backend(be):
+        clean, dirty = run(x), run(_nan_row(x))
+    assert dirty[1].isnan().all()
+    keep = torch.tensor([0, 2, 3])
+    assert torch.equal(dirty[keep], clean[keep])
+    if op == "fp8":
+        assert fp8_linear_reference(_nan_row(x), w, ws)[1].isnan().all()
+
+
+def test_activation_quantizers_mark_nonfinite_rows():
+    from supernet_kernels.quant import quantize_activations_fp8
+
+    x = torch.randn(3, 8)
+    x[0, 2], x[2, 5] = float("nan"), float("inf")
+    for quantize in (quantize_activations_int8, quantize_activations_fp8):
+        _, s = quantize(x)
+        assert s[0].isnan().all() and s[2].isnan().all() and torch.isfinite(s[1]).all()
+    q, _ = quantize_activations_int8(x)
+    assert (q[0] == 0).all()  # codes of a NaN row are 0, not undefined conversions
+
+
+def test_triton_row_quantizer_nan_rows():
+    _triton_or_skip()
+    from supernet_kernels.kernels.triton_quant import quantize_rows
+
+    x = _nan_row(torch.randn(3, 40, generator=_gen("rowsnan")))
+    q, s = quantize_rows(x)
+    q_ref, s_ref = quantize_activations_int8(x)
+    assert s[1].isnan() and torch.equal(s[[0, 2]], s_ref[[0, 2], 0])
+    assert torch.equal(q, q_ref)

@@ -1,35 +1,50 @@
-"""Triton kernels for quantized matmul: one kernel for every weight bit-width.
+"""Triton kernels for quantized matmul.
 
-``_quant_matmul_kernel`` computes y = x @ w.T (+ bias) for a weight stored as sk-pack-v1 codes
-(see :mod:`supernet_kernels.quant.packing`), with BITS and PER_WORD as compile-time constants:
-code k of row n is ``(packed[n, k // PER_WORD] >> (k % PER_WORD) * BITS) & (2**BITS - 1)``.
-Each K tile lies inside one quantization group (BLOCK_K divides the group size), so a tile
-needs one scale and one zero point per output column.
+Weight-only (A16) with 2, 4 or 8 bits: ``_wq_matmul_kernel``, on the tile layout of
+:func:`supernet_kernels.quant.packing.to_tiles` (made once per weight from sk-pack-v1 and
+cached while the weight lives). One kernel for every M; the dequantized weight is the MMA's
+row side, read from registers (wgmma A operand on sm_90), x^T the column side from shared
+memory, with 16 (M <= 16), 64 or 128 columns. Codes become exact ``q - z`` with one LOP3 and
+one packed HFMA2/HADD2 per pair (magic-exponent trick, see ``_centered``); the group scale is
+applied once per group to the fp32 tile. K is split until there are two programs per SM, and
+the split is reduced inside the same launch (last program per tile, by ticket). sm_90 compile,
+M = 1, 4096x11008, g128 (main loop, per code): 2.6 SASS instructions at 4 bits (fp16), 1.9
+at 2 bits, 16-byte cp.async weight loads, no spills.
 
-* A16 (weight-only): codes are dequantized in registers, ``(q - z) * s`` cast to x's dtype,
-  and multiplied on the tensor cores with fp32 accumulation.
+``_quant_matmul_kernel`` serves the rest: 3-bit weights (10 codes per word do not split into
+16-bit halves), 8-bit activations (A8) and plain int8 / float8 weights (W_RAW8), and group
+sizes the tile layout cannot take. BITS and PER_WORD are compile-time constants: code k of row
+n is ``(packed[n, k // PER_WORD] >> (k % PER_WORD) * BITS) & (2**BITS - 1)``; each K tile lies
+inside one quantization group (BLOCK_K divides the group size).
+
+* A16: codes are dequantized in registers, ``(q - z) * s`` cast to x's dtype, and multiplied
+  on the tensor cores with fp32 accumulation.
 * A8: x arrives as per-token int8 codes (``_quantize_rows_kernel``). The tile product of the
   int8 activation codes and the weight codes runs on int8 tensor cores with int32
   accumulation (exact); the zero point comes out through the activation row sums:
   sum_k xq (q - z) s = s (sum_k xq q - z sum_k xq). 8-bit codes (0..255) are shifted by -128 to
-  fit int8, with the zero point shifted to match. The per-token scale is applied at the end.
+  fit int8, with the zero point shifted to match. With one group across K the int32 sums run
+  over all of K and the scales are applied once in the epilogue (INT_ACC). The per-token
+  scale is applied at the end; a row holding NaN or inf has scale NaN and comes out NaN.
 * W_RAW8: the weight is a plain 8-bit matrix, int8 (int8_linear) or float8 e4m3 (fp8_linear,
-  sm_89+), with one float32 scale per row, multiplied with 8-bit activations of the same kind.
+  sm_89+), with one float32 scale per row; int32 (int8) or fp32 (fp8) accumulation over all
+  of K, the row and token scales applied in the epilogue.
 
-Small M is memory-bound: the whole weight must stream once, yet M / BLOCK_M x N / BLOCK_N
-programs cannot fill the GPU (M = 1, N = 4096, BLOCK_N = 64: 64 programs on 132 SMs), so K is
-split across programs (SPLIT_K) and partial sums are added atomically into an fp32 buffer.
-Large M uses SPLIT_K = 1 and bigger tiles. The thresholds are a bandwidth/occupancy argument,
-not yet a GPU measurement (issue 5 measures and replaces them with tuned tables).
+Small M splits K across programs (SPLIT_K); both kernels reduce the split in the same launch:
+each program stores its fp32 partial tile and takes a ticket from a per-tile counter, and the
+program with the last ticket sums the partials, adds the bias, writes y in its dtype and
+resets the counter (no zero-filled buffer and cast kernel around the launch).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import triton
 import triton.language as tl
 
-from .triton_lowrank import _dot, _load_tile, _round, _tile_offsets
+from .triton_common import _dot, _load_tile, _round, _tile_offsets, dot_fp32, interp_bf16
 
 
 @triton.jit
@@ -66,16 +81,20 @@ def _quantize_rows_kernel(
     EMULATE_FP8: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Per token: int8 with s = max|x| / 127 (1 for a zero row) and q = round_half_even(x / s);
-    or FP8 (e4m3) with s = max|x| / 448 and q = x / s rounded by the conversion (to nearest)."""
+    """Per token: int8 with s = max|x| / 127 (1 for a zero row, NaN for a row holding NaN or
+    inf) and q = round_half_even(x / s); or FP8 (e4m3) with s = max|x| / 448 and q = x / s
+    rounded by the conversion (to nearest)."""
     row = tl.program_id(0).to(tl.int64)
     amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=offs < K, other=0.0)
-        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
-    scale = tl.max(amax, axis=0) / (448.0 if FP8 else 127.0)
-    scale = tl.where(scale > 0.0, scale, 1.0)
+        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)), propagate_nan=tl.PropagateNan.ALL)
+    amax = tl.max(tl.where(amax != amax, float("inf"), amax), axis=0)  # NaN -> inf, then max
+    has_nan = amax == float("inf")
+    scale = amax / (448.0 if FP8 else 127.0)
+    # 1 for an all-zero row; NaN for a row holding NaN or inf, so that its output is NaN
+    scale = tl.where(scale == 0.0, 1.0, tl.where(has_nan, float("nan"), scale))
     tl.store(s_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
@@ -86,12 +105,13 @@ def _quantize_rows_kernel(
             tl.store(q_ptr + row * K + offs, v.to(q_ptr.dtype.element_ty), mask=offs < K)
         else:
             q = tl.minimum(tl.maximum(_round_half_even(v), -127.0), 127.0)
+            q = tl.where(v != v, 0.0, q)  # a NaN row: codes 0, scale NaN
             tl.store(q_ptr + row * K + offs, q.to(tl.int8), mask=offs < K)
 
 
 @triton.jit
 def _quant_matmul_kernel(
-    x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr,
+    x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, lock_ptr,
     M, N, K, G,
     stride_xm, stride_xk, stride_wn, stride_sn, stride_ym, stride_yn,
     BITS: tl.constexpr,
@@ -103,6 +123,7 @@ def _quant_matmul_kernel(
     SPLIT_K: tl.constexpr,
     DOT_FP32: tl.constexpr,
     RNE_BF16: tl.constexpr,
+    INT_ACC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -111,7 +132,14 @@ def _quant_matmul_kernel(
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
     offs_m, offs_n, mask_m, mask_n = _tile_offsets(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # INT_ACC: one scale per output column for all of K (int8 weights; A8 with one group), so
+    # the int32 tile products are summed exactly across K and scaled once in the epilogue
+    # (scaling inside the loop kept an fp32 and an int32 tile live: 193 registers, measured)
+    if INT_ACC:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        xsum = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
         offs_k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
         mask_k = offs_k < K
@@ -121,9 +149,7 @@ def _quant_matmul_kernel(
             w = tl.load(
                 w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=mask_w, other=0.0
             )
-            s = tl.load(s_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
-            part = tl.dot(x, w)  # int8: int32, exact; fp8: fp32
-            acc += part.to(tl.float32) * s[None, :]
+            acc = tl.dot(x, w, acc)  # int8: int32, exact; fp8: fp32
         else:
             if WORD_TILE:
                 # Each word once: a (BLOCK_K / PER_WORD, BLOCK_N) tile, contiguous along K
@@ -152,7 +178,11 @@ def _quant_matmul_kernel(
             group = k0 // G
             s = tl.load(s_ptr + offs_n * stride_sn + group, mask=mask_n, other=0.0)
             z = tl.load(z_ptr + offs_n * stride_sn + group, mask=mask_n, other=0.0)
-            if A8:
+            if A8 and INT_ACC:
+                OFFSET: tl.constexpr = 128 if BITS == 8 else 0
+                acc = tl.dot(x, (q - OFFSET).to(tl.int8), acc)  # int32, exact
+                xsum += tl.sum(x.to(tl.int32), axis=1)
+            elif A8:
                 OFFSET: tl.constexpr = 128 if BITS == 8 else 0
                 part = tl.dot(x, (q - OFFSET).to(tl.int8))  # int32, exact
                 xsum = tl.sum(x.to(tl.int32), axis=1)
@@ -162,17 +192,41 @@ def _quant_matmul_kernel(
             else:
                 w = _round((q.to(tl.float32) - z[None, :]) * s[None, :], x.dtype, RNE_BF16)
                 acc = _dot(x, w, acc, DOT_FP32)
-    if A8:
+    if W_RAW8:
+        s = tl.load(s_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
+        acc = acc.to(tl.float32) * s[None, :]
+    elif INT_ACC:
+        OFFSET2: tl.constexpr = 128 if BITS == 8 else 0
+        s = tl.load(s_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
+        z = tl.load(z_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
+        acc = acc.to(tl.float32) - xsum.to(tl.float32)[:, None] * (z - OFFSET2)[None, :]
+        acc = acc * s[None, :]
+    if A8:  # the per-token scale (NaN for a row holding NaN, so that row comes out NaN)
         xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
         acc = acc * xs[:, None]
-    if HAS_BIAS and pid_k == 0:  # added once, by the first K split
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0)
-        acc += bias.to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
     mask_y = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K > 1:
-        tl.atomic_add(y_ptrs, acc, mask=mask_y)  # y is an fp32 buffer
+    if SPLIT_K > 1:  # reduced in this launch, as in _wq_matmul_kernel
+        lock = pid_m * tl.num_programs(1) + pid_n
+        tile = lock.to(tl.int64) * BLOCK_M * BLOCK_N + tl.arange(0, BLOCK_M)[:, None] * BLOCK_N
+        tile += tl.arange(0, BLOCK_N)[None, :]
+        tile_size = tl.num_programs(0) * tl.num_programs(1) * BLOCK_M * BLOCK_N
+        tl.store(part_ptr + pid_k * tile_size + tile, acc, mask=mask_y)
+        tl.debug_barrier()  # every lane's partial is written before the ticket is taken
+        ticket = tl.atomic_add(lock_ptr + lock, 1, sem="acq_rel")
+        if ticket == SPLIT_K - 1:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for p in range(0, SPLIT_K):
+                acc += tl.load(
+                    part_ptr + p * tile_size + tile, mask=mask_y, other=0.0, cache_modifier=".cg"
+                )
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
+            tl.atomic_xchg(lock_ptr + lock, 0)
     else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
 
 
@@ -202,7 +256,7 @@ def default_config(m: int, n: int, k: int, group_size: int, num_sms: int, interp
     if m <= 16:
         # GEMV-like: stream the weight once with as many programs as it takes to fill the GPU.
         bk = _block_k(group_size, k, 128)
-        return QuantConfig(16, 64, bk, num_warps=4, num_stages=4, split_k=None)
+        return QuantConfig(16, 64, bk, num_warps=4, num_stages=3, split_k=None)
     if m <= 64:
         return QuantConfig(
             32, 64, _block_k(group_size, k, 64), num_warps=4, num_stages=3, split_k=None
@@ -228,7 +282,6 @@ def _device_info(x):
 
 def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dtype, word_tile=True):
     from .. import tuning
-    from .triton_lowrank import _dot_fp32, _interp_bf16
 
     m = x.shape[0]
     gpu, num_sms, interpret = _device_info(x)
@@ -243,15 +296,18 @@ def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dty
     if m == 0 or n == 0:  # nothing to launch (and no tiles to split K over: 0 programs)
         return torch.empty((m, n), dtype=out_dtype, device=x.device)
     split = _split_k(m, n, k, cfg, num_sms)
-    if split > 1:  # partial sums are added atomically in fp32, then cast
-        y = torch.zeros((m, n), dtype=torch.float32, device=x.device)
-    else:
-        y = torch.empty((m, n), dtype=out_dtype, device=x.device)
-    probe = torch.empty(0, dtype=out_dtype, device=x.device)  # dtype flags follow the output
+    y = torch.empty((m, n), dtype=out_dtype, device=x.device)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), split)
+    if split > 1:  # fp32 partial tiles, reduced by the last program of each tile
+        part = torch.empty(split * grid[0] * grid[1] * cfg.block_m * cfg.block_n,
+                           dtype=torch.float32, device=x.device)  # fmt: skip
+        locks = _locks(x.device, grid[0] * grid[1])
+    else:
+        part = locks = y
+    probe = y  # dtype flags follow the output
     _quant_matmul_kernel[grid](
         x, xs if xs is not None else y, w, s, z if z is not None else s,
-        bias if bias is not None else y, y,
+        bias if bias is not None else y, y, part, locks,
         m, n, k, group_size,
         x.stride(0), x.stride(1), w.stride(0), s.stride(0), y.stride(0), y.stride(1),
         BITS=bits,
@@ -262,15 +318,16 @@ def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dty
         WORD_TILE=word_tile and (32 // bits) & (32 // bits - 1) == 0 and cfg.block_k >= 32 // bits,
         HAS_BIAS=bias is not None,
         SPLIT_K=split,
-        DOT_FP32=_dot_fp32(probe),
-        RNE_BF16=_interp_bf16(probe),
+        DOT_FP32=dot_fp32(probe),
+        RNE_BF16=interp_bf16(probe),
+        INT_ACC=(w_raw8 and w.dtype == torch.int8) or (a8 and not w_raw8 and group_size == k),
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )  # fmt: skip
-    return y.to(out_dtype) if split > 1 else y
+    return y
 
 
 def quantize_rows(x, fp8: bool = False):
@@ -290,6 +347,21 @@ def quantize_rows(x, fp8: bool = False):
 def quant_linear(x, packed, scales, zeros, bits, group_size, k, act_bits, bias):
     """y (M, N) for x (M, K) and a packed weight; see the module docstring."""
     a8 = act_bits == 8
+    tile = None if a8 else tile_for(bits, group_size, k)
+    if tile is not None and packed.shape[0] * packed_width_tiles(k, bits, tile) < 2**31:
+        tiles = tiles_of(packed, bits, k, tile)
+        return launch_tiled(
+            x,
+            tiles,
+            scales.contiguous(),
+            zeros.contiguous(),
+            bias,
+            packed.shape[0],
+            k,
+            group_size,
+            bits,
+            tile,
+        )
     xq, xs = quantize_rows(x) if a8 else (x, None)
     return _launch(
         xq, xs=xs, w=packed.contiguous(), s=scales.contiguous(), z=zeros.contiguous(), bias=bias,
@@ -307,3 +379,362 @@ def raw8_linear(x, weight, weight_scale, bias):
         xq, xs=xs, w=weight.contiguous(), s=weight_scale.contiguous(), z=None, bias=bias,
         n=n, k=k, group_size=k, bits=8, a8=True, w_raw8=True, out_dtype=x.dtype,
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Weight-only kernels on the GPU tile layout (see quant.packing.to_tiles): 2, 4 and 8 bits.
+
+
+@triton.jit
+def _centered(h, hs, j: tl.constexpr, zc, BITS: tl.constexpr, DEQ: tl.constexpr,
+              WDT: tl.constexpr, ASM: tl.constexpr):  # fmt: skip
+    """q - z for sub-tile j of an int16 code tile h (R, E) (codes at bits [BITS*j, BITS*j +
+    BITS) of each word), exact, in WDT (x's dtype): |q - z| <= 255 fits every float type.
+    hs is h shifted right by the base of code j (see _base), zc = magic + z per row.
+
+    The group scale is not applied here but to the fp32 MMA result of the whole group (the
+    weight is the MMA's row side, so the scale is one per accumulator row): the tensor cores
+    multiply exact integers by x, and the scale is applied once in fp32, which rounds less
+    than the reference's weight dequantized in x's dtype.
+
+    DEQ 0 (fp16): OR the code, left where it lies at bit offset r in hs, into the mantissa of
+    1024.0 (0x6400): the bits read as 1024 + q * 2**r, exactly while r + BITS <= 10; then one
+    packed FMA, f * 2**-r - (1024 * 2**-r + z), gives q - z exactly (power-of-two scaling and
+    an integer result). So a pair of codes costs one LOP3 and one HFMA2 (HADD2 at r = 0), plus
+    one SHF per word for each new base (2-bit: codes 0-4 from the word itself, 5-7 after one
+    shift by 10; 4-bit: codes 0-1, then 2-3 after a shift by 8).
+    DEQ 1 (bf16): the same with 128.0 (0x4300) and 7 mantissa bits (2 and 4 bits only).
+    DEQ 2: fp32 with 2**23 (0x4B000000), for fp32 activations and 8-bit bf16.
+    DEQ 3: DEQ 1 computed in fp32 (the CPU interpreter has no bf16 arithmetic).
+    """
+    if DEQ == 0 or DEQ == 1:
+        MB: tl.constexpr = 10 if DEQ == 0 else 7
+        R: tl.constexpr = BITS * (j % max(1, MB // BITS))  # bit offset of code j in hs
+        if DEQ == 0:
+            f = _codes(hs, R, BITS, 0x64006400, ASM).to(tl.float16, bitcast=True)
+            base: tl.constexpr = 1024.0
+        else:
+            f = _codes(hs, R, min(BITS, 7), 0x43004300, ASM).to(tl.bfloat16, bitcast=True)
+            base: tl.constexpr = 128.0
+        if DEQ == 1 and BITS == 8:
+            # 8 bits pass bf16's 7 mantissa bits: the low 7 read as 128 + lo (f above, from
+            # the field masked to 7 bits), the top bit lands on the exponent's lowest bit and
+            # reads as 128 or 256 (g); (g - 256) + f = q and q - z are exact (|.| <= 255).
+            g = _codes(hs, 7, 1, 0x43004300, ASM).to(tl.bfloat16, bitcast=True)
+            w = (f + (g - 256.0)) - zc[:, None]
+        elif R == 0:
+            w = f - zc[:, None]
+        else:
+            # zc + (base * 2**-R - base): integers, exact in 16 bits
+            zr = zc + (base / (1 << R) - base)
+            w = f * (1.0 / (1 << R)) - zr[:, None]  # one HFMA2 per pair
+    elif DEQ == 2:
+        q = _codes(h, BITS * j, BITS, 0, ASM)
+        f = (q.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
+        w = (f - zc[:, None]).to(WDT)
+    else:
+        f = _codes(h, BITS * j, BITS, 0, ASM).to(tl.float32) + (0.0 if BITS == 8 else 128.0)
+        w = (f - zc[:, None]).to(WDT)
+    return w
+
+
+@triton.jit
+def _base(h, hs, j: tl.constexpr, BITS: tl.constexpr, DEQ: tl.constexpr, ASM: tl.constexpr):
+    """h shifted right to the base of code j: a new base wherever the codes since the last
+    one would pass the mantissa (10 bits fp16, 7 bf16); otherwise hs unchanged."""
+    MB: tl.constexpr = 10 if DEQ == 0 else 7
+    if (DEQ == 0 or DEQ == 1) and j % max(1, MB // BITS) == 0 and j > 0:
+        if ASM:
+            asm: tl.constexpr = f"shr.b32 $0, $1, {BITS * j};"
+            hs = tl.inline_asm_elementwise(asm, "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
+        else:
+            hs = h >> (BITS * j)
+    return hs
+
+
+@triton.jit
+def _codes(h, R: tl.constexpr, BITS: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr):
+    """The BITS-wide field at bit R of every int16 word of h, left in place and ORed with
+    MAGIC (exponent bits), as int16 bits; with MAGIC 0, the field shifted down to bit 0.
+
+    ASM (GPUs): two int16 words share a 32-bit register, so one LOP3 ((a & mask) | magic)
+    makes two codes. Written as PTX because Triton 3.8 lowers the same plain ops per 16-bit
+    element (one LOP3 each for the AND and the OR) and repacks the halves with PRMT: 4.7 SASS
+    instructions per 4-bit code in the main loop against 2.9 with this (sm_90 compile, M = 1,
+    4096x11008, before the shift-free codes of _centered). The plain ops below compute the
+    same function and are what the CPU interpreter checks.
+    """
+    MASK: tl.constexpr = ((1 << BITS) - 1) << R
+    if ASM:
+        MASK2: tl.constexpr = MASK | (MASK << 16)
+        if MAGIC == 0 and R > 0:
+            asm: tl.constexpr = (
+                f"{{ .reg .b32 t; shr.b32 t, $1, {R}; and.b32 $0, t, {MASK2 >> R}; }}"
+            )
+        else:
+            asm: tl.constexpr = f"lop3.b32 $0, $1, {MASK2}, {MAGIC}, 0xea;"
+        return tl.inline_asm_elementwise(asm, "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
+    if MAGIC:
+        return (h & MASK) | (MAGIC & 0xFFFF)
+    return (h >> R) & ((1 << BITS) - 1)
+
+
+@triton.jit
+def _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ: tl.constexpr, BITS: tl.constexpr):
+    """Per row of a tile: magic + z in the precision _centered works in, and the fp32 scale."""
+    s = tl.load(s_ptr + rows * stride_sn + g)
+    z = tl.load(z_ptr + rows * stride_sn + g)
+    if DEQ == 0:
+        zc = (z + 1024.0).to(tl.float16)
+    elif DEQ == 1:  # 8 bits: z itself (128 + z may need 9 bits)
+        zc = (z + (0.0 if BITS == 8 else 128.0)).to(tl.bfloat16)
+    elif DEQ == 2:
+        zc = z + 8388608.0
+    else:
+        zc = z + (0.0 if BITS == 8 else 128.0)
+    return zc, s
+
+
+@triton.jit
+def _wq_matmul_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, lock_ptr,
+    M, N, K, G, k_split, stride_xm, stride_wn, stride_sn, stride_ym,
+    BITS: tl.constexpr,
+    DEQ: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    SPG: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    RNE_BF16: tl.constexpr,
+    ASM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """y^T tile (BLOCK_N, BLOCK_M) = W (BLOCK_N, K range) @ x^T: the dequantized weight is the
+    MMA's row side, taken from registers (wgmma's A operand on sm_90; B, x^T, comes through
+    shared memory), so at M = 1 the 16-wide column side wastes nothing of the weight stream.
+
+    One program: BLOCK_N weight rows times BLOCK_M rows of x, over its k_split-wide share of
+    K. Per K tile of BLOCK_K codes it loads (BLOCK_N, BLOCK_K / C) int16 words (C = 16 / BITS
+    codes each), contiguous along K and unmasked (rows past N are clamped to N - 1, their
+    outputs never stored), so every lane issues 16-byte loads. Word e holds the tile's codes
+    e, E + e, 2E + e, ... (E = BLOCK_K / C), so shift j yields a contiguous (BLOCK_N, E)
+    weight slice multiplied by x[:, k0 + jE : k0 + (j + 1)E], with no reshape between the load
+    and the MMA.
+
+    Split over K in one launch: each program stores its fp32 partial tile, then takes a ticket
+    from a per-tile counter; the program that draws the last ticket sums the partials, adds the
+    bias, writes y in its dtype and resets the counter to 0 for the next call.
+    """
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    C: tl.constexpr = 16 // BITS
+    E: tl.constexpr = BLOCK_K // C
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(offs_n, N - 1)
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M - pid_m * BLOCK_M
+    offs_e = tl.arange(0, E)
+    # 32-bit offsets inside the tile (the launcher keeps the weight under 2**31 words); the
+    # tile's row base in 64 bits (x and y may pass 2**31 elements)
+    x_ptr += pid_m.to(tl.int64) * BLOCK_M * stride_xm
+    y_ptr += pid_m.to(tl.int64) * BLOCK_M * stride_ym
+    # the tile layout's int16 words, passed as int32 pairs (strides in int16 words)
+    w_rows = w_ptr.to(tl.pointer_type(tl.int16)) + rows[:, None] * stride_wn
+    x_rows = x_ptr + offs_m[None, :] * stride_xm
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    t_lo = pid_k * (k_split // BLOCK_K)
+    t_hi = tl.minimum(t_lo + k_split // BLOCK_K, tl.cdiv(K, BLOCK_K))
+    for t in range(t_lo, t_hi):
+        k0 = t * BLOCK_K
+        h = tl.load(w_rows + (t * E + offs_e)[None, :])
+        hs = h
+        for j in tl.static_range(C):
+            if j % SPG == 0:  # a new group: SPG slices of E codes share its scale
+                # (the padding past K reads the last group; x is 0 there)
+                g = tl.minimum((k0 + j * E) // G, (K - 1) // G)
+                zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ, BITS)
+                part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            hs = _base(h, hs, j, BITS, DEQ, ASM)
+            w = _centered(h, hs, j, zc, BITS, DEQ, x_ptr.dtype.element_ty, ASM)
+            offs_k = k0 + j * E + offs_e
+            if EVEN_K:
+                xt = tl.load(x_rows + offs_k[:, None], mask=mask_m[None, :], other=0.0)
+            else:
+                xt = tl.load(
+                    x_rows + offs_k[:, None],
+                    mask=mask_m[None, :] & (offs_k < K)[:, None],
+                    other=0.0,
+                )
+            part = _dot(w, xt, part, DOT_FP32)
+            if j % SPG == SPG - 1:
+                acc += part * sc[:, None]
+    mask_y = (offs_n < N)[:, None] & mask_m[None, :]
+    y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
+    if SPLIT_K > 1:
+        lock = pid_m * tl.num_programs(0) + pid_n
+        tile = lock.to(tl.int64) * BLOCK_N * BLOCK_M + tl.arange(0, BLOCK_N)[:, None] * BLOCK_M
+        tile += offs_m[None, :]
+        tile_size = tl.num_programs(0) * tl.num_programs(1) * BLOCK_N * BLOCK_M
+        # only the rows of x that exist: at M = 1 the partials are 1/16 of the tile
+        tl.store(part_ptr + pid_k * tile_size + tile, acc, mask=mask_m[None, :])
+        tl.debug_barrier()  # every lane's partial is written before the ticket is taken
+        ticket = tl.atomic_add(lock_ptr + lock, 1, sem="acq_rel")
+        if ticket == SPLIT_K - 1:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            for p in range(0, SPLIT_K):
+                acc += tl.load(
+                    part_ptr + p * tile_size + tile,
+                    mask=mask_m[None, :],
+                    other=0.0,
+                    cache_modifier=".cg",
+                )
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
+            tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
+            tl.atomic_xchg(lock_ptr + lock, 0)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
+        tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers of the tile-layout kernels.
+
+GEMV_MAX_M = 16  # x^T is the MMA's 16-wide side: up to 16 rows share one weight pass
+_TILES: dict = {}  # id(packed) -> (weak reference to packed, key, tile layout)
+_LOCKS: dict = {}
+
+
+def tile_for(bits: int, group_size: int, k: int) -> int | None:
+    """Codes per K tile of the tile layout for this weight, None where it does not apply (3
+    bits; groups that are neither whole tiles nor whole MMA slices of one)."""
+    if bits not in (2, 4, 8):
+        return None
+    c = 16 // bits
+    for t in (256, 128) if bits == 2 else (128, 64, 32):
+        if t % (16 * c):
+            continue
+        # one group per tile, or whole MMA slices of the tile per group
+        if group_size == k or group_size % t == 0:
+            return t
+        if t % group_size == 0 and group_size % (t // c) == 0:
+            return t
+    return None
+
+
+def packed_width_tiles(k: int, bits: int, tile: int) -> int:
+    from ..quant.packing import tile_codes
+
+    return tile_codes(k, bits, tile)[1]
+
+
+def tiles_of(packed, bits: int, k: int, tile: int):
+    """The tile layout of a packed weight, made on first use and kept while the weight lives
+    (recomputed if the weight is modified in place)."""
+    from ..quant.packing import to_tiles
+
+    key = (packed._version, bits, k, tile)
+    hit = _TILES.get(id(packed))
+    if hit is not None and hit[0]() is packed and hit[1] == key:
+        return hit[2]
+    tiles = to_tiles(packed, bits, k, tile)
+    ident = id(packed)
+    ref = weakref.ref(packed, lambda _, i=ident: _TILES.pop(i, None))
+    _TILES[ident] = (ref, key, tiles)
+    return tiles
+
+
+def _locks(device, n: int):
+    """Zeroed int32 tickets for the split-K reduction; each call leaves them zero again."""
+    buf = _LOCKS.get(device)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+        _LOCKS[device] = buf
+    return buf
+
+
+def tiled_config(m: int, n: int, k: int, tile: int, bits: int, num_sms: int, interpret: bool):
+    """(BLOCK_M, BLOCK_N, SPLIT_K, k_split, warps, stages).
+
+    M <= 16: one 16-wide column tile; 2-bit rows of 256 (more codes per lane per iteration
+    for the same loop overhead: 1.9 instead of 2.1 SASS instructions per code). Larger M:
+    64- or 128-wide column tiles (wgmma N), 8 warps at 128. K is split until there are two
+    programs per SM, the partial tiles reduced in the same launch.
+    """
+    if interpret:
+        block_m, block_n, warps, stages = (16 if m <= GEMV_MAX_M else 32), 16, 1, 1
+    elif m <= GEMV_MAX_M:
+        block_m, block_n, warps, stages = 16, (256 if bits == 2 else 128), 4, 4
+    elif m <= 64:  # 2- and 8-bit bf16 at 128 x 64 spill (255 registers, sm_90 compile)
+        block_m, block_n, warps, stages = 64, (128 if bits == 4 else 64), 4, 3
+    else:
+        block_m, block_n, warps, stages = 128, 128, 8, 3
+    tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+    k_tiles = triton.cdiv(k, tile)
+    # K tiles per program: as many as keep tiles * splits >= 2 programs per SM (rounded down,
+    # so the rounding of the split never drops below the target)
+    if interpret:  # the CPU interpreter: still exercise the split-K reduction
+        per = max(1, triton.cdiv(k_tiles, 2))
+    else:
+        per = max(1, min(k_tiles, k_tiles * tiles // (2 * num_sms)))
+    split = triton.cdiv(k_tiles, per)
+    return block_m, block_n, split, per * tile, warps, stages
+
+
+def _slices_per_group(bits: int, group_size: int, k: int, tile: int) -> int:
+    """Slices of tile // C codes that share one scale (all C when a group spans the tile)."""
+    c = 16 // bits
+    return c if group_size == k or group_size >= tile else group_size * c // tile
+
+
+def _deq_mode(dtype, bits: int, interpret: bool) -> int:
+    if dtype == torch.float16:
+        return 0
+    if dtype == torch.bfloat16:
+        return 3 if interpret else 1
+    return 2
+
+
+def launch_tiled(x, tiles, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: int):
+    """y (M, N) = x @ W.T (+ bias) for a weight in the tile layout (see _wq_matmul_kernel)."""
+    m = x.shape[0]
+    _, num_sms, interpret = _device_info(x)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return y
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    block_m, block_n, split, k_split, warps, stages = tiled_config(
+        m, n, k, tile, bits, num_sms, interpret
+    )
+    n_tiles, m_tiles = triton.cdiv(n, block_n), triton.cdiv(m, block_m)
+    if split > 1:
+        part = torch.empty((split, m_tiles * n_tiles * block_n * block_m), dtype=torch.float32,
+                           device=x.device)  # fmt: skip
+        locks = _locks(x.device, m_tiles * n_tiles)
+    else:
+        part = locks = y
+    _wq_matmul_kernel[(n_tiles, m_tiles, split)](
+        x, tiles.view(torch.int32), s, z, bias if bias is not None else y, y, part, locks,
+        m, n, k, group_size, k_split, x.stride(0), tiles.stride(0), s.stride(0), y.stride(0),
+        BITS=bits,
+        DEQ=_deq_mode(x.dtype, bits, interpret),
+        EVEN_K=k % tile == 0,
+        SPG=_slices_per_group(bits, group_size, k, tile),
+        HAS_BIAS=bias is not None,
+        SPLIT_K=split,
+        DOT_FP32=dot_fp32(x),
+        RNE_BF16=interp_bf16(x),
+        ASM=not interpret,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=tile,
+        num_warps=warps,
+        num_stages=stages,
+    )  # fmt: skip
+    return y

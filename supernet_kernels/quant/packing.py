@@ -77,3 +77,40 @@ def unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     shifts = torch.arange(per, device=packed.device, dtype=torch.int64) * bits
     codes = (words[:, :, None] >> shifts) & (2**bits - 1)
     return codes.reshape(packed.shape[0], -1)[:, :k].to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# The GPU tile layout ("sk-tiles-v1"), made once per weight from sk-pack-v1; never stored.
+#
+# For 2, 4 and 8 bits the kernels read codes as int16 words, C = 16 // bits codes each
+# (2-bit: 8, 4-bit: 4, 8-bit: 2), in tiles of T codes along K (T divides the padded K). In the
+# tile starting at code t, int16 word e (0 <= e < E = T // C) holds codes t + j*E + e for
+# j = 0..C-1 at bits [bits*j, bits*j + bits). Shifting a loaded (rows, E) word tile by bits*j
+# and masking gives the weights of K range [t + jE, t + (j+1)E) for every row: contiguous K
+# slices, so x is read contiguously and no reshape stands between the load and the MMA. Rows
+# are K-contiguous and padded to a whole number of tiles with code 0 (x is masked past K).
+# Scales and zero points stay the float32 (N, K // G) tensors of sk-pack-v1: at G = 128 they
+# add 8 bytes per 128 codes (0.0625 B/code; 12.5% over 4-bit codes), read once per tile.
+
+
+def tile_codes(k: int, bits: int, tile: int) -> tuple[int, int]:
+    """(codes per int16 word, int16 words per row) of the tile layout for K = k."""
+    c = 16 // bits
+    return c, -(-k // tile) * (tile // c)
+
+
+def to_tiles(packed: torch.Tensor, bits: int, k: int, tile: int) -> torch.Tensor:
+    """sk-pack-v1 words (N, W) -> the tile layout: int16 (N, ceil(k / tile) * tile / C)."""
+    if bits not in (2, 4, 8):
+        raise ValueError(f"to_tiles: the tile layout takes 2, 4 or 8 bits, got {bits!r}")
+    c, width = tile_codes(k, bits, tile)
+    if tile % (16 * c):
+        raise ValueError(f"to_tiles: tile {tile} must be a multiple of {16 * c} at {bits} bits")
+    n = packed.shape[0]
+    codes = unpack(packed, bits, k).to(torch.int32)
+    codes = torch.nn.functional.pad(codes, (0, width * c - k))  # (N, tiles * T)
+    codes = codes.view(n, -1, c, tile // c)  # [tile, j, e]
+    shifts = (torch.arange(c, device=packed.device, dtype=torch.int32) * bits).view(1, 1, c, 1)
+    words = (codes << shifts).sum(2)  # disjoint bit fields: the sum is an OR; < 2**16
+    words = torch.where(words >= 2**15, words - 2**16, words)
+    return words.to(torch.int16).reshape(n, width).contiguous()

@@ -215,21 +215,29 @@ def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     """Per-token symmetric int8: codes (..., K) int8 and scales (..., 1) float32.
 
     scale = max|x| / 127 per row (1 for an all-zero row); codes = round-half-even(x / scale)
-    clamped to [-127, 127], so ``codes * scale`` approximates x.
+    clamped to [-127, 127], so ``codes * scale`` approximates x. A row holding NaN or inf gets
+    scale NaN (and codes 0), so whatever multiplies it comes out NaN in that row rather than
+    silently finite.
     """
     xf = x.to(torch.float32)
-    scale = xf.abs().amax(-1, keepdim=True) / 127.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.clamp(torch.round(xf / scale), -127, 127).to(torch.int8)
+    scale = _row_scale(xf, 127.0)
+    codes = torch.clamp(torch.round(xf / scale), -127, 127)
+    codes = torch.nan_to_num(codes, nan=0.0).to(torch.int8)
     return codes, scale
+
+
+def _row_scale(xf: torch.Tensor, qmax: float) -> torch.Tensor:
+    """max|x| / qmax per row: 1 for an all-zero row, NaN for a row that is not all finite."""
+    amax = xf.abs().amax(-1, keepdim=True)
+    scale = torch.where(amax == 0, torch.ones_like(amax), amax / qmax)
+    return torch.where(torch.isfinite(amax), scale, torch.full_like(amax, float("nan")))
 
 
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
 
 
 def _fp8_scale(t: torch.Tensor) -> torch.Tensor:
-    scale = t.abs().amax(-1, keepdim=True) / FP8_MAX
-    return torch.where(scale > 0, scale, torch.ones_like(scale))
+    return _row_scale(t, FP8_MAX)
 
 
 def quantize_weight_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,7 +254,8 @@ def quantize_weight_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantize_activations_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token float8 e4m3: codes (..., K) float8_e4m3fn and scales (..., 1) float32."""
+    """Per-token float8 e4m3: codes (..., K) float8_e4m3fn and scales (..., 1) float32 (NaN for
+    a row that is not all finite, as in ``quantize_activations_int8``)."""
     xf = x.to(torch.float32)
     scale = _fp8_scale(xf)
     return (xf / scale).to(torch.float8_e4m3fn), scale
