@@ -82,23 +82,52 @@ def test_empty_leading_dimension(device, be):
     assert out.shape == (0, 8)
 
 
-@pytest.mark.parametrize("n_splits", [1, 2, 3, 7])
-def test_triton_output_splits_cover_every_column(n_splits):
-    """Each split of the output columns recomputes its own t; uneven splits must cover all of N
-    exactly once (outputs are checked against the reference, so a gap or overlap would show)."""
+def _interpreter_or_skip():
     pytest.importorskip("triton")
     if sk.backends.unavailable_reason("triton", torch.device("cpu")):
         pytest.skip("Triton needs TRITON_INTERPRET=1 on the CPU")
     from supernet_kernels.kernels import triton_lowrank as tk
-    from supernet_kernels.tuning import LowRankConfig
 
-    gen = torch.Generator().manual_seed(n_splits)
-    x, u, v, b = _factors((21,), 24, 150, 12, torch.float32, "cpu", gen)
-    cfg = LowRankConfig(block_m=16, block_n=32, block_k=16, num_warps=1, num_stages=1)
-    y = torch.full((21, 150), float("nan"))
-    y[:] = tk.launch_fused(x, u, v, 12, 150, b, cfg, n_splits)
-    ref = lowrank_linear_reference(x.double(), u.double(), v.double(), 12, 150, b.double())
+    return tk
+
+
+# (M, K, N, rank, SMs the plan is made for): the two-phase kernel with one and several K
+# slices of t and more output tiles than programs; the persistent kernel with more row tiles
+# than programs (each program walks several) and a ragged last tile.
+PLANS = [
+    (21, 24, 150, 12, 4),
+    (21, 100, 150, 12, 64),
+    (37, 130, 70, 20, 5),
+    (70, 40, 97, 17, 2),
+    (67, 33, 50, 29, 3),
+]
+
+
+@pytest.mark.parametrize("case", PLANS, ids=str)
+@pytest.mark.parametrize("act", ["none", "gelu", "gelu_tanh", "relu"])
+def test_triton_plans_cover_every_tile(case, act):
+    """Every tile of both fused kernels is written once (outputs start as NaN-free garbage and
+    are compared with the reference), the t reduction sums every K slice exactly once, and the
+    two-phase kernel leaves its scratch and counters zero for the next launch."""
+    tk = _interpreter_or_skip()
+    m, k, n, rank, sms = case
+    gen = torch.Generator().manual_seed(m * k + n)
+    x, u, v, b = _factors((m,), k, n + 3, rank + 2, torch.float32, "cpu", gen)
+    p = tk.plan(m, k, n, rank, sms, interpret=True)
+    assert p.kernel == ("persistent" if -(-m // p.block_m) >= sms else "two_phase")
+    if p.kernel == "two_phase":
+        assert p.k_splits * p.k_per_split >= k > (p.k_splits - 1) * p.k_per_split
+    y = tk.launch(x, u, v, rank, n, b, p, act)
+    ref = lowrank_linear_reference(x.double(), u.double(), v.double(), rank, n, b.double())
+    ref = {
+        "none": ref,
+        "gelu": torch.nn.functional.gelu(ref),
+        "gelu_tanh": torch.nn.functional.gelu(ref, approximate="tanh"),
+        "relu": torch.relu(ref),
+    }[act]
     assert rel_err(y, ref) < 1e-6
+    for buf in tk.SCRATCH._bufs.values():
+        assert all(bool((t == 0).all()) for t in buf)
 
 
 @pytest.mark.parametrize("device,be", backend_params())

@@ -96,47 +96,9 @@ def lowrank_linear_reference(x, u, v, rank, out_features=None, bias=None):
 
 
 def _triton_impl(x2, u, v, rank, n, bias):
-    from .. import tuning
     from ..kernels import triton_lowrank as tk
 
-    interpret = x2.device.type == "cpu"
-    if rank > tk.MAX_FUSED_RANK:
-        return tk.launch_two_gemm(x2, u, v, rank, n, bias, interpret=interpret)
-    m, k = x2.shape
-    if interpret:
-        gpu, num_sms = "cpu-interpreter", 4
-    else:
-        props = torch.cuda.get_device_properties(x2.device)
-        gpu, num_sms = props.name, props.multi_processor_count
-    dtype = str(x2.dtype).removeprefix("torch.")
-    tkey = tuning.key(dtype, m, k, n, rank)
-    cfg = tuning.LOWRANK.get(gpu, tkey)
-    if cfg is None and not interpret and _autotune_enabled():
-        cfg = _autotune(x2, u, v, rank, n, bias, gpu, tkey, num_sms)
-    if cfg is None:
-        cfg = tuning.default_config(m, rank, interpret)
-    splits = tuning.split_count(m, n, cfg, num_sms)
-    return tk.launch_fused(x2, u, v, rank, n, bias, cfg, splits)
-
-
-def _autotune_enabled() -> bool:
-    import os
-
-    return os.environ.get("SUPERNET_KERNELS_AUTOTUNE", "0") == "1"
-
-
-def _autotune(x2, u, v, rank, n, bias, gpu, tkey, num_sms):
-    from .. import tuning
-    from ..kernels import triton_lowrank as tk
-
-    def run(cfg):
-        tk.launch_fused(
-            x2, u, v, rank, n, bias, cfg, tuning.split_count(x2.shape[0], n, cfg, num_sms)
-        )
-
-    best, _ = tuning.autotune(run, tuning.candidates(x2.shape[0], rank))
-    tuning.LOWRANK.put(gpu, tkey, best)
-    return best
+    return tk.lowrank_linear(x2, u, v, rank, n, bias)
 
 
 def _cuda_impl(x2, u, v, rank, n, bias):
