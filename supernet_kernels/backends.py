@@ -35,6 +35,7 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 KERNELS = {
     "attention": ("triton",),
     "lowrank_linear": ("triton", "cuda"),
+    "lowrank_mlp": ("triton",),
     "quant_linear": ("triton", "cuda"),
     "int8_linear": ("triton", "cuda"),
     "fp8_linear": ("triton",),

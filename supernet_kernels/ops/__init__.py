@@ -8,6 +8,7 @@ the CPU path and the test reference, and Triton and CUDA implementations picked 
 from .attention import attention, attention_reference
 from .autocast import register_autocast_rules
 from .lowrank import lowrank_linear, lowrank_linear_reference
+from .lowrank_mlp import lowrank_mlp, lowrank_mlp_reference
 from .quant import (
     fp8_linear,
     fp8_linear_reference,
@@ -28,6 +29,8 @@ __all__ = [
     "int8_linear_reference",
     "lowrank_linear",
     "lowrank_linear_reference",
+    "lowrank_mlp",
+    "lowrank_mlp_reference",
     "quant_linear",
     "quant_linear_reference",
 ]
