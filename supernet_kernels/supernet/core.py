@@ -117,6 +117,7 @@ from ..nn.importance import (
     magnitude_importance,
     reorder_mlp,
 )
+from ..nn.mlp import fuse_mlps
 from . import families as fam
 from .attention import ATTENTION_CHOICES, prioritize_heads, swap_attention
 
@@ -875,6 +876,9 @@ def convert(
             p.requires_grad_(lin.weight.requires_grad)
         parent, attr = _parent(work, n)
         setattr(parent, attr, el)
+    # The fused low-rank MLP block (nn/mlp.py): runs where the active config makes both linears
+    # of an MLP low-rank; the module's own forward otherwise.
+    fuse_mlps(work, lay.mlps)
     wrapped = [b for b, c in checked["depth"].items() if False in c]
     for b in wrapped:
         parent, attr = _parent(work, b)
