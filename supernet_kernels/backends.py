@@ -34,7 +34,7 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # info` and the tests read this table.
 KERNELS = {
     "attention": ("triton",),
-    "lowrank_linear": ("triton", "cuda"),
+    "lowrank_linear": ("triton",),
     "lowrank_mlp": ("triton",),
     "quant_linear": ("triton", "cuda"),
     "int8_linear": ("triton", "cuda"),

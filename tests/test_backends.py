@@ -176,8 +176,8 @@ def test_info_reports_everything(capsys):
     ):
         assert needle in out
     # Nothing is verified until a GPU run records it (configs/verified.json).
-    if not dispatch.verified_kernels().get("lowrank_linear", {}).get("cuda"):
-        assert "cuda    UNVERIFIED" in out
+    if not dispatch.verified_kernels().get("lowrank_linear", {}).get("triton"):
+        assert "lowrank_linear   triton  UNVERIFIED" in out
 
 
 def test_shipped_verified_record_and_dispatch_tables_name_real_kernels():

@@ -40,7 +40,7 @@ def _check(device, be, x, u, v, rank, n, bias, what):
     assert_matches(out, ref64, torch_out, what)
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
@@ -51,7 +51,7 @@ def test_matches_float64(device, be, dtype, shape, with_bias):
     _check(device, be, x, u, v, rank, n, b if with_bias else None, f"{be} {dtype} {shape}")
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_strided_slices_in_place(device, be, dtype):
     """u a column slice, v a column slice of a wider stored matrix (elastic input width),
@@ -65,7 +65,7 @@ def test_strided_slices_in_place(device, be, dtype):
     _check(device, be, x, u, v, 19, 37, b, f"{be} strided")
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 def test_large_rank_two_gemm_path(device, be):
     """Ranks past the fused kernel's budget take the two-GEMM (Triton) / chunked (CUDA) path."""
     gen = torch.Generator().manual_seed(11)
@@ -73,7 +73,7 @@ def test_large_rank_two_gemm_path(device, be):
     _check(device, be, x, u, v, 290, 15, b, f"{be} rank 290")
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 def test_empty_leading_dimension(device, be):
     gen = torch.Generator().manual_seed(3)
     x, u, v, b = _factors((0,), 16, 8, 4, torch.float32, device, gen)
@@ -130,7 +130,7 @@ def test_triton_plans_cover_every_tile(case, act):
         assert all(bool((t == 0).all()) for t in buf)
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_opcheck(device, be, dtype):
     gen = torch.Generator().manual_seed(5)
@@ -156,7 +156,7 @@ def test_gradcheck_float64():
         )
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gradients_match_and_vanish_outside_active_slices(device, be, dtype):
     gen = torch.Generator().manual_seed(2)
@@ -261,7 +261,9 @@ def test_device_mismatch_meta():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("device,be", [p for p in backend_params() if p.values[0] == "cuda"])
+@pytest.mark.parametrize(
+    "device,be", [p for p in backend_params("lowrank_linear") if p.values[0] == "cuda"]
+)
 def test_cuda_graph_capture_and_replay(device, be):
     """No host synchronisation and no CPU tensors in the forward: it captures into a CUDA graph
     (at ViT-B batch 1 the model is launch-bound, so end-to-end speed depends on this)."""
@@ -282,7 +284,9 @@ def test_cuda_graph_capture_and_replay(device, be):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("device,be", [p for p in backend_params() if p.values[0] == "cuda"])
+@pytest.mark.parametrize(
+    "device,be", [p for p in backend_params("lowrank_linear") if p.values[0] == "cuda"]
+)
 def test_torch_compile_reduce_overhead(device, be):
     layer = sk.nn.LowRankLinear(96, 80, 24).to(device=device, dtype=torch.float16)
     x = torch.randn(3, 96, device=device, dtype=torch.float16)

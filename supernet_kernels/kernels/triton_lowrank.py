@@ -2,8 +2,8 @@
 
 ``lowrank_linear`` picks one of three plans (``plan``) and launches it:
 
-* ``persistent`` (M >= 4096, enough row tiles for every SM): ``_lowrank_persistent_kernel``.
-  One program per SM walks row tiles; for each it computes t = x[rows] @ v[:r].T once into
+* ``persistent`` (M >= 4096): ``_lowrank_persistent_kernel``. A grid of at most two
+  resident programs per SM walks the row tiles; for each it computes t = x[rows] @ v[:r].T into
   registers (a multi-stage pipelined loop over K), then streams u[:n, :r] tiles through a
   second pipelined loop, one wgmma and one output tile per step. t never reaches global
   memory and is never recomputed (the earlier kernel split N at M = 16384 and computed t
@@ -357,8 +357,8 @@ PERSISTENT_MIN_M = 4096
 def plan(m: int, k: int, n: int, rank: int, num_sms: int, interpret: bool, cfg=None) -> Plan:
     """The launch plan of one call (``cfg``: a tuned LowRankConfig overriding the tiles).
 
-    Not yet measured on a GPU: the tiles follow the register / shared-memory budget (read
-    from the sm_90 compile: see the module doc of benchmarks/census) and the wave counts.
+    Not yet measured on a GPU: the tiles follow the register and shared-memory use of the
+    sm_90 compile (no spills at ranks <= 128 with these tiles) and the wave counts.
     """
     r = max(16, triton.next_power_of_2(rank))
     if rank > MAX_FUSED_RANK:
@@ -386,7 +386,11 @@ def plan(m: int, k: int, n: int, rank: int, num_sms: int, interpret: bool, cfg=N
         )  # fmt: skip
     m_tiles = max(1, triton.cdiv(m, bm))
     if persistent:
-        return Plan("persistent", bm, bn, bk, r, warps, stages, min(m_tiles, num_sms))
+        # Two resident programs per SM for 64-row tiles (sm_90 compile: at most 244 registers x
+        # 128 threads and 68 KB of shared memory each, so two fit): one's epilogue and t
+        # product overlap the other's u stream and wgmma.
+        per_sm = 2 if bm == 64 and not interpret else 1
+        return Plan("persistent", bm, bn, bk, r, warps, stages, min(m_tiles, per_sm * num_sms))
     n_tiles = triton.cdiv(n, bn)
     chunks = triton.cdiv(k, bk)
     # Enough programs for the larger phase (3072 -> 768 at M = 197: 24 output tiles but 192
@@ -400,7 +404,12 @@ def plan(m: int, k: int, n: int, rank: int, num_sms: int, interpret: bool, cfg=N
 
 class _Scratch:
     """Per (device, stream): the two-phase kernel's fp32 t scratch and counters, zero between
-    launches (the kernel cleans up after itself). Grown, never shrunk."""
+    launches (the kernel cleans up after itself). Grown, never shrunk.
+
+    Per stream because two launches in flight at once must not share it. A CUDA-graph capture
+    on a stream that has not run the kernel before allocates its own inside the graph (one
+    memset node per replay); warming up on the capture stream first avoids that node.
+    """
 
     def __init__(self):
         self._bufs: dict = {}

@@ -101,22 +101,6 @@ def _triton_impl(x2, u, v, rank, n, bias):
     return tk.lowrank_linear(x2, u, v, rank, n, bias)
 
 
-def _cuda_impl(x2, u, v, rank, n, bias):
-    from .._native import native_info
-
-    native = torch.ops.supernet_kernels._lowrank_linear_cuda
-    max_rank = native_info().max_fused_rank
-    if rank <= max_rank:
-        return native(x2, u, v, rank, n, bias)
-    # Ranks past the fused kernel's budget: y = sum over rank chunks of the fused product,
-    # bias added once. Each chunk is our own kernel; only the sum is a torch op.
-    y = native(x2, u, v, max_rank, n, bias)
-    for r0 in range(max_rank, rank, max_rank):
-        r1 = min(rank, r0 + max_rank)
-        y += native(x2, u[:, r0:r1], v[r0:r1], r1 - r0, n, None)
-    return y
-
-
 @torch.library.custom_op(OP, mutates_args=())
 def _lowrank_linear_op(
     x: torch.Tensor,
@@ -132,9 +116,13 @@ def _lowrank_linear_op(
     name = backends.resolve("lowrank_linear", x.device, x.dtype, m, rank=rank)
     if name == "torch":
         return lowrank_linear_reference(x, u, v, rank, n, bias)
+    if name != "triton":
+        raise backends.BackendUnavailable(
+            f"lowrank_linear: no {name} kernel (the CUDA C++ one lost to torch at every measured "
+            "shape and was removed); use backend 'triton'"
+        )
     x2 = x.reshape(m, k)
-    impl = _triton_impl if name == "triton" else _cuda_impl
-    return impl(x2, u, v, rank, n, bias).reshape(*x.shape[:-1], n)
+    return _triton_impl(x2, u, v, rank, n, bias).reshape(*x.shape[:-1], n)
 
 
 @_lowrank_linear_op.register_fake
