@@ -306,3 +306,29 @@ def test_autocast_casts_inputs_to_the_autocast_dtype():
         y = layer(x)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), layer(x), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("m", [1, 197, 1024, 4096, 16384, 50000])
+@pytest.mark.parametrize("k,n", [(768, 3072), (3072, 768)])
+@pytest.mark.parametrize("rank", [32, 64, 128, 256])
+def test_gpu_plans_fill_the_gpu_and_compute_t_once(m, k, n, rank):
+    """The H100 launch plans: large M runs the persistent kernel (no N split, every row tile's
+    t computed by one program), small M the two-phase kernel with at most one program per SM
+    (all resident: the in-kernel wait cannot deadlock) and K slices covering K exactly."""
+    pytest.importorskip("triton")
+    from supernet_kernels.kernels import triton_lowrank as tk
+
+    p = tk.plan(m, k, n, rank, num_sms=132, interpret=False)
+    m_tiles = -(-m // p.block_m)
+    assert p.block_m % 64 == 0 and p.num_warps == 4 * (p.block_m // 64)  # wgmma warpgroups
+    assert p.block_r >= rank and p.block_r & (p.block_r - 1) == 0
+    if m >= tk.PERSISTENT_MIN_M:
+        assert p.kernel == "persistent"
+        assert p.grid == min(m_tiles, (2 if p.block_m == 64 else 1) * 132)
+    else:
+        assert p.kernel == "two_phase"
+        assert 1 <= p.grid <= 132
+        assert p.k_per_split % p.block_k == 0
+        assert (p.k_splits - 1) * p.k_per_split < k <= p.k_splits * p.k_per_split
+        work = max(m_tiles * -(-n // p.block_n), m_tiles * p.k_splits)
+        assert p.grid == min(132, work)  # no program without work in the larger phase

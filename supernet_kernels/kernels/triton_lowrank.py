@@ -393,12 +393,12 @@ def plan(m: int, k: int, n: int, rank: int, num_sms: int, interpret: bool, cfg=N
         return Plan("persistent", bm, bn, bk, r, warps, stages, min(m_tiles, per_sm * num_sms))
     n_tiles = triton.cdiv(n, bn)
     chunks = triton.cdiv(k, bk)
-    # Enough programs for the larger phase (3072 -> 768 at M = 197: 24 output tiles but 192
-    # K chunks of t), at most one per SM (see the module doc: all programs resident).
-    grid = min(num_sms, m_tiles * max(n_tiles, chunks))
-    # Phase 1: about one K slice per program (whole BLOCK_K chunks).
-    per = triton.cdiv(chunks, max(1, min(chunks, grid // m_tiles)))
+    # Phase 1: K slices of whole BLOCK_K chunks, about one (row tile, slice) item per SM;
+    # then enough programs for the larger phase (3072 -> 768 at M = 197: 24 output tiles but
+    # 96 slices of t), at most one per SM (see the module doc: all programs resident).
+    per = triton.cdiv(chunks, max(1, min(chunks, num_sms // m_tiles)))
     k_splits = triton.cdiv(chunks, per)
+    grid = min(num_sms, m_tiles * max(n_tiles, k_splits))
     return Plan("two_phase", bm, bn, bk, r, warps, stages, grid, k_splits, per * bk)
 
 
