@@ -6,8 +6,10 @@ ranks <= 128 of both linears:
 
 * ``dense``: F.linear, F.gelu, F.linear (cuBLAS; what timm's Mlp runs, three kernels);
 * ``torch_lowrank``: the op's pure-PyTorch reference (two GEMMs per linear, plus GELU);
-* ``ours``: ``torch.ops.supernet_kernels.lowrank_mlp`` on the Triton backend (two kernels:
-  fc1 with GELU in its epilogue, then fc2).
+* ``ours``: ``torch.ops.supernet_kernels.lowrank_mlp`` on the Triton backend (one kernel; the
+  hidden activations never leave the chip);
+* ``ours_2launch``: the same op with the one-launch kernel off (fc1 with GELU in its
+  epilogue, then fc2).
 
 Each is timed eagerly (do_bench median) and graph-replayed (many calls captured in one CUDA
 graph, replay time per call), beside the per-kernel roofline of ANCHORS (3.5 us per launch +
@@ -50,7 +52,9 @@ def predicted_us(variant: str, m: int, k: int, h: int, r: int, size: int = 2) ->
         gelu = kernel_us(2 * hid, 0)
         fc2 = kernel_us(hid + k * h * size + k * size + y, 2 * m * k * h)
         return fc1 + gelu + fc2
-    if variant == "ours":
+    if variant == "ours":  # one launch; h never leaves the chip
+        return kernel_us(x + 2 * r * (k + h) * size + (h + k) * size + y, 4 * m * r * (k + h))
+    if variant == "ours_2launch":
         fc1 = kernel_us(x + r * (k + h) * size + h * size + hid, 2 * m * r * (k + h))
         fc2 = kernel_us(hid + r * (k + h) * size + k * size + y, 2 * m * r * (k + h))
         return fc1 + fc2
@@ -104,7 +108,21 @@ def variants(blk: dict, r: int, h: int) -> dict:
         with sk.backend("triton"):
             return torch.ops.supernet_kernels.lowrank_mlp(*args)
 
-    return {"dense": dense, "torch_lowrank": torch_lowrank, "ours": ours}
+    def ours_2launch():  # the same op with the one-launch kernel switched off
+        from supernet_kernels.kernels import triton_lowrank_mlp as tkm
+
+        saved, tkm.MAX_FUSED_M = tkm.MAX_FUSED_M, 0
+        try:
+            return ours()
+        finally:
+            tkm.MAX_FUSED_M = saved
+
+    return {
+        "dense": dense,
+        "torch_lowrank": torch_lowrank,
+        "ours": ours,
+        "ours_2launch": ours_2launch,
+    }
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -164,7 +182,7 @@ def run(args) -> list[dict]:
             ref = variants({n: t.float() for n, t in blk.items()}, r, h)["torch_lowrank"]()
             base = {"M": m, "K": k, "H": h, "rank": r, "dtype": args.dtype}
             for name, fn in fns.items():
-                if smoke and name == "ours" and not _triton_runs_on_cpu():
+                if smoke and name.startswith("ours") and not _triton_runs_on_cpu():
                     continue
                 err = rel_err(fn(), ref)
                 ok = err <= TOLERANCE[args.dtype]

@@ -203,3 +203,41 @@ def test_cuda_backend_is_refused_with_a_reason():
     if sk.backends.unavailable_reason("cuda", torch.device("cpu")) is not None:
         with sk.backend("cuda"), pytest.raises(sk.backends.BackendUnavailable):
             torch.ops.supernet_kernels.lowrank_mlp(*args)
+
+
+@pytest.mark.parametrize("one_launch", [True, False], ids=["one-launch", "two-launches"])
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "relu"])
+def test_triton_one_launch_and_two_launch_paths(monkeypatch, one_launch, act):
+    """Both low-rank: the one-launch kernel (three phases) where it fits, else fc1 + activation
+    then fc2; both match float64, and the one-launch kernel leaves its scratch zero."""
+    if sk.backends.unavailable_reason("triton", torch.device("cpu")):
+        pytest.skip("Triton needs TRITON_INTERPRET=1 on the CPU")
+    from supernet_kernels.kernels import triton_lowrank_mlp as tkm
+
+    if not one_launch:
+        monkeypatch.setattr(tkm, "MAX_FUSED_M", 0)
+    gen = torch.Generator().manual_seed(stable_seed(act, one_launch))
+    args = list(_block(((45,), 40, 70, 30, 9, 12, 7, 12, 61, 29), "lowrank-lowrank",
+                       torch.float32, "cpu", gen))  # fmt: skip
+    args[-1] = act
+    _check("triton", tuple(args), f"{act} one_launch={one_launch}")
+    assert tkm.fits(45, 7, 12) == one_launch
+    for buf in tkm.SCRATCH._bufs.values():
+        assert all(bool((t == 0).all()) for t in buf)
+
+
+def test_one_launch_plan_fills_the_gpu():
+    """H100 parameters: at one image and at batch 8 every phase's items cover the grid's
+    programs, at most one per SM (all resident, so the in-kernel waits cannot deadlock)."""
+    pytest.importorskip("triton")
+    from supernet_kernels.kernels import triton_lowrank_mlp as tkm
+
+    for m in (197, 1576):
+        for r in (32, 64, 128):
+            bm, bh, bn, bk, br1, br2, warps, _, grid, ks, kper = tkm.plan(
+                m, 768, 3072, 768, r, r, 132, False
+            )
+            m_tiles = -(-m // bm)
+            assert bm == 64 and warps == 4 and br1 >= r and br2 >= r
+            assert (ks - 1) * kper < 768 <= ks * kper
+            assert grid == min(132, m_tiles * max(ks, -(-3072 // bh), -(-768 // bn)))

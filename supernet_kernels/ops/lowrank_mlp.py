@@ -9,11 +9,13 @@ v2 / w2). ``out_features`` narrows fc2's output (default: all rows of u2 / w2). 
 "gelu" (exact, erf: torch's and timm's default), "gelu_tanh" (timm's GELUTanh,
 nn.GELU(approximate="tanh")) or "relu".
 
-The Triton implementation is two launches back to back, with no host round trip between
-them: fc1 with the activation in its epilogue (the pre-activation never reaches memory), then
-fc2. At one ViT-B image (M = 197, 768 -> 3072 -> 768) the block is launch-bound: dense, torch
-runs three kernels (fc1, GELU, fc2, ~3.5 us each graph-replayed, ANCHORS) on 9.4 MB of
-weights; at ranks <= 128 ours runs two on < 4 MB.
+The Triton implementation runs a block with both linears low-rank (ranks <= 128, M <= 4096)
+as one launch that never writes the hidden activations (kernels/triton_lowrank_mlp.py);
+otherwise as two launches back to back, with no host round trip between them: fc1 with the
+activation in its epilogue (the pre-activation never reaches memory), then fc2. At one
+ViT-B image (M = 197, 768 -> 3072 -> 768) the block is launch-bound: dense, torch runs three
+kernels (fc1, GELU, fc2, ~3.5 us each graph-replayed, ANCHORS) on 9.4 MB of weights; at
+ranks <= 128 ours runs one on < 2 MB.
 """
 
 from __future__ import annotations
@@ -148,7 +150,10 @@ def lowrank_mlp_reference(
 
 def _triton_impl(x2, u1, v1, w1, rank1, b1, u2, v2, w2, rank2, b2, hidden, n, act):
     from ..kernels import triton_lowrank as tk
+    from ..kernels import triton_lowrank_mlp as tkm
 
+    if w1 is None and w2 is None and tkm.fits(x2.shape[0], rank1, rank2):
+        return tkm.lowrank_mlp(x2, u1, v1, rank1, b1, u2, v2, rank2, b2, hidden, n, act)
     if w1 is None:
         h = tk.lowrank_linear(x2, u1, v1, rank1, hidden, b1, act=act)
     else:
