@@ -94,6 +94,10 @@ def main(argv=None) -> int:
     p.add_argument("--quant", type=Path)
     p.add_argument("--attention", type=Path)
     p.add_argument("--config-dir", type=Path, default=None, help="default: the package's")
+    p.add_argument(
+        "--note", default=None,
+        help="a sentence kept in each op's meta (e.g. which kernels changed since the records)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     from supernet_kernels.dispatch import write_dispatch_table
 
@@ -118,6 +122,7 @@ def main(argv=None) -> int:
             "quantizer, one elementwise pass, not included)",
             "torch": recs[0].get("torch") if recs else None,
             "triton": recs[0].get("triton") if recs else None,
+            **({"note": args.note} if args.note else {}),
         }  # fmt: skip
         paths = write_dispatch_table(
             args.gpu, op, entries, meta, args.config_dir, capability=args.capability

@@ -135,6 +135,9 @@ def derive_dispatch(records: list[dict], capability: str | None = None) -> list[
     config = lambda r: (r["K"], r["N"])  # noqa: E731
     ok = lambda r: r.get("status") == "ok"  # noqa: E731
     pick = RC.auto_pick("lowrank_linear", capability)
+    from supernet_kernels import registry
+
+    registered = set(registry.implementations("lowrank_linear")) | {"torch_two_gemm", "torch_dense"}
     entries: list[dict] = []
     for dtype in sorted({r["dtype"] for r in rows}):
         rows_d = [r for r in rows if r["dtype"] == dtype]
@@ -148,7 +151,11 @@ def derive_dispatch(records: list[dict], capability: str | None = None) -> list[
                     r for r in dense_rows
                     if r["dtype"] == dtype and r["M"] == m and config(r) in shapes
                 ]  # fmt: skip
-                times = RC.cell_times(cell, lambda r: r["backend"], ok, config)
+                # records of an implementation no longer registered (the CUDA C++ kernel,
+                # removed after it lost at every shape) are left out
+                times = RC.cell_times(
+                    cell, lambda r: r["backend"] if r["backend"] in registered else None, ok, config
+                )
                 if "torch" in times and "torch_two_gemm" not in times:
                     # older records: the reference's rows time the two GEMMs on slices
                     times["torch_two_gemm"] = dict(times["torch"])

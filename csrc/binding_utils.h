@@ -4,7 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "lowrank/lowrank_cuda.h"  // ScalarKind
+#include "scalar_kind.h"
 
 namespace supernet_kernels {
 

@@ -19,7 +19,6 @@ class NativeInfo:
     error: str | None = None
     has_cuda: bool = False
     cuda_archs: list[int] = field(default_factory=list)
-    max_fused_rank: int = 0
 
 
 _HOW_TO_BUILD = (
@@ -39,7 +38,6 @@ def native_info() -> NativeInfo:
         loaded=True,
         has_cuda=bool(ops._native_has_cuda()),
         cuda_archs=[int(a) for a in ops._native_cuda_arch_list()],
-        max_fused_rank=int(ops._native_max_fused_rank()),
     )
 
 

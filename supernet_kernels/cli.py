@@ -137,8 +137,6 @@ def info_text() -> str:
         lines.append("  loaded: yes")
         lines.append(f"  CUDA kernels compiled: {'yes' if nat.has_cuda else 'no (C++ only build)'}")
         lines.append(f"  CUDA architectures: {archs}")
-        if nat.has_cuda:
-            lines.append(f"  fused low-rank kernel max rank: {nat.max_fused_rank}")
     else:
         lines.append(f"  loaded: no ({nat.error})")
         lines.append("  the torch and Triton paths work without it")

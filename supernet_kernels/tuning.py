@@ -125,6 +125,11 @@ def candidates(m: int, rank: int) -> list[LowRankConfig]:
     return out
 
 
+def autotune_enabled() -> bool:
+    """``SUPERNET_KERNELS_AUTOTUNE=1``: tune each new shape bucket once, then cache it."""
+    return os.environ.get("SUPERNET_KERNELS_AUTOTUNE", "0") == "1"
+
+
 def cache_dir() -> Path:
     base = os.environ.get("SUPERNET_KERNELS_CACHE_DIR")
     return Path(base) if base else Path.home() / ".cache" / "supernet_kernels"

@@ -161,7 +161,26 @@ def _bucket(entries, dtype, m, rank):
     return next((e for e in entries if dispatch._matches(e, dtype, m, {"rank": rank})), None)
 
 
+def _register_fake_cuda(monkeypatch):
+    """The fake records time a "cuda" low-rank kernel: register one for the test's length."""
+    import dataclasses
+
+    from supernet_kernels import registry
+
+    impls = registry.implementations("lowrank_linear")
+    fake = dataclasses.replace(impls["triton"], name="cuda")
+    monkeypatch.setitem(registry._IMPLS, "lowrank_linear", {**impls, "cuda": fake})
+
+
+def test_derive_dispatch_leaves_out_implementations_no_longer_registered():
+    # No low-rank "cuda" implementation is registered: its records do not reach the table.
+    entries = B.derive_dispatch(_fake_records(), "9.0")
+    assert entries and all("cuda" not in e["times_us"] for e in entries)
+    assert all("cuda" not in e["ranked"] for e in entries)
+
+
 def test_derive_dispatch_ranks_every_implementation(monkeypatch):
+    _register_fake_cuda(monkeypatch)
     entries = B.derive_dispatch(_fake_records(), "9.0")
     keys = {"dtype", "m_max", "rank_max", "rank_by", "ranked", "times_us", "dense_us", "pick"}
     assert all(set(e) == keys | {"shapes"} for e in entries)

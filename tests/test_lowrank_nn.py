@@ -102,7 +102,7 @@ def test_state_dict_round_trip():
     torch.testing.assert_close(a(x), b(x))
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_layer_on_every_backend(device, be, dtype):
     lin = _linear(20, 18).to(device)

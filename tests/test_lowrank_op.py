@@ -40,7 +40,7 @@ def _check(device, be, x, u, v, rank, n, bias, what):
     assert_matches(out, ref64, torch_out, what)
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
@@ -51,7 +51,7 @@ def test_matches_float64(device, be, dtype, shape, with_bias):
     _check(device, be, x, u, v, rank, n, b if with_bias else None, f"{be} {dtype} {shape}")
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_strided_slices_in_place(device, be, dtype):
     """u a column slice, v a column slice of a wider stored matrix (elastic input width),
@@ -65,7 +65,7 @@ def test_strided_slices_in_place(device, be, dtype):
     _check(device, be, x, u, v, 19, 37, b, f"{be} strided")
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 def test_large_rank_two_gemm_path(device, be):
     """Ranks past the fused kernel's budget take the two-GEMM (Triton) / chunked (CUDA) path."""
     gen = torch.Generator().manual_seed(11)
@@ -73,7 +73,7 @@ def test_large_rank_two_gemm_path(device, be):
     _check(device, be, x, u, v, 290, 15, b, f"{be} rank 290")
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 def test_empty_leading_dimension(device, be):
     gen = torch.Generator().manual_seed(3)
     x, u, v, b = _factors((0,), 16, 8, 4, torch.float32, device, gen)
@@ -82,26 +82,55 @@ def test_empty_leading_dimension(device, be):
     assert out.shape == (0, 8)
 
 
-@pytest.mark.parametrize("n_splits", [1, 2, 3, 7])
-def test_triton_output_splits_cover_every_column(n_splits):
-    """Each split of the output columns recomputes its own t; uneven splits must cover all of N
-    exactly once (outputs are checked against the reference, so a gap or overlap would show)."""
+def _interpreter_or_skip():
     pytest.importorskip("triton")
     if sk.backends.unavailable_reason("triton", torch.device("cpu")):
         pytest.skip("Triton needs TRITON_INTERPRET=1 on the CPU")
     from supernet_kernels.kernels import triton_lowrank as tk
-    from supernet_kernels.tuning import LowRankConfig
 
-    gen = torch.Generator().manual_seed(n_splits)
-    x, u, v, b = _factors((21,), 24, 150, 12, torch.float32, "cpu", gen)
-    cfg = LowRankConfig(block_m=16, block_n=32, block_k=16, num_warps=1, num_stages=1)
-    y = torch.full((21, 150), float("nan"))
-    y[:] = tk.launch_fused(x, u, v, 12, 150, b, cfg, n_splits)
-    ref = lowrank_linear_reference(x.double(), u.double(), v.double(), 12, 150, b.double())
+    return tk
+
+
+# (M, K, N, rank, SMs the plan is made for): the two-phase kernel with one and several K
+# slices of t and more output tiles than programs; the persistent kernel with more row tiles
+# than programs (each program walks several) and a ragged last tile.
+PLANS = [
+    (21, 24, 150, 12, 4),
+    (21, 100, 150, 12, 64),
+    (37, 130, 70, 20, 5),
+    (70, 40, 97, 17, 2),
+    (67, 33, 50, 29, 3),
+]
+
+
+@pytest.mark.parametrize("case", PLANS, ids=str)
+@pytest.mark.parametrize("act", ["none", "gelu", "gelu_tanh", "relu"])
+def test_triton_plans_cover_every_tile(case, act):
+    """Every tile of both fused kernels is written once (outputs start as NaN-free garbage and
+    are compared with the reference), the t reduction sums every K slice exactly once, and the
+    two-phase kernel leaves its scratch and counters zero for the next launch."""
+    tk = _interpreter_or_skip()
+    m, k, n, rank, sms = case
+    gen = torch.Generator().manual_seed(m * k + n)
+    x, u, v, b = _factors((m,), k, n + 3, rank + 2, torch.float32, "cpu", gen)
+    p = tk.plan(m, k, n, rank, sms, interpret=True)
+    assert p.kernel == ("persistent" if -(-m // p.block_m) >= sms else "two_phase")
+    if p.kernel == "two_phase":
+        assert p.k_splits * p.k_per_split >= k > (p.k_splits - 1) * p.k_per_split
+    y = tk.launch(x, u, v, rank, n, b, p, act)
+    ref = lowrank_linear_reference(x.double(), u.double(), v.double(), rank, n, b.double())
+    ref = {
+        "none": ref,
+        "gelu": torch.nn.functional.gelu(ref),
+        "gelu_tanh": torch.nn.functional.gelu(ref, approximate="tanh"),
+        "relu": torch.relu(ref),
+    }[act]
     assert rel_err(y, ref) < 1e-6
+    for buf in tk.SCRATCH._bufs.values():
+        assert all(bool((t == 0).all()) for t in buf)
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_opcheck(device, be, dtype):
     gen = torch.Generator().manual_seed(5)
@@ -127,7 +156,7 @@ def test_gradcheck_float64():
         )
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("lowrank_linear"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gradients_match_and_vanish_outside_active_slices(device, be, dtype):
     gen = torch.Generator().manual_seed(2)
@@ -232,7 +261,9 @@ def test_device_mismatch_meta():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("device,be", [p for p in backend_params() if p.values[0] == "cuda"])
+@pytest.mark.parametrize(
+    "device,be", [p for p in backend_params("lowrank_linear") if p.values[0] == "cuda"]
+)
 def test_cuda_graph_capture_and_replay(device, be):
     """No host synchronisation and no CPU tensors in the forward: it captures into a CUDA graph
     (at ViT-B batch 1 the model is launch-bound, so end-to-end speed depends on this)."""
@@ -253,7 +284,9 @@ def test_cuda_graph_capture_and_replay(device, be):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("device,be", [p for p in backend_params() if p.values[0] == "cuda"])
+@pytest.mark.parametrize(
+    "device,be", [p for p in backend_params("lowrank_linear") if p.values[0] == "cuda"]
+)
 def test_torch_compile_reduce_overhead(device, be):
     layer = sk.nn.LowRankLinear(96, 80, 24).to(device=device, dtype=torch.float16)
     x = torch.randn(3, 96, device=device, dtype=torch.float16)
@@ -273,3 +306,29 @@ def test_autocast_casts_inputs_to_the_autocast_dtype():
         y = layer(x)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), layer(x), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("m", [1, 197, 1024, 4096, 16384, 50000])
+@pytest.mark.parametrize("k,n", [(768, 3072), (3072, 768)])
+@pytest.mark.parametrize("rank", [32, 64, 128, 256])
+def test_gpu_plans_fill_the_gpu_and_compute_t_once(m, k, n, rank):
+    """The H100 launch plans: large M runs the persistent kernel (no N split, every row tile's
+    t computed by one program), small M the two-phase kernel with at most one program per SM
+    (all resident: the in-kernel wait cannot deadlock) and K slices covering K exactly."""
+    pytest.importorskip("triton")
+    from supernet_kernels.kernels import triton_lowrank as tk
+
+    p = tk.plan(m, k, n, rank, num_sms=132, interpret=False)
+    m_tiles = -(-m // p.block_m)
+    assert p.block_m % 64 == 0 and p.num_warps == 4 * (p.block_m // 64)  # wgmma warpgroups
+    assert p.block_r >= rank and p.block_r & (p.block_r - 1) == 0
+    if m >= tk.PERSISTENT_MIN_M:
+        assert p.kernel == "persistent"
+        assert p.grid == min(m_tiles, (2 if p.block_m == 64 else 1) * 132)
+    else:
+        assert p.kernel == "two_phase"
+        assert 1 <= p.grid <= 132
+        assert p.k_per_split % p.block_k == 0
+        assert (p.k_splits - 1) * p.k_per_split < k <= p.k_splits * p.k_per_split
+        work = max(m_tiles * -(-n // p.block_n), m_tiles * p.k_splits)
+        assert p.grid == min(132, work)  # no program without work in the larger phase

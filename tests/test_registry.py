@@ -62,7 +62,9 @@ def test_everything_derives_from_the_registry():
         "int8_linear": dict(m=2, k=8, n=4),
         "fp8_linear": dict(m=2, k=8, n=4),
         "attention": dict(m=4, bh=2, t_k=4, d=8, rel=0, bias=0),
+        "lowrank_mlp": dict(m=2, rank=2),
     }
+    assert set(ops) == set(calls), "a new op needs its dispatch keys here"
     for op in ops:
         impls = registry.implementations(op)
         assert sum(i.reference for i in impls.values()) == 1, op

@@ -11,7 +11,7 @@
 
 #include <cstdint>
 
-#include "../lowrank/lowrank_cuda.h"  // ScalarKind
+#include "../scalar_kind.h"
 #include "quant_plan.h"
 
 namespace supernet_kernels {

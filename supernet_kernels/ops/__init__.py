@@ -9,6 +9,7 @@ from . import fast_paths  # noqa: E402,F401 - registers torch's fast paths
 from .attention import attention, attention_reference
 from .autocast import register_autocast_rules
 from .lowrank import lowrank_linear, lowrank_linear_reference
+from .lowrank_mlp import lowrank_mlp, lowrank_mlp_reference
 from .quant import (
     fp8_linear,
     fp8_linear_reference,
@@ -29,6 +30,8 @@ __all__ = [
     "int8_linear_reference",
     "lowrank_linear",
     "lowrank_linear_reference",
+    "lowrank_mlp",
+    "lowrank_mlp_reference",
     "quant_linear",
     "quant_linear_reference",
 ]

@@ -96,63 +96,9 @@ def lowrank_linear_reference(x, u, v, rank, out_features=None, bias=None):
 
 
 def _triton_impl(x2, u, v, rank, n, bias):
-    from .. import tuning
     from ..kernels import triton_lowrank as tk
 
-    interpret = x2.device.type == "cpu"
-    if rank > tk.MAX_FUSED_RANK:
-        return tk.launch_two_gemm(x2, u, v, rank, n, bias, interpret=interpret)
-    m, k = x2.shape
-    if interpret:
-        gpu, num_sms = "cpu-interpreter", 4
-    else:
-        props = torch.cuda.get_device_properties(x2.device)
-        gpu, num_sms = props.name, props.multi_processor_count
-    dtype = str(x2.dtype).removeprefix("torch.")
-    tkey = tuning.key(dtype, m, k, n, rank)
-    cfg = tuning.LOWRANK.get(gpu, tkey)
-    if cfg is None and not interpret and _autotune_enabled():
-        cfg = _autotune(x2, u, v, rank, n, bias, gpu, tkey, num_sms)
-    if cfg is None:
-        cfg = tuning.default_config(m, rank, interpret)
-    splits = tuning.split_count(m, n, cfg, num_sms)
-    return tk.launch_fused(x2, u, v, rank, n, bias, cfg, splits)
-
-
-def _autotune_enabled() -> bool:
-    import os
-
-    return os.environ.get("SUPERNET_KERNELS_AUTOTUNE", "0") == "1"
-
-
-def _autotune(x2, u, v, rank, n, bias, gpu, tkey, num_sms):
-    from .. import tuning
-    from ..kernels import triton_lowrank as tk
-
-    def run(cfg):
-        tk.launch_fused(
-            x2, u, v, rank, n, bias, cfg, tuning.split_count(x2.shape[0], n, cfg, num_sms)
-        )
-
-    best, _ = tuning.autotune(run, tuning.candidates(x2.shape[0], rank))
-    tuning.LOWRANK.put(gpu, tkey, best)
-    return best
-
-
-def _cuda_impl(x2, u, v, rank, n, bias):
-    from .._native import native_info
-
-    native = torch.ops.supernet_kernels._lowrank_linear_cuda
-    max_rank = native_info().max_fused_rank
-    if rank <= max_rank:
-        return native(x2, u, v, rank, n, bias)
-    # Ranks past the fused kernel's budget: y = sum over rank chunks of the fused product,
-    # bias added once. Each chunk is our own kernel; only the sum is a torch op.
-    y = native(x2, u, v, max_rank, n, bias)
-    for r0 in range(max_rank, rank, max_rank):
-        r1 = min(rank, r0 + max_rank)
-        y += native(x2, u[:, r0:r1], v[r0:r1], r1 - r0, n, None)
-    return y
+    return tk.lowrank_linear(x2, u, v, rank, n, bias)
 
 
 # ------------------------------------------------------------------ registered implementations
@@ -178,9 +124,6 @@ def _flat_call(impl_fn):
 
 registry.register("lowrank_linear", "triton", kernel=True, doc="our Triton kernels")(
     _flat_call(_triton_impl)
-)
-registry.register("lowrank_linear", "cuda", kernel=True, doc="our CUDA C++ kernels")(
-    _flat_call(_cuda_impl)
 )
 
 

@@ -117,6 +117,7 @@ from ..nn.importance import (
     magnitude_importance,
     reorder_mlp,
 )
+from ..nn.mlp import fuse_mlps
 from . import families as fam
 from .attention import ATTENTION_CHOICES, prioritize_heads, swap_attention
 
@@ -959,6 +960,9 @@ def convert(
         parent, attr = _parent(work, n)
         setattr(parent, attr, el)
     _warn_if_nearly_empty(model, lay, checked)
+    # The fused low-rank MLP block (nn/mlp.py): runs where the active config makes both linears
+    # of an MLP low-rank; the module's own forward otherwise.
+    fuse_mlps(work, lay.mlps)
     wrapped = [b for b, c in checked["depth"].items() if False in c]
     for b in wrapped:
         parent, attr = _parent(work, b)
