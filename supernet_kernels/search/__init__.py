@@ -102,8 +102,19 @@ def search(
     device=None,
     extract: bool = False,
     sampler_kwargs: dict | None = None,
+    space: dict | None = None,
+    mutations: int | None = None,
+    crossovers: int | None = None,
+    init: str = "uniform",
+    init_bins: int = 9,
+    out_of_window: str = "repair",
 ) -> SearchResult:
-    """Search ``supernet`` for the best subnets under ``budget`` (see the module doc)."""
+    """Search ``supernet`` for the best subnets under ``budget`` (see the module doc).
+
+    ``space``: a restricted space to search (a subset of ``supernet.space``'s choices, with
+    optional joint genes, see :class:`.SearchSpace`), e.g. FLORA's filtered space; None
+    searches the supernet's. ``mutations``, ``crossovers``, ``init``, ``init_bins``,
+    ``out_of_window``: FLORA's evolution (see :func:`.evolution.evolution_search`)."""
     from ..supernet import Supernet
 
     if not isinstance(supernet, Supernet):
@@ -131,8 +142,18 @@ def search(
         raise ValueError('search: the cost "latency_pred" needs latency_table=')
     names = tuple(c for c in COSTS if c in wanted)
     resolve(constraints, cost_model)
-    min_costs = cost_model.costs(supernet.min_config(), names)
+    sspace = SearchSpace(supernet, space)
+    min_costs = cost_model.costs(sspace.min_config(), names)
+    has_lower = any(c.op == ">=" for c in constraints)
+    max_costs = cost_model.costs(sspace.max_config(), names) if has_lower else {}
     for c in constraints:
+        if c.op == ">=":
+            if max_costs[c.cost] < c.limit:
+                raise ValueError(
+                    f"search: no subnet meets the lower bound {c.text!r} ({c.cost} >= "
+                    f"{c.limit:.6g}): the largest subnet has {c.cost} = {max_costs[c.cost]:.6g}"
+                )
+            continue
         if min_costs[c.cost] > c.limit:
             ref = ""
             if c.ref is not None:
@@ -145,12 +166,11 @@ def search(
     problem = Problem(
         supernet, evaluate, cost_model, objective, constraints, names, cache=cache, extract=extract
     )
-    space = SearchSpace(supernet)
-    info: dict = {"seed": seed, "genes": len(space), "min_config_costs": min_costs}
+    info: dict = {"seed": seed, "genes": len(sspace), "min_config_costs": min_costs}
     if algorithm == "evolution":
         history = evolution_search(
             problem,
-            space,
+            sspace,
             population=population,
             generations=generations,
             parents=parents,
@@ -159,11 +179,16 @@ def search(
             n_trials=n_trials,
             seed=seed,
             progress=progress,
+            mutations=mutations,
+            crossovers=crossovers,
+            init=init,
+            init_bins=init_bins,
+            out_of_window=out_of_window,
         )
     else:
         history, extra = optuna_search(
             problem,
-            space,
+            sspace,
             algorithm=algorithm,
             n_trials=64 if n_trials is None else n_trials,
             population=population,
