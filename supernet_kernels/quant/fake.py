@@ -333,6 +333,20 @@ def _is_fake(x: torch.Tensor) -> bool:
     return isinstance(x, FakeTensor) or x.device.type == "meta"
 
 
+def _mse_step(x: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
+    """The step among absmax / qp * {0.3, 0.4, ..., 1.0} with the least squared error on x.
+    LSQ's own start, 2 mean|x| / sqrt(Qp), is tuned for 2-4 bits: at 8 bits it clips the
+    tails (28 dB SQNR on a Gaussian against 40 dB for this search)."""
+    top = x.abs().amax().clamp_min(1e-6) / qp
+    best, err = top, None
+    for c in torch.linspace(0.3, 1.0, 8).tolist():
+        s = top * c
+        e = ((x / s).round().clamp(qn, qp) * s - x).square().sum()
+        if err is None or e < err:
+            best, err = s, e
+    return best
+
+
 class LSQActQuantizer(nn.Module):
     """Per-tensor LSQ fake quantization of an activation, with one learned step size per
     bit-width (a supernet switches ``bits`` per subnet; a step learned at 4 bits is useless at
@@ -344,8 +358,8 @@ class LSQActQuantizer(nn.Module):
             [0, 2**b - 1] otherwise (softmax probabilities).
 
     ``bits`` selects the width (the largest choice at first). Step sizes start, on the first
-    batch seen at a width, at LSQ's 2 * mean|x| / sqrt(Qp) (unsigned: max(x) / Qp, the full
-    [0, 1] range of probabilities), then learn with the gradient scale 1 / sqrt(numel * Qp).
+    batch seen at a width, at the least-squares clip of the batch (:func:`_mse_step`), then
+    learn with the gradient scale 1 / sqrt(numel * Qp).
     The rounding is straight through; values outside the grid are clipped (no gradient to x,
     a gradient to the step, as in LSQ).
     """
@@ -383,9 +397,7 @@ class LSQActQuantizer(nn.Module):
         i = self._index[b]
         if not _is_fake(x) and not bool(self.initialized[i]):
             with torch.no_grad():
-                xf = x.detach().float()
-                init = xf.abs().mean() * 2 / math.sqrt(qp) if self.signed else xf.amax() / qp
-                step.copy_(init.clamp_min(1e-6))
+                step.copy_(_mse_step(x.detach().float(), qn, qp))
                 self.initialized[i] = 1.0
         s = grad_scale(step, 1.0 / math.sqrt(max(x.numel(), 1) * qp)).clamp_min(_SCALE_MIN)
         xf = x.to(torch.float32)

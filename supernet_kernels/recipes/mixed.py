@@ -179,7 +179,10 @@ def add_grouped_lora(supernet: MixedPrecisionSupernet, groups, layers=None) -> l
             which[b] = hit[0]
         bank = [el.lora_a, el.lora_b]
         for _ in groups[1:]:
-            bank += [nn.Parameter(el.lora_a.detach().clone()), nn.Parameter(el.lora_b.detach().clone())]
+            bank += [
+                nn.Parameter(el.lora_a.detach().clone()),
+                nn.Parameter(el.lora_b.detach().clone()),
+            ]
         el.lora_bank = nn.ParameterList(bank)
         supernet._lora_groups[n] = which
         done.append(n)

@@ -23,9 +23,9 @@ and ``"ours"``).
   unquantized teacher.
 * **Cost**: BitOPs = MACs x w_bits x a_bits per linear plus the attention matmuls at their
   operand bits (:func:`supernet_kernels.cost.profile`). On SAM ViT-B at 1024 x 1024 the paper
-  preset's smallest subnet is 3.0% of the dense fp16 BitOPs (5.0% with every block at full width; tests/test_mplora.py), so 5%
-  budgets are searchable; with 16-bit attention matmuls (the "ours" preset) the floor was
-  34.6%.
+  preset's smallest subnet is 3.0% of the dense fp16 BitOPs (5.0% with every block at full
+  width; tests/test_mplora.py), so 5% budgets are searchable; with the attention matmuls at
+  16 bits (the "ours" preset) the floor is 34.6%.
 * **Memory** (:func:`memory_report`): peak training memory of this recipe vs full fine-tuning
   of the same supernet.
 """
@@ -43,7 +43,8 @@ from ..supernet import Supernet, convert
 from ..supernet import families as fam
 from .flora import fixed_space, make_trainer, model_output
 from .mixed import MixedPrecisionSupernet, add_grouped_lora, add_weight_lsq
-from .presets import MPLoRAPreset, preset as get_preset
+from .presets import MPLoRAPreset
+from .presets import preset as get_preset
 
 DEFAULT_STAGES = ((8,), (8, 4), (8, 4, 3, 2))
 DEFAULT_ROLES = ("qkv", "proj", "fc1", "fc2", "generic")

@@ -183,15 +183,16 @@ class SearchSpace:
         """Uniform crossover: each gene from ``a`` or ``b`` with probability 1/2."""
         return {k: (a[k] if rng.random() < 0.5 else b[k]) for k in self.genes}
 
-    def shrink(self, genes: dict, rng: random.Random) -> dict[str, Any] | None:
-        """A copy with one randomly chosen gene moved one choice down (cheaper); None at the
-        minimum. ``genes`` should be those of a decoded config (``encode(decode(g))``)."""
+    def shrink(self, genes: dict, rng: random.Random, count: int = 1) -> dict[str, Any] | None:
+        """A copy with ``count`` randomly chosen genes (at most all that can) each moved one
+        choice down (cheaper); None at the minimum. ``genes`` should be those of a decoded
+        config (``encode(decode(g))``)."""
         lowerable = [k for k, c in self.genes.items() if c.index(genes[k]) > 0]
         if not lowerable:
             return None
-        k = rng.choice(lowerable)
         out = dict(genes)
-        out[k] = self.genes[k][self.genes[k].index(genes[k]) - 1]
+        for k in rng.sample(lowerable, min(max(1, count), len(lowerable))):
+            out[k] = self.genes[k][self.genes[k].index(genes[k]) - 1]
         return out
 
 
