@@ -230,11 +230,20 @@ def cost_bins(space: SearchSpace, problem: Problem, bins: int) -> dict[str, list
     cost with that gene alone at the choice and every other gene at its largest), cheapest
     bin first; empty bins dropped."""
     out: dict[str, list[list]] = {}
+    lins = space.supernet.elastic_linears()
     for k, choices in space.genes.items():
         costs = []
-        for c in choices:
-            cfg = space.decode({k: c})
-            costs.append(problem.costs(cfg)[problem.objective])
+        if k.startswith("joint:"):
+            # A joint gene has many choices (FLORA keeps ~100 of 343 per block): their
+            # per-token MACs min(in * out, r * (in + out)) summed, instead of a profile each.
+            spec = space.joint[k[len("joint:") :]]
+            for c in choices:
+                ranks = zip(spec["layers"], spec["choices"][c], strict=True)
+                costs.append(sum(_lowrank_macs(lins[n], r) for n, r in ranks))
+        else:
+            for c in choices:
+                cfg = space.decode({k: c})
+                costs.append(problem.costs(cfg)[problem.objective])
         lo, hi = min(costs), max(costs)
         width = (hi - lo) / bins if hi > lo else 1.0
         groups: list[list] = [[] for _ in range(bins)]
@@ -242,6 +251,11 @@ def cost_bins(space: SearchSpace, problem: Problem, bins: int) -> dict[str, list
             groups[min(bins - 1, int((v - lo) / width))].append(c)
         out[k] = [g for g in groups if g]
     return out
+
+
+def _lowrank_macs(lin, r: int) -> int:
+    n, k = lin.in_features, lin.out_features
+    return min(n * k, r * (n + k))
 
 
 def stratified_sample(space: SearchSpace, bins: dict[str, list[list]], rng: random.Random) -> dict:
