@@ -236,8 +236,9 @@ def train_supersam(
         drop_prob = p.drop_prob if drop_prob == 0.5 else drop_prob
         distill = p.distill if distill == "largest" else distill
         train_kwargs.setdefault("step_per_subnet", p.step_per_subnet)
-        if drop_blocks is None and is_sam:
-            drop_blocks = p.drop_blocks
+        if drop_blocks is None and tuple(p.drop_blocks) != SAM_VIT_B_DROP:
+            drop_blocks = p.drop_blocks  # (the published set itself: default_drop_blocks
+            # keeps the indices a smaller model has)
     if task is None:
         if is_sam and p is not None:
             task = SegmentationTask(

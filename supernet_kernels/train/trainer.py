@@ -722,7 +722,9 @@ class Trainer:
             "step": s,
             "epoch": s // self.batches.steps_per_epoch,
             "lr": lr,
-            "loss": [t + c.distill_weight * k for t, k in zip(task_l, kd_l, strict=True)],
+            "loss": [
+                c.label_weight * t + c.distill_weight * k for t, k in zip(task_l, kd_l, strict=True)
+            ],
             "task_loss": task_l,
             "distill_loss": kd_l,
             "configs": hashes,
