@@ -114,8 +114,12 @@ def main(argv=None) -> None:
     best = res.best
     path = save_subnet(sn, best["config"], out / "subnet.safetensors")
     dense = cm.reference("dense", "bitops")
-    results = {"bitops_floor": floor, "budget": args.budget,
-               "searched_bitops": best["bitops"] / dense, "search_miou": best["metric"]}  # fmt: skip
+    results = {
+        "bitops_floor": floor,
+        "budget": args.budget,
+        "searched_bitops": best["bitops"] / dense,
+        "search_miou": best["metric"],
+    }
     if val is not None:
         sub = sn.extract(best["config"]).eval()
         results["searched_miou"] = task.metric(sub, val, batch_size=args.batch_size)
