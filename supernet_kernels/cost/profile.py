@@ -24,6 +24,11 @@ module running at that moment. Our custom ops are counted by the formulas of
   einsums, ...) is an activation x activation product: one row ``other (activation x
   activation)`` at base_bits x base_bits, with per-op totals in :attr:`Profile.other_ops`.
   ``base_bits`` is 16 by default (fp16 / bf16 inference); pass 32 for fp32.
+* Fake-quantized activations (mixed-precision supernets, :mod:`supernet_kernels.recipes.mixed`):
+  a weight layer with an ``input_quant`` child whose ``bits`` is below its a_bits counts at
+  those bits; an attention module with an ``attn_quant`` child below 16 bits gets its own row
+  ``"<name> (activation x activation)"``: every MAC counted inside it but outside its weight
+  layers (q k^T, P v and SAM's relative-position products) at bits x bits.
 * Params: a layer's parameters (the active slice for elastic layers, zero for layers in an
   inactive block, i.e. under a module whose ``active`` attribute is False). Parameters outside
   weight layers (norms, embeddings, position tables) form the row ``other parameters``.
