@@ -27,6 +27,8 @@ Also here (options of the mixed-precision recipe):
   learned per-output-channel factor exp(g) on the min-max step (LSQ's gradient, scaled by
   1 / sqrt(in * Qp)). A factor, not an absolute step: the min-max step follows the MLP width,
   the LoRA-merged weight and the group layout, so one parameter serves every subnet.
+  ``extract`` packs the weight with these learned steps (the subnet computes what the
+  supernet did).
 
 The class is applied to a converted supernet in place (:meth:`MixedPrecisionSupernet.extend`)
 so that ``convert`` stays the one constructor; a plain ``Supernet`` refuses the section.
@@ -142,9 +144,9 @@ class MixedPrecisionSupernet(Supernet):
     def _extract(self) -> nn.Module:
         # The extracted linears get copies of their supernet layer's input quantizer.
         patched = []
-        for n in self._act_space:
+        for n in self._space["linear"]:
             m = self._mod(n)
-            if isinstance(m, ElasticLinear):
+            if "input_quant" in m._modules or "w_step" in m._modules:
                 m.extract = functools.partial(_extract_with_quant, m)
                 patched.append(m)
         try:
@@ -155,10 +157,38 @@ class MixedPrecisionSupernet(Supernet):
 
 
 def _extract_with_quant(el: ElasticLinear) -> nn.Module:
-    sub = ElasticLinear.extract(el)
-    sub.input_quant = copy.deepcopy(el.input_quant)
-    sub.register_forward_pre_hook(_quant_input)
+    sub = _extract_lsq(el) if "w_step" in el._modules else ElasticLinear.extract(el)
+    if "input_quant" in el._modules:
+        sub.input_quant = copy.deepcopy(el.input_quant)
+        sub.register_forward_pre_hook(_quant_input)
     return sub
+
+
+@torch.no_grad()
+def _extract_lsq(el: ElasticLinear) -> nn.Module:
+    """ElasticLinear.extract, but a quantized layer packed with the learned step sizes (the
+    codes and scales its forward uses), so the subnet computes what the supernet did."""
+    if el.is_factorized or el.w_bits >= 16:
+        return ElasticLinear.extract(el)
+    from ..nn.quant import QuantLinear
+    from ..quant.fake import _codes
+    from ..quant.packing import pack
+    from ..quant.quantize import QuantizedWeight
+
+    w = el._dense_weight().detach()
+    n, k = w.shape
+    scales, zeros, g = el._quant_params(w)
+    q, _, _ = _codes(w, scales, zeros, el.w_bits, g)
+    qw = QuantizedWeight(
+        packed=pack(q.reshape(n, k).to(torch.int64), el.w_bits),
+        scales=scales.detach().float().contiguous(),
+        zeros=zeros.float().contiguous(),
+        bits=el.w_bits,
+        group_size=g,
+        shape=(n, k),
+    )
+    bias = el._active_bias()
+    return QuantLinear.from_qweight(qw, None if bias is None else bias.detach(), el.a_bits)
 
 
 # --------------------------------------------------------------------------- adapters

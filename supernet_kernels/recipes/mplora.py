@@ -178,7 +178,7 @@ def mplora_supernet(
     )
     supernet = convert(model, space=space, group_size=group_size)
     act = act_bits_space(supernet, p.a_bits, p.attn_bits, roles)
-    if act or len(p.adapter_groups) > 1:
+    if act or len(p.adapter_groups) > 1 or p.lsq:
         supernet = MixedPrecisionSupernet.extend(supernet, act)
     if p.lsq:
         add_weight_lsq(supernet)
