@@ -79,6 +79,9 @@ TRAJECTORY_FIELDS = (
     "clip_grad", "amp", "num_random", "distill", "distill_weight", "temperature", "seed",
     "shuffle",
 )  # fmt: skip
+# Recipe options, fingerprinted only when not at their default (checkpoints written before
+# they existed still resume).
+RECIPE_FIELDS = {"label_weight": 1.0, "step_per_subnet": False}
 STATE_FORMAT = "sk-trainer-state-v1"
 
 
@@ -388,7 +391,8 @@ class Trainer:
             },
             "space": space,
             "task": self.task.fingerprint(),
-            "train": {f: getattr(c, f) for f in TRAJECTORY_FIELDS},
+            "train": {f: getattr(c, f) for f in TRAJECTORY_FIELDS}
+            | {f: getattr(c, f) for f, d in RECIPE_FIELDS.items() if getattr(c, f) != d},
             "world_size": self.env.world_size,
             "dataset_len": len(self.train_data),
             "trainable": [n for n, _ in self.trained],
@@ -419,7 +423,11 @@ class Trainer:
             if json.dumps(theirs.get(key), sort_keys=True) != json.dumps(mine[key], sort_keys=True):
                 diffs.append(key if key != "space" else "space (search space)")
         tt, mt = theirs.get("train", {}), mine["train"]
-        diffs += [f"{f}={tt.get(f)!r} (this run: {mt[f]!r})" for f in mt if tt.get(f) != mt[f]]
+        diffs += [
+            f"{f}={tt.get(f)!r} (this run: {mt.get(f)!r})"
+            for f in sorted(set(mt) | set(tt))
+            if tt.get(f) != mt.get(f)
+        ]
         if diffs:
             raise ValueError(
                 "checkpoint was written by another training config and cannot be resumed "
