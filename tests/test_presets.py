@@ -283,3 +283,15 @@ def test_supersam_search_uses_a_tuner():
         budget="params <= 0.8 * dense", n_trials=6,
     )  # fmt: skip
     assert res.algorithm == "tpe" and res.best is not None
+
+
+def test_resume_refuses_another_label_weight(tmp_path):
+    from supernet_kernels.recipes.flora import make_trainer
+    from supernet_kernels.supernet import convert
+    from supernet_kernels.train import ClassificationTask
+
+    sn = convert(tiny_vit())
+    kw = {"steps": 1, "batch_size": 8, "checkpoint_dir": str(tmp_path), "distill": "largest"}
+    make_trainer(sn, ClassificationTask(), data(16), label_weight=0.5, **kw).train()
+    with pytest.raises(ValueError, match="label_weight"):
+        make_trainer(sn, ClassificationTask(), data(16), **kw).train(resume=True)
