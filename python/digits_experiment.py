@@ -218,7 +218,7 @@ def before_after(task, before_sn, sn, cfgs, test, kind, label, name, times) -> l
     b = subnet_accs(task, before_sn, cfgs, test)
     a = subnet_accs(task, sn, cfgs, test)
     d = describe(cfgs, sn, kind)
-    print(f"{name} trained ({times.get(label, 0):.0f} s): before {b} after {a}", flush=True)
+    print(f"{name} trained: before {b} after {a}", flush=True)
     return [(label, k, d[k], b[k], a[k]) for k in cfgs]
 
 
@@ -374,8 +374,8 @@ def main() -> None:
         "",
         "Before: right after conversion (FLORA: SVD inheritance; SuperSAM rules: "
         "activation-importance ordering; MP-LoRA: zero-initialized adapters). After: "
-        "after supernet training. Searched: the search's best subnet (scored on 200 held-out "
-        "training images), its test accuracy.",
+        "after supernet training. Searched: the best subnet of the search (scored on the last "
+        "200 training images, which the supernet also trained on), its test accuracy.",
         "",
     ]
     lines += [f"- {n}" for n in notes]
