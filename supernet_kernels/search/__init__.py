@@ -18,8 +18,13 @@
 ``search(supernet, evaluate, example_input, *, objective="bitops", budget=None,
 algorithm="evolution", n_trials=None, generations=8, population=16, parents=None,
 mutate_prob=0.1, mutation_ratio=0.5, seed=0, storage=None, study_name=None, cache=True,
-progress=True, latency_table=None, device=None, extract=False, sampler_kwargs=None)
--> SearchResult``
+progress=True, latency_table=None, device=None, extract=False, sampler_kwargs=None,
+space=None, mutations=None, crossovers=None, init="uniform", init_bins=9,
+out_of_window="repair") -> SearchResult``
+
+* ``space``: a restricted space (choices a subset of ``supernet.space``'s, optional joint genes:
+  :class:`.SearchSpace`), e.g. FLORA's filtered space; ``mutations`` ... ``out_of_window``:
+  FLORA's evolution (:func:`.evolution.evolution_search`).
 
 * ``evaluate(target) -> float``: the user's metric, higher is better (accuracy, fidelity,
   mIoU). ``target`` is the supernet set to the candidate config (``extract=True``: the
@@ -35,9 +40,10 @@ progress=True, latency_table=None, device=None, extract=False, sampler_kwargs=No
   ``"bitops"``, ``"macs"``, ``"params"``, ``"weight_bytes"``, ``"latency_pred"`` (needs
   ``latency_table``), ``"latency"`` (measured on ``device``).
 * ``budget``: None, a number (``objective <= number``), ``"bitops <= 0.05 * dense"``,
-  ``"macs <= 0.5 * dense and params <= 2e6"``, a dict ``{cost: limit}``... (see
-  :mod:`.objectives`). A budget no subnet can meet raises ValueError naming the smallest
-  achievable cost (``min_config``'s). Over-budget candidates are never returned.
+  ``"macs <= 0.5 * dense and params <= 2e6"``, a window ``"macs >= 0.4 * dense and macs <= 0.5
+  * dense"``, a dict ``{cost: limit}``... (see :mod:`.objectives`). A budget no subnet can
+  meet raises ValueError naming the smallest achievable cost (``min_config``'s). Over-budget
+  candidates are never returned.
 * ``algorithm``: ``"evolution"`` (:mod:`.evolution`, uses ``population``, ``generations``,
   ``parents``, ``mutate_prob``, ``mutation_ratio``, optional cap ``n_trials``), ``"nsga2"`` or
   ``"tpe"`` (:mod:`.optuna_search`, use ``n_trials`` (default 64, the study-wide total),
