@@ -545,7 +545,7 @@ def filter_triples(
     *,
     preset=None,
     heldout=None,
-    heldout_batches: int = 2,
+    heldout_batches: int | None = 2,
     steps_per_block: int = 20,
     batch_size: int = 32,
     space: dict | None = None,
@@ -558,8 +558,9 @@ def filter_triples(
     default ``FloraPreset()``): for each block, train a local supernet (the block's joint
     rank choices drawn uniformly, the other blocks at full rank; ``steps_per_block`` steps at
     the preset's ``filter_lr`` on ``filter_train_fraction`` of ``data``, distillation only),
-    score every joint choice by :func:`distill_score` on ``heldout_batches`` held-out batches,
-    and keep by :func:`keep_rule`. Weights are restored afterwards (``restore``).
+    score every joint choice by :func:`distill_score` on ``heldout_batches`` held-out batches
+    (None: the preset's ``filter_val_fraction`` of ``heldout``), and keep by
+    :func:`keep_rule`. Weights are restored afterwards (``restore``).
 
     Returns ``(space, scores)``: the restricted space (the supernet's, plus ``joint``: {block:
     {"layers": [qkv, fc1, fc2], "choices": kept triples, cheapest first}}) and {block: {triple:
@@ -572,6 +573,11 @@ def filter_triples(
     layers = _factorized(space)
     if not layers:
         raise ValueError("filter_triples: the space has no factorized layer")
+    if heldout_batches is None:  # the preset's fraction of the held-out set
+        src = heldout if heldout is not None else data
+        if not hasattr(src, "__len__"):
+            raise ValueError("filter_triples: heldout_batches=None needs a sized held-out set")
+        heldout_batches = max(1, math.ceil(p.filter_val_fraction * len(src) / batch_size))
     batches = as_batches(
         heldout if heldout is not None else data, heldout_batches, batch_size, task, seed
     )

@@ -54,7 +54,9 @@ SIXTHS_ALL = tuple(Fraction(i, 6) for i in (1, 2, 3, 4, 5, 6))
 # --------------------------------------------------------------------------- FLORA
 @dataclass(frozen=True)
 class FloraPreset:
-    """FLORA's settings (module doc)."""
+    """FLORA's settings (module doc). Epoch counts are the published schedule; the recipes
+    take step counts (``steps``, ``filter_steps_per_block``): a script converts, e.g. steps =
+    epochs * len(train) / batch size."""
 
     #: rank ratios of min(in, out) for DeiT-B (embedding 768) and other widths
     ratios_deit_b: tuple = EIGHTHS_NO_7
