@@ -115,7 +115,10 @@ def save_subnet(supernet, config, path) -> str:
     from supernet_kernels.supernet import save
 
     sub = supernet.extract(config)
+    fake = any(n.endswith(("input_quant", "attn_quant")) for n, _ in sub.named_modules())
     try:
+        if fake:  # supernet_kernels.load would not rebuild the quantizers: refuse its format
+            raise ValueError("fake activation quantizers")
         return str(save(sub, path))
     except (ValueError, TypeError, KeyError):
         import os
