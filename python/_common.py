@@ -72,3 +72,134 @@ def load_sam(args):
     train = SegmentationFolder(args.train_dir, image_size=size)
     val = SegmentationFolder(args.val_dir, image_size=size) if args.val_dir else None
     return sam, train, val
+
+
+def tiny_vit(embed_dim: int = 48, depth: int = 3, num_classes: int = 10, img: int = 32):
+    """A seeded tiny timm ViT (the smoke runs' stand-in for DeiT / SAM ViT-B)."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=img, patch_size=8,
+        embed_dim=embed_dim, depth=depth, num_heads=2, mlp_ratio=2.0, num_classes=num_classes,
+    ).eval()  # fmt: skip
+
+
+def digits_data(img: int = 32, n_train: int = 512, n_val: int = 128, seed: int = 0):
+    """scikit-learn's 8x8 digits upsampled to img x img, 3 channels, standardized: (train,
+    val) lists of (image, label). Small enough for a smoke run on 2 CPU cores."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    x = F.interpolate(x, size=(img, img), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    x = (x - x.mean()) / x.std()
+    y = torch.tensor(d.target)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(y), generator=g)
+    tr, va = idx[:n_train], idx[n_train : n_train + n_val]
+    return [(x[i], int(y[i])) for i in tr], [(x[i], int(y[i])) for i in va]
+
+
+def save_subnet(supernet, config, path) -> str:
+    """Extract ``config`` and save it with ``supernet_kernels.save`` (safetensors + record);
+    subnets carrying fake quantizers that the format does not describe yet fall back to a
+    safetensors state dict with the config beside it (``.json``)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from supernet_kernels.supernet import save
+
+    sub = supernet.extract(config)
+    fake = any(n.endswith(("input_quant", "attn_quant")) for n, _ in sub.named_modules())
+    try:
+        if fake:  # supernet_kernels.load would not rebuild the quantizers: refuse its format
+            raise ValueError("fake activation quantizers")
+        return str(save(sub, path))
+    except (ValueError, TypeError, KeyError):
+        import os
+
+        state = {k: v.detach().contiguous() for k, v in sub.state_dict().items()}
+        tmp = Path(str(path) + ".tmp")
+        save_file(state, str(tmp))
+        os.replace(tmp, path)  # atomic
+        tmp = Path(str(path) + ".json.tmp")
+        tmp.write_text(json.dumps(config, indent=1))
+        os.replace(tmp, str(path) + ".json")
+        return str(path)
+
+
+def pretrain(model, data, steps: int = 150, lr: float = 1e-3, batch_size: int = 32, seed: int = 0):
+    """Plain supervised training of a smoke run's tiny model, so that its teacher knows the
+    task (a random teacher makes distillation, filtering and search meaningless)."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, generator=g)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    step = 0
+    while step < steps:
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == steps:
+                break
+    return model.eval()
+
+
+def tiny_sam(depth: int = 4, global_attn_indexes=(1, 3), embed_dim: int = 32):
+    """A seeded small segment-anything model (encoder img 64, patch 16; prompt encoder and
+    mask decoder of width 16): the smoke runs' stand-in for SAM ViT-B."""
+    import torch
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    torch.manual_seed(0)
+    enc = ImageEncoderViT(
+        img_size=64, patch_size=16, embed_dim=embed_dim, depth=depth, num_heads=2,
+        mlp_ratio=4.0, out_chans=16, global_attn_indexes=tuple(global_attn_indexes),
+        window_size=2, use_rel_pos=True,
+    )  # fmt: skip
+    pe = PromptEncoder(
+        embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4
+    )
+    dec = MaskDecoder(
+        transformer_dim=16,
+        transformer=TwoWayTransformer(depth=1, embedding_dim=16, mlp_dim=32, num_heads=2),
+        num_multimask_outputs=3,
+        iou_head_depth=2,
+        iou_head_hidden_dim=16,
+    )
+    return Sam(enc, pe, dec)
+
+
+def shapes_data(n: int = 32, seed: int = 0):
+    """Synthetic segmentation samples (image 3 x 64 x 64, two boolean masks): bright
+    rectangles on noise, each rectangle a mask (what the SAM task trains on)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        img = 0.2 * torch.rand(3, 64, 64, generator=g)
+        masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+        for j in range(2):
+            y0, x0 = torch.randint(0, 40, (2,), generator=g).tolist()
+            masks[j, y0 : y0 + 16, x0 : x0 + 20] = True
+            img[j, y0 : y0 + 16, x0 : x0 + 20] += 0.8
+        out.append((img, masks))
+    return out

@@ -6,19 +6,26 @@ images are also the held-out batches of FLORA's filtering. A timm VisionTransfor
 patch 4, embed 64, depth 4, heads 4, mlp_ratio 2, one input channel) is trained from scratch
 (AdamW, cosine schedule). Then each recipe converts it and trains its supernet:
 
-* FLORA: rank choices {1/8 .. 6/8, 1} of qkv / fc1 / fc2, candidate filtering, low-rank-aware
-  sampling with distillation from the trained ViT;
-* SuperSAM-style: blocks 1 and 2 droppable (p = 0.5), MLP widths {768, 1020, 1536, 2304,
-  3072} / 3072 of 128, activation-importance neuron ordering, sandwich sampling with in-place
-  distillation;
-* MP-LoRA: qkv / proj / fc1 / fc2 at {2, 3, 4, 8} bits (fake-quantized, frozen), LoRA rank 8
-  adapters, progressive stages {8} -> {8, 4} -> {8, 4, 3, 2}, distillation from the float ViT.
+* FLORA (``preset="paper"``): rank choices {1/8 .. 6/8, 1} of qkv / fc1 / fc2, FLORA's
+  block-level filter of joint (qkv, fc1, fc2) triples (local supernet per block, ~30% kept,
+  more among cheap triples), sampling over the kept triples by 1 / product of ratios,
+  distillation alone from the trained ViT; then FLORA's evolution over the filtered space in
+  a FLOPs window;
+* SuperSAM rules on a ViT classifier (a classification stand-in, not SAM: no mask decoder,
+  so the Dice loss is replaced by the classification loss): blocks 1 and 2 droppable
+  (p = 0.5), block 0's MLP at full width, random subnets below full width, MLP widths
+  {768, 1020, 1536, 2304} / 3072 of 128 plus full, activation-importance neuron ordering,
+  sandwich with one optimizer step per subnet; then a TPE search under a parameter budget;
+* MP-LoRA (``preset="paper"``): qkv / proj / fc1 / fc2 at {2, 3, 4, 8} weight bits, 4 / 8 /
+  16-bit activations per linear and for the attention matmuls, depth, MLP width, LSQ step
+  sizes, one LoRA adapter per bit group, progressive stages, distillation from the float ViT;
+  then an evolutionary search under a BitOPs budget.
 
 Test accuracy of the largest, a middle and the smallest subnet before (right after conversion)
 and after supernet training goes to a markdown table, printed and saved to
 benchmarks/results/digits_recipes.md.
 
-    python python/digits_experiment.py              # about 4 minutes on 2 CPU cores
+    python python/digits_experiment.py              # about 10 minutes on 2 CPU cores
     python python/digits_experiment.py --quick      # a smoke run (few steps)
 """
 
@@ -35,10 +42,14 @@ import torch
 import torch.nn.functional as F
 
 from supernet_kernels.recipes import flora, mplora, supersam
+from supernet_kernels.search import search
 from supernet_kernels.supernet import convert
 from supernet_kernels.train import ClassificationTask
 
 ROOT = Path(__file__).resolve().parents[1]
+# FLORA's evolution, scaled down to a 4-block ViT (the preset: 20 x 50, top 10, 25 + 25)
+QUICK_EVOLUTION = {"generations": 1, "population": 4, "parents": 2, "mutations": 2, "crossovers": 2}
+FULL_EVOLUTION = {"generations": 5, "population": 16, "parents": 4, "mutations": 8, "crossovers": 8}
 
 
 def load_digits(seed: int = 0):
@@ -120,34 +131,40 @@ def subnet_accs(task, sn, configs: dict, data) -> dict:
     return out
 
 
-def _kept_at(scores: dict, tau: float) -> str:
-    """How many rank choices each layer would keep at ``tau`` (from the filtering scores)."""
-    kept = sorted(
-        {
-            sum(1 for r, v in res.items() if r == max(res) or v <= (1 + tau) * res[max(res)])
-            for res in scores.values()
-        }
-    )
-    return "/".join(map(str, kept)) + f" of {len(next(iter(scores.values())))}"
-
-
 def _mid(choices):
     return choices[len(choices) // 2]
 
 
 def flora_configs(sn, space):
-    cfgs = {}
-    for label, pick in (
-        ("largest", lambda c: c[-1]),
-        ("middle", _mid),
-        ("smallest", lambda c: c[0]),
-    ):
-        cfg = sn.max_config()
-        for n, s in space["linear"].items():
-            if s["rank"] != [None]:
-                cfg["linear"][n]["rank"] = pick(s["rank"])
-        cfgs[label] = cfg
-    return cfgs
+    """Largest, middle and smallest subnet of the (filtered) space."""
+    from supernet_kernels.search.space import SearchSpace
+
+    ss = SearchSpace(sn, space)
+    return {
+        "largest": ss.max_config(),
+        "middle": ss.decode({k: _mid(c) for k, c in ss.genes.items()}),
+        "smallest": ss.min_config(),
+    }
+
+
+def search_row(task, label, sn, res, test, cost: str, dense: float, budget: str):
+    """A table row for the search result ``res``: the best subnet's test accuracy."""
+    best = res.best
+    sn.set_active(best["config"])
+    acc = accuracy(task, sn, test)
+    sn.set_active(sn.max_config())
+    desc = f"searched ({res.algorithm}, {len(res.history)} subnets, {budget}): " + (
+        f"{cost} {100 * best[cost] / dense:.0f}% of dense"
+    )
+    return (label, "searched", desc, float("nan"), acc)
+
+
+def heldout_metric(task, data):
+    def evaluate(m):
+        m.eval()
+        return task.metric(m, data, batch_size=256)
+
+    return evaluate
 
 
 def supersam_configs(sn):
@@ -162,14 +179,16 @@ def supersam_configs(sn):
 
 
 def mplora_configs(sn):
-    def at(bits):
+    def at(bits, act):
         cfg = sn.max_config()
         for n, s in sn.space["linear"].items():
             if len(s["w_bits"]) > 1:
                 cfg["linear"][n]["w_bits"] = bits
+        for n in cfg.get("act_bits", {}):
+            cfg["act_bits"][n] = act
         return cfg
 
-    return {"largest": at(8), "middle": at(4), "smallest": at(2)}
+    return {"largest": at(8, 16), "middle": at(4, 8), "smallest": at(2, 4)}
 
 
 def describe(cfgs, sn, kind: str) -> dict:
@@ -186,7 +205,8 @@ def describe(cfgs, sn, kind: str) -> dict:
             d = f"{kept}/4 blocks, MLP widths {widths}, {p / 1e3:.1f}k linear params"
         else:
             bits = sorted({c["w_bits"] for n, c in cfg["linear"].items() if n != "head"})
-            d = f"weights {bits[0]}-bit (qkv/proj/fc1/fc2), LoRA r=8"
+            act = sorted(set(cfg.get("act_bits", {}).values())) or [16]
+            d = f"weights {bits[0]}-bit, activations {act[0]}-bit (linears, attention), LoRA r=8"
         out[name] = d
     sn.set_active(sn.max_config())
     return out
@@ -198,7 +218,7 @@ def before_after(task, before_sn, sn, cfgs, test, kind, label, name, times) -> l
     b = subnet_accs(task, before_sn, cfgs, test)
     a = subnet_accs(task, sn, cfgs, test)
     d = describe(cfgs, sn, kind)
-    print(f"{name} done ({times[label]:.0f} s): before {b} after {a}", flush=True)
+    print(f"{name} trained: before {b} after {a}", flush=True)
     return [(label, k, d[k], b[k], a[k]) for k in cfgs]
 
 
@@ -249,32 +269,34 @@ def main() -> None:
         teacher=base,
         filter_steps_per_block=2 if q else 40,
         heldout=heldout,
-        tau=0.5,
         warmup_steps=0 if q else 20,
         seed=0,
+        preset="paper",
     )
-    times["FLORA"] = time.perf_counter() - t
     space = hist["space"]
-    kept = {n: s["rank"] for n, s in space["linear"].items() if s["rank"] != [None]}
-    n_all = {n: len(s["rank"]) for n, s in sn.space["linear"].items() if s["rank"] != [None]}
-    ratios = [res[min(res)] / res[max(res)] for res in hist["scores"].values()]
-    counts = sorted({f"{len(r)}/{n_all[n]}" for n, r in kept.items()})
+    kept = flora.kept_fraction(space, sn)
+    per_block = [len(s["choices"]) for s in space["joint"].values()]
     notes.append(
-        f"FLORA filtering (keep rank r iff loss(r) <= (1 + 0.5) * loss(full rank)): kept "
-        f"{', '.join(counts)} rank choices per layer over {len(kept)} layers; "
-        f"loss(rank 1/8) / loss(full rank) per layer: {min(ratios):.3f} .. {max(ratios):.3f} "
-        f"(the loss is the soft-target cross-entropy, which includes the teacher's entropy); "
-        f"the same scores with tau 0.05 would keep {_kept_at(hist['scores'], 0.05)} choices"
-        if ratios
-        else "FLORA: no filtering"
+        f"FLORA filter (block level, joint (qkv, fc1, fc2) triples, keep rule of "
+        f"FloraPreset): kept {100 * kept:.1f}% of the triples ({'/'.join(map(str, per_block))} "
+        f"of {7**3} per block); training on distillation alone"
     )
     cfgs = flora_configs(sn, space)
     rows += before_after(task, before_sn, sn, cfgs, test, "flora", "FLORA", "FLORA", times)
+    win = (0.5, 0.7)
+    res = flora.flora_search(
+        sn, heldout_metric(task, heldout), (1, 1, 16, 16), space=space, window=win,
+        **(QUICK_EVOLUTION if q else FULL_EVOLUTION),
+    )  # fmt: skip
+    times["FLORA"] = time.perf_counter() - t
+    dense = res.budget[-1]["limit"] / win[1]
+    rows.append(search_row(task, "FLORA", sn, res, test, "macs", dense, f"MACs in {win} of dense"))
 
     # ------------------------------------------------------------------ SuperSAM-style
     t = time.perf_counter()
     steps = 5 if q else 300
-    sp = supersam.supersam_space(base)
+    label = "SuperSAM rules (ViT classifier stand-in, not SAM)"
+    sp = supersam.supersam_space(base, widths=(768, 1020, 1536, 2304), full_width_blocks=(0,))
     calib = supersam.encoder_calibration(flora.as_batches(train, 4, 64, task), task)
     before_sn = convert(base, space=sp, importance="activation", calib_batches=calib)
     sn, hist = supersam.train_supersam(
@@ -287,17 +309,22 @@ def main() -> None:
         calib_batches=4,
         warmup_steps=0 if q else 20,
         seed=0,
+        preset="paper",
     )
-    times["SuperSAM-style"] = time.perf_counter() - t
+    times[label] = time.perf_counter() - t
     cfgs = supersam_configs(sn)
-    rows += before_after(
-        task, before_sn, sn, cfgs, test, "supersam", "SuperSAM-style", "SuperSAM", times
-    )
+    rows += before_after(task, before_sn, sn, cfgs, test, "supersam", label, "SuperSAM", times)
+    res = supersam.supersam_search(
+        sn, heldout_metric(task, heldout), (1, 1, 16, 16), budget="params <= 0.7 * dense",
+        n_trials=6 if q else 40,
+    )  # fmt: skip
+    dense = res.budget[0]["limit"] / 0.7
+    rows.append(search_row(task, label, sn, res, test, "params", dense, "params <= 70% dense"))
 
     # ------------------------------------------------------------------ MP-LoRA
     t = time.perf_counter()
     steps = 6 if q else 300
-    before_sn = mplora.mplora_supernet(base, lora_rank=8)
+    before_sn = mplora.mplora_supernet(base, preset="paper", lora_rank=8, group_size=32)
     sn, hist = mplora.train_mplora(
         copy.deepcopy(base),
         train,
@@ -309,10 +336,16 @@ def main() -> None:
         teacher=base,
         warmup_steps=0 if q else 10,
         seed=0,
+        preset="paper",
+        group_size=32,
     )
-    times["MP-LoRA"] = time.perf_counter() - t
     cfgs = mplora_configs(sn)
     rows += before_after(task, before_sn, sn, cfgs, test, "mplora", "MP-LoRA", "MP-LoRA", times)
+    res = search(sn, heldout_metric(task, heldout), (1, 1, 16, 16), budget="bitops <= 0.1 * dense",
+                 generations=1 if q else 5, population=4 if q else 16, progress=False)  # fmt: skip
+    times["MP-LoRA"] = time.perf_counter() - t
+    dense = res.budget[0]["limit"] / 0.1
+    rows.append(search_row(task, "MP-LoRA", sn, res, test, "bitops", dense, "BitOPs <= 10% dense"))
     x = torch.stack([s[0] for s in train[:64]])
     mem = mplora.memory_report(base, x, lora_rank=8)
     notes.append(
@@ -333,12 +366,16 @@ def main() -> None:
         "| recipe | subnet | config | before (%) | after (%) |",
         "|---|---|---|---:|---:|",
     ]
-    lines += [f"| {r} | {s} | {c} | {b_:.1f} | {a_:.1f} |" for r, s, c, b_, a_ in rows]
+    lines += [
+        f"| {r} | {s} | {c} | {'' if b_ != b_ else f'{b_:.1f}'} | {a_:.1f} |"
+        for r, s, c, b_, a_ in rows
+    ]
     lines += [
         "",
-        "Before: right after conversion (FLORA: SVD inheritance; SuperSAM-style: "
+        "Before: right after conversion (FLORA: SVD inheritance; SuperSAM rules: "
         "activation-importance ordering; MP-LoRA: zero-initialized adapters). After: "
-        "after supernet training.",
+        "after supernet training. Searched: the best subnet of the search (scored on the last "
+        "200 training images, which the supernet also trained on), its test accuracy.",
         "",
     ]
     lines += [f"- {n}" for n in notes]

@@ -49,7 +49,7 @@ def test_flora_space_ratios():
     assert sp["linear"]["blocks.0.attn.qkv"]["rank"] == [4, 8, 12, 16, 20, 24, 32]
     assert sp["linear"]["blocks.1.mlp.fc2"]["rank"] == [4, 8, 12, 16, 20, 24, 32]
     assert sp["linear"]["blocks.0.attn.proj"] == {"rank": [None], "w_bits": [16], "a_bits": [16]}
-    assert flora.rank_choices(384, flora.SIXTHS) == [64, 128, 192, 256, 384]
+    assert flora.rank_choices(384, flora.SIXTHS) == [64, 128, 192, 256, 320, 384]  # 5/6 too
     sn = convert(model, space=sp)
     assert all(v == [True] for v in sn.space["depth"].values())
     assert all(len(v) == 1 for v in sn.space["mlp"].values())

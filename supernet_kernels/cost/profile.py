@@ -24,6 +24,11 @@ module running at that moment. Our custom ops are counted by the formulas of
   einsums, ...) is an activation x activation product: one row ``other (activation x
   activation)`` at base_bits x base_bits, with per-op totals in :attr:`Profile.other_ops`.
   ``base_bits`` is 16 by default (fp16 / bf16 inference); pass 32 for fp32.
+* Fake-quantized activations (mixed-precision supernets, :mod:`supernet_kernels.recipes.mixed`):
+  a weight layer with an ``input_quant`` child whose ``bits`` is below its a_bits counts at
+  those bits; an attention module with an ``attn_quant`` child below 16 bits gets its own row
+  ``"<name> (activation x activation)"``: every MAC counted inside it but outside its weight
+  layers (q k^T, P v and SAM's relative-position products) at bits x bits.
 * Params: a layer's parameters (the active slice for elastic layers, zero for layers in an
   inactive block, i.e. under a module whose ``active`` attribute is False). Parameters outside
   weight layers (norms, embeddings, position tables) form the row ``other parameters``.
@@ -259,6 +264,37 @@ def layer_cost(m: nn.Module, base_bits: int = 16) -> tuple[str, int, int, int, i
     )
 
 
+def _input_quant_bits(m: nn.Module, a_bits: int) -> int:
+    """A layer's activation bits, lowered by an input fake quantizer it carries (a child
+    ``input_quant`` with an int ``bits``, e.g. :class:`~supernet_kernels.quant.fake.
+    LSQActQuantizer` attached by the mixed-precision recipe)."""
+    q = m._modules.get("input_quant") if isinstance(m, nn.Module) else None
+    bits = getattr(q, "bits", None)
+    return min(a_bits, int(bits)) if isinstance(bits, int) else a_bits
+
+
+def _attn_quant_bits(m: nn.Module) -> int | None:
+    """The operand bits of an attention module with an ``attn_quant`` child below 16 bits."""
+    q = m._modules.get("attn_quant")
+    bits = getattr(q, "bits", None)
+    return int(bits) if isinstance(bits, int) and bits < 16 else None
+
+
+def _weight_layers_in(m: nn.Module, counter, root: str, fqn: str) -> list[nn.Module]:
+    """The outermost weight layers under ``m`` (not ``m`` itself)."""
+    out: list[nn.Module] = []
+    taken: list[str] = []
+    for cfqn, c in m.named_modules():
+        if c is m or any(cfqn.startswith(t) for t in taken):
+            continue
+        key = _tracker_name(counter, c, f"{root}.{fqn}.{cfqn}" if fqn else f"{root}.{cfqn}")
+        flops = sum(counter.get_flop_counts().get(key, {}).values())
+        if is_weight_layer(c, flops // 2):
+            out.append(c)
+            taken.append(cfqn + ".")
+    return out
+
+
 # --------------------------------------------------------------------------- inputs
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype]:
     device, dtype = None, torch.get_default_dtype()
@@ -426,6 +462,7 @@ def profile(model: nn.Module, example_input, config=None, base_bits: int = 16) -
             for op, f in ops.items():
                 layer_ops[str(op)] = layer_ops.get(str(op), 0) + f
             kind, params, w_bits, a_bits, nbytes = layer_cost(m, base_bits)
+            a_bits = _input_quant_bits(m, a_bits)
             active = not any((fqn + ".").startswith(p) for p in inactive)
             if not active:
                 params = nbytes = 0
@@ -452,6 +489,37 @@ def profile(model: nn.Module, example_input, config=None, base_bits: int = 16) -
                 continue
             other_params += p.numel()
             other_bytes += _nbytes(p)
+        # Attention modules with quantized matmul operands (``attn_quant``): their own
+        # activation x activation MACs (everything counted inside them but outside their
+        # weight layers) at the quantizer's bits, one row each.
+        for fqn, m in model.named_modules(remove_duplicate=True):
+            bits = _attn_quant_bits(m)
+            if bits is None or any((fqn + ".").startswith(p) for p in inactive):
+                continue
+            key = _tracker_name(counter, m, f"{root}.{fqn}" if fqn else root)
+            own = dict(counts.get(key, {}))
+            for c in _weight_layers_in(m, counter, root, fqn):
+                ckey = _tracker_name(counter, c, "")
+                for op, f in counts.get(ckey, {}).items():
+                    own[op] = own.get(op, 0) - f
+            macs = sum(max(f, 0) for f in own.values()) // 2
+            if not macs:
+                continue
+            for op, f in own.items():
+                if f > 0:
+                    layer_ops[str(op)] = layer_ops.get(str(op), 0) + f
+            rows.append(
+                LayerCost(
+                    f"{fqn} (activation x activation)",
+                    "activation",
+                    0,
+                    macs,
+                    bits,
+                    bits,
+                    macs * bits * bits,
+                    0,
+                )
+            )
         # Counted ops outside weight layers: activation x activation products.
         other_ops: dict[str, int] = {}
         for op, f in counts.get("Global", {}).items():

@@ -8,10 +8,22 @@
   stages: :func:`mplora_supernet`, :class:`ProgressiveBitsSampler`, :func:`train_mplora`,
   :func:`memory_report`.
 
-Each ``train_*`` returns ``(supernet, history)`` with history["steps"] the trainer's logs.
+Each ``train_*`` returns ``(supernet, history)`` with history["steps"] the trainer's logs and
+takes ``preset="paper"`` (the published settings) or ``"ours"``: :mod:`.presets`.
 """
 
-from .flora import FloraSampler, distill_score, filter_candidates, flora_space, train_flora
+from .flora import (
+    FloraSampler,
+    distill_score,
+    filter_candidates,
+    filter_triples,
+    flora_search,
+    flora_space,
+    keep_rule,
+    kept_fraction,
+    train_flora,
+)
+from .mixed import MixedPrecisionSupernet
 from .mplora import (
     ProgressiveBitsSampler,
     lora_layers,
@@ -20,10 +32,21 @@ from .mplora import (
     mplora_supernet,
     train_mplora,
 )
-from .supersam import SuperSAMSampler, supersam_space, train_supersam
+from .presets import FloraPreset, MPLoRAPreset, SuperSAMPreset, preset
+from .supersam import SuperSAMSampler, supersam_search, supersam_space, train_supersam
 
 __all__ = [
+    "FloraPreset",
     "FloraSampler",
+    "MPLoRAPreset",
+    "MixedPrecisionSupernet",
+    "SuperSAMPreset",
+    "filter_triples",
+    "flora_search",
+    "keep_rule",
+    "kept_fraction",
+    "preset",
+    "supersam_search",
     "ProgressiveBitsSampler",
     "SuperSAMSampler",
     "distill_score",

@@ -4,12 +4,12 @@ WACV 2024), as a recipe over :func:`supernet_kernels.supernet.convert` and the t
 The recipe, step by step:
 
 1. **Space** (:func:`flora_space`): attention qkv, MLP fc1 and fc2 of every block are factorized
-   with rank choices = ratios of min(in, out): {1/8, 2/8, ..., 6/8, 1} for DeiT-B-like models,
-   sixths {1/6, ..., 4/6, 1} for DeiT-S (embedding width 384). The ratio just below 1 (7/8, 5/6)
-   is left out: a rank-r factorization costs r * (in + out) per token, which for the MLP layers
-   (in:out = 1:4) exceeds the dense in * out from r/min(in, out) = 0.8 on, so those choices
-   would be bigger than the dense layer. Attention proj stays dense 16-bit. Depth, MLP width and
-   resolution are fixed (FLORA searches ranks only).
+   with rank choices = ratios of min(in, out), as published: {1/8, 2/8, ..., 6/8, 1} for
+   DeiT-B-like models (no 7/8), sixths {1/6, ..., 5/6, 1} for DeiT-S (embedding width 384). A
+   rank whose factors would cost more than the dense layer (r * (in + out) > in * out, e.g.
+   5/6 of an MLP layer) runs as one dense weight, so no choice costs more than the original.
+   Attention proj stays dense 16-bit. Depth, MLP width and resolution are fixed (FLORA
+   searches ranks only).
 2. **SVD weight inheritance**: ``convert`` builds each factorized layer from the SVD of its
    weight, components ordered by singular value, so every rank r starts as the best rank-r
    approximation and full rank reproduces the model.
@@ -30,6 +30,13 @@ The recipe, step by step:
    tolerance is meaningful; with a soft teacher (label smoothing, hard data) the entropy
    dominates and the rule keeps more: lower ``tau`` there. Weights trained during filtering
    are discarded (``restore=True``): filtering only decides the space.
+   :func:`filter_triples` is FLORA's own filter (``preset="paper"``): per block, a local
+   supernet (only that block's (qkv, fc1, fc2) rank triple sampled, uniformly, the rest at
+   full rank) trained on a fraction of the data, every joint triple scored, and the keep rule
+   of :class:`~.presets.FloraPreset` (about 30% kept, more among cheap triples) applied; the
+   result is a restricted space whose ``joint`` section lists each block's kept triples
+   (cheapest first), which :class:`FloraSampler` and :func:`~supernet_kernels.search.search`
+   both take.
 4. **Low-rank-aware sampling** (:class:`FloraSampler`): each step trains one random subnet whose
    rank choice per layer is drawn with probability proportional to 1 / (rank / full rank), so
    the low ranks, which are hurt most by weight sharing, get more updates; the loss is
@@ -42,6 +49,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
+import math
 import random
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
@@ -54,7 +63,7 @@ from ..supernet import Supernet, convert
 from ..supernet import families as fam
 
 EIGHTHS = tuple(Fraction(i, 8) for i in (1, 2, 3, 4, 5, 6, 8))
-SIXTHS = tuple(Fraction(i, 6) for i in (1, 2, 3, 4, 6))
+SIXTHS = tuple(Fraction(i, 6) for i in (1, 2, 3, 4, 5, 6))
 #: Rank ratios by embedding width (DeiT-S: sixths); any other width uses EIGHTHS.
 RATIOS_BY_WIDTH = {384: SIXTHS}
 FACTORIZED_ROLES = ("qkv", "fc1", "fc2", "generic")
@@ -270,10 +279,36 @@ class FloraSampler:
             out[n] = (ranks, [x / s for x in w])
         return out
 
+    def joint_weights(self, supernet: Supernet) -> dict[str, tuple[list, list[float]]]:
+        """{block: (kept triples, probabilities)} of a filtered space's ``joint`` section:
+        FLORA's weight 1 / product of the triple's ratios (to the power ``power``)."""
+        space = self.space if self.space is not None else supernet.space
+        full = _full_ranks(supernet)
+        out = {}
+        for g, spec in (space.get("joint") or {}).items():
+            choices = [tuple(c) for c in spec["choices"]]
+            w = []
+            for c in choices:
+                prod = 1.0
+                for n, r in zip(spec["layers"], c, strict=True):
+                    prod *= r / full.get(n, r)
+                w.append((1.0 / prod) ** self.power)
+            total = sum(w)
+            out[g] = (choices, [x / total for x in w])
+        return out
+
     def sample(self, rng: random.Random, supernet: Supernet) -> dict:
         cfg = supernet.max_config()
+        space = self.space if self.space is not None else supernet.space
+        joint = space.get("joint") or {}
+        in_joint = {n for spec in joint.values() for n in spec["layers"]}
         for n, (ranks, probs) in self.choice_weights(supernet).items():
-            cfg["linear"][n]["rank"] = rng.choices(ranks, weights=probs)[0]
+            if n not in in_joint:
+                cfg["linear"][n]["rank"] = rng.choices(ranks, weights=probs)[0]
+        for g, (choices, probs) in self.joint_weights(supernet).items():
+            pick = rng.choices(choices, weights=probs)[0]
+            for n, r in zip(joint[g]["layers"], pick, strict=True):
+                cfg["linear"][n]["rank"] = r
         return cfg
 
     def __call__(self, step: int, rng: random.Random, supernet: Supernet) -> list[dict]:
@@ -456,6 +491,239 @@ def filter_candidates(
     return (space, scores) if return_scores else space
 
 
+# --------------------------------------------------------------------------- FLORA's filter
+def _per_token_macs(lin, r: int) -> int:
+    n, k = lin.in_features, lin.out_features
+    return min(n * k, r * (n + k))
+
+
+def keep_rule(
+    triples: Sequence[tuple],
+    losses: Sequence[float],
+    costs: Sequence[float],
+    *,
+    cheap: float = 0.45,
+    costly: float = 0.15,
+    bins: int = 3,
+) -> list[tuple]:
+    """FLORA-style keep rule (ours; :class:`~.presets.FloraPreset`): sort the triples by cost,
+    cut them into ``bins`` bins of equal count, keep in bin i (cheapest first) the
+    ceil(f_i * size) lowest-loss triples with f_i going linearly from ``cheap`` to ``costly``;
+    the costliest triple (full rank) is always kept. Returns the kept triples, cheapest
+    first."""
+    if not (len(triples) == len(losses) == len(costs)) or not triples:
+        raise ValueError("keep_rule: triples, losses and costs must be non-empty and aligned")
+    if bins < 1 or not (0 < costly <= 1 and 0 < cheap <= 1):
+        raise ValueError(f"keep_rule: need bins >= 1 and fractions in (0, 1], got {bins}, "
+                         f"{cheap}, {costly}")  # fmt: skip
+    order = sorted(range(len(triples)), key=lambda i: (costs[i], losses[i]))
+    nb = min(bins, len(order))
+    kept = {order[-1]}
+    for b in range(nb):
+        part = order[b * len(order) // nb : (b + 1) * len(order) // nb]
+        f = cheap if nb == 1 else cheap + (costly - cheap) * b / (nb - 1)
+        k = max(1, math.ceil(f * len(part)))
+        kept.update(sorted(part, key=lambda i: losses[i])[:k])
+    return [triples[i] for i in sorted(kept, key=lambda i: (costs[i], losses[i]))]
+
+
+def _fraction(data, fraction: float, seed: int):
+    """A random ``fraction`` of a map-style dataset (a Subset), or the data as it is."""
+    if fraction >= 1 or not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        return data
+    n = max(1, round(len(data) * fraction))
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=g)[:n].tolist()
+    return torch.utils.data.Subset(data, idx)
+
+
+def filter_triples(
+    supernet: Supernet,
+    task,
+    data,
+    teacher: nn.Module | None,
+    *,
+    preset=None,
+    heldout=None,
+    heldout_batches: int | None = 2,
+    steps_per_block: int = 20,
+    batch_size: int = 32,
+    space: dict | None = None,
+    restore: bool = True,
+    device=None,
+    seed: int = 0,
+    **train_kwargs,
+):
+    """FLORA's block-level candidate filter (module doc, step 3; settings from ``preset``,
+    default ``FloraPreset()``): for each block, train a local supernet (the block's joint
+    rank choices drawn uniformly, the other blocks at full rank; ``steps_per_block`` steps at
+    the preset's ``filter_lr`` on ``filter_train_fraction`` of ``data``, distillation only),
+    score every joint choice by :func:`distill_score` on ``heldout_batches`` held-out batches
+    (None: the preset's ``filter_val_fraction`` of ``heldout``), and keep by
+    :func:`keep_rule`. Weights are restored afterwards (``restore``).
+
+    Returns ``(space, scores)``: the restricted space (the supernet's, plus ``joint``: {block:
+    {"layers": [qkv, fc1, fc2], "choices": kept triples, cheapest first}}) and {block: {triple:
+    loss}}.
+    """
+    from .presets import preset as get_preset
+
+    p = get_preset("flora", preset if preset is not None else "paper")
+    space = copy.deepcopy(space if space is not None else supernet.space)
+    layers = _factorized(space)
+    if not layers:
+        raise ValueError("filter_triples: the space has no factorized layer")
+    if heldout_batches is None:  # the preset's fraction of the held-out set
+        src = heldout if heldout is not None else data
+        if not hasattr(src, "__len__"):
+            raise ValueError("filter_triples: heldout_batches=None needs a sized held-out set")
+        heldout_batches = max(1, math.ceil(p.filter_val_fraction * len(src) / batch_size))
+    batches = as_batches(
+        heldout if heldout is not None else data, heldout_batches, batch_size, task, seed
+    )
+    local_data = _fraction(data, p.filter_train_fraction, seed)
+    lins = supernet.elastic_linears()
+    saved_state = copy.deepcopy(supernet.state_dict()) if restore else None
+    saved_cfg = supernet.active_config()
+    was_training = supernet.training
+    full_cfg = supernet.max_config()
+    scores: dict[str, dict[tuple, float]] = {}
+    joint: dict[str, dict] = {}
+    try:
+        if teacher is not None:
+            teacher.eval()
+            with torch.no_grad():
+                teacher_outs = [model_output(teacher, b, task) for b in batches]
+        for gi, (block, names) in enumerate(block_groups(supernet, layers).items()):
+            if saved_state is not None:
+                supernet.load_state_dict(saved_state)
+            triples = list(itertools.product(*(layers[n] for n in names)))
+            if steps_per_block > 0:
+                trainer = make_trainer(
+                    supernet,
+                    task,
+                    local_data,
+                    steps=steps_per_block,
+                    lr=p.filter_lr,
+                    weight_decay=p.weight_decay,
+                    batch_size=batch_size,
+                    sampler=_JointUniform(names, triples),
+                    teacher=teacher,
+                    distill="teacher" if teacher is not None else "none",
+                    label_weight=p.label_weight if teacher is not None else 1.0,
+                    device=device,
+                    seed=seed + gi,
+                    **train_kwargs,
+                )
+                trainer.train()
+            supernet.eval()
+            if teacher is None:
+                supernet.set_active(full_cfg)
+                with torch.no_grad():
+                    teacher_outs = [model_output(supernet, b, task) for b in batches]
+            res = {}
+            for t in triples:
+                cfg = copy.deepcopy(full_cfg)
+                for n, r in zip(names, t, strict=True):
+                    cfg["linear"][n]["rank"] = r
+                res[t] = _score(supernet, teacher_outs, batches, cfg, p.temperature, task)
+            costs = [sum(_per_token_macs(lins[n], r) for n, r in zip(names, t, strict=True))
+                     for t in triples]  # fmt: skip
+            kept = keep_rule(
+                triples,
+                [res[t] for t in triples],
+                costs,
+                cheap=p.keep_fraction_cheap,
+                costly=p.keep_fraction_costly,
+                bins=p.keep_bins,
+            )
+            scores[block] = res
+            joint[block] = {"layers": list(names), "choices": [list(t) for t in kept]}
+            for i, n in enumerate(names):
+                space["linear"][n]["rank"] = sorted({t[i] for t in kept})
+    finally:
+        if saved_state is not None:
+            supernet.load_state_dict(saved_state)
+        supernet.set_active(saved_cfg)
+        supernet.train(was_training)
+    space["joint"] = joint
+    return space, scores
+
+
+class _JointUniform:
+    """Filtering stage of :func:`filter_triples`: one block's joint choice drawn uniformly."""
+
+    def __init__(self, names: list[str], triples: list[tuple]):
+        self.names, self.triples = names, triples
+
+    def __call__(self, step, rng, supernet):
+        cfg = supernet.max_config()
+        for n, r in zip(self.names, rng.choice(self.triples), strict=True):
+            cfg["linear"][n]["rank"] = r
+        return [cfg]
+
+
+def kept_fraction(space: dict, supernet: Supernet) -> float:
+    """Kept joint choices / all joint choices of a filtered space (over its blocks)."""
+    full = supernet.space["linear"]
+    kept = total = 0
+    for spec in (space.get("joint") or {}).values():
+        kept += len(spec["choices"])
+        total += math.prod(len(full[n]["rank"]) for n in spec["layers"])
+    return kept / total if total else 1.0
+
+
+def flora_search(
+    supernet: Supernet,
+    evaluate,
+    example_input,
+    *,
+    space: dict | None = None,
+    window: tuple[float, float] = (0.4, 0.5),
+    preset=None,
+    seed: int = 0,
+    progress: bool = False,
+    **overrides,
+):
+    """FLORA's evolutionary search over ``space`` (a filtered space; default the supernet's)
+    for subnets whose FLOPs (MACs) lie in ``window`` = (lower, upper) fractions of the dense
+    model, with the preset's settings (20 generations, population 50, top 10, 25 mutations at
+    per-block probability 0.2, 25 crossovers, stratified initial population, rejection
+    outside the window). ``overrides``: preset fields (e.g. ``generations=2`` for a smoke
+    run). Returns the :class:`~supernet_kernels.search.SearchResult`."""
+    from ..search import search
+    from .presets import preset as get_preset
+
+    p = get_preset("flora", preset if preset is not None else "paper", **overrides)
+    lo, hi = window
+    if not 0 <= lo < hi:
+        raise ValueError(f"flora_search: window must be (lower, upper) with lower < upper, got "
+                         f"{window}")  # fmt: skip
+    budget = f"{p.objective} >= {lo} * dense and {p.objective} <= {hi} * dense"
+    if lo == 0:
+        budget = f"{p.objective} <= {hi} * dense"
+    return search(
+        supernet,
+        evaluate,
+        example_input,
+        objective=p.objective,
+        budget=budget,
+        algorithm="evolution",
+        generations=p.generations,
+        population=p.population,
+        parents=p.parents,
+        mutate_prob=p.mutate_prob,
+        mutations=p.mutations,
+        crossovers=p.crossovers,
+        init=p.init,
+        init_bins=p.init_bins,
+        out_of_window=p.out_of_window,
+        space=space,
+        seed=seed,
+        progress=progress,
+    )
+
+
 # --------------------------------------------------------------------------- the recipe
 def train_flora(
     model: nn.Module,
@@ -463,7 +731,7 @@ def train_flora(
     *,
     task=None,
     steps: int = 1000,
-    lr: float = 1e-4,
+    lr: float | None = None,
     batch_size: int = 32,
     ratios: Sequence | None = None,
     teacher: nn.Module | None = None,
@@ -481,9 +749,17 @@ def train_flora(
     device=None,
     seed: int = 0,
     resume: bool = False,
+    preset=None,
     **train_kwargs,
 ) -> tuple[Supernet, dict]:
     """FLORA end to end on ``model`` (a timm ViT / DeiT or any model of nn.Linear layers).
+
+    ``preset="paper"`` (or a :class:`~.presets.FloraPreset`) runs FLORA as published: the
+    preset's ratios (DeiT-S sixths for embedding width 384), :func:`filter_triples` (block
+    level, joint triples, ``filter_steps_per_block`` steps per block), sampling over the kept
+    triples by 1 / product of ratios, distillation alone (``label_weight`` 0), the preset's
+    lr, weight decay and minimum lr (explicit arguments still win). Without a preset, the
+    historical recipe below.
 
     Defaults: the space of :func:`flora_space` (``ratios``), teacher = a frozen copy of
     ``model`` (the uncompressed model), ``task`` = ``ClassificationTask()``; filtering with
@@ -504,6 +780,15 @@ def train_flora(
     task = task if task is not None else ClassificationTask()
     if teacher is None:
         teacher = copy.deepcopy(model).requires_grad_(False)
+    if preset is not None:
+        return _train_flora_preset(
+            model, train_data, task=task, steps=steps, lr=lr, batch_size=batch_size,
+            ratios=ratios, teacher=teacher, filter=filter, space=space,
+            filter_steps_per_block=filter_steps_per_block, heldout=heldout,
+            heldout_batches=heldout_batches, num_random=num_random, eval_data=eval_data,
+            device=device, seed=seed, resume=resume, preset=preset, **train_kwargs,
+        )  # fmt: skip
+    lr = 1e-4 if lr is None else lr
     supernet = convert(model, space=flora_space(model, ratios))
     supernet.requires_grad_(True)  # the whole supernet trains, even from a frozen model
     scores: dict = {}
@@ -550,6 +835,53 @@ def train_flora(
     return supernet, {"steps": logs, "space": space, "scores": scores}
 
 
+def _train_flora_preset(
+    model, train_data, *, task, steps, lr, batch_size, ratios, teacher, filter, space,
+    filter_steps_per_block, heldout, heldout_batches, num_random, eval_data, device, seed,
+    resume, preset, **train_kwargs,
+):  # fmt: skip
+    from .presets import preset as get_preset
+
+    p = get_preset("flora", preset)
+    if ratios is None:
+        ratios = p.ratios_deit_s if _embed_width(model) == 384 else p.ratios_deit_b
+    supernet = convert(model, space=flora_space(model, ratios))
+    supernet.requires_grad_(True)
+    scores: dict = {}
+    if space is not None:
+        space = copy.deepcopy(space)
+    elif not filter:
+        space = supernet.space
+    else:
+        space, scores = filter_triples(
+            supernet, task, train_data, teacher, preset=p, heldout=heldout,
+            heldout_batches=heldout_batches, steps_per_block=filter_steps_per_block,
+            batch_size=batch_size, device=device, seed=seed,
+        )  # fmt: skip
+    train_kwargs.setdefault("weight_decay", p.weight_decay)
+    train_kwargs.setdefault("min_lr", p.min_lr)
+    train_kwargs.setdefault("label_weight", p.label_weight)
+    train_kwargs.setdefault("distill_weight", p.distill_weight)
+    trainer = make_trainer(
+        supernet,
+        task,
+        train_data,
+        steps=steps,
+        lr=p.lr if lr is None else lr,
+        batch_size=batch_size,
+        sampler=FloraSampler(space, num_random=num_random or p.num_random),
+        teacher=teacher,
+        distill="teacher",
+        temperature=p.temperature,
+        eval_data=eval_data,
+        device=device,
+        seed=seed,
+        **train_kwargs,
+    )
+    logs = trainer.train(resume=resume)
+    return supernet, {"steps": logs, "space": space, "scores": scores, "preset": p}
+
+
 __all__ = [
     "EIGHTHS",
     "SIXTHS",
@@ -557,7 +889,11 @@ __all__ = [
     "block_groups",
     "distill_score",
     "filter_candidates",
+    "filter_triples",
+    "flora_search",
     "flora_space",
+    "keep_rule",
+    "kept_fraction",
     "rank_choices",
     "train_flora",
 ]

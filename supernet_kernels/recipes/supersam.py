@@ -58,11 +58,13 @@ def supersam_space(
     drop_blocks: Iterable[int] | None = None,
     widths: Iterable[int] = SAM_MLP_WIDTHS,
     ref_hidden: int = SAM_REF_HIDDEN,
+    full_width_blocks: Iterable[int] = (),
 ) -> dict:
     """SuperSAM's space as a ``convert(space=...)`` override: ``blocks.{i}`` droppable for i in
     ``drop_blocks`` (default :func:`default_drop_blocks`), the rest kept; each MLP's widths =
-    ``widths`` of ``ref_hidden`` scaled to its hidden size; every linear dense 16-bit;
-    attention heads and resolution fixed."""
+    ``widths`` of ``ref_hidden`` scaled to its hidden size, plus the full width (the largest
+    subnet); the MLPs of ``full_width_blocks`` (paper: block 0) at full width only; every
+    linear dense 16-bit; attention heads and resolution fixed."""
     lay = fam.layout(encoder)
     n = _num_blocks(lay)
     drop = default_drop_blocks(n) if drop_blocks is None else sorted(set(drop_blocks))
@@ -73,8 +75,13 @@ def supersam_space(
     for i in drop:
         space["depth"][f"blocks.{i}"] = [False, True]
     mods = dict(encoder.named_modules())
+    fixed = {f"blocks.{i}.mlp" for i in full_width_blocks}
     for m, (a, _) in lay.mlps.items():
-        space["mlp"][m] = scaled_widths(mods[a].out_features, tuple(widths), ref_hidden)
+        hidden = mods[a].out_features
+        if m in fixed:
+            space["mlp"][m] = [hidden]
+        else:
+            space["mlp"][m] = sorted({*scaled_widths(hidden, tuple(widths), ref_hidden), hidden})
     space["linear"] = {n_: {"rank": [None], "w_bits": [16], "a_bits": [16]} for n_ in lay.roles}
     return space
 
@@ -83,11 +90,16 @@ class SuperSAMSampler:
     """Sandwich sampling with per-block drop probabilities: ``[largest, smallest, random x
     num_random]`` (``sandwich=False``: random ones only). A random subnet drops each droppable
     block b with probability ``drop_prob[b]`` (a number applies to all; default 0.5) and draws
-    each MLP width uniformly; linears stay at their largest choice (SuperSAM's are dense).
+    each MLP width uniformly (``random_full_width=False``, SuperSAM's rule: among the widths
+    below full); linears stay at their largest choice (SuperSAM's are dense).
     Called as ``sampler(step, rng, supernet)``."""
 
     def __init__(
-        self, drop_prob: float | dict[str, float] = 0.5, num_random: int = 1, sandwich=True
+        self,
+        drop_prob: float | dict[str, float] = 0.5,
+        num_random: int = 1,
+        sandwich=True,
+        random_full_width: bool = True,
     ):
         probs = drop_prob.values() if isinstance(drop_prob, dict) else [drop_prob]
         if any(not 0.0 <= p <= 1.0 for p in probs):
@@ -97,6 +109,7 @@ class SuperSAMSampler:
         self.drop_prob = copy.deepcopy(drop_prob)
         self.num_random = num_random
         self.sandwich = sandwich
+        self.random_full_width = random_full_width
 
     def prob(self, block: str) -> float:
         if isinstance(self.drop_prob, dict):
@@ -110,6 +123,8 @@ class SuperSAMSampler:
             if False in choices:
                 cfg["depth"][b] = not (rng.random() < self.prob(b))
         for m, widths in sp["mlp"].items():
+            if not self.random_full_width and len(widths) > 1:
+                widths = widths[:-1]  # SuperSAM: random subnets never draw the full width
             cfg["mlp"][m] = rng.choice(widths)
         return cfg
 
@@ -177,9 +192,16 @@ def train_supersam(
     device=None,
     seed: int = 0,
     resume: bool = False,
+    preset=None,
     **train_kwargs,
 ) -> tuple[Supernet, dict]:
     """SuperSAM end to end.
+
+    ``preset="paper"`` (or a :class:`~.presets.SuperSAMPreset`): the published settings, see
+    :func:`_paper_settings` (block 0's MLP at full width, random subnets never at full width,
+    one optimizer step per subnet, Dice loss alone with the mask decoder trained, no
+    distillation); explicit arguments that differ from the defaults still win. Without a
+    preset, our defaults below.
 
     ``sam_model``: a segment-anything ``Sam`` (a copy of its ``image_encoder`` becomes the
     supernet; the task, default ``SegmentationTask(sam_model)``, runs ``sam_model``'s prompt
@@ -201,9 +223,34 @@ def train_supersam(
     is_sam = encoder is not None
     if not is_sam:
         encoder = sam_model
+    full_width_blocks: tuple = ()
+    random_full = True
+    p = None
+    if preset is not None:
+        from .presets import preset as get_preset
+
+        p = get_preset("supersam", preset)
+        widths = p.random_widths if tuple(widths) == SAM_MLP_WIDTHS else widths
+        full_width_blocks = p.fixed_full_width_blocks
+        random_full = p.full_width in p.random_widths
+        drop_prob = p.drop_prob if drop_prob == 0.5 else drop_prob
+        distill = p.distill if distill == "largest" else distill
+        train_kwargs.setdefault("step_per_subnet", p.step_per_subnet)
+        if drop_blocks is None and tuple(p.drop_blocks) != SAM_VIT_B_DROP:
+            drop_blocks = p.drop_blocks  # (the published set itself: default_drop_blocks
+            # keeps the indices a smaller model has)
     if task is None:
-        task = SegmentationTask(sam_model) if is_sam else ClassificationTask()
-    space = supersam_space(encoder, drop_blocks, widths)
+        if is_sam and p is not None:
+            task = SegmentationTask(
+                sam_model,
+                train_decoder=p.train_decoder,
+                focal_weight=p.focal_weight,
+                dice_weight=p.dice_weight,
+                iou_weight=p.iou_weight,
+            )
+        else:
+            task = SegmentationTask(sam_model) if is_sam else ClassificationTask()
+    space = supersam_space(encoder, drop_blocks, widths, full_width_blocks=full_width_blocks)
     kw = {}
     if prioritize:
         batches = as_batches(train_data, calib_batches, batch_size, task)
@@ -217,7 +264,7 @@ def train_supersam(
         steps=steps,
         lr=lr,
         batch_size=batch_size,
-        sampler=SuperSAMSampler(drop_prob, num_random=num_random),
+        sampler=SuperSAMSampler(drop_prob, num_random=num_random, random_full_width=random_full),
         distill=distill,
         eval_data=eval_data,
         device=device,
@@ -225,7 +272,42 @@ def train_supersam(
         **train_kwargs,
     )
     logs = trainer.train(resume=resume)
-    return supernet, {"steps": logs, "space": supernet.space}
+    return supernet, {"steps": logs, "space": supernet.space, "task": task, "preset": p}
+
+
+def supersam_search(
+    supernet: Supernet,
+    evaluate,
+    example_input,
+    *,
+    budget=None,
+    preset=None,
+    n_trials: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+):
+    """SuperSAM's subnet search. The paper drives it with OpenTuner (a program autotuner); we
+    stand in Optuna's TPE sampler (``preset.tuner``; OpenTuner is unmaintained and does not
+    install on Python 3.11): a single-objective tuner over the same categorical space (depth
+    of the droppable blocks, MLP widths), the budget as a hard constraint (over-budget trials
+    are not evaluated). ``n_trials`` defaults to the preset's ``tuner_trials``."""
+    from ..search import search
+    from .presets import preset as get_preset
+
+    p = get_preset("supersam", preset if preset is not None else "paper")
+    if p.tuner != "tpe":
+        raise ValueError(f'supersam_search: tuner {p.tuner!r} is not available (use "tpe")')
+    return search(
+        supernet,
+        evaluate,
+        example_input,
+        objective="params",
+        budget=budget,
+        algorithm="tpe",
+        n_trials=p.tuner_trials if n_trials is None else n_trials,
+        seed=seed,
+        progress=progress,
+    )
 
 
 __all__ = [
@@ -236,6 +318,7 @@ __all__ = [
     "encoder_calibration",
     "prioritize_neurons",
     "scaled_widths",
+    "supersam_search",
     "supersam_space",
     "train_supersam",
 ]

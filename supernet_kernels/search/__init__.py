@@ -18,8 +18,13 @@
 ``search(supernet, evaluate, example_input, *, objective="bitops", budget=None,
 algorithm="evolution", n_trials=None, generations=8, population=16, parents=None,
 mutate_prob=0.1, mutation_ratio=0.5, seed=0, storage=None, study_name=None, cache=True,
-progress=True, latency_table=None, device=None, extract=False, sampler_kwargs=None)
--> SearchResult``
+progress=True, latency_table=None, device=None, extract=False, sampler_kwargs=None,
+space=None, mutations=None, crossovers=None, init="uniform", init_bins=9,
+out_of_window="repair") -> SearchResult``
+
+* ``space``: a restricted space (choices a subset of ``supernet.space``'s, optional joint genes:
+  :class:`.SearchSpace`), e.g. FLORA's filtered space; ``mutations`` ... ``out_of_window``:
+  FLORA's evolution (:func:`.evolution.evolution_search`).
 
 * ``evaluate(target) -> float``: the user's metric, higher is better (accuracy, fidelity,
   mIoU). ``target`` is the supernet set to the candidate config (``extract=True``: the
@@ -35,9 +40,10 @@ progress=True, latency_table=None, device=None, extract=False, sampler_kwargs=No
   ``"bitops"``, ``"macs"``, ``"params"``, ``"weight_bytes"``, ``"latency_pred"`` (needs
   ``latency_table``), ``"latency"`` (measured on ``device``).
 * ``budget``: None, a number (``objective <= number``), ``"bitops <= 0.05 * dense"``,
-  ``"macs <= 0.5 * dense and params <= 2e6"``, a dict ``{cost: limit}``... (see
-  :mod:`.objectives`). A budget no subnet can meet raises ValueError naming the smallest
-  achievable cost (``min_config``'s). Over-budget candidates are never returned.
+  ``"macs <= 0.5 * dense and params <= 2e6"``, a window ``"macs >= 0.4 * dense and macs <= 0.5
+  * dense"``, a dict ``{cost: limit}``... (see :mod:`.objectives`). A budget no subnet can
+  meet raises ValueError naming the smallest achievable cost (``min_config``'s). Over-budget
+  candidates are never returned.
 * ``algorithm``: ``"evolution"`` (:mod:`.evolution`, uses ``population``, ``generations``,
   ``parents``, ``mutate_prob``, ``mutation_ratio``, optional cap ``n_trials``), ``"nsga2"`` or
   ``"tpe"`` (:mod:`.optuna_search`, use ``n_trials`` (default 64, the study-wide total),
@@ -102,8 +108,19 @@ def search(
     device=None,
     extract: bool = False,
     sampler_kwargs: dict | None = None,
+    space: dict | None = None,
+    mutations: int | None = None,
+    crossovers: int | None = None,
+    init: str = "uniform",
+    init_bins: int = 9,
+    out_of_window: str = "repair",
 ) -> SearchResult:
-    """Search ``supernet`` for the best subnets under ``budget`` (see the module doc)."""
+    """Search ``supernet`` for the best subnets under ``budget`` (see the module doc).
+
+    ``space``: a restricted space to search (a subset of ``supernet.space``'s choices, with
+    optional joint genes, see :class:`.SearchSpace`), e.g. FLORA's filtered space; None
+    searches the supernet's. ``mutations``, ``crossovers``, ``init``, ``init_bins``,
+    ``out_of_window``: FLORA's evolution (see :func:`.evolution.evolution_search`)."""
     from ..supernet import Supernet
 
     if not isinstance(supernet, Supernet):
@@ -131,8 +148,18 @@ def search(
         raise ValueError('search: the cost "latency_pred" needs latency_table=')
     names = tuple(c for c in COSTS if c in wanted)
     resolve(constraints, cost_model)
-    min_costs = cost_model.costs(supernet.min_config(), names)
+    sspace = SearchSpace(supernet, space)
+    min_costs = cost_model.costs(sspace.min_config(), names)
+    has_lower = any(c.op == ">=" for c in constraints)
+    max_costs = cost_model.costs(sspace.max_config(), names) if has_lower else {}
     for c in constraints:
+        if c.op == ">=":
+            if max_costs[c.cost] < c.limit:
+                raise ValueError(
+                    f"search: no subnet meets the lower bound {c.text!r} ({c.cost} >= "
+                    f"{c.limit:.6g}): the largest subnet has {c.cost} = {max_costs[c.cost]:.6g}"
+                )
+            continue
         if min_costs[c.cost] > c.limit:
             ref = ""
             if c.ref is not None:
@@ -145,12 +172,11 @@ def search(
     problem = Problem(
         supernet, evaluate, cost_model, objective, constraints, names, cache=cache, extract=extract
     )
-    space = SearchSpace(supernet)
-    info: dict = {"seed": seed, "genes": len(space), "min_config_costs": min_costs}
+    info: dict = {"seed": seed, "genes": len(sspace), "min_config_costs": min_costs}
     if algorithm == "evolution":
         history = evolution_search(
             problem,
-            space,
+            sspace,
             population=population,
             generations=generations,
             parents=parents,
@@ -159,11 +185,16 @@ def search(
             n_trials=n_trials,
             seed=seed,
             progress=progress,
+            mutations=mutations,
+            crossovers=crossovers,
+            init=init,
+            init_bins=init_bins,
+            out_of_window=out_of_window,
         )
     else:
         history, extra = optuna_search(
             problem,
-            space,
+            sspace,
             algorithm=algorithm,
             n_trials=64 if n_trials is None else n_trials,
             population=population,

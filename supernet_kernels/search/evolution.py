@@ -8,9 +8,11 @@ Algorithm (all randomness from one ``random.Random(seed)``, so a seed gives one 
    of the new population is ``mutation_ratio`` mutated parents (each gene redrawn with
    probability ``mutate_prob``) and crossovers of two distinct parents (uniform per gene).
 3. Constraint handling, for every candidate: its costs are computed first (a profile, cached);
-   a candidate over budget is redrawn up to ``resample`` times, then *repaired*: one randomly
-   chosen gene at a time moves one choice down (every cost is non-increasing in each gene),
-   until it fits. The smallest subnet (``min_config``) fits (checked up front), so repair ends.
+   a candidate over budget is redrawn up to ``resample`` times, then *repaired*: randomly
+   chosen genes move one choice down (one gene when the violation is small, more when it is
+   large: a share of the genes of violation / 4, at most a quarter; every cost is
+   non-increasing in each gene) until it fits. The smallest subnet (``min_config``) fits
+   (checked up front), so repair ends.
    A candidate already evaluated (same config hash) is redrawn, so each evaluation is new.
    Over-budget candidates are never evaluated nor returned.
 4. A candidate whose evaluation raises is recorded with status ``"fail"`` and takes no part in
@@ -44,8 +46,29 @@ def evolution_search(
     n_trials: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    mutations: int | None = None,
+    crossovers: int | None = None,
+    init: str = "uniform",
+    init_bins: int = 9,
+    out_of_window: str = "repair",
 ) -> list[dict]:
-    """Run the evolution; return the history rows (see :mod:`.results`)."""
+    """Run the evolution; return the history rows (see :mod:`.results`).
+
+    FLORA's settings (``recipes.presets.FloraPreset``): ``mutations`` and ``crossovers``
+    (children per generation of each kind; default: the ``mutation_ratio`` split of
+    ``population - parents``) make the next population the children alone, with the
+    ``parents`` best of everything evaluated so far as the parent pool (FLORA's ``keep_top_k``);
+    ``init="stratified"`` draws the initial population stratified by cost
+    (:func:`stratified_sample`); ``out_of_window="reject"`` redraws an infeasible candidate
+    (up to 10 * ``resample`` times, then gives up on that child) instead of repairing it,
+    which a lower bound (``>=``) needs anyway."""
+    if init not in ("uniform", "stratified"):
+        raise ValueError(f'evolution: init must be "uniform" or "stratified", got {init!r}')
+    if out_of_window not in ("repair", "reject"):
+        raise ValueError(
+            f'evolution: out_of_window must be "repair" or "reject", got {out_of_window!r}'
+        )
+    flora_style = mutations is not None or crossovers is not None
     if population < 2:
         raise ValueError(f"evolution: population must be >= 2, got {population}")
     if generations < 0:
@@ -67,11 +90,21 @@ def evolution_search(
             genes = space.encode(cfg)
             tries = 0
             while not problem.feasible(cfg):
-                if tries < resample:
+                if out_of_window == "reject":
+                    tries += 1
+                    if tries > 10 * max(1, resample):
+                        return None
+                    genes = make()
+                elif tries < resample:
                     tries += 1
                     genes = make()
                 else:
-                    genes = space.shrink(genes, rng)
+                    # Far over budget, lower many genes per step (each step costs a profile,
+                    # ~2 s for SAM ViT-B at 1024): a share of the lowerable genes that grows
+                    # with the violation, capped at a quarter; one gene when close.
+                    over = max(problem.violations(problem.costs(cfg)).values())
+                    count = max(1, round(len(space.genes) * min(0.25, over / 4)))
+                    genes = space.shrink(genes, rng, count)
                     if genes is None:  # at the minimum: cannot happen after the up-front check
                         return None
                 cfg = space.decode(genes)
@@ -99,14 +132,32 @@ def evolution_search(
             )
         return {"genes": genes, "row": row}
 
+    if init == "stratified":
+        bins = cost_bins(space, problem, init_bins)
+
+        def first():
+            return stratified_sample(space, bins, rng)
+    else:
+
+        def first():
+            return space.sample(rng)
+
     pop: list[dict] = []
-    for _ in range(population):
-        if len(history) >= cap:
+    for _ in range(population * (10 if out_of_window == "reject" else 1)):
+        if len(history) >= cap or len(pop) >= population:
             break
-        cand = feasible_candidate(lambda: space.sample(rng))
+        cand = feasible_candidate(first)
         if cand is None:
+            if out_of_window == "reject":
+                continue
             break
         pop.append(run(*cand, 0))
+    if flora_style:
+        return _flora_generations(
+            problem, space, rng, pop, history, run, feasible_candidate,
+            generations=generations, parents=k, mutations=mutations or 0,
+            crossovers=crossovers or 0, mutate_prob=mutate_prob, cap=cap,
+        )  # fmt: skip
 
     for gen in range(1, generations + 1):
         if len(history) >= cap:
@@ -146,3 +197,81 @@ def _child(space: SearchSpace, rng: random.Random, parents: list, kind: str, pro
         return space.mutate(rng.choice(parents), rng, prob)
     a, b = rng.sample(parents, 2)
     return space.crossover(a, b, rng)
+
+
+def _flora_generations(
+    problem, space, rng, pop, history, run, feasible_candidate, *, generations, parents,
+    mutations, crossovers, mutate_prob, cap,
+):  # fmt: skip
+    """FLORA's loop: the parent pool is the ``parents`` best of all evaluated candidates; each
+    generation is ``mutations`` mutated parents plus ``crossovers`` crossovers of two."""
+    evaluated = list(pop)
+    for gen in range(1, generations + 1):
+        if len(history) >= cap:
+            break
+        good = [p for p in evaluated if p["row"]["status"] == "ok"]
+        good.sort(key=lambda p: (-p["row"]["metric"], p["row"][problem.objective]))
+        top = [p["genes"] for p in good[:parents]]
+        if not top:
+            break
+        kinds = ["mutate"] * mutations + (["crossover"] * crossovers if len(top) > 1 else [])
+        for kind in kinds:
+            if len(history) >= cap:
+                break
+            make = functools.partial(_child, space, rng, top, kind, mutate_prob)
+            cand = feasible_candidate(make)
+            if cand is not None:
+                evaluated.append(run(*cand, gen))
+    return history
+
+
+def cost_bins(space: SearchSpace, problem: Problem, bins: int) -> dict[str, list[list]]:
+    """Per gene, its choices grouped into at most ``bins`` cost bins (equal-width bins of the
+    cost with that gene alone at the choice and every other gene at its largest), cheapest
+    bin first; empty bins dropped."""
+    out: dict[str, list[list]] = {}
+    lins = space.supernet.elastic_linears()
+    for k, choices in space.genes.items():
+        costs = []
+        if k.startswith("joint:"):
+            # A joint gene has many choices (FLORA keeps ~100 of 343 per block): their
+            # per-token MACs min(in * out, r * (in + out)) summed, instead of a profile each.
+            spec = space.joint[k[len("joint:") :]]
+            for c in choices:
+                ranks = zip(spec["layers"], spec["choices"][c], strict=True)
+                costs.append(sum(_lowrank_macs(lins[n], r) for n, r in ranks))
+        else:
+            for c in choices:
+                cfg = space.decode({k: c})
+                costs.append(problem.costs(cfg)[problem.objective])
+        lo, hi = min(costs), max(costs)
+        width = (hi - lo) / bins if hi > lo else 1.0
+        groups: list[list] = [[] for _ in range(bins)]
+        for c, v in zip(choices, costs, strict=True):
+            groups[min(bins - 1, int((v - lo) / width))].append(c)
+        out[k] = [g for g in groups if g]
+    return out
+
+
+def _lowrank_macs(lin, r: int) -> int:
+    n, k = lin.in_features, lin.out_features
+    return min(n * k, r * (n + k))
+
+
+def stratified_sample(space: SearchSpace, bins: dict[str, list[list]], rng: random.Random) -> dict:
+    """Genes whose cost level is spread evenly (FLORA's initial population): draw a total bin
+    index S uniformly in [0, sum of (bins per gene - 1)], split S over the genes at random
+    (each at most its last bin), then pick a choice uniformly inside each gene's bin. A
+    uniform draw per gene would concentrate the totals in the middle (central limit), leaving
+    the cheap and the costly ends of the window empty."""
+    keys = list(bins)
+    caps = [len(bins[k]) - 1 for k in keys]
+    total = rng.randint(0, sum(caps))
+    level = [0] * len(keys)
+    open_ = [i for i, c in enumerate(caps) if c > 0]
+    for _ in range(total):
+        i = rng.choice(open_)
+        level[i] += 1
+        if level[i] == caps[i]:
+            open_.remove(i)
+    return {k: rng.choice(bins[k][lv]) for k, lv in zip(keys, level, strict=True)}

@@ -20,6 +20,7 @@ Budgets
 
     "bitops <= 0.05 * dense"
     "macs <= 0.5 * dense and params <= 2e6"
+    "macs >= 0.4 * dense and macs <= 0.45 * dense"     # a window (lower bound: >=)
     {"weight_bytes": 4e6, "latency_pred": "0.6 * max"}
     0.25e9                       # objective <= 0.25e9
 
@@ -225,9 +226,10 @@ def dense_copy(supernet) -> nn.Module:
                 nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
             )
     out = copy.deepcopy(model, memo)
-    for m in out.modules():
+    for m in list(out.modules()):
         if isinstance(m, ElasticBlock):
             m.set_active(True)
+        m._modules.pop("attn_quant", None)  # the attention matmuls at 16 bits, as dense
     return out
 
 
@@ -240,10 +242,15 @@ class Constraint:
     value: float | None  # absolute limit (ref None)
     text: str
     limit: float | None = None  # resolved
+    op: str = "<="  # "<=" (an upper bound) or ">=" (a lower bound: FLORA's FLOPs window)
 
     def describe(self) -> str:
         lim = f"{self.limit:.6g}" if self.limit is not None else "?"
-        return f"{self.text} ({self.cost} <= {lim})" if self.ref else f"{self.cost} <= {lim}"
+        return (
+            f"{self.text} ({self.cost} {self.op} {lim})"
+            if self.ref
+            else f"{self.cost} {self.op} {lim}"
+        )
 
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -296,14 +303,16 @@ def parse_budget(budget, objective: str) -> list[Constraint]:
     for clause in re.split(r"\s*(?:\band\b|,|&&?)\s*", budget.strip()):
         if not clause:
             continue
-        m = re.fullmatch(r"\s*([a-z_]+)\s*<=?\s*(.+)", clause, flags=re.IGNORECASE)
+        m = re.fullmatch(r"\s*([a-z_]+)\s*(<=?|>=?)\s*(.+)", clause, flags=re.IGNORECASE)
+        op = "<="
         if m and m.group(1).lower() not in ("dense", "max"):
-            cost, rhs = m.group(1).lower(), m.group(2)
+            cost, rhs = m.group(1).lower(), m.group(3)
+            op = ">=" if m.group(2).startswith(">") else "<="
         else:
             cost, rhs = objective, clause
         _check_cost(cost, f"budget {budget!r}")
         f, ref, v = _parse_limit(rhs, f"budget {budget!r}")
-        out.append(Constraint(cost, f, ref, v, clause.strip()))
+        out.append(Constraint(cost, f, ref, v, clause.strip(), op=op))
     if not out:
         raise ValueError(f"budget: {budget!r} holds no constraint")
     return out
@@ -317,11 +326,12 @@ def resolve(constraints: list[Constraint], model: CostModel) -> list[Constraint]
 
 
 def violations(constraints: list[Constraint], costs: dict[str, float]) -> dict[str, float]:
-    """Per constraint (keyed by cost name): (cost - limit) / limit; feasible where all <= 0."""
+    """Per constraint (keyed by cost name): (cost - limit) / limit for an upper bound,
+    (limit - cost) / limit for a lower bound; feasible where all <= 0."""
     out: dict[str, float] = {}
     for c in constraints:
         lim = c.limit
-        v = costs[c.cost] - lim
+        v = costs[c.cost] - lim if c.op == "<=" else lim - costs[c.cost]
         v = v / abs(lim) if lim else v
         out[c.cost] = max(out.get(c.cost, v), v)
     return out

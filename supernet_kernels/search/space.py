@@ -11,6 +11,14 @@ by a flat name (also the Optuna parameter name)::
     "linear:blocks.0.attn.proj:w_bits"    -> weight bits
     "linear:blocks.0.attn.proj:a_bits"    -> activation bits
 
+    "act_bits:blocks.0.attn"              -> a section the supernet adds (mixed precision)
+    "joint:blocks.0"                      -> index of a joint choice of several layers' ranks
+
+``SearchSpace(supernet, space=...)`` searches a restricted space (a subset of the supernet's
+choices, e.g. FLORA's filtered space). A ``space["joint"]`` entry ``{group: {"layers": [...],
+"choices": [[r, ...], ...]}}`` replaces those layers' separate rank genes by one gene, the
+index of a choice (listed cheapest first, so index order is cost order).
+
 Dimensions with a single choice are fixed and not genes. Choices keep the space's ascending
 order, so a lower index always means a smaller (cheaper) subnet: every cost (MACs, BitOPs,
 params, weight bytes, latency) is non-increasing when one gene moves down one step. That is
@@ -48,10 +56,17 @@ class SearchSpace:
         fixed: the config values of dimensions with one choice.
     """
 
-    def __init__(self, supernet):
+    def __init__(self, supernet, space: dict | None = None):
         self.supernet = supernet
-        sp = supernet.space
+        sp = supernet.space if space is None else copy.deepcopy(space)
         self._space = sp
+        self.joint: dict[str, dict] = {}
+        for g, spec in (sp.get("joint") or {}).items():
+            layers, choices = list(spec["layers"]), [tuple(c) for c in spec["choices"]]
+            if not choices or any(len(c) != len(layers) for c in choices):
+                raise ValueError(f"space.joint.{g}: each choice needs one rank per layer {layers}")
+            self.joint[g] = {"layers": layers, "choices": choices}
+        in_joint = {n for spec in self.joint.values() for n in spec["layers"]}
         dims: list[tuple[str, list]] = []
         if sp["resolution"]:
             dims.append(("resolution", list(sp["resolution"])))
@@ -63,7 +78,16 @@ class SearchSpace:
             dims.append((f"heads:{a}", list(c)))
         for n, s in sp["linear"].items():
             for f in ("rank", "w_bits", "a_bits"):
+                if f == "rank" and n in in_joint:
+                    continue
                 dims.append((f"linear:{n}:{f}", list(s[f])))
+        self.extra = [k for k in sp if k not in _SECTIONS]
+        for sec in self.extra:
+            for name, c in sp[sec].items():
+                dims.append((f"{sec}:{name}", list(c)))
+        # A joint gene is the index of a choice (choices listed cheapest first).
+        for g, spec in self.joint.items():
+            dims.append((f"joint:{g}", list(range(len(spec["choices"])))))
         self.all_dims = dict(dims)
         self.genes = {k: v for k, v in dims if len(v) > 1}
         self.fingerprint = config_hash(sp)
@@ -76,8 +100,23 @@ class SearchSpace:
         """The genes of a full config."""
         flat = {}
         for k in self.genes:
-            flat[k] = _get(config, k)
+            if k.startswith("joint:"):
+                spec = self.joint[k[len("joint:") :]]
+                t = tuple(config["linear"][n]["rank"] for n in spec["layers"])
+                if t not in spec["choices"]:
+                    raise ValueError(f"gene {k}: ranks {t} are not one of the joint choices")
+                flat[k] = spec["choices"].index(t)
+            else:
+                flat[k] = _get(config, k)
         return flat
+
+    def min_config(self) -> dict:
+        """The smallest config of this space (every gene at its first choice)."""
+        return self.decode({k: c[0] for k, c in self.genes.items()})
+
+    def max_config(self) -> dict:
+        """The largest config of this space."""
+        return self.decode({})
 
     def decode(self, genes: dict[str, Any]) -> dict:
         """The valid full config for ``genes`` (missing genes: the largest choice), with the
@@ -89,11 +128,21 @@ class SearchSpace:
             "heads": {},
             "linear": {},
         }
+        for sec in self.extra:
+            cfg[sec] = {}
+        joint_idx = {}
         for k, choices in self.all_dims.items():
             v = genes.get(k, choices[-1]) if k in self.genes else choices[0]
             if v not in choices:
                 raise ValueError(f"gene {k}: {v!r} is not one of {choices}")
-            _set(cfg, k, v)
+            if k.startswith("joint:"):
+                joint_idx[k[len("joint:") :]] = v
+            else:
+                _set(cfg, k, v)
+        for g, i in joint_idx.items():
+            spec = self.joint[g]
+            for n, r in zip(spec["layers"], spec["choices"][i], strict=True):
+                cfg["linear"].setdefault(n, {})["rank"] = r
         sn = self.supernet
         for n, c in cfg["linear"].items():
             choices = self._space["linear"][n]
@@ -134,16 +183,20 @@ class SearchSpace:
         """Uniform crossover: each gene from ``a`` or ``b`` with probability 1/2."""
         return {k: (a[k] if rng.random() < 0.5 else b[k]) for k in self.genes}
 
-    def shrink(self, genes: dict, rng: random.Random) -> dict[str, Any] | None:
-        """A copy with one randomly chosen gene moved one choice down (cheaper); None at the
-        minimum. ``genes`` should be those of a decoded config (``encode(decode(g))``)."""
+    def shrink(self, genes: dict, rng: random.Random, count: int = 1) -> dict[str, Any] | None:
+        """A copy with ``count`` randomly chosen genes (at most all that can) each moved one
+        choice down (cheaper); None at the minimum. ``genes`` should be those of a decoded
+        config (``encode(decode(g))``)."""
         lowerable = [k for k, c in self.genes.items() if c.index(genes[k]) > 0]
         if not lowerable:
             return None
-        k = rng.choice(lowerable)
         out = dict(genes)
-        out[k] = self.genes[k][self.genes[k].index(genes[k]) - 1]
+        for k in rng.sample(lowerable, min(max(1, count), len(lowerable))):
+            out[k] = self.genes[k][self.genes[k].index(genes[k]) - 1]
         return out
+
+
+_SECTIONS = ("resolution", "depth", "mlp", "heads", "linear", "joint")
 
 
 def _split(key: str) -> list[str]:

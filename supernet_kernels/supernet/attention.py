@@ -157,7 +157,10 @@ class SKViTAttention(_ElasticHeads, nn.Module):
         q, k, v = _split_qkv(self.qkv(x), self.num_heads, self.head_dim, self.qkv_layout)
         q, k = self.q_norm(q), self.k_norm(k)
         drop = self.attn_drop.p if self.training else 0.0
-        if attn_mask is not None or is_causal or drop > 0:
+        aq = _quantized(self)
+        if aq is not None and attn_mask is None and not is_causal:
+            x = aq.attend(q, k, v, self.scale)
+        elif attn_mask is not None or is_causal or drop > 0:
             # Masks and attention dropout are outside the op: timm's own (fused) computation.
             x = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, dropout_p=drop, is_causal=is_causal, scale=self.scale
@@ -247,7 +250,14 @@ class SKSamAttention(_ElasticHeads, nn.Module):
             r_q = q.reshape(B, nh, H, W, d)
             rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh.to(q.dtype)).reshape(B, nh, T, H)
             rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw.to(q.dtype)).reshape(B, nh, T, W)
-            out = torch.ops.supernet_kernels.attention(q, k, v, rel_h, rel_w, self.scale)[0]
+            aq = _quantized(self)
+            if aq is not None:  # the op's bias: rel_h over key rows, rel_w over key columns
+                bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, nh, T, T)
+                out = aq.attend(q, k, v, self.scale, bias)
+            else:
+                out = torch.ops.supernet_kernels.attention(q, k, v, rel_h, rel_w, self.scale)[0]
+        elif _quantized(self) is not None:
+            out = _quantized(self).attend(q, k, v, self.scale)
         else:
             out = sk_attention(q, k, v, scale=self.scale)
         out = out.view(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
@@ -259,6 +269,61 @@ class SKSamAttention(_ElasticHeads, nn.Module):
             f"qkv_layout={self.qkv_layout}, use_rel_pos={self.use_rel_pos}, "
             f"input_size={self.input_size}, op=supernet_kernels"
         )
+
+
+class AttnQuant(nn.Module):
+    """Fake quantization of the attention matmuls' operands (quantization-aware training of a
+    mixed-precision supernet): Q, K, V (signed) and the softmax probabilities P (unsigned),
+    each an :class:`~supernet_kernels.quant.fake.LSQActQuantizer`, all at ``bits``. Set as the
+    ``attn_quant`` child of our attention modules (:func:`attach_attn_quant`); at 16 bits the
+    module runs the op as before. Below 16 bits the attention is computed explicitly
+    (``softmax(q k^T * scale + bias)`` materialized, P quantized, then ``P v``): the op never
+    forms P, so there is nothing to quantize inside it (a quantized attention kernel is future
+    work). The cost model counts the module's activation x activation MACs at ``bits`` x
+    ``bits`` (:func:`supernet_kernels.cost.profile`)."""
+
+    def __init__(self, bits_choices=(4, 8, 16)):
+        super().__init__()
+        from ..quant.fake import LSQActQuantizer
+
+        self.q = LSQActQuantizer(bits_choices, signed=True)
+        self.k = LSQActQuantizer(bits_choices, signed=True)
+        self.v = LSQActQuantizer(bits_choices, signed=True)
+        self.p = LSQActQuantizer(bits_choices, signed=False)
+        self.bits_choices = self.q.bits_choices
+
+    @property
+    def bits(self) -> int:
+        return self.q.bits
+
+    def set_bits(self, bits: int) -> None:
+        for m in (self.q, self.k, self.v, self.p):
+            m.set_bits(bits)
+
+    def attend(self, q, k, v, scale: float, bias=None):
+        """Fake-quantized ``softmax(q k^T * scale + bias) v`` (q, k, v: (B, H, T, d))."""
+        q, k, v = self.q(q), self.k(k), self.v(v)
+        s = (q.float() @ k.float().transpose(-2, -1)) * scale
+        if bias is not None:
+            s = s + bias.float()
+        p = self.p(s.softmax(-1))
+        return (p @ v.float()).to(v.dtype)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
+def attach_attn_quant(attn: nn.Module, bits_choices=(4, 8, 16)) -> AttnQuant:
+    """Give one of our attention modules an :class:`AttnQuant` (``attn.attn_quant``)."""
+    if not isinstance(attn, SKViTAttention | SKSamAttention):
+        raise TypeError(f"attach_attn_quant: expected our attention module, got {type(attn)}")
+    attn.attn_quant = AttnQuant(bits_choices)
+    return attn.attn_quant
+
+
+def _quantized(m) -> AttnQuant | None:
+    aq = m._modules.get("attn_quant")
+    return aq if aq is not None and aq.bits < 16 else None
 
 
 # --------------------------------------------------------------------------- swapping

@@ -6,7 +6,10 @@ One step (``Trainer.train``):
    the smallest and ``num_random`` sampled subnets; ``rng`` is the trainer's ``random.Random``
    seeded with ``TrainConfig.seed``, so every rank draws the same subnets);
 2. for each of ``grad_accum`` micro-batches, for each config: ``set_active(config)``, forward,
-   ``loss = task loss + distill_weight * distillation``, ``(loss / grad_accum).backward()``.
+   ``loss = label_weight * task loss + distill_weight * distillation`` (``label_weight`` 0:
+   distillation alone, FLORA's loss), ``(loss / grad_accum).backward()``; with
+   ``step_per_subnet`` (SuperSAM's sandwich) each subnet's backward is followed by its own
+   clip and optimizer step (the scheduler still steps once per step; needs grad_accum 1).
    Distillation (``distill``): ``"largest"`` — against the first config's output of the same
    micro-batch, detached (in-place distillation; the first config itself gets none);
    ``"teacher"`` — against ``teacher``'s output (run once per micro-batch under no_grad);
@@ -76,6 +79,9 @@ TRAJECTORY_FIELDS = (
     "clip_grad", "amp", "num_random", "distill", "distill_weight", "temperature", "seed",
     "shuffle",
 )  # fmt: skip
+# Recipe options, fingerprinted only when not at their default (checkpoints written before
+# they existed still resume).
+RECIPE_FIELDS = {"label_weight": 1.0, "step_per_subnet": False}
 STATE_FORMAT = "sk-trainer-state-v1"
 
 
@@ -106,6 +112,9 @@ class TrainConfig:
     eval_every: int = 0  # with eval_data: evaluate max / min configs every N steps (0: at the end)
     validate_samples: int | None = 1000  # samples checked by validate_dataset (None: all)
     shuffle: bool = True
+    # recipe options
+    label_weight: float = 1.0  # weight of the task (label) loss; 0: distillation only (FLORA)
+    step_per_subnet: bool = False  # one optimizer step per subnet of the step (SuperSAM)
 
     def __post_init__(self):
         def bad(name, want):
@@ -122,7 +131,7 @@ class TrainConfig:
         for f in ("warmup_steps", "checkpoint_every", "num_random", "num_workers", "eval_every"):
             if not is_int(getattr(self, f)) or getattr(self, f) < 0:
                 bad(f, "an int >= 0")
-        for f in ("lr", "weight_decay", "distill_weight", "min_lr"):
+        for f in ("lr", "weight_decay", "distill_weight", "min_lr", "label_weight"):
             v = getattr(self, f)
             if not isinstance(v, int | float) or isinstance(v, bool) or not v >= 0:
                 bad(f, "a number >= 0")
@@ -134,6 +143,8 @@ class TrainConfig:
             bad("clip_grad", "None or a number > 0")
         if self.amp not in (None, "bf16"):
             bad("amp", 'None or "bf16"')
+        if self.step_per_subnet and self.grad_accum != 1:
+            bad("step_per_subnet", "False with grad_accum > 1 (one step per subnet and batch)")
         if self.distill not in ("largest", "teacher", "none"):
             bad("distill", '"largest", "teacher" or "none"')
         if self.validate_samples is not None and (
@@ -380,7 +391,8 @@ class Trainer:
             },
             "space": space,
             "task": self.task.fingerprint(),
-            "train": {f: getattr(c, f) for f in TRAJECTORY_FIELDS},
+            "train": {f: getattr(c, f) for f in TRAJECTORY_FIELDS}
+            | {f: getattr(c, f) for f, d in RECIPE_FIELDS.items() if getattr(c, f) != d},
             "world_size": self.env.world_size,
             "dataset_len": len(self.train_data),
             "trainable": [n for n, _ in self.trained],
@@ -411,7 +423,11 @@ class Trainer:
             if json.dumps(theirs.get(key), sort_keys=True) != json.dumps(mine[key], sort_keys=True):
                 diffs.append(key if key != "space" else "space (search space)")
         tt, mt = theirs.get("train", {}), mine["train"]
-        diffs += [f"{f}={tt.get(f)!r} (this run: {mt[f]!r})" for f in mt if tt.get(f) != mt[f]]
+        diffs += [
+            f"{f}={tt.get(f)!r} (this run: {mt.get(f)!r})"
+            for f in sorted(set(mt) | set(tt))
+            if tt.get(f) != mt.get(f)
+        ]
         if diffs:
             raise ValueError(
                 "checkpoint was written by another training config and cannot be resumed "
@@ -684,23 +700,28 @@ class Trainer:
                     kd = None
                     if use_kd and ref is not None:
                         kd = task.distill_loss(out, ref, c.temperature)
-                total = loss if kd is None else loss + c.distill_weight * kd
+                total = loss * c.label_weight if c.label_weight != 1.0 else loss
+                if kd is not None:
+                    total = total + c.distill_weight * kd
+                if c.label_weight == 0 and kd is None:
+                    raise ValueError(
+                        "TrainConfig.label_weight 0 needs distillation (distill and a teacher "
+                        "or a largest subnet)"
+                    )
                 if not torch.isfinite(total.detach()):
                     raise FloatingPointError(
                         f"step {s}: the loss of config {hashes[i]} (position {i}) is {total.item()}"
                     )
                 (total / c.grad_accum).backward()
+                if c.step_per_subnet and a == c.grad_accum - 1:
+                    self._optimizer_step()
                 sums[0, i] += loss.detach().double() / c.grad_accum
                 if kd is not None:
                     sums[1, i] += kd.detach().double() / c.grad_accum
                 if use_kd and c.distill == "largest" and i == 0:
                     ref = _detach(out)
                 del out, loss, kd, total
-        D.all_reduce_grads(self.params, self.env)
-        grad_norm = None
-        if c.clip_grad is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, c.clip_grad))
-        self.optimizer.step()
+        grad_norm = self._last_grad_norm if c.step_per_subnet else self._optimizer_step()
         self.scheduler.step()
         D.all_reduce_sum(sums, self.env)
         sums /= self.env.world_size
@@ -709,7 +730,9 @@ class Trainer:
             "step": s,
             "epoch": s // self.batches.steps_per_epoch,
             "lr": lr,
-            "loss": [t + c.distill_weight * k for t, k in zip(task_l, kd_l, strict=True)],
+            "loss": [
+                c.label_weight * t + c.distill_weight * k for t, k in zip(task_l, kd_l, strict=True)
+            ],
             "task_loss": task_l,
             "distill_loss": kd_l,
             "configs": hashes,
@@ -717,6 +740,19 @@ class Trainer:
             "time": time.perf_counter() - t0,
         }
         return rec, configs
+
+    def _optimizer_step(self) -> float | None:
+        """All-reduce, clip and apply the gradients, then clear them; the grad norm."""
+        D.all_reduce_grads(self.params, self.env)
+        grad_norm = None
+        if self.config.clip_grad is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_grad))
+        self.optimizer.step()
+        if self.config.step_per_subnet:
+            for p in self.params:
+                p.grad = None
+        self._last_grad_norm = grad_norm
+        return grad_norm
 
     def _coll_dev(self):
         """The device for collective tensors: CUDA under nccl."""
