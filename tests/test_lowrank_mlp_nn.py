@@ -178,3 +178,22 @@ def test_gradients_flow_through_fused_block():
     torch.testing.assert_close(x.grad, x2.grad)
     for n, p in mlp.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, msg=n)
+
+
+def test_hooks_and_profilers_see_both_linears():
+    """A forward hook on a linear, or a profiler's global module hooks, unfuse the block: the
+    profile of a low-rank MLP counts its two linears (a fused block would count as zero)."""
+    from supernet_kernels.cost import profile
+
+    mlp = _elastic_mlp(10, 24, rank=3, hidden=17)
+    x = torch.randn(5, 10)
+    seen = []
+    h = mlp[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    try:
+        with torch.no_grad(), sk.backend("torch"):
+            _, calls = count_op_calls(mlp, x, MLP_OP)
+    finally:
+        h.remove()
+    assert calls == 0 and seen == [torch.Size([5, 17])]
+    prof = profile(mlp, (5, 10))
+    assert prof.total_macs == 5 * 3 * (10 + 17) + 5 * 3 * (17 + 10)

@@ -51,6 +51,18 @@ def _lowrank_active(lin: nn.Module) -> bool:
     )
 
 
+def _hooked(*mods: nn.Module) -> bool:
+    """True where a forward hook would see these modules: then the block must run unfused so
+    that the hooks fire per layer. Profilers count per module this way (FlopCounterMode's
+    module tracker registers global forward hooks; so do activation-importance hooks), and a
+    fused block would hide its two linears from them (its cost would read as zero)."""
+    from torch.nn.modules import module as _module  # torch's own registry of global hooks
+
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in mods)
+
+
 class FusedMlpForward:
     """The forward of an MLP module with two ElasticLinears ``fc1`` and ``fc2`` (attribute
     names) and an activation ``act``: the fused op where it applies, else the module's own."""
@@ -64,6 +76,8 @@ class FusedMlpForward:
         fc1, fc2 = getattr(mod, self.fc1), getattr(mod, self.fc2)
         act = activation_name(getattr(mod, self.act))
         if act is None or not (_lowrank_active(fc1) and _lowrank_active(fc2)):
+            return None
+        if _hooked(fc1, fc2, getattr(mod, self.act)):
             return None
         others = [m for n, m in mod.named_children() if n not in (self.fc1, self.fc2, self.act)]
         if not all(_is_noop(m) for m in others):
