@@ -54,6 +54,13 @@ W_BITS = (2, 3, 4, 8, 16)
 A_BITS = (8, 16)
 
 
+def bits_compatible(w_bits: int, a_bits: int) -> bool:
+    """Whether a kernel runs ``w_bits`` weights with ``a_bits`` activations: 8-bit activations
+    need weights of at most 8 bits (there is no W16A8 kernel). The one home of this rule: the
+    supernet's space, configs, search repair and this layer all ask here."""
+    return a_bits != 8 or w_bits <= 8
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -274,7 +281,7 @@ class ElasticLinear(nn.Module):
                 f"ElasticLinear: {where} is invalid: quantized low-rank is not supported (a "
                 f"factorized layer needs 16 in w_bits_choices, got {self.w_bits_choices})"
             )
-        if a_bits == 8 and w_bits > 8:
+        if not bits_compatible(w_bits, a_bits):
             msg = f"a_bits 8 needs w_bits <= 8 (there is no W16A8 kernel), got w_bits {w_bits}"
             if where == "set_active":
                 raise ValueError(f"ElasticLinear.set_active: {msg}")
