@@ -188,14 +188,14 @@ def convert(
         if counts == [lay.heads[a]]:
             continue
         # fewer heads possible: best heads first, qkv head-major
-        if family == "hf_vit":
+        if fam.FAMILIES[family].own_heads:  # transformers ViT: its own q, k, v, o layers
             from . import hf
 
             hf.prioritize_heads(work.get_submodule(a), lay.heads[a])  # magnitude
         else:
             prioritize_heads(work.get_submodule(a), head_imp)
     flags = None
-    if family == "timm_vit" and checked["resolution"] is not None:
+    if fam.FAMILIES[family].elastic_resolution and checked["resolution"] is not None:
         flags = fam.vit_flags(work)
         # Only an elastic resolution needs timm's dynamic image size; a fixed one keeps the
         # model's own (static) path, which also runs empty batches (the dynamic one cannot).

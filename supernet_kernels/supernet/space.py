@@ -121,7 +121,7 @@ def _default_space(model: nn.Module, lay: fam.Layout, attention: str) -> dict:
         "mlp": {m: _mlp_widths(mods[a].out_features) for m, (a, _) in lay.mlps.items()},
         # The model's own attention reshapes with a fixed head count: elastic with ours only.
         "heads": {
-            a: _head_counts(h) if attention == "ours" or lay.family == "hf_vit" else [h]
+            a: _head_counts(h) if attention == "ours" or fam.FAMILIES[lay.family].own_heads else [h]
             for a, h in lay.heads.items()
         },
         "linear": {n: _linear_default(r, mods[n]) for n, r in lay.roles.items()},
@@ -277,7 +277,8 @@ def _check_space(space: dict, model: nn.Module, lay: fam.Layout, attention: str)
             vals,
             lambda v, h=full: None if _is_int(v) and 1 <= v <= h else f"is not an int in 1..{h}",
         )
-        if attention != "ours" and lay.family != "hf_vit" and out["heads"][a] != [full]:
+        own = fam.FAMILIES[lay.family].own_heads
+        if attention != "ours" and not own and out["heads"][a] != [full]:
             raise ValueError(
                 f'space.heads.{a}: fewer heads than the model\'s {full} need attention="ours" '
                 f"(the model's own attention runs a fixed head count), got {out['heads'][a]}"
@@ -347,16 +348,14 @@ def _check_space(space: dict, model: nn.Module, lay: fam.Layout, attention: str)
 
 
 def _head_sides(lay: fam.Layout, mods: dict, a: str) -> list[tuple[str, str, int]]:
-    """(linear, side narrowed, width per head) of attention module ``a``: its fused qkv and
-    proj (timm / SAM, our attention) or transformers ViT's q, k, v and o projections."""
-    if lay.family == "hf_vit":
-        from . import hf
-
-        qkv, o = hf.head_linears(a)
-        d = mods[o].in_features // lay.heads[a]
-        return [(n, "out", d) for n in qkv] + [(o, "in", d)]
-    d = mods[f"{a}.proj"].in_features // lay.heads[a]
-    return [(f"{a}.qkv", "out", 3 * d), (f"{a}.proj", "in", d)]
+    """(linear, side narrowed, width per head) of attention module ``a``: the rows of its q, k,
+    v (or fused qkv) linears and the input columns of its output linear, as its family names
+    them (:attr:`Family.head_linears`)."""
+    qkv, o = fam.FAMILIES[lay.family].head_linears(a)
+    h = lay.heads[a]
+    return [(n, "out", mods[n].out_features // h) for n in qkv] + [
+        (o, "in", mods[o].in_features // h)
+    ]
 
 
 # --------------------------------------------------------------------------- configs

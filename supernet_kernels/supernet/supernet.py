@@ -69,7 +69,8 @@ class Supernet(nn.Module):
         self._paths = {n: self.module(n) for n in [*space["linear"], *space["heads"]]}
         # Attention modules running fewer heads than they have (prioritized by convert):
         # name -> head_dim.
-        if self.family == "hf_vit":  # transformers ViT: prioritized where heads are elastic
+        self._family = fam.FAMILIES[self.family]
+        if self._family.own_heads:  # transformers ViT: prioritized where heads are elastic
             self._head_dims = {
                 a: self._mod(a).head_dim
                 for a, c in space["heads"].items()
@@ -191,7 +192,7 @@ class Supernet(nn.Module):
             self._mod(b).set_active(in_features=h)
         for a in self._head_dims:
             h = cfg["heads"][a]
-            if self.family != "hf_vit":  # transformers' ViT reshapes with -1 heads
+            if not self._family.own_heads:  # transformers' ViT reshapes with -1 heads
                 self._mod(a).set_heads(h)
             for n, side, unit in self._side_of_heads(a):
                 # head-major: one prefix of each
@@ -210,12 +211,7 @@ class Supernet(nn.Module):
                     "resize the images or set_active({'resolution': ...})"
                 )
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if (
-            x is not None
-            and x.dim() == 4
-            and x.shape[0] == 0
-            and self.family in ("timm_vit", "timm_swin", "sam")
-        ):
+        if x is not None and x.dim() == 4 and x.shape[0] == 0 and self._family.pad_empty_batch:
             # Image models reshape with -1 somewhere (timm's dynamic-size ViT x.view(B, -1, C),
             # the attention of SAM and Swin), ambiguous for B = 0: run one zero image appended
             # to the empty batch and keep none of it (gradients still reach the input).
@@ -224,7 +220,7 @@ class Supernet(nn.Module):
                 return out[:0]
             return type(out)(o[:0] for o in out)
         px = kwargs.get("pixel_values")
-        if self.family == "hf_vit" and isinstance(px, torch.Tensor) and px.shape[0] == 0:
+        if self._family.own_heads and isinstance(px, torch.Tensor) and px.shape[0] == 0:
             # transformers' ViT attention views with -1 heads, ambiguous for B = 0: as above.
             one = torch.cat([px, px.new_zeros((1, *px.shape[1:]))])
             out = self.model(*args, **{**kwargs, "pixel_values": one})
@@ -279,7 +275,7 @@ class Supernet(nn.Module):
                 if isinstance(child, ElasticBlock):
                     parent._modules[attr] = child.block
         drop_placeholders(sub)
-        if self.family == "timm_vit" and cfg["resolution"] is not None:
+        if self._family.elastic_resolution and cfg["resolution"] is not None:
             fam.vit_set_resolution(sub, cfg["resolution"], self._vit_flags)
         from .hf import refuse_save_pretrained
 
