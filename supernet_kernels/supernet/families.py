@@ -4,7 +4,8 @@ A family turns a model into a :class:`Layout`: the role of each ``nn.Linear`` (a
 proj, MLP fc1 / fc2, other), the MLPs whose hidden width is elastic (fc1, fc2 pairs), the
 blocks that may be dropped, the attention modules whose heads may be elastic (timm ViT / DeiT
 and SAM, see :func:`~supernet_kernels.supernet.attention.head_count`), and (timm ViT) the input
-resolution. Families, detected by type:
+resolution. Each family is one :class:`Family` object in the :data:`FAMILIES` table (detection,
+layout, attention swap, build records), detected by type in the table's order:
 
 * ``timm_vit``: ``timm.models.vision_transformer.VisionTransformer`` (ViT, DeiT, and subclasses):
   ``blocks.{i}.attn.qkv`` / ``.attn.proj``, ``blocks.{i}.mlp.fc1`` / ``.fc2``;
