@@ -119,13 +119,12 @@ def _module_name(model: nn.Module, layers: dict[str, nn.Module], name: str) -> s
     """The module name of a layer named as in a Supernet's config (``blocks.1.attn.qkv``),
     which differs from its module path (``model.blocks.1.block.attn.qkv`` when the block is
     droppable); other names are returned as they are."""
-    if name in layers or not callable(getattr(model, "elastic_linears", None)):
+    from ..supernet.supernet import Supernet
+
+    if name in layers or not isinstance(model, Supernet):
         return name
-    target = model.elastic_linears().get(name)
-    for module_name, m in layers.items():
-        if m is target:
-            return module_name
-    return name
+    path = model.module(name)
+    return path if path in layers else name
 
 
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:

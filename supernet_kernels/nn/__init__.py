@@ -2,6 +2,7 @@
 
 from . import importance
 from .elastic import ElasticBlock, ElasticLinear
+from .fake_quant import FakeQuantLinear
 from .lowrank import ElasticLowRankLinear, LowRankLinear, svd_factors
 from .quant import QuantLinear
 
@@ -9,6 +10,7 @@ __all__ = [
     "ElasticBlock",
     "ElasticLinear",
     "ElasticLowRankLinear",
+    "FakeQuantLinear",
     "LowRankLinear",
     "QuantLinear",
     "importance",

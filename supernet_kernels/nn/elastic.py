@@ -54,6 +54,13 @@ W_BITS = (2, 3, 4, 8, 16)
 A_BITS = (8, 16)
 
 
+def bits_compatible(w_bits: int, a_bits: int) -> bool:
+    """Whether a kernel runs ``w_bits`` weights with ``a_bits`` activations: 8-bit activations
+    need weights of at most 8 bits (there is no W16A8 kernel). The one home of this rule: the
+    supernet's space, configs, search repair and this layer all ask here."""
+    return a_bits != 8 or w_bits <= 8
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -274,7 +281,7 @@ class ElasticLinear(nn.Module):
                 f"ElasticLinear: {where} is invalid: quantized low-rank is not supported (a "
                 f"factorized layer needs 16 in w_bits_choices, got {self.w_bits_choices})"
             )
-        if a_bits == 8 and w_bits > 8:
+        if not bits_compatible(w_bits, a_bits):
             msg = f"a_bits 8 needs w_bits <= 8 (there is no W16A8 kernel), got w_bits {w_bits}"
             if where == "set_active":
                 raise ValueError(f"ElasticLinear.set_active: {msg}")
@@ -290,14 +297,25 @@ class ElasticLinear(nn.Module):
         w_bits: int | None = None,
         a_bits: int | None = None,
         in_features: int | None = None,
+        *,
+        out_features: int | None = None,
     ) -> None:
         """Choose the active sub-layer; arguments left None keep their current value.
 
         out in 1..out_features, in_features in 1..in_features, rank in 1..max_rank (any int,
         not only ``rank_choices``; a dense layer takes no rank), w_bits in ``w_bits_choices``,
         a_bits in ``a_bits_choices``. The whole call is validated before anything changes.
+        ``out_features`` is another name for ``out`` (the name every elastic layer takes), so
+        ``set_active(**choice)`` takes what :meth:`active_choice` and :meth:`choices` give.
         """
         where = "ElasticLinear.set_active"
+        if out_features is not None:
+            if out is not None and out != out_features:
+                raise ValueError(
+                    f"{where}: out ({out}) and out_features ({out_features}) name the same "
+                    "width; give one"
+                )
+            out = out_features
         for name, val, hi in (
             ("out", out, self.out_features),
             ("in_features", in_features, self.in_features),
@@ -334,6 +352,54 @@ class ElasticLinear(nn.Module):
             self.active_in = in_features
         self.active_rank = new_rank
         self.w_bits, self.a_bits = new_w, new_a
+
+    def active_choice(self) -> dict:
+        """The active sub-layer as ``set_active`` keywords (these keys name a choice in stored
+        latency tables: keep them)."""
+        return {
+            "a_bits": self.a_bits,
+            "in_features": self.active_in,
+            "out": self.active_out,
+            "rank": self.active_rank,
+            "w_bits": self.w_bits,
+        }
+
+    def choices(self) -> list[dict]:
+        """Every valid (rank, w_bits, a_bits) of ``rank_choices`` (None for a dense layer),
+        ``w_bits_choices`` and ``a_bits_choices``, as ``set_active`` keywords (widths stay)."""
+        out = []
+        for r in self.rank_choices or [None]:
+            for w in self.w_bits_choices:
+                for a in self.a_bits_choices:
+                    try:
+                        self._check_config(r, w, a)
+                    except ValueError:
+                        continue
+                    out.append({"rank": r, "w_bits": w, "a_bits": a})
+        return out
+
+    @torch.no_grad()
+    def add_lora(self, rank: int = 8, alpha: float | None = None) -> None:
+        """Add LoRA adapters (``lora_a`` Kaiming-uniform, ``lora_b`` zero, so the layer is
+        unchanged) and freeze the base weights, as ``ElasticLinear(..., lora_rank=rank)``
+        would. ValueError if the layer already has adapters."""
+        if self.lora_rank:
+            raise ValueError(
+                "ElasticLinear.add_lora: the layer already has LoRA adapters "
+                f"(rank {self.lora_rank})"
+            )
+        if not _is_int(rank) or rank < 1:
+            raise ValueError(f"ElasticLinear.add_lora: rank must be an int >= 1, got {rank!r}")
+        base = self.weight if self.max_rank is None else self.u
+        kw = {"device": base.device, "dtype": base.dtype}
+        self.lora_rank = rank
+        self.lora_alpha = float(rank if alpha is None else alpha)
+        self.lora_scaling = self.lora_alpha / rank
+        self.lora_a = nn.Parameter(torch.empty(rank, self.in_features, **kw))
+        self.lora_b = nn.Parameter(torch.zeros(self.out_features, rank, **kw))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        for p in self._base_params():
+            p.requires_grad_(False)
 
     def quant_group_size(self, in_features: int | None = None) -> int:
         """The quantization group used at input width ``in_features`` (default: the active
@@ -549,6 +615,12 @@ class ElasticBlock(nn.Module):
         if not isinstance(active, bool):
             raise TypeError(f"ElasticBlock.set_active: active must be a bool, got {active!r}")
         self.active = active
+
+    def active_choice(self) -> dict:
+        return {"active": self.active}
+
+    def choices(self) -> list[dict]:
+        return [{"active": False}, {"active": True}]
 
     def forward(self, *args, **kwargs):
         if self.active:

@@ -172,8 +172,19 @@ class ElasticLowRankLinear(nn.Module):
         rank: int | None = None,
         out_features: int | None = None,
         in_features: int | None = None,
+        *,
+        out: int | None = None,
     ) -> None:
-        """Choose the active sub-layer; arguments left None keep their current value."""
+        """Choose the active sub-layer; arguments left None keep their current value. ``out``
+        is another name for ``out_features`` (ElasticLinear's), so ``set_active(**choice)``
+        takes what :meth:`active_choice` and :meth:`choices` give."""
+        if out is not None:
+            if out_features is not None and out != out_features:
+                raise ValueError(
+                    f"ElasticLowRankLinear.set_active: out ({out}) and out_features "
+                    f"({out_features}) name the same width; give one"
+                )
+            out_features = out
         checks = (
             ("rank", rank, self.max_rank),
             ("out_features", out_features, self.out_features),
@@ -196,6 +207,20 @@ class ElasticLowRankLinear(nn.Module):
             self.active_out_features = out_features
         if in_features is not None:
             self.active_in_features = in_features
+
+    def active_choice(self) -> dict:
+        """The active sub-layer as ``set_active`` keywords (these keys name a choice in stored
+        latency tables: keep them)."""
+        return {
+            "in_features": self.active_in_features,
+            "out_features": self.active_out_features,
+            "rank": self.active_rank,
+        }
+
+    def choices(self) -> list[dict]:
+        """Ranks max/4, max/2, 3max/4 and max (widths stay), as ``set_active`` keywords: a
+        rank is any int up to ``max_rank``, these four sample it evenly."""
+        return [{"rank": r} for r in sorted({max(1, self.max_rank * q // 4) for q in (1, 2, 3, 4)})]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.active_in_features

@@ -41,6 +41,8 @@ import json
 import random
 from typing import Any
 
+from ..nn.elastic import bits_compatible
+
 
 def config_hash(config: dict) -> str:
     """A short stable hash of a config (canonical JSON, sorted keys): the cache key."""
@@ -151,7 +153,7 @@ class SearchSpace:
                 if c["rank"] > limit:
                     ok = [r for r in choices["rank"] if r <= limit]
                     c["rank"] = ok[-1] if ok else choices["rank"][0]
-            if c["a_bits"] == 8 and c["w_bits"] > 8:
+            if not bits_compatible(c["w_bits"], c["a_bits"]):
                 if 16 in choices["a_bits"]:
                     c["a_bits"] = 16
                 else:

@@ -1,8 +1,9 @@
 """Weight-sharing supernets from existing models: convert, search-space configs, subnet
 extraction, and save / load of extracted subnets (safetensors + JSON, no pickle)."""
 
-from .core import Supernet, convert, extract
+from .convert import convert, extract
 from .families import detect_family
 from .io import load, save
+from .supernet import Supernet
 
 __all__ = ["Supernet", "convert", "detect_family", "extract", "load", "save"]

@@ -56,7 +56,7 @@ from torch import nn
 
 from ..nn.importance import HeadImportanceFn, reorder_heads
 from ..ops.attention import attention as sk_attention
-from .swin_attention import SKSwinAttention, _window_attention_cls
+from .swin_attention import SKSwinAttention
 
 QKV_LAYOUTS = ("qkv", "head")
 
@@ -334,14 +334,12 @@ def swap_attention(model: nn.Module, family: str) -> list[str]:
     """Replace, in place, the attention modules of a timm ViT / DeiT ("timm_vit"), a timm Swin
     ("timm_swin") or a SAM image encoder ("sam") with ours; returns the names replaced (other
     families: none)."""
-    if family == "timm_vit":
-        cls, ours = _timm_attention_cls(), SKViTAttention
-    elif family == "timm_swin":
-        cls, ours = _window_attention_cls(), SKSwinAttention
-    elif family == "sam":
-        cls, ours = _sam_attention_cls(), SKSamAttention
-    else:
+    from .families import FAMILIES  # each family names its attention classes there
+
+    pair = FAMILIES[family].swap_pair() if family in FAMILIES else None
+    if pair is None:
         return []
+    cls, ours = pair[0](), pair[1]
     if cls is None:  # pragma: no cover
         return []
     done = []

@@ -4,7 +4,8 @@ A family turns a model into a :class:`Layout`: the role of each ``nn.Linear`` (a
 proj, MLP fc1 / fc2, other), the MLPs whose hidden width is elastic (fc1, fc2 pairs), the
 blocks that may be dropped, the attention modules whose heads may be elastic (timm ViT / DeiT
 and SAM, see :func:`~supernet_kernels.supernet.attention.head_count`), and (timm ViT) the input
-resolution. Families, detected by type:
+resolution. Each family is one :class:`Family` object in the :data:`FAMILIES` table (detection,
+layout, attention swap, build records), detected by type in the table's order:
 
 * ``timm_vit``: ``timm.models.vision_transformer.VisionTransformer`` (ViT, DeiT, and subclasses):
   ``blocks.{i}.attn.qkv`` / ``.attn.proj``, ``blocks.{i}.mlp.fc1`` / ``.fc2``;
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,6 +39,13 @@ from torch import nn
 
 from .._direct_reads import direct_reads
 from .attention import head_count
+from .vit_resolution import (  # noqa: F401 - re-exported: callers use families.vit_*
+    _vit_resolution,
+    vit_flags,
+    vit_make_dynamic,
+    vit_set_flags,
+    vit_set_resolution,
+)
 
 
 @dataclasses.dataclass
@@ -76,15 +86,10 @@ def _sam_cls():
 
 
 def detect_family(model: nn.Module) -> str:
-    from . import hf
-
-    found = hf.detect(model)
-    if found is not None:
-        return found
-    for family, get in (("sam", _sam_cls), ("timm_swin", _swin_cls), ("timm_vit", _vit_cls)):
-        cls = get()
-        if cls is not None and isinstance(model, cls):
-            return family
+    """The name of ``model``'s family: the first entry of :data:`FAMILIES` that claims it."""
+    for family in FAMILIES.values():
+        if family.detect(model):
+            return family.name
     return "generic"
 
 
@@ -156,129 +161,88 @@ def _transformer_block(
         mlps[f"{prefix}.mlp"] = (f"{prefix}.mlp.{fc[0]}", f"{prefix}.mlp.{fc[1]}")
 
 
+def _attention_heads(model: nn.Module) -> dict[str, int]:
+    """Heads of each ``blocks.{i}.attn`` that can be elastic (timm ViT, SAM)."""
+    heads = {}
+    for i, blk in enumerate(model.blocks):
+        count = head_count(getattr(blk, "attn", None))
+        if count is not None:
+            heads[f"blocks.{i}.attn"] = count
+    return heads
+
+
+def _vit_parts(model: nn.Module) -> dict:
+    roles: dict[str, str] = {}
+    mlps: dict[str, tuple[str, str]] = {}
+    n = len(model.blocks)
+    blocks = {}
+    for i, blk in enumerate(model.blocks):
+        _transformer_block(f"blocks.{i}", blk, ("fc1", "fc2"), roles, mlps)
+        blocks[f"blocks.{i}"] = 0 < i < n - 1
+    return {
+        "roles": roles,
+        "mlps": mlps,
+        "blocks": blocks,
+        "heads": _attention_heads(model),
+        "resolution": _vit_resolution(model),
+    }
+
+
+def _swin_parts(model: nn.Module) -> dict:
+    roles: dict[str, str] = {}
+    mlps: dict[str, tuple[str, str]] = {}
+    blocks = {}
+    for s, stage in enumerate(model.layers):
+        ds = getattr(stage, "downsample", None)
+        if ds is not None and _is_linear(ds, "reduction"):
+            roles[f"layers.{s}.downsample.reduction"] = "generic"
+        n = len(stage.blocks)
+        for j, blk in enumerate(stage.blocks):
+            _transformer_block(f"layers.{s}.blocks.{j}", blk, ("fc1", "fc2"), roles, mlps)
+            blocks[f"layers.{s}.blocks.{j}"] = 0 < j < n - 1
+    return {"roles": roles, "mlps": mlps, "blocks": blocks}
+
+
+def _sam_parts(model: nn.Module) -> dict:
+    roles: dict[str, str] = {}
+    mlps: dict[str, tuple[str, str]] = {}
+    n = len(model.blocks)
+    blocks = {}
+    for i, blk in enumerate(model.blocks):
+        _transformer_block(f"blocks.{i}", blk, ("lin1", "lin2"), roles, mlps)
+        is_global = getattr(blk, "window_size", 0) == 0
+        blocks[f"blocks.{i}"] = 0 < i < n - 1 and not is_global
+    return {"roles": roles, "mlps": mlps, "blocks": blocks, "heads": _attention_heads(model)}
+
+
+def _hf_parts(name: str) -> Callable[[nn.Module], dict]:
+    def parts(model: nn.Module) -> dict:
+        from . import hf
+
+        roles, mlps, blocks, heads = hf.layout_parts(model, name)
+        return {"roles": roles, "mlps": mlps, "blocks": blocks, "heads": heads}
+
+    return parts
+
+
 def layout(model: nn.Module, family: str | None = None) -> Layout:
     """The family's layout of ``model``; linears without a family role get "other" (family
     models) or "generic" (generic models, Swin's patch-merging reductions)."""
     family = family or detect_family(model)
+    spec = FAMILIES[family]
     names, skipped = convertible_linears(model)
-    roles: dict[str, str] = {}
-    mlps: dict[str, tuple[str, str]] = {}
-    blocks: dict[str, bool] = {}
-    heads: dict[str, int] = {}
-    resolution = None
-    if family in ("timm_vit", "sam"):
-        for i, blk in enumerate(model.blocks):
-            count = head_count(getattr(blk, "attn", None))
-            if count is not None:
-                heads[f"blocks.{i}.attn"] = count
-    if family == "timm_vit":
-        n = len(model.blocks)
-        for i, blk in enumerate(model.blocks):
-            _transformer_block(f"blocks.{i}", blk, ("fc1", "fc2"), roles, mlps)
-            blocks[f"blocks.{i}"] = 0 < i < n - 1
-        resolution = _vit_resolution(model)
-    elif family == "timm_swin":
-        for s, stage in enumerate(model.layers):
-            ds = getattr(stage, "downsample", None)
-            if ds is not None and _is_linear(ds, "reduction"):
-                roles[f"layers.{s}.downsample.reduction"] = "generic"
-            n = len(stage.blocks)
-            for j, blk in enumerate(stage.blocks):
-                _transformer_block(f"layers.{s}.blocks.{j}", blk, ("fc1", "fc2"), roles, mlps)
-                blocks[f"layers.{s}.blocks.{j}"] = 0 < j < n - 1
-    elif family in ("hf_vit", "hf_sam"):
-        from . import hf
-
-        roles, mlps, blocks, heads = hf.layout_parts(model, family)
-    elif family == "sam":
-        n = len(model.blocks)
-        for i, blk in enumerate(model.blocks):
-            _transformer_block(f"blocks.{i}", blk, ("lin1", "lin2"), roles, mlps)
-            is_global = getattr(blk, "window_size", 0) == 0
-            blocks[f"blocks.{i}"] = 0 < i < n - 1 and not is_global
-    default = "generic" if family == "generic" else "other"
+    parts = spec.parts(model)
+    roles, mlps = parts.get("roles", {}), parts.get("mlps", {})
+    blocks, heads = parts.get("blocks", {}), parts.get("heads", {})
+    default = spec.default_role
     roles = {n_: roles.get(n_, default) for n_ in names}  # model order; skipped ones dropped
     mlps = {k: v for k, v in mlps.items() if v[0] in roles and v[1] in roles}
-    if family == "hf_vit":
-        from . import hf
-
-        heads = {
-            a: h
-            for a, h in heads.items()
-            if all(n_ in roles for n_ in [*hf.head_linears(a)[0], hf.head_linears(a)[1]])
-        }
-    else:
-        heads = {a: h for a, h in heads.items() if f"{a}.qkv" in roles and f"{a}.proj" in roles}
-    return Layout(family, roles, mlps, blocks, skipped, resolution, heads)
-
-
-# --------------------------------------------------------------------------- timm ViT resolution
-def _vit_resolution(model: nn.Module) -> dict | None:
-    pe = model.patch_embed
-    img, patch = getattr(pe, "img_size", None), getattr(pe, "patch_size", None)
-    if img is None or patch is None or img[0] != img[1] or patch[0] != patch[1]:
-        return None  # non-square: resolution not elastic
-    native, p = int(img[0]), int(patch[0])
-    choices = sorted({max(p, round(native * f / p) * p) for f in (160 / 224, 192 / 224)} | {native})
-    return {"native": native, "patch": p, "choices": choices}
-
-
-def vit_flags(model: nn.Module) -> dict:
-    pe = model.patch_embed
-    return {
-        "dynamic_img_size": bool(model.dynamic_img_size),
-        "strict_img_size": bool(pe.strict_img_size),
-        "flatten": bool(pe.flatten),
-        "output_fmt": str(pe.output_fmt.value),
+    heads = {
+        a: h
+        for a, h in heads.items()
+        if all(n_ in roles for n_ in [*spec.head_linears(a)[0], spec.head_linears(a)[1]])
     }
-
-
-def vit_set_flags(model: nn.Module, flags: dict) -> None:
-    from timm.layers import Format
-
-    pe = model.patch_embed
-    model.dynamic_img_size = flags["dynamic_img_size"]
-    pe.strict_img_size = flags["strict_img_size"]
-    pe.flatten = flags["flatten"]
-    pe.output_fmt = Format(flags["output_fmt"])
-
-
-def vit_make_dynamic(model: nn.Module) -> None:
-    """Let a timm ViT take any multiple of its patch size: position embeddings are resampled
-    (timm's ``resample_abs_pos_embed``) from the native grid on each forward."""
-    vit_set_flags(
-        model,
-        {
-            "dynamic_img_size": True,
-            "strict_img_size": False,
-            "flatten": False,
-            "output_fmt": "NHWC",
-        },
-    )
-
-
-@torch.no_grad()
-def vit_set_resolution(model: nn.Module, resolution: int, flags: dict) -> None:
-    """Make a timm ViT static at ``resolution``: position embeddings resampled once exactly as
-    the dynamic forward does, patch_embed sizes updated, the original ``flags`` restored."""
-    from timm.layers import resample_abs_pos_embed
-
-    pe = model.patch_embed
-    p = pe.patch_size
-    grid = (resolution // p[0], resolution // p[1])
-    if tuple(pe.grid_size) != grid:
-        if model.pos_embed is not None:
-            new = resample_abs_pos_embed(
-                model.pos_embed,
-                new_size=grid,
-                old_size=pe.grid_size,
-                num_prefix_tokens=0 if model.no_embed_class else model.num_prefix_tokens,
-            )
-            model.pos_embed = nn.Parameter(new.detach().clone(), model.pos_embed.requires_grad)
-        pe.img_size = (resolution, resolution)
-        pe.grid_size = grid
-        pe.num_patches = grid[0] * grid[1]
-    vit_set_flags(model, flags)
+    return Layout(family, roles, mlps, blocks, skipped, parts.get("resolution"), heads)
 
 
 # --------------------------------------------------------------------------- build records
@@ -363,17 +327,131 @@ def _sam_kwargs(m: nn.Module) -> dict:
     }
 
 
-_KWARGS = {"timm_vit": _vit_kwargs, "timm_swin": _swin_kwargs, "sam": _sam_kwargs}
-_CLASSES = {
-    "timm.VisionTransformer": _vit_cls,
-    "timm.SwinTransformer": _swin_cls,
-    "segment_anything.ImageEncoderViT": _sam_cls,
+# --------------------------------------------------------------------------- the family table
+def _fused_head_linears(attn: str) -> tuple[list[str], str]:
+    """(qkv linears, output linear) of a timm / segment-anything attention: one fused qkv."""
+    return [f"{attn}.qkv"], f"{attn}.proj"
+
+
+def _hf_head_linears(attn: str) -> tuple[list[str], str]:
+    from . import hf
+
+    return hf.head_linears(attn)
+
+
+def _is_instance(get_cls: Callable[[], type | None]) -> Callable[[nn.Module], bool]:
+    def detect(model: nn.Module) -> bool:
+        cls = get_cls()
+        return cls is not None and isinstance(model, cls)
+
+    return detect
+
+
+def _hf_record(model: nn.Module) -> dict:
+    from . import hf
+
+    return hf.build_record(model)
+
+
+def _is_hf(name: str) -> Callable[[nn.Module], bool]:
+    def detect(model: nn.Module) -> bool:
+        from . import hf
+
+        return hf.detect(model) == name
+
+    return detect
+
+
+def _attention_swap(module: str, cls: str, ours: str) -> tuple[Callable[[], type | None], type]:
+    """(getter of the original attention class, our replacement), both from ``module`` (our
+    attention modules, imported when first asked for)."""
+    mod = importlib.import_module(f"{__package__}.{module}")
+    return getattr(mod, cls), getattr(mod, ours)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """Everything the library knows about one model family, in one place.
+
+    ``name`` is what files and ``Supernet.family`` record. ``detect(model)`` claims a model;
+    ``parts(model)`` gives the layout's roles / mlps / blocks / heads / resolution (what is
+    left out is empty); ``head_linears(attn)`` names an attention module's (q, k, v or fused
+    qkv) and output linears; ``attention`` names (module, original class getter, our class) for
+    ``attention="ours"`` (None: the model keeps its own); ``own_heads``: the model's own
+    attention runs any head count (transformers ViT), so heads are elastic without ours;
+    ``build_class`` / ``get_class`` / ``kwargs`` describe a "class" build record, ``record``
+    makes a family's own kind of record (transformers); ``elastic_resolution``: the input
+    resolution is elastic (timm ViT); ``pad_empty_batch``: the forward cannot run B = 0
+    (reshapes with -1); ``default_role``: the role of a linear the layout does not name."""
+
+    name: str
+    detect: Callable[[nn.Module], bool]
+    parts: Callable[[nn.Module], dict]
+    head_linears: Callable[[str], tuple[list[str], str]] = _fused_head_linears
+    attention: tuple[str, str, str] | None = None
+    own_heads: bool = False
+    build_class: str | None = None
+    get_class: Callable[[], type | None] | None = None
+    kwargs: Callable[[nn.Module], dict] | None = None
+    record: Callable[[nn.Module], dict] | None = None
+    elastic_resolution: bool = False
+    pad_empty_batch: bool = False
+    default_role: str = "other"
+
+    def swap_pair(self) -> tuple[Callable[[], type | None], type] | None:
+        """(original attention class getter, our module) or None."""
+        return _attention_swap(*self.attention) if self.attention else None
+
+
+# Detection order: the first family that claims a model wins (transformers' classes first,
+# SAM before the timm families, generic last).
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "hf_vit",
+            _is_hf("hf_vit"),
+            _hf_parts("hf_vit"),
+            _hf_head_linears,
+            own_heads=True,
+            record=_hf_record,
+        ),
+        Family("hf_sam", _is_hf("hf_sam"), _hf_parts("hf_sam"), record=_hf_record),
+        Family(
+            "sam",
+            _is_instance(_sam_cls),
+            _sam_parts,
+            attention=("attention", "_sam_attention_cls", "SKSamAttention"),
+            build_class="segment_anything.ImageEncoderViT",
+            get_class=_sam_cls,
+            kwargs=_sam_kwargs,
+            pad_empty_batch=True,
+        ),
+        Family(
+            "timm_swin",
+            _is_instance(_swin_cls),
+            _swin_parts,
+            attention=("swin_attention", "_window_attention_cls", "SKSwinAttention"),
+            build_class="timm.SwinTransformer",
+            get_class=_swin_cls,
+            kwargs=_swin_kwargs,
+            pad_empty_batch=True,
+        ),
+        Family(
+            "timm_vit",
+            _is_instance(_vit_cls),
+            _vit_parts,
+            attention=("attention", "_timm_attention_cls", "SKViTAttention"),
+            build_class="timm.VisionTransformer",
+            get_class=_vit_cls,
+            kwargs=_vit_kwargs,
+            elastic_resolution=True,
+            pad_empty_batch=True,
+        ),
+        Family("generic", lambda model: True, lambda model: {}, default_role="generic"),
+    )
 }
-_CLASS_OF = {
-    "timm_vit": "timm.VisionTransformer",
-    "timm_swin": "timm.SwinTransformer",
-    "sam": "segment_anything.ImageEncoderViT",
-}
+_CLASSES = {f.build_class: f.get_class for f in FAMILIES.values() if f.build_class}
 
 
 def rebuild(build: dict, device=None) -> nn.Module:
@@ -453,17 +531,16 @@ def _generic_timm_candidates(model: nn.Module, name: str) -> list[dict]:
 
 def describe_build(model: nn.Module, family: str) -> dict | None:
     """A verified JSON build record for ``model`` (call before converting it), or None."""
-    if family in ("hf_vit", "hf_sam"):
-        from . import hf
-
+    spec = FAMILIES[family]
+    if spec.record is not None:  # a family with its own build records (transformers)
         try:
-            build = json.loads(json.dumps(hf.build_record(model)))
+            build = json.loads(json.dumps(spec.record(model)))
             if fingerprint(rebuild(build, device="meta")) == fingerprint(model):
                 return build
         except Exception:
             pass
         return None
-    reader = _KWARGS.get(family)
+    reader = spec.kwargs
     if reader is None:
         # Any timm model made by name: its name plus the generic arguments, verified.
         cfg = getattr(model, "pretrained_cfg", None)
@@ -497,7 +574,7 @@ def describe_build(model: nn.Module, family: str) -> dict | None:
             candidates.append({"kind": "timm", "name": name, "kwargs": diff})
         except Exception:
             pass
-    candidates.append({"kind": "class", "class": _CLASS_OF[family], "kwargs": kwargs})
+    candidates.append({"kind": "class", "class": spec.build_class, "kwargs": kwargs})
     want = fingerprint(model)
     for build in candidates:
         # On the meta device (no memory, no init); some timm versions (1.0.15) copy data while

@@ -62,7 +62,7 @@ from .attention import (
 from .core import SUBNET_FORMAT, Supernet, remove_blocks
 
 _META_KEY = "supernet_kernels"
-FAMILIES = ("timm_vit", "timm_swin", "sam", "hf_vit", "hf_sam", "generic")
+FAMILIES = tuple(fam.FAMILIES)  # the family names a file may record
 
 
 def _layer_record(m: nn.Module) -> dict | None:

@@ -231,16 +231,7 @@ def add_lora(supernet, rank: int = 8, alpha: float | None = None, layers=None) -
             continue
         if el.lora_rank:
             raise ValueError(f"add_lora: {name} already has LoRA adapters")
-        base = el.weight if el.max_rank is None else el.u
-        kw = {"device": base.device, "dtype": base.dtype}
-        el.lora_rank = rank
-        el.lora_alpha = float(rank if alpha is None else alpha)
-        el.lora_scaling = el.lora_alpha / rank
-        el.lora_a = nn.Parameter(torch.empty(rank, el.in_features, **kw))
-        el.lora_b = nn.Parameter(torch.zeros(el.out_features, rank, **kw))
-        nn.init.kaiming_uniform_(el.lora_a, a=math.sqrt(5))
-        for p in el._base_params():
-            p.requires_grad_(False)
+        el.add_lora(rank, alpha)
         names.append(name)
     return names
 
