@@ -1,7 +1,5 @@
-"""Small Triton helpers shared by the quantized-matmul kernels: products, rounding, tiles.
-
-Kept apart from the low-rank kernels so each kernel module depends only on what it uses.
-"""
+"""Small Triton helpers shared by the quantized-matmul and low-rank kernels: products,
+rounding, tiles."""
 
 from __future__ import annotations
 

@@ -28,15 +28,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .triton_common import dot_fp32, interp_bf16
 from .triton_lowrank import (
     ACTS,
     SCRATCH,
     _act,
     _device_info,
     _dot,
-    _dot_fp32,
     _epilogue_store,
-    _interp_bf16,
     _load_tile,
     _matmul_nt_acc,
     _round,
@@ -216,7 +215,7 @@ def lowrank_mlp(x2, u1, v1, rank1: int, b1, u2, v2, rank2: int, b2, hidden: int,
             b1_.stride(0), v2.stride(0), v2.stride(1), u2.stride(0), u2.stride(1), b2_.stride(0),
             y.stride(0), y.stride(1),
             HAS_B1=b1 is not None, HAS_B2=b2 is not None, ACT=ACTS[act],
-            DOT_FP32=_dot_fp32(x2), RNE_BF16=_interp_bf16(x2), PHASES=ph, K_SPLITS=k_splits,
+            DOT_FP32=dot_fp32(x2), RNE_BF16=interp_bf16(x2), PHASES=ph, K_SPLITS=k_splits,
             BLOCK_M=bm, BLOCK_H=bh, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R1=br1, BLOCK_R2=br2,
             STAGES=stages, num_warps=warps, num_stages=stages,
         )  # fmt: skip
