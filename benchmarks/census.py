@@ -109,47 +109,69 @@ def TARGET():  # noqa: N802 - a constant that needs Triton imported
     return GPUTarget("cuda", 90, 32)
 
 
-def _compiled(key, ln, signature, constexprs, attrs, options, tmp: Path) -> dict:
-    """Kernel facts of one specialisation. The SASS and resource-usage text is kept under the
-    scratch folder by a hash of the specialisation (and Triton's version), so a rerun only
-    re-reads it; the analysis itself always runs."""
+def _disk(key: str) -> Path:
+    """Where the SASS and resource-usage text of one specialisation is kept (by a hash of the
+    specialisation and Triton's version), so that a rerun only re-reads it."""
     import triton
+
+    digest = hashlib.sha256((key + triton.__version__).encode()).hexdigest()
+    return SCRATCH / "sass" / (digest + ".json")
+
+
+def _compile_to_disk(job: tuple) -> str:
+    """Compile one specialisation for sm_90 and keep its SASS text (run in a worker process:
+    the kernel is named by module and name, the rest is plain data)."""
+    import importlib
+
     from triton.compiler import ASTSource
     from triton.compiler import compile as triton_compile
 
-    disk = SCRATCH / "sass" / (hashlib.sha256((key + triton.__version__).encode()).hexdigest()
-                               + ".json")  # fmt: skip
-    if disk.exists():
-        raw = json.loads(disk.read_text())
-    else:
-        src = ASTSource(ln.fn, signature, constexprs, attrs)
-        k = triton_compile(src, target=TARGET(), options=options.__dict__)
-        cub = tmp / "k.cubin"
+    module, name, signature, constexprs, attrs, options, disk = job
+    fn = getattr(importlib.import_module(module), name)
+    k = triton_compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET(),
+                       options=options)  # fmt: skip
+    cub = Path(disk).with_suffix(f".{os.getpid()}.cubin")
+    try:
         cub.write_bytes(k.asm["cubin"])
         cuobjdump = _tool("cuobjdump")
-        raw = dict(
-            sass=_run([cuobjdump, "-sass", str(cub)]),
-            res=_run([cuobjdump, "-res-usage", str(cub)]),
-            num_warps=k.metadata.num_warps,
-            num_stages=options.num_stages,
-            dynamic_smem=k.metadata.shared,
-        )
-        disk.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(disk, json.dumps(raw))
+        raw = dict(sass=_run([cuobjdump, "-sass", str(cub)]),
+                   res=_run([cuobjdump, "-res-usage", str(cub)]),
+                   num_warps=k.metadata.num_warps, num_stages=options["num_stages"],
+                   dynamic_smem=k.metadata.shared)  # fmt: skip
+    finally:
+        cub.unlink(missing_ok=True)
+    Path(disk).parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(Path(disk), json.dumps(raw))
+    return name
+
+
+def _compiled(key: str, name: str) -> dict:
+    """Kernel facts of one specialisation compiled before (:func:`_compile_to_disk`); the
+    analysis itself always runs."""
+    raw = json.loads(_disk(key).read_text())
     (_, f), *_ = analyse(raw["sass"], raw["res"]).items()
-    f.update(kernel=ln.fn.__name__, num_warps=raw["num_warps"], num_stages=raw["num_stages"],
+    f.update(kernel=name, num_warps=raw["num_warps"], num_stages=raw["num_stages"],
              dynamic_smem=raw["dynamic_smem"])  # fmt: skip
     return f
 
 
+def _jobs() -> int:
+    env = os.environ.get("CENSUS_JOBS")
+    return max(1, int(env)) if env else max(1, len(os.sched_getaffinity(0)))
+
+
 def compile_triton(calls: list[scen.Call], tmp: Path, log=print) -> dict[int, dict]:
-    """id(launch) -> kernel facts; each distinct specialisation is compiled once."""
+    """id(launch) -> kernel facts; each distinct specialisation is compiled once, those not
+    kept from an earlier run in parallel (CENSUS_JOBS processes, default one per core)."""
+    import concurrent.futures
+    import multiprocessing
+
     from triton.compiler.compiler import make_backend
 
+    del tmp  # cubins go beside their SASS text in the scratch folder, one per worker
     backend = make_backend(TARGET())
-    cache: dict[str, dict] = {}
-    out = {}
-    t0 = time.time()
+    specs: list[tuple] = []
+    todo: dict[str, tuple] = {}
     for call in calls:
         for ln in call.launches:
             bound, signature, constexprs, attrs, options = specialise(ln, backend)
@@ -157,27 +179,46 @@ def compile_triton(calls: list[scen.Call], tmp: Path, log=print) -> dict[int, di
                         sorted((str(k), repr(v)) for k, v in constexprs.items()),
                         sorted((str(k), repr(v)) for k, v in attrs.items()),
                         sorted(options.__dict__.items())))  # fmt: skip
-            if key not in cache:
-                cache[key] = _compiled(key, ln, signature, constexprs, attrs, options, tmp)
-            facts = dict(cache[key])
-            facts["config"] = {
-                p.name: bound[p.name]
-                for p in ln.fn.params
-                if p.is_constexpr and isinstance(bound[p.name], (int, bool))
-            }
-            # integer arguments the runtime turned into constants (equal to 1)
-            facts["ones"] = sorted(
-                p.name
-                for p in ln.fn.params
-                if not p.is_constexpr and signature.get(p.name) == "constexpr"
-            )
-            out[id(ln)] = facts
+            specs.append((ln, key, bound, signature))
+            if key not in todo and not _disk(key).exists():
+                todo[key] = (ln.fn.fn.__module__, ln.fn.__name__, signature, constexprs, attrs,
+                             dict(options.__dict__), str(_disk(key)))  # fmt: skip
+    t0 = time.time()
+    jobs = min(_jobs(), len(todo))
+    if jobs > 1:
+        # fork: the workers inherit the imported modules and the scratch settings (no CUDA is
+        # ever initialised here, so forking is safe)
+        ctx = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            list(pool.map(_compile_to_disk, todo.values()))
+    else:
+        for job in todo.values():
+            _compile_to_disk(job)
+    cache: dict[str, dict] = {}
+    out = {}
+    for ln, key, bound, signature in specs:
+        if key not in cache:
+            cache[key] = _compiled(key, ln.fn.__name__)
+        facts = dict(cache[key])
+        facts["config"] = {
+            p.name: bound[p.name]
+            for p in ln.fn.params
+            if p.is_constexpr and isinstance(bound[p.name], (int, bool))
+        }
+        # integer arguments the runtime turned into constants (equal to 1)
+        facts["ones"] = sorted(
+            p.name
+            for p in ln.fn.params
+            if not p.is_constexpr and signature.get(p.name) == "constexpr"
+        )
+        out[id(ln)] = facts
     per: dict[str, int] = {}
     for f in cache.values():
         per[f["kernel"]] = per.get(f["kernel"], 0) + 1
     log(
-        f"  compiled {len(cache)} distinct Triton specialisations in {time.time() - t0:.0f} s: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(per.items()))
+        f"  {len(cache)} distinct Triton specialisations ({len(todo)} compiled in "
+        f"{time.time() - t0:.0f} s on {max(jobs, 1)} process(es), the rest kept from an earlier "
+        "run): " + ", ".join(f"{k} {v}" for k, v in sorted(per.items()))
     )
     return out
 
@@ -343,7 +384,7 @@ def _t_per_row_tile(c: scen.Call, facts: dict) -> int | None:
         if name in _K_SPLIT_T:
             # K slices of k_per_split columns, K_SPLITS of them, each taken by one program:
             # t is computed once if the slices tile K without overlap
-            per, splits, k = _arg(ln, "k_per_split"), cfg.get("K_SPLITS"), c.shape["k"]
+            per, splits, k = _arg(ln, "k_per_split"), cfg.get("K_SPLITS"), _arg(ln, "K")
             return 1 if splits and per and (splits - 1) * per < k <= splits * per else splits
         if name == "_lowrank_persistent_kernel" and ln.grid and bm:
             # programs stride over row tiles, each computing its tile's t once
@@ -739,6 +780,8 @@ def rewritten_table(records: list[dict], old: list[dict] | None) -> list[str]:
     def keep(r):
         if not r.get("main_kernel") or r["op"] not in REWRITTEN:
             return False
+        if r["implementation"] == "cuda" and not r["op"].startswith("lowrank"):
+            return False  # the CUDA quant GEMV and int8 GEMM are unchanged
         if r["shape"].get("dtype", "float16") != "float16":
             return False
         return r["op"].startswith("lowrank") or (r["shape"].get("k"), r["shape"].get("n")) == (
@@ -774,6 +817,12 @@ def main(argv=None) -> int:
         "commit (folders of JSON lines, or .jsonl files) instead of the 2026-11-26 "
         "H100 runs; predictions for the GPU each record names (H100 or H200)",
     )
+    ap.add_argument(
+        "--from-json", type=Path, metavar="CENSUS_JSON",
+        help="take the records of a census already written (e.g. the committed "
+        "benchmarks/results/census_sm90.json) instead of compiling: seconds, for --measured on "
+        "a GPU machine",
+    )  # fmt: skip
     ap.add_argument(
         "--no-fail",
         action="store_true",

@@ -220,14 +220,19 @@ dispatch() {
 plans() {
   # What auto runs per layer of DeiT-B and SAM ViT-B (min config: the factorized layers; max:
   # dense) on this GPU, from the rebuilt tables; SAM first (its conversion is the shorter).
+  # Each plan gets its own timeout so that one slow conversion does not starve the others.
   local gpu cap model cfg name
   gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")
   cap=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")
   mkdir -p "$EXTRAS/plans"
-  for model in sam_vit_b deit_base_patch16_224; do
-    for cfg in ${GPU_CHECK_PLAN_CONFIGS:-min max}; do
+  # Config-major, min first: the min configs hold the factorized layers, and the conversion
+  # (float64 SVD on the CPU) took 79 s (SAM) and 233 s (DeiT-B) at min, 299 s and 761 s at max,
+  # on 2 shared cores here; the phase's timeout may cut the max configs.
+  for cfg in ${GPU_CHECK_PLAN_CONFIGS:-min max}; do
+    for model in sam_vit_b deit_base_patch16_224; do
       name="${model}_${cfg}"
-      SUPERNET_KERNELS_CONFIG_DIR="$EXTRAS/tables" "$PY" -m supernet_kernels.cli plan \
+      SUPERNET_KERNELS_CONFIG_DIR="$EXTRAS/tables" timeout -s INT -k 5 "${GPU_CHECK_PLAN_S:-40}" \
+        "$PY" -m supernet_kernels.cli plan \
         --model "$model" --config "$cfg" --gpu "$gpu" --capability "$cap" \
         --json "$EXTRAS/plans/$name.json" >"$EXTRAS/plans/$name.txt" 2>&1 ||
         echo "plan $name rc=$? (see plans/$name.txt)"

@@ -80,6 +80,25 @@ def test_parse_sass_and_whole_kernel_census():
     assert cs.mma_kind({"mma": {}}) == "none"
 
 
+def test_polled_counters_are_not_operand_loads():
+    text = """
+                Function : _Z1kv
+        /*0000*/   LDG.E.STRONG.GPU R2, desc[UR4][R4.64] ;
+        /*0010*/   LDG.E.128.STRONG.GPU R8, desc[UR4][R6.64] ;
+        /*0020*/   LDG.E.STRONG.SM R3, desc[UR4][R4.64] ;
+        /*0030*/   EXIT ;
+"""
+    c = cs.census(cs.parse_sass(text)["_Z1kv"])
+    # a 32-bit acquire load at GPU scope polls a hand-off counter; t read through L2 (.cg) is
+    # a 16-byte operand load; a CTA-scope strong load is an ordinary 4-byte load
+    assert c["loads"] == {"FLAG": 1, "LDG.128": 1, "LDG.32": 1}
+    gate = dict(name="wide", check="wide_loads", where={})
+    rec = _rec(main_loop_loads={"FLAG": 2, "LDG.128": 17})
+    assert cm.evaluate([rec], dict(gates=[gate], waivers=[]))[0] == []
+    rec = _rec(main_loop_loads={"LDG.32": 2, "LDG.128": 17})
+    assert len(cm.evaluate([rec], dict(gates=[gate], waivers=[]))[0]) == 1
+
+
 def test_loops_and_main_loop_prefers_the_tensor_core_loop():
     insns = _insns()
     # backward branches: inner MMA loop, outer K loop, epilogue loop; the self-branch after
