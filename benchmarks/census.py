@@ -131,6 +131,7 @@ def _compile_to_disk(job: tuple) -> str:
     k = triton_compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET(),
                        options=options)  # fmt: skip
     cub = Path(disk).with_suffix(f".{os.getpid()}.cubin")
+    cub.parent.mkdir(parents=True, exist_ok=True)
     try:
         cub.write_bytes(k.asm["cubin"])
         cuobjdump = _tool("cuobjdump")
@@ -140,7 +141,6 @@ def _compile_to_disk(job: tuple) -> str:
                    dynamic_smem=k.metadata.shared)  # fmt: skip
     finally:
         cub.unlink(missing_ok=True)
-    Path(disk).parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(Path(disk), json.dumps(raw))
     return name
 
