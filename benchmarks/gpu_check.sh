@@ -212,6 +212,7 @@ dispatch() {
   [[ -s "$OUT/quant.jsonl" ]] && args+=(--quant "$OUT/quant.jsonl")
   grep -q '"kind": "attention"' "$OUT/models.jsonl" 2>/dev/null && args+=(--attention "$OUT/models.jsonl")
   ((${#args[@]})) || { echo "no benchmark records to build tables from"; return 1; }
+  mkdir -p "$EXTRAS/tables/dispatch"
   "$PY" benchmarks/dispatch_from_results.py --gpu "$gpu" --capability "$cap" \
     --config-dir "$EXTRAS/tables" "${args[@]}" \
     --note "rebuilt by gpu_check.sh from this run's records"
