@@ -701,7 +701,7 @@ def markdown(
                      f"[{ws[0]['shape']}] {ws[0]['figure']} (issue {issue})")  # fmt: skip
     lines += [f"- unused waiver: {json.dumps(w)}" for w in unused]
     lines += list(rewritten)
-    lines += ["", "## Changes since the last committed census", ""]
+    lines += ["", "## Changes since the committed census (see the before revision above)", ""]
     lines += previous or ["- none"]
     lines += ["", "## Notes", ""] + ([f"- {n}" for n in notes] or ["- none"])
     return "\n".join(lines) + "\n"
@@ -712,9 +712,9 @@ _DIFF_FIELDS = ("registers", "spill_bytes", "smem_bytes", "ctas_per_sm", "mma",
                 "launches_per_call", "predicted_us")  # fmt: skip
 
 
-def diff_previous(records: list[dict], path: Path) -> list[str]:
-    """What changed against the census committed at ``path`` (git HEAD's copy)."""
-    old = _committed(path)
+def diff_previous(records: list[dict], path: Path, rev: str = "HEAD") -> list[str]:
+    """What changed against the census committed at ``path`` (git ``rev``'s copy)."""
+    old = _committed(path, rev)
     if old is None:
         return ["- no committed census to compare with"]
     before = {_key(r): r for r in old}
@@ -744,10 +744,10 @@ TIME_TARGETS = {
 REWRITTEN = ("quant_linear", "int8_linear", "fp8_linear", "lowrank_linear", "lowrank_mlp")
 
 
-def _committed(path: Path) -> list[dict] | None:
+def _committed(path: Path, rev: str = "HEAD") -> list[dict] | None:
     try:
         rel = path.resolve().relative_to(ROOT)
-        return json.loads(_run(["git", "-C", str(ROOT), "show", f"HEAD:{rel}"]))["records"]
+        return json.loads(_run(["git", "-C", str(ROOT), "show", f"{rev}:{rel}"]))["records"]
     except (subprocess.CalledProcessError, ValueError, KeyError, FileNotFoundError):
         return None
 
@@ -762,10 +762,10 @@ def _brief(r: dict | None) -> str:
             + f", {r['launches_per_call']} launch(es), {r['predicted_us']} us")  # fmt: skip
 
 
-def rewritten_table(records: list[dict], old: list[dict] | None) -> list[str]:
-    """Before (the committed census) and after, per call of the rewritten quant and low-rank
-    kernels: the main kernel's figures, predicted time and its target."""
-    out = ["", "## Rewritten kernels: before and after", ""]
+def rewritten_table(records: list[dict], old: list[dict] | None, rev: str = "HEAD") -> list[str]:
+    """Before (the census committed at ``rev``) and after, per call of the rewritten quant and
+    low-rank kernels: the main kernel's figures, predicted time and its target."""
+    out = ["", f"## Rewritten kernels: before ({rev}) and after", ""]
     if old is None:
         return out + ["- no committed census to compare with"]
     out += [
@@ -824,6 +824,12 @@ def main(argv=None) -> int:
         "a GPU machine",
     )  # fmt: skip
     ap.add_argument(
+        "--before", default="HEAD", metavar="REV",
+        help="the git revision whose committed census the comparisons take as before (default "
+        "HEAD; the rewrite of the quant and low-rank kernels: "
+        "--before ba8d48a, the census of the merge that brought them)",
+    )  # fmt: skip
+    ap.add_argument(
         "--no-fail",
         action="store_true",
         help="exit 0 even when a gate fails (the GPU script: report, go on)",
@@ -851,8 +857,8 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     jpath, mpath = a.out / "census_sm90.json", a.out / "census_sm90.md"
     committed = HERE / "results" / "census_sm90.json"
-    previous = diff_previous(records, committed)
-    rewritten = rewritten_table(records, _committed(committed))
+    previous = diff_previous(records, committed, a.before)
+    rewritten = rewritten_table(records, _committed(committed, a.before), a.before)
     import triton
 
     doc = dict(target="sm_90", triton=triton.__version__, gpus=cm.GPUS, model=cm.MODEL,
