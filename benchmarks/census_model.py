@@ -3,6 +3,7 @@
 Time model of one call (microseconds)::
 
     predicted = launches * launch_us + max(bytes / copy, flops / tensor peak, issue, latency)
+                + hand-offs * handoff_us
     roofline  = launches * launch_us + max(bytes / copy, flops / tensor peak)
 
 ``bytes`` and ``flops`` are the op's minimal traffic and work (each operand read once, the
@@ -11,7 +12,13 @@ of it for mma.sync, twice it for 8-bit operands, the fp32 FMA peak without tenso
 ``issue`` is the main loop's SASS instructions over the whole call, issued by the SMs that have
 work at ``issue_efficiency`` of 4 warp-instructions per clock. ``latency``: main loops that
 load synchronously and meet a barrier before using the data (no ``cp.async`` / TMA pipeline)
-pay ``round_trip_us`` per trip, trips per CTA times the waves. The per-launch cost was fitted
+pay ``round_trip_us`` per trip, trips per CTA times the waves (a nested loop's trips multiply:
+the plan's trip count where the launcher states it, else the main loop's FLOPs or codes).
+``hand-offs``: waits inside one launch for other CTAs' results, which no other work overlaps:
+the two-phase low-rank kernel (t's partial sums, then the output tiles), the low-rank MLP
+kernel (t1, then h's chunks into t2, then the output), the split-K ticket reductions of the
+quantized kernels (partials, ticket, the last CTA sums them). Each costs ``handoff_us``, added
+to the time rather than overlapped. The per-launch cost was fitted
 through cuBLAS fp16 and fp8 graph replays on the H100 (2026-11-26): 3.5 us plus the bytes at
 2.9 TB/s (/work/shared/ANCHORS.md).
 """
@@ -39,6 +46,12 @@ MODEL = dict(
     # M = 1, 4096x11008 (64 such trips per CTA, one wave, two launches: 111.1 us in graph
     # replay on the H100 -> (111.1 - 7) / 64 = 1.6 us)
     round_trip_us=1.6,
+    # one in-kernel hand-off: the producer's fence and atomic at L2, the consumer's polling
+    # load seeing it, and its reload of the partial results from L2: three dependent L2 round
+    # trips of ~0.2-0.3 us under load on an H100 (a loaded L2 hit costs ~400-500 clocks at
+    # 1.755 GHz). Not measured: a first GPU run checks it (benchmarks/gpu_check.sh prints
+    # the census's prediction beside each measured call).
+    handoff_us=0.8,
 )
 SM90 = dict(regs_per_sm=65536, threads_per_sm=2048, ctas_per_sm=32, smem_per_sm=228 * 1024,
             smem_reserved_per_cta=1024, reg_unit=256, max_regs_per_thread=255)  # fmt: skip
@@ -95,8 +108,10 @@ def predict(
     peak_tflops: float,
     issue: float = 0.0,
     latency: float = 0.0,
+    handoffs: int = 0,
 ) -> tuple[float, float, str]:
-    """(predicted_us, roofline_us, what bounds it) of one call; issue and latency in us."""
+    """(predicted_us, roofline_us, what bounds it) of one call; issue and latency in us;
+    ``handoffs``: in-kernel waits on other CTAs' results, each ``handoff_us`` added."""
     base = launches * gpu["launch_us"]
     terms = dict(
         memory=bytes_ / (gpu["copy_tbs"] * 1e6),
@@ -107,11 +122,16 @@ def predict(
     bound = max(terms, key=terms.get)
     if terms[bound] < base * 0.25:
         bound = "launch"
-    return base + max(terms.values()), base + max(terms["memory"], terms["tensor"]), bound
+    serial = handoffs * MODEL["handoff_us"]
+    if serial > max(terms.values()) and serial >= base * 0.25:
+        bound = "hand-off"
+    pred = base + max(terms.values()) + serial
+    return pred, base + max(terms["memory"], terms["tensor"]), bound
 
 
-def op_traffic(op: str, s: dict) -> tuple[float, float]:
-    """(bytes, flops) of one call: operands read once, output written once (fp16 activations)."""
+def op_traffic(op: str, s: dict, launches: int = 1) -> tuple[float, float]:
+    """(bytes, flops) of one call: operands read once, output written once (fp16 activations);
+    the intermediate of a block that takes more than one launch written and read once."""
     e = 2 if s.get("dtype", "float16") in ("float16", "bfloat16") else 4
     if op == "quant_linear":
         m, k, n, bits, g = s["m"], s["k"], s["n"], s["bits"], s["group"]
@@ -124,6 +144,17 @@ def op_traffic(op: str, s: dict) -> tuple[float, float]:
     if op == "lowrank_linear":
         m, k, n, r = s["m"], s["k"], s["n"], s["rank"]
         return (m * k + r * k + n * r + m * n + n) * e, 2.0 * m * r * (k + n)
+    if op == "lowrank_mlp":
+        # x, fc1's factors (or dense weight), fc2's factors, both biases, y once; h (M x H)
+        # stays on chip in the one-launch kernel; ``launches`` > 1 writes h and reads it back
+        m, k, h, n, r = s["m"], s["k"], s["h"], s["n"], s["rank"]
+        w1, f1 = (
+            (h * k, 2.0 * m * k * h) if s.get("dense_fc1") else (r * (k + h), 2.0 * m * r * (k + h))
+        )
+        byts = (m * k + w1 + r * (h + n) + h + n + m * n) * e
+        if launches > 1:
+            byts += 2 * m * h * e
+        return byts, f1 + 2.0 * m * r * (h + n)
     if op.startswith("attention"):
         gh, gw = s["grid"]
         t, bh, d = gh * gw, s["b"] * s["h"], s["d"]
@@ -141,9 +172,11 @@ def executed_flops(op: str, s: dict, block_m: int | None, recompute: int = 1) ->
     """FLOPs the kernels actually run: M padded to the row tile, and for the fused low-rank
     kernel t = x v^T recomputed by each of the ``recompute`` programs of a row tile."""
     flops = op_traffic(op, s)[1]
-    if op != "lowrank_linear" or not block_m:
+    if op not in ("lowrank_linear", "lowrank_mlp") or not block_m:
         return flops
     m_pad = -(-s["m"] // block_m) * block_m
+    if op == "lowrank_mlp":
+        return flops * m_pad / max(1, s["m"])
     return 2.0 * m_pad * s["rank"] * (s["k"] * max(1, recompute) + s["n"])
 
 
@@ -189,7 +222,10 @@ def _check(gate: dict, rec: dict) -> tuple[bool, str] | None:
         loads = rec.get("main_loop_loads")
         if not loads:
             return None
-        narrow = {k: v for k, v in loads.items() if not (k.endswith(".128") or k == "TMA")}
+        # FLAG: a counter polled in an in-kernel hand-off, not an operand
+        narrow = {
+            k: v for k, v in loads.items() if not (k.endswith(".128") or k in ("TMA", "FLAG"))
+        }
         return not narrow, f"main-loop global loads {loads} (16-byte or TMA only)"
     if kind == "mma_is":
         mma = rec.get("mma")

@@ -1,14 +1,13 @@
 // Launch plans of the extension's CUDA kernels, from the project's own plan headers (pure C++),
 // so the census's occupancy, waves and trip counts use exactly the grids and shared memory the
 // launchers compute. Reads one call per line on stdin:
-//   quant_linear M K N BITS | int8_linear M K N | lowrank_linear M K N RANK
+//   quant_linear M K N BITS | int8_linear M K N
 // and prints one JSON object per kernel launch of that call (in launch order). Built by
 // benchmarks/census.py with the host compiler; mirrors the launchers in csrc/*/*_cuda.cu.
 #include <cstdio>
 #include <iostream>
 #include <string>
 
-#include "lowrank/lowrank_plan.h"
 #include "quant/quant_plan.h"
 
 using namespace supernet_kernels;
@@ -17,11 +16,9 @@ namespace {
 
 constexpr int kNumSms = 132;
 constexpr int kQuantizeThreads = 256;  // kQuantThreads in csrc/quant/quant_cuda.cu
-constexpr int kFusedRankChunk = lowrank_tiling::kMaxRank;
 
 // reads_weight: the kernel streams the call's (quantized) weight. trips: sequential
-// reduction steps of one CTA (K chunks, then r chunks per N tile for the low-rank kernel);
-// 0 where the census estimates them from the code.
+// reduction steps of one CTA (K chunks); 0 where the census estimates them from the code.
 void emit(const char* kernel, long grid, int threads, long smem, long block_m, long block_n,
           long m_tiles, int reads_weight = 1, long trips = 0) {
   std::printf(
@@ -47,20 +44,6 @@ void int8(long M, long K, long N) {
        m_tiles, 1, quant_ceil_div(K, kBlockK) * quant_ceil_div(m_tiles, gy));
 }
 
-void lowrank(long M, long K, long N, long R) {
-  using namespace lowrank_tiling;
-  // ops/lowrank.py::_cuda_impl splits ranks past the fused kernel's limit into chunks.
-  for (long r0 = 0; r0 < R; r0 += kFusedRankChunk) {
-    const long r = R - r0 < kFusedRankChunk ? R - r0 : kFusedRankChunk;
-    const LowRankPlan p = make_lowrank_plan(M, N, r, kNumSms, 2);
-    const long trips = lowrank_ceil_div(K, kBlockK) +
-                       p.n_per_split / kBlockN * lowrank_ceil_div(p.r_pad, kBlockR);
-    emit("lowrank_fused_kernel<__half>", static_cast<long>(p.grid_x) * p.grid_y, kThreads,
-         static_cast<long>(p.smem_bytes), p.block_m, p.block_n, p.grid_x, 1, trips);
-    if (r0 > 0) emit("torch:add_", 0, 0, 0, 0, 0, 0, 0);
-  }
-}
-
 }  // namespace
 
 int main() {
@@ -71,8 +54,6 @@ int main() {
       quant(M, K, N, static_cast<int>(a));
     } else if (op == "int8_linear") {
       int8(M, K, N);
-    } else if (op == "lowrank_linear" && std::cin >> a) {
-      lowrank(M, K, N, a);
     } else {
       std::printf("{\"error\":\"unknown call %s\"}\n", op.c_str());
     }

@@ -96,10 +96,18 @@ def _width(opcode: str) -> int:
 
 
 def load_kind(insn: Insn) -> str | None:
-    """'LDG.<bits>', 'LDGSTS.<bits>' (cp.async), 'TMA' or None for other instructions."""
+    """'LDG.<bits>', 'LDGSTS.<bits>' (cp.async), 'TMA', 'FLAG' or None for other instructions.
+
+    'FLAG': a 32-bit (or narrower) load with GPU- or system-scope ordering (``LDG.E.STRONG.GPU``:
+    ``ld.acquire.gpu`` / ``ld.relaxed.gpu``), which is how a kernel polls another CTA's counter
+    in an in-kernel hand-off; data loaded through L2 (``.cg``) is as wide as it is."""
     b = insn.base
     if b == "LDG":
-        return f"LDG.{_width(insn.opcode)}"
+        w = _width(insn.opcode)
+        mods = insn.opcode.split(".")
+        if w <= 32 and "STRONG" in mods and ("GPU" in mods or "SYS" in mods):
+            return "FLAG"
+        return f"LDG.{w}"
     if b == "LDGSTS":
         return f"LDGSTS.{_width(insn.opcode)}"
     if b in ("UTMALDG", "UBLKCP"):
@@ -186,6 +194,8 @@ def _load_bits(insn: Insn) -> int:
     k = load_kind(insn)
     if k is None:
         return 0
+    if k == "FLAG":
+        return 32
     return 1024 if k == "TMA" else int(k.rsplit(".", 1)[1])
 
 

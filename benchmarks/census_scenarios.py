@@ -5,6 +5,8 @@ launchers; they are called on meta tensors with ``JITFunction.run`` replaced by 
 so every launch is the one the runtime would make on an H100 (same tile choice, same
 constexprs, same grid), whatever the kernels are called. The CUDA entry points name the
 extension's ops; their launch plans come from the plan headers (benchmarks/census_plan_probe.cpp).
+The low-rank CUDA kernel was removed (the Triton kernels do better at every shape); the registry
+lists no CUDA low-rank implementation, and the census expects none.
 
 Shapes are those of the benchmarks (benchmarks/bench_quant.py, bench_lowrank.py,
 bench_attention.py): M = 1, 16, 197, 4096, 16384; 4096x4096, 4096x11008, 11008x4096, 768x3072,
@@ -34,6 +36,9 @@ class Scenario:
     # dtypes the compile check covers (the census reads the benchmarks' dtype: a shape's own
     # "dtype", else float16)
     dtypes: tuple[str, ...] = ("float16", "bfloat16", "float32")
+    # the compile check's shapes in the dtypes other than float16, where the full table would
+    # compile the same kernel many times over for little (None: see compile_subset)
+    compile_shapes: tuple[dict, ...] | None = None
 
 
 def _quant_shapes() -> tuple[dict, ...]:
@@ -57,12 +62,31 @@ def _raw8_shapes() -> tuple[dict, ...]:
 
 
 def _lowrank_shapes() -> tuple[dict, ...]:
+    # M >= 4096: the persistent kernel; below: the two-phase kernel; r = 384 (past
+    # MAX_FUSED_RANK): two GEMMs
     return tuple(
         dict(m=m, k=k, n=n, rank=r)
         for k, n in ((768, 3072), (3072, 768))
-        for m in (1, 197, 4096, 16384)
+        for m in (1, 16, 197, 4096, 16384)
         for r in (32, 64, 128, 384)
     )
+
+
+def _mlp_shapes() -> tuple[dict, ...]:
+    """The ViT-B MLP block (768 -> 3072 -> 768), both linears low-rank at one rank: the
+    one-launch kernel at M <= 4096 and ranks <= 128, else two launches (fc1 with its
+    activation epilogue, then fc2); plus the epilogues the converted models use (GELU and its
+    tanh form, ReLU) and a block with a dense fc1 (the dense Triton GEMM with the epilogue)."""
+    out = [
+        dict(m=m, k=768, h=3072, n=768, rank=r, act="gelu")
+        for m in (1, 16, 197, 4096, 16384)
+        for r in (32, 64, 128, 384)
+    ]
+    out += [dict(m=197, k=768, h=3072, n=768, rank=64, act=a) for a in ("gelu_tanh", "relu")]
+    out += [dict(m=16384, k=768, h=3072, n=768, rank=64, act=a) for a in ("gelu_tanh", "relu")]
+    out += [dict(m=m, k=768, h=3072, n=768, rank=64, act="gelu", dense_fc1=True)
+            for m in (197, 4096)]  # fmt: skip
+    return tuple(out)
 
 
 # SAM ViT-B: global attention on the 64 x 64 grid (T = 4096, rel pos), 14 x 14 windows;
@@ -87,8 +111,13 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("fp8_linear", "triton", ("supernet_kernels.kernels.triton_quant:raw8_linear",),
              tuple(s for s in _raw8_shapes() if s["m"] in (1, 4096)), _HALF),
     Scenario("lowrank_linear", "triton",
-             ("supernet_kernels.kernels.triton_lowrank:lowrank_linear",
-              "supernet_kernels.ops.lowrank:_triton_impl"), _lowrank_shapes()),
+             ("supernet_kernels.kernels.triton_lowrank:lowrank_linear",), _lowrank_shapes(),
+             compile_shapes=tuple(s for s in _lowrank_shapes()
+                                  if (s["k"], s["m"]) == (768, 197) or s["m"] == 16384)),
+    Scenario("lowrank_mlp", "triton", ("supernet_kernels.ops.lowrank_mlp:_triton_impl",),
+             _mlp_shapes(),
+             compile_shapes=tuple(s for s in _mlp_shapes() if s["m"] in (197, 16384)
+                                  and s["act"] == "gelu")),
     Scenario("attention", "triton",
              ("supernet_kernels.kernels.triton_attention:attention_fwd",), _ATTN_SHAPES),
     Scenario("attention_backward", "triton",
@@ -96,13 +125,16 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("quant_linear", "cuda", ("_quant_linear_cuda",),
              tuple(s for s in _quant_shapes() if s["act_bits"] == 16)),
     Scenario("int8_linear", "cuda", ("_int8_linear_cuda",), _raw8_shapes()),
-    Scenario("lowrank_linear", "cuda", ("_lowrank_linear_cuda",), _lowrank_shapes()),
 )  # fmt: skip
 
 
-def compile_subset(sc: Scenario) -> tuple[dict, ...]:
-    """The shapes the compile check runs in every dtype: for the linear ops those of the first
-    K x N (other K x N of the table specialise alike: all are multiples of 16)."""
+def compile_subset(sc: Scenario, dtype: str = "float16") -> tuple[dict, ...]:
+    """The shapes the compile check runs in ``dtype``: for the linear ops those of the first
+    K x N (other K x N of the table specialise alike: all are multiples of 16); a scenario's
+    own ``compile_shapes`` in the dtypes other than float16 (float16 compiles are shared with
+    the census's cache)."""
+    if sc.compile_shapes is not None and dtype != "float16":
+        return sc.compile_shapes
     if sc.op.startswith("attention"):
         return sc.shapes
     kn = (sc.shapes[0]["k"], sc.shapes[0]["n"])
@@ -117,8 +149,12 @@ def shape_label(op: str, s: dict) -> str:
     parts = [f"M={s['m']}", f"{s['k']}x{s['n']}"]
     if "bits" in s:
         parts.append(f"W{s['bits']}A{s['act_bits']} g{s['group']}")
+    if "h" in s:  # the MLP block: K -> H -> N
+        parts[1] = f"{s['k']}x{s['h']}x{s['n']}"
     if "rank" in s:
         parts.append(f"r={s['rank']}")
+    if "act" in s:
+        parts.append(s["act"] + (" dense-fc1" if s.get("dense_fc1") else ""))
     return " ".join(parts)
 
 
@@ -142,10 +178,44 @@ def _dt(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def call(sc: Scenario, fn: Callable, s: dict, dtype: str) -> torch.Tensor | None:
-    """Call a Triton entry point on meta tensors for shape ``s``; returns the weight tensor
-    (the operand a quantized kernel streams), None for other ops."""
+def _weight_operand(packed):
+    """The tensor the quantized kernel streams: the tile layout the launcher made (and cached
+    per weight) where it applies, else the packed words."""
+    from supernet_kernels.kernels import triton_quant as tq
+
+    hit = getattr(tq, "_TILES", {}).get(id(packed))
+    return hit[2] if hit is not None and hit[0]() is packed else packed
+
+
+def _root(t: torch.Tensor) -> torch.Tensor:
+    return t._base if t._base is not None else t
+
+
+def _is_weight(a, weight) -> bool:
+    """``a`` is the weight or a view of it. The kernel takes the int16 tile layout viewed as
+    int32, and a dtype-changing view of a meta tensor keeps no link to its base: such a view
+    is known by its word type, rows and bytes."""
+    if weight is None or not isinstance(a, torch.Tensor):
+        return False
+    if _root(a) is _root(weight):
+        return True
+    return (a.dtype in (torch.int16, torch.int32) and a.dim() == weight.dim() == 2
+            and a.shape[0] == weight.shape[0]
+            and a.numel() * a.element_size() == weight.numel() * weight.element_size())  # fmt: skip
+
+
+def call(sc: Scenario, fn: Callable, s: dict, dtype: str, reset: Callable = lambda: None):
+    """Call a Triton entry point on meta tensors for shape ``s``, twice on the same tensors
+    with ``reset()`` between (what a launcher makes once and keeps, such as the tile layout of
+    a quantized weight or the low-rank scratch, is not part of a call); returns the weight
+    tensor (the operand a quantized kernel streams), None for other ops."""
     dt = _dt(dtype)
+
+    def fn(*args, _fn=fn):
+        _fn(*args)
+        reset()
+        return _fn(*args)
+
     if sc.op == "quant_linear":
         from supernet_kernels.quant.packing import codes_per_word
 
@@ -153,7 +223,7 @@ def call(sc: Scenario, fn: Callable, s: dict, dtype: str) -> torch.Tensor | None
         packed = _meta(n, -(-k // codes_per_word(bits)), dtype=torch.int32)
         sc_ = _meta(n, k // g, dtype=torch.float32)
         fn(_meta(m, k, dtype=dt), packed, sc_, sc_, bits, g, k, s["act_bits"], None)
-        return packed
+        return _weight_operand(packed)
     elif sc.op in ("int8_linear", "fp8_linear"):
         wdt = torch.int8 if sc.op == "int8_linear" else torch.float8_e4m3fn
         w = _meta(s["n"], s["k"], dtype=wdt)
@@ -164,6 +234,18 @@ def call(sc: Scenario, fn: Callable, s: dict, dtype: str) -> torch.Tensor | None
         m, k, n, r = s["m"], s["k"], s["n"], s["rank"]
         x, u, v = _meta(m, k, dtype=dt), _meta(n, r, dtype=dt), _meta(r, k, dtype=dt)
         fn(x, u, v, r, n, _meta(n, dtype=dt))
+        return None
+    elif sc.op == "lowrank_mlp":
+        m, k, h, n, r = s["m"], s["k"], s["h"], s["n"], s["rank"]
+        x = _meta(m, k, dtype=dt)
+        if s.get("dense_fc1"):
+            u1 = v1 = None
+            w1 = _meta(h, k, dtype=dt)
+        else:
+            u1, v1, w1 = _meta(h, r, dtype=dt), _meta(r, k, dtype=dt), None
+        u2, v2 = _meta(n, r, dtype=dt), _meta(r, h, dtype=dt)
+        fn(x, u1, v1, w1, r, _meta(h, dtype=dt), u2, v2, None, r, _meta(n, dtype=dt), h, n,
+           s["act"])  # fmt: skip
         return None
     elif sc.op.startswith("attention"):
         gh, gw = s["grid"]
@@ -277,33 +359,41 @@ def record_calls(scenarios=SCENARIOS, compile_check: bool = False) -> list[Call]
             except LookupError as e:
                 out.append(Call(sc.op, sc.implementation, {}, "-", [], [], str(e)))
                 continue
-            for s in compile_subset(sc) if compile_check else sc.shapes:
-                default = s.get("dtype", "float16")
-                for dt in sc.dtypes if compile_check else (default,):
-                    s = dict(s, dtype=dt)
-                    label = shape_label(sc.op, s) + ("" if dt == "float16" else f" {dt}")
+            todo = (
+                [(s, dt) for dt in sc.dtypes for s in compile_subset(sc, dt)]
+                if (compile_check)
+                else [(s, s.get("dtype", "float16")) for s in sc.shapes]
+            )
+            for s, dt in todo:
+                s = dict(s, dtype=dt)
+                label = shape_label(sc.op, s) + ("" if dt == "float16" else f" {dt}")
+                sink.clear()
+                counter = _CountKernels()
+                err, weight = None, None
+
+                def reset(counter=counter):
                     sink.clear()
-                    counter = _CountKernels()
-                    err, weight = None, None
-                    try:
-                        with counter:
-                            weight = call(sc, fn, s, dt)
-                    except Exception as e:  # noqa: BLE001 - reported per scenario
-                        err = f"{type(e).__name__}: {e}"
-                    launches = [
-                        Launch(
-                            sc.op,
-                            sc.implementation,
-                            dict(s, dtype=dt),
-                            label,
-                            f,
-                            a,
-                            k,
-                            g,
-                            weight is not None and any(x is weight for x in a),
-                        )
-                        for f, a, k, g in sink
-                    ]
-                    out.append(Call(sc.op, sc.implementation, dict(s, dtype=dt), label,
-                                    launches, counter.ops, err))  # fmt: skip
+                    counter.ops.clear()
+
+                try:
+                    with counter:
+                        weight = call(sc, fn, s, dt, reset)
+                except Exception as e:  # noqa: BLE001 - reported per scenario
+                    err = f"{type(e).__name__}: {e}"
+                launches = [
+                    Launch(
+                        sc.op,
+                        sc.implementation,
+                        dict(s, dtype=dt),
+                        label,
+                        f,
+                        a,
+                        k,
+                        g,
+                        any(_is_weight(x, weight) for x in a),
+                    )
+                    for f, a, k, g in sink
+                ]
+                out.append(Call(sc.op, sc.implementation, dict(s, dtype=dt), label,
+                                launches, counter.ops, err))  # fmt: skip
     return out

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # One-command GPU check: versions, build, `info`, the whole test suite on the GPU, the low-rank
 # benchmark, the quantized-linear benchmark (+ dispatch tables), the whole-model benchmark
-# (DeiT-B / SAM ViT-B configs) and one summary JSON.
+# (DeiT-B / SAM ViT-B configs), the low-rank MLP block benchmark, the dispatch tables rebuilt
+# from this run's records (graph times), the plans of DeiT-B and SAM ViT-B on those tables, the
+# kernel census's predictions beside this run's measurements, and one summary JSON.
 # Everything lands in ${OUT} as at most 8 files, flat (the device runner brings back at most 8
 # files, 2 folders deep):
-#   console.log build.log pytest.log lowrank.jsonl quant.jsonl models.jsonl dispatch_<gpu>.json
+#   console.log build.log pytest.log lowrank.jsonl quant.jsonl models.jsonl extras.tar.gz
 #   gpu_check_summary.json
-# (both kernel benchmarks write the same per-GPU dispatch table, one file holding every op).
+# extras.tar.gz holds the smaller outputs: dispatch_<gpu>.json (the benchmarks' table), the
+# rebuilt tables (dispatch/<gpu>.json, dispatch/sm90.json), mlp_block.jsonl, the plans
+# (plans/<model>_<config>.{json,txt}) and census/census_sm90.{json,md} (predicted vs measured).
 # junit.xml stays in a temp folder (its pass/fail counts go into the summary; the failures
 # themselves are in pytest.log) to make room for models.jsonl; the models plot is redrawn
 # locally with `python benchmarks/models_report.py $OUT/models.jsonl`.
@@ -18,7 +22,7 @@
 #   GPU_CHECK_FULL=1 bash benchmarks/gpu_check.sh   # or --full: full benchmark sweep
 #   GPU_CHECK_SKIP_BUILD=1 ...                       # reuse an installed build
 #
-# The whole script is sized to end within GPU_CHECK_BUDGET_S (default 420 s, so that a 15-minute
+# The whole script is sized to end within GPU_CHECK_BUDGET_S (default 480 s, so that a 15-minute
 # device lease has room for a machine start and a short second call): each phase gets its own
 # `timeout`, clipped so that the phases after it keep a minimum share (see the phase calls).
 # The test phase uses pytest-xdist and pytest-timeout when the machine has them.
@@ -31,7 +35,7 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 FULL="${GPU_CHECK_FULL:-0}"
 [[ "${1:-}" == "--full" ]] && FULL=1
-BUDGET="${GPU_CHECK_BUDGET_S:-420}"
+BUDGET="${GPU_CHECK_BUDGET_S:-480}"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 START=$(date +%s)
 TMP="$(mktemp -d)"
@@ -190,56 +194,130 @@ latency() {
   "$PY" benchmarks/bench_latency_table.py --out "$OUT" --summary-json "$TMP/latency_summary.json"
 }
 
+mlp() {
+  # The low-rank MLP block at one ViT-B image and a batch of 8 (dense, torch, ours in one
+  # launch and in two), eager and graph-replayed; ~1 min at the default 32 graph calls.
+  "$PY" benchmarks/bench_mlp_block.py --graph-calls "${GPU_CHECK_MLP_CALLS:-16}" \
+    --out "$EXTRAS/mlp_block.jsonl"
+}
+
+dispatch() {
+  # The tables rebuilt from this run's records (graph times where recorded), into a folder of
+  # their own (the plans read them from there; the package's shipped tables stay as they are).
+  local gpu cap
+  gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")
+  cap=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")
+  local args=()
+  [[ -s "$OUT/lowrank.jsonl" ]] && args+=(--lowrank "$OUT/lowrank.jsonl")
+  [[ -s "$OUT/quant.jsonl" ]] && args+=(--quant "$OUT/quant.jsonl")
+  grep -q '"kind": "attention"' "$OUT/models.jsonl" 2>/dev/null && args+=(--attention "$OUT/models.jsonl")
+  ((${#args[@]})) || { echo "no benchmark records to build tables from"; return 1; }
+  mkdir -p "$EXTRAS/tables/dispatch"
+  "$PY" benchmarks/dispatch_from_results.py --gpu "$gpu" --capability "$cap" \
+    --config-dir "$EXTRAS/tables" "${args[@]}" \
+    --note "rebuilt by gpu_check.sh from this run's records"
+}
+
+plans() {
+  # What auto runs per layer of DeiT-B and SAM ViT-B (min config: the factorized layers; max:
+  # dense) on this GPU, from the rebuilt tables; SAM first (its conversion is the shorter).
+  # Each plan gets its own timeout so that one slow conversion does not starve the others.
+  local gpu cap model cfg name
+  gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")
+  cap=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")
+  mkdir -p "$EXTRAS/plans"
+  # Config-major, min first: the min configs hold the factorized layers, and the conversion
+  # (float64 SVD on the CPU) took 79 s (SAM) and 233 s (DeiT-B) at min, 299 s and 761 s at max,
+  # on 2 shared cores here; the phase's timeout may cut the max configs.
+  for cfg in ${GPU_CHECK_PLAN_CONFIGS:-min max}; do
+    for model in sam_vit_b deit_base_patch16_224; do
+      name="${model}_${cfg}"
+      SUPERNET_KERNELS_CONFIG_DIR="$EXTRAS/tables" timeout -s INT -k 5 "${GPU_CHECK_PLAN_S:-40}" \
+        "$PY" -m supernet_kernels.cli plan \
+        --model "$model" --config "$cfg" --gpu "$gpu" --capability "$cap" \
+        --json "$EXTRAS/plans/$name.json" >"$EXTRAS/plans/$name.txt" 2>&1 ||
+        echo "plan $name rc=$? (see plans/$name.txt)"
+    done
+  done
+}
+
+census() {
+  # The census's predictions (the committed records of this commit's kernels: no compile
+  # here) beside every call this run measured, and the ratio; > 2x off is a model error.
+  local runs=()
+  local f
+  for f in "$OUT/lowrank.jsonl" "$OUT/quant.jsonl" "$OUT/models.jsonl" "$EXTRAS/mlp_block.jsonl"; do
+    [[ -s "$f" ]] && runs+=("$f")
+  done
+  ((${#runs[@]})) || { echo "no benchmark records to compare with"; return 1; }
+  "$PY" benchmarks/census.py --from-json benchmarks/results/census_sm90.json --no-fail \
+    --measured "${runs[@]}" --out "$EXTRAS/census"
+}
+
 SITE="$TMP/site"
-export PY OUT FULL TMP SITE
-export -f versions build info tests bench peers quant models sanitize latency
+EXTRAS="$TMP/extras"
+mkdir -p "$EXTRAS"
+export PY OUT FULL TMP SITE EXTRAS
+export -f versions build info tests bench peers quant models sanitize latency mlp dispatch plans \
+  census
 
 # GPU_CHECK_PHASES (comma list) runs a subset, e.g. a short second call after fixes:
 #   GPU_CHECK_PHASES=peers,build,tests,sanitize GPU_CHECK_TESTS="tests/test_x.py" ...
-WANT=",${GPU_CHECK_PHASES:-versions,peers,build,info,tests,bench,quant,models,latency,sanitize},"
+WANT=",${GPU_CHECK_PHASES:-versions,peers,build,info,tests,bench,quant,models,mlp,dispatch,plans,census,latency,sanitize},"
 want() { [[ "$WANT" == *",$1,"* ]]; }
 
 # Nominal: versions 15, peers 20, build 75, info 15, tests 120, low-rank bench 55, quant bench 60,
-# models 90 (attention op <= 25, then the whole-model bench), sanitizer 45 (s); the short phases
-# take a few seconds, which is the slack. Reserves keep the later phases their share when an
-# earlier one runs to its timeout.
-want versions && phase versions 15 400 versions
-want peers && phase peers 20 380 peers
+# models 90 (attention op <= 25, then the whole-model bench), MLP block 45, dispatch tables 15,
+# plans 50, census 15, latency 30, sanitizer 40 (s); the short phases take a few seconds, which
+# is the slack. Reserves keep the later phases their share when an earlier one runs to its
+# timeout (the reserve after each phase: the nominal times of the phases after it, less slack).
+want versions && phase versions 15 460 versions
+want peers && phase peers 20 440 peers
 [[ -d "$SITE" ]] && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-want build && phase build 75 320 build
-want info && phase info 15 300 info
-want tests && phase tests "${GPU_CHECK_TESTS_S:-120}" 180 tests
+want build && phase build 75 380 build
+want info && phase info 15 360 info
+want tests && phase tests "${GPU_CHECK_TESTS_S:-120}" 240 tests
 if want bench; then
-  bench_limit=$(($(remaining) - 180))
+  bench_limit=$(($(remaining) - 240))
   ((bench_limit > 55)) && bench_limit=55
-  [[ "$FULL" == 1 ]] && bench_limit=$(($(remaining) - 180 > 300 ? 300 : $(remaining) - 180))
+  [[ "$FULL" == 1 ]] && bench_limit=$(($(remaining) - 240 > 300 ? 300 : $(remaining) - 240))
   ((bench_limit < 35)) && bench_limit=35
-  phase bench "$bench_limit" 125 bench "$bench_limit"
+  phase bench "$bench_limit" 185 bench "$bench_limit"
 fi
 if want quant; then
-  quant_limit=$(($(remaining) - 120))
+  quant_limit=$(($(remaining) - 185))
   ((quant_limit > ${GPU_CHECK_QUANT_S:-60})) && [[ "$FULL" != 1 ]] && quant_limit=${GPU_CHECK_QUANT_S:-60}
   ((quant_limit < 35)) && quant_limit=35
-  phase quant "$quant_limit" 120 quant "$quant_limit"
+  phase quant "$quant_limit" 185 quant "$quant_limit"
 fi
 if want models; then
-  models_limit=$(($(remaining) - 45))
+  models_limit=$(($(remaining) - 150))
   ((models_limit > ${GPU_CHECK_MODELS_S:-90})) && [[ "$FULL" != 1 ]] && models_limit=${GPU_CHECK_MODELS_S:-90}
   ((models_limit > 400)) && models_limit=400
   ((models_limit < 40)) && models_limit=40
-  phase models "$models_limit" 45 models "$models_limit"
+  phase models "$models_limit" 150 models "$models_limit"
 fi
-want latency && phase latency "${GPU_CHECK_LATENCY_S:-45}" 30 latency
-want sanitize && phase sanitize 45 0 sanitize
+want mlp && phase mlp "${GPU_CHECK_MLP_S:-45}" 110 mlp
+want dispatch && phase dispatch 15 100 dispatch
+want plans && phase plans "${GPU_CHECK_PLANS_S:-50}" 75 plans
+want census && phase census 15 65 census
+want latency && phase latency "${GPU_CHECK_LATENCY_S:-30}" 40 latency
+want sanitize && phase sanitize 40 0 sanitize
+
+# The smaller outputs in one archive (the runner brings back 8 files): the benchmarks' table
+# copy, the rebuilt tables, the MLP block records, the plans, the census comparison.
+for f in "$OUT"/dispatch_*.json; do [[ -e "$f" ]] && mv "$f" "$EXTRAS/"; done
+tar -czf "$OUT/extras.tar.gz" -C "$EXTRAS" . || echo "extras.tar.gz: tar rc=$?"
 
 "$PY" - "$OUT" "$PHASES" "$TMP/bench_summary.json" "$FULL" "$TMP/quant_summary.json" \
   "$TMP/junit.xml" "$TMP/models_summary.json" "$TMP/attention_summary.json" \
-  "$TMP/latency_summary.json" <<'EOF'
+  "$TMP/latency_summary.json" "$EXTRAS" <<'EOF'
 import datetime, json, os, pathlib, re, subprocess, sys
 import xml.etree.ElementTree as ET
 
-out, phases_path, bench_path, full, quant_path, junit_path, models_path, attn_path, lat_path = (
-    pathlib.Path(sys.argv[1]), *sys.argv[2:])
+(out, phases_path, bench_path, full, quant_path, junit_path, models_path, attn_path, lat_path,
+ extras) = (pathlib.Path(sys.argv[1]), *sys.argv[2:])
+extras = pathlib.Path(extras)
 phases = {}
 for line in pathlib.Path(phases_path).read_text().splitlines():
     name, rc, secs, limit = line.split("\t")
@@ -271,6 +349,27 @@ quant = json.loads(pathlib.Path(quant_path).read_text()) if pathlib.Path(quant_p
 models = json.loads(pathlib.Path(models_path).read_text()) if pathlib.Path(models_path).exists() else {}
 attn = json.loads(pathlib.Path(attn_path).read_text()) if pathlib.Path(attn_path).exists() else {}
 lat = json.loads(pathlib.Path(lat_path).read_text()) if pathlib.Path(lat_path).exists() else {}
+# the MLP block: ours (one launch) against the dense block, graph-replayed, per (M, rank)
+mlp = {}
+mlp_path = extras / "mlp_block.jsonl"
+if mlp_path.exists():
+    rows = [json.loads(x) for x in mlp_path.read_text().splitlines() if x.strip()]
+    dense = {(r["M"], r["rank"]): r.get("graph_us") for r in rows if r["variant"] == "dense"}
+    for r in rows:
+        if r["variant"] in ("ours", "ours_2launch") and r.get("graph_us") and dense.get((r["M"], r["rank"])):
+            mlp[f"{r['variant']} M={r['M']} r={r['rank']}"] = {
+                "graph_us": round(r["graph_us"], 2), "ok": r.get("ok"),
+                "speedup_vs_dense": round(dense[(r["M"], r["rank"])] / r["graph_us"], 2)}
+# the census's predictions beside this run's measurements (records with a measured_us)
+census = None
+census_path = extras / "census" / "census_sm90.json"
+if census_path.exists():
+    recs = [r for r in json.loads(census_path.read_text())["records"] if r.get("measured_us")]
+    census = {"compared": len(recs), "model_errors": sum(bool(r.get("model_error")) for r in recs),
+              "worst": sorted(({"call": f"{r['op']}/{r['implementation']} {r['shape_label']}",
+                                "ratio": r["ratio"]} for r in recs),
+                              key=lambda d: -abs(__import__("math").log(d["ratio"])))[:10]}
+plans = sorted(p.name for p in (extras / "plans").glob("*.json")) if (extras / "plans").exists() else []
 env = bench.get("env") or quant.get("env") or {}
 try:
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
@@ -301,6 +400,7 @@ summary = {
     "attention_target": attn.get("target"), "attention_bad": attn.get("bad"),
     "attention_pct_bf16_peak": attn.get("pct_bf16_peak"),
     "latency_table": lat or None,
+    "mlp_block": mlp or None, "census_vs_measured": census, "plans_written": plans,
     "files": sorted(p.name for p in out.iterdir()),
 }
 (out / "gpu_check_summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
@@ -332,5 +432,11 @@ for t in [*(models.get("targets") or {}).values(), *([attn["target"]] if attn.ge
     print(f"  models    {verdict:<4} {t['target']}: {'-' if v is None else round(v, 2)}")
 print(f"  attention bad rows: {len(attn.get('bad') or [])}")
 print(f"  latency table: {lat or '-'}")
+for k, v in mlp.items():
+    print(f"  mlp block {k:<26} {v['graph_us']} us graph, {v['speedup_vs_dense']}x dense")
+if census:
+    print(f"  census    {census['compared']} calls compared, {census['model_errors']} off by > 2x;"
+          f" worst {census['worst'][:3]}")
+print(f"  plans     {', '.join(plans) or '-'}")
 print(f"  files in {out}: {', '.join(summary['files'])}")
 EOF

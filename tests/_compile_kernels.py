@@ -9,8 +9,10 @@ each launcher accepts: the launchers are called on meta tensors with ``JITFuncti
 replaced by a recorder, so they pick their GPU configurations; each recorded launch is
 specialised as Triton's runtime would (integers equal to 1 become constants, multiples of 16
 are marked divisible) and compiled once per distinct specialisation to a cubin for
-``GPUTarget("cuda", 90, 32)`` with Triton's bundled ptxas. Prints one line per configuration
-and exits 1 if any fails (or a launcher fails on its meta tensors).
+``GPUTarget("cuda", 90, 32)`` with Triton's bundled ptxas, one process per core (the census's
+compile step: its SASS is kept for the census). float16 runs every shape of the table (what the
+census compiles); the other dtypes the scenario's ``compile_shapes`` where it names them. Prints
+one line per configuration and exits 1 if any fails (or a launcher fails on its meta tensors).
 """
 
 from __future__ import annotations
@@ -32,16 +34,32 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
 import census_scenarios as scen  # noqa: E402
 
 
+def _compile(job: tuple) -> str | None:
+    """Compile one specialisation (census._compile_to_disk: the census then reads its SASS);
+    None, or the failure's traceback."""
+    from census import _compile_to_disk
+
+    if Path(job[-1]).exists():  # compiled before (same source, same specialisation)
+        return None
+    try:
+        _compile_to_disk(job)
+        return None
+    except Exception:  # noqa: BLE001 - every failure is reported
+        return traceback.format_exc(limit=3)
+
+
 def main() -> int:
+    import concurrent.futures
+    import multiprocessing
+
     import triton
-    from census import TARGET, specialise  # the runtime's specialisation, shared
-    from triton.compiler import ASTSource
-    from triton.compiler import compile as triton_compile
+    from census import TARGET, _disk, _jobs, specialise  # the runtime's specialisation, shared
     from triton.compiler.compiler import make_backend
 
     target = TARGET()
     backend = make_backend(target)
     seen, failed = set(), 0
+    todo: list[tuple[str, tuple]] = []
     for call in scen.record_calls(compile_check=True):
         if call.error:
             failed += 1
@@ -49,7 +67,7 @@ def main() -> int:
             continue
         for ln in call.launches:
             bound, signature, constexprs, attrs, options = specialise(ln, backend)
-            key = repr((ln.fn.__name__, sorted(signature.items()),
+            key = repr((ln.fn.__name__, ln.fn.cache_key, sorted(signature.items()),
                         sorted((str(k), repr(v)) for k, v in constexprs.items()),
                         sorted((str(k), repr(v)) for k, v in attrs.items()),
                         sorted(options.__dict__.items())))  # fmt: skip
@@ -59,14 +77,24 @@ def main() -> int:
             what = f"{ln.fn.__name__} [{call.label}] warps={options.num_warps} " + " ".join(
                 f"{p.name}={bound[p.name]}" for p in ln.fn.params if p.is_constexpr
             )
-            try:
-                triton_compile(ASTSource(ln.fn, signature, constexprs, attrs), target=target,
-                               options=options.__dict__)  # fmt: skip
-                print(f"ok   {what}", flush=True)
-            except Exception:  # noqa: BLE001 - every failure is reported
-                failed += 1
-                print(f"FAIL {what}\n{traceback.format_exc(limit=3)}", flush=True)
-    print(f"{len(seen)} configurations, {failed} failed (Triton {triton.__version__}, sm_90)")
+            todo.append((what, (ln.fn.fn.__module__, ln.fn.__name__, signature, constexprs,
+                                attrs, dict(options.__dict__), str(_disk(key)))))  # fmt: skip
+    # one process per core (CENSUS_JOBS overrides); fork: nothing here initialises CUDA
+    jobs = min(_jobs(), max(1, len(todo)))
+    if jobs > 1:
+        ctx = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            results = list(pool.map(_compile, [j for _, j in todo]))
+    else:
+        results = [_compile(j) for _, j in todo]
+    for (what, _), err in zip(todo, results, strict=True):
+        if err is None:
+            print(f"ok   {what}", flush=True)
+        else:
+            failed += 1
+            print(f"FAIL {what}\n{err}", flush=True)
+    print(f"{len(seen)} configurations, {failed} failed (Triton {triton.__version__}, sm_90, "
+          f"{jobs} process(es))")  # fmt: skip
     return 1 if failed else 0
 
 

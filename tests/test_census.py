@@ -80,6 +80,25 @@ def test_parse_sass_and_whole_kernel_census():
     assert cs.mma_kind({"mma": {}}) == "none"
 
 
+def test_polled_counters_are_not_operand_loads():
+    text = """
+                Function : _Z1kv
+        /*0000*/   LDG.E.STRONG.GPU R2, desc[UR4][R4.64] ;
+        /*0010*/   LDG.E.128.STRONG.GPU R8, desc[UR4][R6.64] ;
+        /*0020*/   LDG.E.STRONG.SM R3, desc[UR4][R4.64] ;
+        /*0030*/   EXIT ;
+"""
+    c = cs.census(cs.parse_sass(text)["_Z1kv"])
+    # a 32-bit acquire load at GPU scope polls a hand-off counter; t read through L2 (.cg) is
+    # a 16-byte operand load; a CTA-scope strong load is an ordinary 4-byte load
+    assert c["loads"] == {"FLAG": 1, "LDG.128": 1, "LDG.32": 1}
+    gate = dict(name="wide", check="wide_loads", where={})
+    rec = _rec(main_loop_loads={"FLAG": 2, "LDG.128": 17})
+    assert cm.evaluate([rec], dict(gates=[gate], waivers=[]))[0] == []
+    rec = _rec(main_loop_loads={"LDG.32": 2, "LDG.128": 17})
+    assert len(cm.evaluate([rec], dict(gates=[gate], waivers=[]))[0]) == 1
+
+
 def test_loops_and_main_loop_prefers_the_tensor_core_loop():
     insns = _insns()
     # backward branches: inner MMA loop, outer K loop, epilogue loop; the self-branch after
@@ -148,6 +167,33 @@ def test_time_model_on_known_numbers():
     assert f == 2 * 4096 * 11008
     assert cm.ratio_flag(10.0, 25.0) == (2.5, True)
     assert cm.ratio_flag(10.0, 15.0) == (1.5, False)
+
+
+def test_in_kernel_handoffs_add_to_the_time():
+    h100, hand = cm.GPUS["H100"], cm.MODEL["handoff_us"]
+    # the hand-offs are serial: added to the largest term, not overlapped with it
+    pred, roof, bound = cm.predict(h100, 1, 24e6, 9e7, 690.0, handoffs=2)
+    assert pred == pytest.approx(11.5 + 2 * hand) and roof == pytest.approx(11.5)
+    assert bound == "memory"
+    # a tiny call of the MLP kernel (two hand-offs): they, not the bytes, are what it waits on
+    pred, _, bound = cm.predict(h100, 1, 1e5, 1e6, 690.0, handoffs=2)
+    assert pred == pytest.approx(3.5 + 1e5 / 3.0e6 + 2 * hand) and bound == "hand-off"
+
+
+def test_mlp_block_traffic():
+    s = dict(m=197, k=768, h=3072, n=768, rank=64)
+    b1, f1 = cm.op_traffic("lowrank_mlp", s)
+    # x, the four factors, both biases and y once; h stays on chip
+    assert b1 == 2 * (197 * 768 + 64 * (768 + 3072) * 2 + 3072 + 768 + 197 * 768)
+    assert f1 == 2.0 * 197 * 64 * (768 + 3072) * 2
+    # two launches write h and read it back
+    b2, f2 = cm.op_traffic("lowrank_mlp", s, launches=2)
+    assert (b2 - b1, f2) == (2 * 197 * 3072 * 2, f1)
+    bd, fd = cm.op_traffic("lowrank_mlp", dict(s, dense_fc1=True))
+    assert fd == 2.0 * 197 * 768 * 3072 + 2.0 * 197 * 64 * (3072 + 768)
+    assert bd - b1 == 2 * (3072 * 768 - 64 * (768 + 3072))
+    # executed: rows padded to the 64-row tile
+    assert cm.executed_flops("lowrank_mlp", s, 64) == pytest.approx(f1 * 256 / 197)
 
 
 def _rec(**kw):
@@ -223,8 +269,26 @@ def test_scenarios_cover_every_listed_kernel():
     for op, impls in listed.items():
         for impl in impls:
             assert (op, impl) in have, f"{op}/{impl} has no census scenario"
+    # the removed CUDA low-rank kernel is not expected
+    assert ("lowrank_linear", "cuda") not in have
     labels = {scen.shape_label(s.op, sh) for s in scen.SCENARIOS for sh in s.shapes}
-    assert "M=1 4096x11008 W4A16 g128" in labels and "M=16384 768x3072 r=64" in labels
+    assert {"M=1 4096x11008 W4A16 g128", "M=16384 768x3072 r=64", "M=16 3072x768 r=128",
+            "M=197 768x3072x768 r=64 gelu", "M=197 768x3072x768 r=64 gelu dense-fc1",
+            "M=16384 768x3072x768 r=384 gelu"} <= labels  # fmt: skip
+    for bits in (2, 3, 4, 8):
+        for m in (1, 16, 197, 4096):
+            assert f"M={m} 4096x11008 W{bits}A16 g128" in labels
+            assert f"M={m} 4096x11008 W{bits}A8 g128" in labels
+
+
+def test_compile_check_shapes_per_dtype():
+    sc = next(s for s in scen.SCENARIOS if s.op == "lowrank_mlp")
+    # float16 compiles are the census's (shared cache): every shape; the other dtypes a subset
+    assert scen.compile_subset(sc, "float16") == sc.shapes
+    sub = scen.compile_subset(sc, "bfloat16")
+    assert sub and set(map(repr, sub)) < set(map(repr, sc.shapes))
+    q = next(s for s in scen.SCENARIOS if s.op == "quant_linear" and s.implementation == "triton")
+    assert scen.compile_subset(q, "bfloat16") == scen.compile_subset(q, "float16")
 
 
 _REAL_RUN = r"""
@@ -240,7 +304,7 @@ calls = scen.record_calls([sc])
 assert not calls[0].error, calls[0].error
 with tempfile.TemporaryDirectory() as tmp:
     facts = census.compile_triton(calls, Path(tmp), log=lambda *a: None)
-ln = calls[0].launches[-1]
+ln = next(x for x in calls[0].launches if x.reads_weight)
 f = facts[id(ln)]
 print(json.dumps(dict(kernel=f["kernel"], res=f["res"], loop=f["loop"], all=f["all"],
                       config=f["config"], ones=f["ones"], weight=ln.reads_weight,
@@ -268,3 +332,5 @@ def test_real_sm90_compile_of_a_triton_kernel():
     assert sum(d["all"]["loads"].values()) > 0 and d["all"]["mma"]
     # M = 1 is specialised to a constant, as the runtime does
     assert "M" in d["ones"]
+    # one launch per call: the tile layout is made once per weight, not per call
+    assert d["n_launches"] == 1 and d["torch"] == []
