@@ -443,7 +443,39 @@ def test_split_k_reduction_leaves_tickets_zero():
         y1 = sk.ops.quant_linear(x, q, b)
         y2 = sk.ops.quant_linear(x, q, b)
     assert torch.equal(y1, y2)
-    assert int(tq._LOCKS[torch.device("cpu")].abs().sum()) == 0
+    assert int(tq._LOCKS[("cpu", None)].abs().sum()) == 0
+    # the generic kernel (8-bit activations) too: the interpreter's config splits K in two
+    with sk.backend("triton"):
+        y3 = sk.ops.quant_linear(x, q, b, act_bits=8)
+        y4 = sk.ops.quant_linear(x, q, b, act_bits=8)
+    assert torch.equal(y3, y4)
+    assert int(tq._LOCKS[("cpu", None)].abs().sum()) == 0
+
+
+def test_ticket_buffers_are_per_stream_and_per_capture(monkeypatch):
+    """Launches that may run at once never share ticket counters: one buffer per (device,
+    stream), and a fresh one per call while a CUDA graph is being captured (owned by the
+    graph, never handed to eager calls or to another graph)."""
+    from supernet_kernels.kernels import triton_quant as tq
+
+    monkeypatch.setattr(tq, "_LOCKS", {})
+    dev = torch.device("cpu")
+    where = {"key": ("cuda:0", 1, False)}
+    monkeypatch.setattr(tq, "_stream_key", lambda device: where["key"])
+    a1, a2 = tq._locks(dev, 8), tq._locks(dev, 8)
+    assert a1 is a2 and int(a1.abs().sum()) == 0  # one stream: launches run in order
+    where["key"] = ("cuda:0", 2, False)
+    b = tq._locks(dev, 8)
+    assert b is not a1 and b.data_ptr() != a1.data_ptr()
+    where["key"] = ("cuda:1", 1, False)
+    assert tq._locks(dev, 8) is not a1  # another device, same stream handle value
+    where["key"] = ("cuda:0", 1, True)  # capturing on stream 1
+    g1, g2 = tq._locks(dev, 8), tq._locks(dev, 8)
+    assert g1 is not g2 and g1 is not a1 and int(g1.abs().sum()) == 0
+    assert len(tq._LOCKS) == 3  # capture buffers are not cached
+    where["key"] = ("cuda:0", 1, False)
+    big = tq._locks(dev, 4096)  # more tiles than the buffer holds: a larger one
+    assert big.numel() >= 4096 and tq._locks(dev, 8) is big
 
 
 def test_tile_layout_follows_in_place_changes():

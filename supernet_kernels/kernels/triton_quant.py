@@ -607,7 +607,7 @@ def _wq_matmul_kernel(
 
 GEMV_MAX_M = 16  # x^T is the MMA's 16-wide side: up to 16 rows share one weight pass
 _TILES: dict = {}  # id(packed) -> (weak reference to packed, key, tile layout)
-_LOCKS: dict = {}
+_LOCKS: dict = {}  # (device, stream handle) -> int32 tickets, see _locks
 
 
 def tile_for(bits: int, group_size: int, k: int) -> int | None:
@@ -649,12 +649,36 @@ def tiles_of(packed, bits: int, k: int, tile: int):
     return tiles
 
 
+def _stream_key(device):
+    """(device, stream handle, capturing) of the stream this call is enqueued on."""
+    if device.type != "cuda":
+        return (str(device), None, False)
+    stream = torch.cuda.current_stream(device)
+    return (str(device), stream.cuda_stream, torch.cuda.is_current_stream_capturing())
+
+
 def _locks(device, n: int):
-    """Zeroed int32 tickets for the split-K reduction; each call leaves them zero again."""
-    buf = _LOCKS.get(device)
+    """Zeroed int32 tickets for the split-K reduction; each call leaves them zero again.
+
+    The counters are shared by every launch that gets them, so two launches that can run at
+    the same time must never share one buffer: it would mix their tickets (a program of one
+    call drawing the last ticket of the other and summing partials not yet written). Launches
+    on one stream run one after the other, so one buffer per (device, stream) is safe and
+    zeroed only once. Under CUDA graph capture a buffer is made per call, inside the graph's
+    memory pool: the graph owns it, so two graphs (or the graph and eager calls on the capture
+    stream) never share tickets, whichever streams they are replayed on; its zero fill is a
+    memset node of the graph (no kernel launch), and replays leave it zero like any call.
+    Work on a stream ends before the next work on it starts, so a buffer handed to a stream
+    is free again as soon as the kernel that used it is enqueued.
+    """
+    dev, stream, capturing = _stream_key(device)
+    if capturing:
+        return torch.zeros(max(n, 1), dtype=torch.int32, device=device)
+    key = (dev, stream)
+    buf = _LOCKS.get(key)
     if buf is None or buf.numel() < n:
         buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-        _LOCKS[device] = buf
+        _LOCKS[key] = buf
     return buf
 
 
