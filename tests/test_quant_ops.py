@@ -566,3 +566,28 @@ def test_triton_row_quantizer_nan_rows():
     q_ref, s_ref = quantize_activations_int8(x)
     assert s[1].isnan() and torch.equal(s[[0, 2]], s_ref[[0, 2], 0])
     assert torch.equal(q, q_ref)
+
+
+def test_tiled_op_opcheck_and_bad_input():
+    """quant_linear_tiled (QuantLinear's op in the tile layout): torch.library's checks, the
+    float64 reference, and clear errors."""
+    from supernet_kernels.kernels import triton_quant as tq
+    from supernet_kernels.quant.packing import to_tiles
+
+    x, q, b = _qcase((5,), 128, 18, 64, 4, torch.float32, "cpu", "tiled-op")
+    tile = tq.tile_for(4, 64, 128)
+    tiles = to_tiles(q.packed, 4, 128, tile)
+    x.requires_grad_(True)
+    args = (x, tiles, q.scales, q.zeros, 4, 64, 128, tile, b)
+    torch.library.opcheck(torch.ops.supernet_kernels.quant_linear_tiled.default, args)
+    y = torch.ops.supernet_kernels.quant_linear_tiled(*args)
+    assert rel_norm(y.detach(), _ref64(x.detach(), q, 16, b)) < 1e-5
+    op = torch.ops.supernet_kernels.quant_linear_tiled
+    with pytest.raises(TypeError, match="tiles must be a 2-D int16"):
+        op(x, q.packed, q.scales, q.zeros, 4, 64, 128, tile, b)
+    with pytest.raises(ValueError, match="no tile layout"):
+        op(x, tiles, q.scales, q.zeros, 3, 64, 128, tile, b)
+    with pytest.raises(ValueError, match="scales must be float32"):
+        op(x, tiles, q.scales[:, :1], q.zeros, 4, 64, 128, tile, b)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 128\)"):
+        op(x[:, :64], tiles, q.scales, q.zeros, 4, 64, 128, tile, b)

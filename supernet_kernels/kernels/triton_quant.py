@@ -635,7 +635,8 @@ def packed_width_tiles(k: int, bits: int, tile: int) -> int:
 
 def tiles_of(packed, bits: int, k: int, tile: int):
     """The tile layout of a packed weight, made on first use and kept while the weight lives
-    (recomputed if the weight is modified in place)."""
+    (recomputed if the weight is modified in place). The codes are then held twice; QuantLinear
+    holds the tile layout alone instead (nn.quant, op quant_linear_tiled)."""
     from ..quant.packing import to_tiles
 
     key = (packed._version, bits, k, tile)
