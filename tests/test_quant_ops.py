@@ -591,3 +591,37 @@ def test_tiled_op_opcheck_and_bad_input():
         op(x, tiles, q.scales[:, :1], q.zeros, 4, 64, 128, tile, b)
     with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 128\)"):
         op(x[:, :64], tiles, q.scales, q.zeros, 4, 64, 128, tile, b)
+
+
+@pytest.mark.parametrize("op", ["quant_a8", "int8", "fp8"])
+def test_fused_activation_quantizer_is_one_launch_and_exact(op, monkeypatch):
+    """Up to FUSED_QUANT_MAX_M rows the per-token quantizer runs in the matmul's prologue (no
+    quantize_rows launch) and gives bit for bit what the two-launch path gives, NaN rows
+    included; above it the quantizer runs as its own pass."""
+    _triton_or_skip()
+    from supernet_kernels.kernels import triton_quant as tq
+
+    x, q, b = _qcase((5,), 96, 20, 32, 4, torch.float16, "cpu", ("fused", op))
+    x[2, 7] = float("nan")
+    gen = _gen(("fused-w", op))
+    if op == "fp8":
+        w = (torch.randn(20, 96, generator=gen) * 50).to(torch.float8_e4m3fn)
+    else:
+        w = torch.randint(-127, 128, (20, 96), dtype=torch.int8, generator=gen)
+    ws = torch.rand(20, generator=gen) + 0.5
+
+    def call(xx):
+        if op == "quant_a8":
+            return tq.quant_linear(xx, q.packed, q.scales, q.zeros, 4, 32, 96, 8, b)
+        return tq.raw8_linear(xx, w, ws, b)
+
+    passes = []
+    real = tq.quantize_rows
+    monkeypatch.setattr(tq, "quantize_rows", lambda *a, **kw: passes.append(1) or real(*a, **kw))
+    fused = call(x)
+    assert not passes  # one launch
+    monkeypatch.setattr(tq, "FUSED_QUANT_MAX_M", 0)
+    separate = call(x)
+    assert len(passes) == 1
+    assert torch.equal(fused[[0, 1, 3, 4]], separate[[0, 1, 3, 4]])
+    assert fused[2].isnan().all() and separate[2].isnan().all()

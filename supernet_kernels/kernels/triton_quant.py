@@ -75,6 +75,27 @@ def _fp8_rne(v, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def _row_scale(amax, FP8: tl.constexpr):
+    """max|x| / qmax per row from the running |x| maxima (NaN kept): 1 for an all-zero row, NaN
+    for a row holding NaN or inf, so that its output is NaN."""
+    has_nan = amax == float("inf")
+    scale = amax / (448.0 if FP8 else 127.0)
+    return tl.where(scale == 0.0, 1.0, tl.where(has_nan, float("nan"), scale))
+
+
+@triton.jit
+def _act_codes(x, scale, FP8: tl.constexpr, EMULATE_FP8: tl.constexpr, QDT: tl.constexpr):
+    """The per-token codes of x (any shape) for its row scale (broadcast to x): int8
+    round_half_even(x / s) in [-127, 127] (0 in a NaN row), or float8 e4m3 x / s (rounded to
+    nearest), as QDT. Exactly torch's quantize_activations_int8 / _fp8 (IEEE division)."""
+    v = tl.math.div_rn(x.to(tl.float32), scale)
+    if FP8:
+        return _fp8_rne(v, EMULATE_FP8).to(QDT)
+    q = tl.minimum(tl.maximum(_round_half_even(v), -127.0), 127.0)
+    return tl.where(v != v, 0.0, q).to(tl.int8)  # a NaN row: codes 0, scale NaN
+
+
+@triton.jit
 def _quantize_rows_kernel(
     x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk,
     FP8: tl.constexpr,
@@ -91,22 +112,13 @@ def _quantize_rows_kernel(
         x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=offs < K, other=0.0)
         amax = tl.maximum(amax, tl.abs(x.to(tl.float32)), propagate_nan=tl.PropagateNan.ALL)
     amax = tl.max(tl.where(amax != amax, float("inf"), amax), axis=0)  # NaN -> inf, then max
-    has_nan = amax == float("inf")
-    scale = amax / (448.0 if FP8 else 127.0)
-    # 1 for an all-zero row; NaN for a row holding NaN or inf, so that its output is NaN
-    scale = tl.where(scale == 0.0, 1.0, tl.where(has_nan, float("nan"), scale))
+    scale = _row_scale(amax, FP8)
     tl.store(s_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=offs < K, other=0.0)
-        v = tl.math.div_rn(x.to(tl.float32), scale)
-        if FP8:
-            v = _fp8_rne(v, EMULATE_FP8)
-            tl.store(q_ptr + row * K + offs, v.to(q_ptr.dtype.element_ty), mask=offs < K)
-        else:
-            q = tl.minimum(tl.maximum(_round_half_even(v), -127.0), 127.0)
-            q = tl.where(v != v, 0.0, q)  # a NaN row: codes 0, scale NaN
-            tl.store(q_ptr + row * K + offs, q.to(tl.int8), mask=offs < K)
+        q = _act_codes(x, scale, FP8, EMULATE_FP8, q_ptr.dtype.element_ty)
+        tl.store(q_ptr + row * K + offs, q, mask=offs < K)
 
 
 @triton.jit
@@ -124,6 +136,8 @@ def _quant_matmul_kernel(
     DOT_FP32: tl.constexpr,
     RNE_BF16: tl.constexpr,
     INT_ACC: tl.constexpr,
+    QUANT_X: tl.constexpr,
+    EMULATE_FP8: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -132,6 +146,18 @@ def _quant_matmul_kernel(
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
     offs_m, offs_n, mask_m, mask_n = _tile_offsets(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)
+    if QUANT_X:
+        # The per-token quantizer in the prologue (one launch per call): x arrives in its
+        # float dtype; every program finds the row maxima of its BLOCK_M rows over all of K
+        # (a pass over x, small at the M this runs at), then quantizes each x tile as it
+        # loads it, with the same rule as _quantize_rows_kernel (exact codes).
+        amax = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        for q0 in range(0, K, BLOCK_K):
+            offs_q = (q0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+            xa = _load_tile(x_ptr, offs_m, offs_q, stride_xm, stride_xk, mask_m, offs_q < K)
+            amax = tl.maximum(amax, tl.abs(xa.to(tl.float32)), propagate_nan=tl.PropagateNan.ALL)
+        amax = tl.max(tl.where(amax != amax, float("inf"), amax), axis=1)  # NaN -> inf, max
+        x_scale = _row_scale(amax, QUANT_X == 2)
     # INT_ACC: one scale per output column for all of K (int8 weights; A8 with one group), so
     # the int32 tile products are summed exactly across K and scaled once in the epilogue
     # (scaling inside the loop kept an fp32 and an int32 tile live: 193 registers, measured)
@@ -145,6 +171,8 @@ def _quant_matmul_kernel(
         mask_k = offs_k < K
         mask_w = mask_k[:, None] & mask_n[None, :]
         x = _load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, mask_m, mask_k)
+        if QUANT_X:
+            x = _act_codes(x, x_scale[:, None], QUANT_X == 2, EMULATE_FP8, w_ptr.dtype.element_ty)
         if W_RAW8:
             w = tl.load(
                 w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=mask_w, other=0.0
@@ -201,7 +229,9 @@ def _quant_matmul_kernel(
         z = tl.load(z_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
         acc = acc.to(tl.float32) - xsum.to(tl.float32)[:, None] * (z - OFFSET2)[None, :]
         acc = acc * s[None, :]
-    if A8:  # the per-token scale (NaN for a row holding NaN, so that row comes out NaN)
+    if QUANT_X:  # the per-token scale (NaN for a row holding NaN, so that row comes out NaN)
+        acc = acc * x_scale[:, None]
+    elif A8:
         xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
         acc = acc * xs[:, None]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
@@ -280,7 +310,10 @@ def _device_info(x):
     return props.name, props.multi_processor_count, False
 
 
-def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dtype, word_tile=True):
+def _launch(
+    x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dtype, word_tile=True,
+    quant_x=0,
+):  # fmt: skip
     from .. import tuning
 
     m = x.shape[0]
@@ -321,6 +354,8 @@ def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dty
         DOT_FP32=dot_fp32(probe),
         RNE_BF16=interp_bf16(probe),
         INT_ACC=(w_raw8 and w.dtype == torch.int8) or (a8 and not w_raw8 and group_size == k),
+        QUANT_X=quant_x,
+        EMULATE_FP8=quant_x == 2 and x.device.type == "cpu",
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
@@ -344,6 +379,17 @@ def quantize_rows(x, fp8: bool = False):
     return q, s
 
 
+# Up to this M the per-token activation quantizer runs in the matmul kernel's prologue (one
+# launch per call); above it, as its own pass before (two launches). Fused, every program
+# quantizes its rows of x again for each of the N / BLOCK_N column tiles, one IEEE division
+# per element (the exact codes of the definition): at M <= 16 that is at most 16 x K elements
+# per program beside a weight stream of BLOCK_N x K codes, while a second launch costs ~3.5 us
+# of the graph-replayed call (H100 fixed cost); at M = 4096 (128-row tiles, N = 11008) it
+# would quantize each element 86 times, about 3x the int8 MMA time of the tile (estimate from
+# issue rates: 8192 divisions of ~10 instructions against 128x128x64 int8 MACs per K step).
+FUSED_QUANT_MAX_M = 16
+
+
 def quant_linear(x, packed, scales, zeros, bits, group_size, k, act_bits, bias):
     """y (M, N) for x (M, K) and a packed weight; see the module docstring."""
     a8 = act_bits == 8
@@ -362,11 +408,12 @@ def quant_linear(x, packed, scales, zeros, bits, group_size, k, act_bits, bias):
             bits,
             tile,
         )
-    xq, xs = quantize_rows(x) if a8 else (x, None)
+    fuse = a8 and x.shape[0] <= FUSED_QUANT_MAX_M
+    xq, xs = quantize_rows(x) if a8 and not fuse else (x, None)
     return _launch(
         xq, xs=xs, w=packed.contiguous(), s=scales.contiguous(), z=zeros.contiguous(), bias=bias,
         n=packed.shape[0], k=k, group_size=group_size, bits=bits, a8=a8, w_raw8=False,
-        out_dtype=x.dtype,
+        out_dtype=x.dtype, quant_x=1 if fuse else 0,
     )  # fmt: skip
 
 
@@ -374,10 +421,13 @@ def raw8_linear(x, weight, weight_scale, bias):
     """x quantized per token to the weight's 8-bit type (int8, or float8 e4m3 on sm_89+) times
     the plain 8-bit weight (N, K) with per-row float32 scales (N,)."""
     n, k = weight.shape
-    xq, xs = quantize_rows(x, fp8=weight.dtype != torch.int8)
+    fp8 = weight.dtype != torch.int8
+    fuse = x.shape[0] <= FUSED_QUANT_MAX_M
+    xq, xs = (x, None) if fuse else quantize_rows(x, fp8=fp8)
     return _launch(
         xq, xs=xs, w=weight.contiguous(), s=weight_scale.contiguous(), z=None, bias=bias,
         n=n, k=k, group_size=k, bits=8, a8=True, w_raw8=True, out_dtype=x.dtype,
+        quant_x=(2 if fp8 else 1) if fuse else 0,
     )  # fmt: skip
 
 
