@@ -89,10 +89,13 @@ def _act_codes(x, scale, FP8: tl.constexpr, EMULATE_FP8: tl.constexpr, QDT: tl.c
     round_half_even(x / s) in [-127, 127] (0 in a NaN row), or float8 e4m3 x / s (rounded to
     nearest), as QDT. Exactly torch's quantize_activations_int8 / _fp8 (IEEE division)."""
     v = tl.math.div_rn(x.to(tl.float32), scale)
+    # one return: Triton's compiler refuses returns of two types even under a constexpr branch
     if FP8:
-        return _fp8_rne(v, EMULATE_FP8).to(QDT)
-    q = tl.minimum(tl.maximum(_round_half_even(v), -127.0), 127.0)
-    return tl.where(v != v, 0.0, q).to(tl.int8)  # a NaN row: codes 0, scale NaN
+        q = _fp8_rne(v, EMULATE_FP8).to(QDT)
+    else:
+        q = tl.minimum(tl.maximum(_round_half_even(v), -127.0), 127.0)
+        q = tl.where(v != v, 0.0, q).to(tl.int8)  # a NaN row: codes 0, scale NaN
+    return q
 
 
 @triton.jit
