@@ -19,7 +19,9 @@ inside one quantization group (BLOCK_K divides the group size).
 
 * A16: codes are dequantized in registers, ``(q - z) * s`` cast to x's dtype, and multiplied
   on the tensor cores with fp32 accumulation.
-* A8: x arrives as per-token int8 codes (``_quantize_rows_kernel``). The tile product of the
+* A8: x is quantized per token to int8 codes, in the kernel's prologue up to
+  FUSED_QUANT_MAX_M rows (one launch per call), by ``_quantize_rows_kernel`` before it above
+  (two launches; see FUSED_QUANT_MAX_M for why). The tile product of the
   int8 activation codes and the weight codes runs on int8 tensor cores with int32
   accumulation (exact); the zero point comes out through the activation row sums:
   sum_k xq (q - z) s = s (sum_k xq q - z sum_k xq). 8-bit codes (0..255) are shifted by -128 to
@@ -30,7 +32,8 @@ inside one quantization group (BLOCK_K divides the group size).
   sm_89+), with one float32 scale per row; int32 (int8) or fp32 (fp8) accumulation over all
   of K, the row and token scales applied in the epilogue.
 
-Small M splits K across programs (SPLIT_K); both kernels reduce the split in the same launch:
+Small M splits K across programs (SPLIT_K); both kernels reduce the split in the same launch
+(the ticket counters are per (device, stream), or per call under graph capture; see _locks):
 each program stores its fp32 partial tile and takes a ticket from a per-tile counter, and the
 program with the last ticket sums the partials, adds the bias, writes y in its dtype and
 resets the counter (no zero-filled buffer and cast kernel around the launch).
