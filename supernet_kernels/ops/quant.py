@@ -9,6 +9,10 @@
 * ``torch.ops.supernet_kernels.int8_linear(x, weight, weight_scale, bias=None)``: W8A8 with a
   plain int8 weight (N, K) and a float32 per-channel scale (N,), for weights made by other tools.
 
+* ``torch.ops.supernet_kernels.quant_linear_tiled(x, tiles, scales, zeros, bits, group_size,
+  in_features, tile, bias=None)``: weight-only, on a weight held in the Triton kernel's tile
+  layout only (what ``QuantLinear`` calls on the Triton backend; see nn.quant).
+
 Gradients flow to x (straight through the activation quantizer for act_bits=8) and to bias,
 so a frozen quantized base can carry trainable adapters.
 """
