@@ -288,6 +288,11 @@ def test_tile_layout_returns_to_packed_for_other_backends():
     packed = layer.packed.clone()
     assert layer.use_tile_layout() and layer.tile_layout
     x = torch.randn(4, 128)
+    if sk.backends.unavailable_reason("triton", x.device) is None:
+        with sk.backend("auto"):  # auto keeps to Triton at every M once the tiles are held
+            for m in (1, 20):
+                y = layer(torch.randn(m, 128))
+                assert layer.tile_layout and y.shape == (m, 12)
     with sk.backend("torch"):
         out = layer(x)
     assert not layer.tile_layout and torch.equal(layer.packed, packed)

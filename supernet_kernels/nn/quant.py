@@ -15,7 +15,8 @@ On the Triton backend the layer holds its codes in the GPU tile layout only
 instead of ``packed``: the op on a bare packed weight keeps the tile layout cached beside it,
 which doubles the codes' memory (4096 -> 11008, W4 g128: 47.9 MB against 25.4 MB, codes 22.5
 MB each way, scales and zero points 2.8 MB). The switch happens on the first forward that the
-Triton kernel runs (or by :meth:`QuantLinear.use_tile_layout`); ``packed`` then reads as the
+Triton kernel runs (or by :meth:`QuantLinear.use_tile_layout`), after which ``auto`` keeps to
+Triton at every M (not converting with each M); ``packed`` then reads as the
 sk-pack-v1 words derived from the tiles (a new tensor each time), ``state_dict`` saves them, and
 ``load_state_dict`` or a forward on another backend returns the layer to ``packed``.
 """
@@ -195,6 +196,14 @@ class QuantLinear(nn.Module):
             or x.device != codes.device
         ):
             return False  # the op names what is wrong (or the reference runs float64)
+        if (
+            self.tile_layout
+            and backends.get_backend() == "auto"
+            and backends.unavailable_reason("triton", x.device, x.dtype) is None
+        ):
+            # auto keeps to the Triton kernel for every M once the layer holds the tiles:
+            # following auto's choice per M would convert the weight back and forth
+            return True
         try:
             choice = backends.select(
                 "quant_linear", x.device, x.dtype, m=x.numel() // self.in_features,
