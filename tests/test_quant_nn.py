@@ -232,3 +232,83 @@ def test_constructor_validation():
 
 def test_exported_from_package():
     assert sk.nn.QuantLinear is QuantLinear
+
+
+# ------------------------------------------------------------------ the tile layout held alone
+@pytest.mark.parametrize(("bits", "group_size", "k"), [(4, 64, 192), (2, 128, 256), (8, None, 100)])
+def test_tile_layout_replaces_packed(bits, group_size, k, tmp_path):
+    """On the Triton backend the layer keeps the tile layout only (no second copy of the codes),
+    gives the same outputs and gradients, and still saves / loads sk-pack-v1."""
+    layer = QuantLinear.from_linear(_linear(k, 20, seed=bits), bits=bits, group_size=group_size)
+    packed = layer.packed.clone()
+    before = layer.state_dict()
+    x = torch.randn(2, 3, k, requires_grad=True)
+    ref = _reference64(layer, x.detach())
+    if sk.backends.unavailable_reason("triton", x.device) is None:
+        with sk.backend("triton"):
+            out = layer(x)
+        assert layer.tile_layout  # switched by the forward that Triton ran
+    else:  # no interpreter: the op's reference path reads the tiles (a forward would go back)
+        assert layer.use_tile_layout()
+        out = torch.ops.supernet_kernels.quant_linear_tiled(
+            x, layer.tiles, layer.scales, layer.zeros, bits, layer.group_size, k, layer._tile,
+            layer.bias,
+        )  # fmt: skip
+    assert "packed" not in layer._buffers and layer.tiles.dtype == torch.int16
+    assert layer.weight_nbytes == sum(
+        t.numel() * t.element_size() for t in (layer.tiles, layer.scales, layer.zeros)
+    )
+    assert rel_err(out.double(), ref) < 1e-5
+    out.square().sum().backward()
+    w = layer.qweight.dequantize(torch.float64)
+    grad = (2 * ref) @ w
+    assert rel_err(x.grad.double(), grad) < 1e-5
+    # the state_dict: sk-pack-v1, same keys in the same order, same values
+    sd = layer.state_dict()
+    assert list(sd) == list(before) and "tiles" not in sd
+    for key, value in before.items():
+        assert torch.equal(sd[key], value), key
+    assert torch.equal(layer.packed, packed)
+    fresh = QuantLinear(k, 20, bits=bits, group_size=group_size)
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh.packed, packed)
+    # a file saved from the tile layout loads into a skeleton as before
+    model = torch.nn.Sequential(layer)
+    path = sk.quant.save_quantized(model, tmp_path / "m.safetensors")
+    skeleton = torch.nn.Sequential(torch.nn.Linear(k, 20))
+    loaded = sk.quant.load_quantized(skeleton, path)
+    assert torch.equal(loaded[0].packed, packed) and not loaded[0].tile_layout
+    # loading into a layer in the tile layout returns it to packed
+    layer.load_state_dict(before)
+    assert not layer.tile_layout and torch.equal(layer._buffers["packed"], packed)
+
+
+def test_tile_layout_returns_to_packed_for_other_backends():
+    layer = QuantLinear.from_linear(_linear(128, 12, seed=3), bits=4, group_size=64)
+    packed = layer.packed.clone()
+    assert layer.use_tile_layout() and layer.tile_layout
+    x = torch.randn(4, 128)
+    if sk.backends.unavailable_reason("triton", x.device) is None:
+        with sk.backend("auto"):  # auto keeps to Triton at every M once the tiles are held
+            for m in (1, 20):
+                y = layer(torch.randn(m, 128))
+                assert layer.tile_layout and y.shape == (m, 12)
+    with sk.backend("torch"):
+        out = layer(x)
+    assert not layer.tile_layout and torch.equal(layer.packed, packed)
+    assert rel_err(out.double(), _reference64(layer, x)) < 1e-5
+    # layers the layout cannot take keep packed
+    assert not QuantLinear(96, 8, bits=3, group_size=32).use_tile_layout()
+    assert not QuantLinear(128, 8, bits=4, group_size=64, act_bits=8).use_tile_layout()
+
+
+def test_tile_layout_memory_of_a_4096x11008_w4_layer():
+    """Bytes of the weight of a 4096 -> 11008 W4 g128 layer: 22.5 MB of codes and 2.8 MB of
+    scales and zero points, whichever layout holds the codes (the op's cache on a bare packed
+    weight would hold both layouts: 47.9 MB)."""
+    layer = QuantLinear(4096, 11008, bits=4, group_size=128, device="meta")
+    packed_bytes = layer.weight_nbytes
+    codes = layer.packed.numel() * 4
+    assert layer.use_tile_layout()
+    assert layer.weight_nbytes == packed_bytes == 25_362_432
+    assert layer.tiles.numel() * 2 == codes == 22_544_384

@@ -443,7 +443,39 @@ def test_split_k_reduction_leaves_tickets_zero():
         y1 = sk.ops.quant_linear(x, q, b)
         y2 = sk.ops.quant_linear(x, q, b)
     assert torch.equal(y1, y2)
-    assert int(tq._LOCKS[torch.device("cpu")].abs().sum()) == 0
+    assert int(tq._LOCKS[("cpu", None)].abs().sum()) == 0
+    # the generic kernel (8-bit activations) too: the interpreter's config splits K in two
+    with sk.backend("triton"):
+        y3 = sk.ops.quant_linear(x, q, b, act_bits=8)
+        y4 = sk.ops.quant_linear(x, q, b, act_bits=8)
+    assert torch.equal(y3, y4)
+    assert int(tq._LOCKS[("cpu", None)].abs().sum()) == 0
+
+
+def test_ticket_buffers_are_per_stream_and_per_capture(monkeypatch):
+    """Launches that may run at once never share ticket counters: one buffer per (device,
+    stream), and a fresh one per call while a CUDA graph is being captured (owned by the
+    graph, never handed to eager calls or to another graph)."""
+    from supernet_kernels.kernels import triton_quant as tq
+
+    monkeypatch.setattr(tq, "_LOCKS", {})
+    dev = torch.device("cpu")
+    where = {"key": ("cuda:0", 1, False)}
+    monkeypatch.setattr(tq, "_stream_key", lambda device: where["key"])
+    a1, a2 = tq._locks(dev, 8), tq._locks(dev, 8)
+    assert a1 is a2 and int(a1.abs().sum()) == 0  # one stream: launches run in order
+    where["key"] = ("cuda:0", 2, False)
+    b = tq._locks(dev, 8)
+    assert b is not a1 and b.data_ptr() != a1.data_ptr()
+    where["key"] = ("cuda:1", 1, False)
+    assert tq._locks(dev, 8) is not a1  # another device, same stream handle value
+    where["key"] = ("cuda:0", 1, True)  # capturing on stream 1
+    g1, g2 = tq._locks(dev, 8), tq._locks(dev, 8)
+    assert g1 is not g2 and g1 is not a1 and int(g1.abs().sum()) == 0
+    assert len(tq._LOCKS) == 3  # capture buffers are not cached
+    where["key"] = ("cuda:0", 1, False)
+    big = tq._locks(dev, 4096)  # more tiles than the buffer holds: a larger one
+    assert big.numel() >= 4096 and tq._locks(dev, 8) is big
 
 
 def test_tile_layout_follows_in_place_changes():
@@ -534,3 +566,62 @@ def test_triton_row_quantizer_nan_rows():
     q_ref, s_ref = quantize_activations_int8(x)
     assert s[1].isnan() and torch.equal(s[[0, 2]], s_ref[[0, 2], 0])
     assert torch.equal(q, q_ref)
+
+
+def test_tiled_op_opcheck_and_bad_input():
+    """quant_linear_tiled (QuantLinear's op in the tile layout): torch.library's checks, the
+    float64 reference, and clear errors."""
+    from supernet_kernels.kernels import triton_quant as tq
+    from supernet_kernels.quant.packing import to_tiles
+
+    x, q, b = _qcase((5,), 128, 18, 64, 4, torch.float32, "cpu", "tiled-op")
+    tile = tq.tile_for(4, 64, 128)
+    tiles = to_tiles(q.packed, 4, 128, tile)
+    x.requires_grad_(True)
+    args = (x, tiles, q.scales, q.zeros, 4, 64, 128, tile, b)
+    torch.library.opcheck(torch.ops.supernet_kernels.quant_linear_tiled.default, args)
+    y = torch.ops.supernet_kernels.quant_linear_tiled(*args)
+    assert rel_norm(y.detach(), _ref64(x.detach(), q, 16, b)) < 1e-5
+    op = torch.ops.supernet_kernels.quant_linear_tiled
+    with pytest.raises(TypeError, match="tiles must be a 2-D int16"):
+        op(x, q.packed, q.scales, q.zeros, 4, 64, 128, tile, b)
+    with pytest.raises(ValueError, match="no tile layout"):
+        op(x, tiles, q.scales, q.zeros, 3, 64, 128, tile, b)
+    with pytest.raises(ValueError, match="scales must be float32"):
+        op(x, tiles, q.scales[:, :1], q.zeros, 4, 64, 128, tile, b)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 128\)"):
+        op(x[:, :64], tiles, q.scales, q.zeros, 4, 64, 128, tile, b)
+
+
+@pytest.mark.parametrize("op", ["quant_a8", "int8", "fp8"])
+def test_fused_activation_quantizer_is_one_launch_and_exact(op, monkeypatch):
+    """Up to FUSED_QUANT_MAX_M rows the per-token quantizer runs in the matmul's prologue (no
+    quantize_rows launch) and gives bit for bit what the two-launch path gives, NaN rows
+    included; above it the quantizer runs as its own pass."""
+    _triton_or_skip()
+    from supernet_kernels.kernels import triton_quant as tq
+
+    x, q, b = _qcase((5,), 96, 20, 32, 4, torch.float16, "cpu", ("fused", op))
+    x[2, 7] = float("nan")
+    gen = _gen(("fused-w", op))
+    if op == "fp8":
+        w = (torch.randn(20, 96, generator=gen) * 50).to(torch.float8_e4m3fn)
+    else:
+        w = torch.randint(-127, 128, (20, 96), dtype=torch.int8, generator=gen)
+    ws = torch.rand(20, generator=gen) + 0.5
+
+    def call(xx):
+        if op == "quant_a8":
+            return tq.quant_linear(xx, q.packed, q.scales, q.zeros, 4, 32, 96, 8, b)
+        return tq.raw8_linear(xx, w, ws, b)
+
+    passes = []
+    real = tq.quantize_rows
+    monkeypatch.setattr(tq, "quantize_rows", lambda *a, **kw: passes.append(1) or real(*a, **kw))
+    fused = call(x)
+    assert not passes  # one launch
+    monkeypatch.setattr(tq, "FUSED_QUANT_MAX_M", 0)
+    separate = call(x)
+    assert len(passes) == 1
+    assert torch.equal(fused[[0, 1, 3, 4]], separate[[0, 1, 3, 4]])
+    assert fused[2].isnan().all() and separate[2].isnan().all()

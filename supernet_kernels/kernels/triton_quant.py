@@ -19,7 +19,9 @@ inside one quantization group (BLOCK_K divides the group size).
 
 * A16: codes are dequantized in registers, ``(q - z) * s`` cast to x's dtype, and multiplied
   on the tensor cores with fp32 accumulation.
-* A8: x arrives as per-token int8 codes (``_quantize_rows_kernel``). The tile product of the
+* A8: x is quantized per token to int8 codes, in the kernel's prologue up to
+  FUSED_QUANT_MAX_M rows (one launch per call), by ``_quantize_rows_kernel`` before it above
+  (two launches; see FUSED_QUANT_MAX_M for why). The tile product of the
   int8 activation codes and the weight codes runs on int8 tensor cores with int32
   accumulation (exact); the zero point comes out through the activation row sums:
   sum_k xq (q - z) s = s (sum_k xq q - z sum_k xq). 8-bit codes (0..255) are shifted by -128 to
@@ -30,7 +32,8 @@ inside one quantization group (BLOCK_K divides the group size).
   sm_89+), with one float32 scale per row; int32 (int8) or fp32 (fp8) accumulation over all
   of K, the row and token scales applied in the epilogue.
 
-Small M splits K across programs (SPLIT_K); both kernels reduce the split in the same launch:
+Small M splits K across programs (SPLIT_K); both kernels reduce the split in the same launch
+(the ticket counters are per (device, stream), or per call under graph capture; see _locks):
 each program stores its fp32 partial tile and takes a ticket from a per-tile counter, and the
 program with the last ticket sums the partials, adds the bias, writes y in its dtype and
 resets the counter (no zero-filled buffer and cast kernel around the launch).
@@ -75,6 +78,30 @@ def _fp8_rne(v, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def _row_scale(amax, FP8: tl.constexpr):
+    """max|x| / qmax per row from the running |x| maxima (NaN kept): 1 for an all-zero row, NaN
+    for a row holding NaN or inf, so that its output is NaN."""
+    has_nan = amax == float("inf")
+    scale = amax / (448.0 if FP8 else 127.0)
+    return tl.where(scale == 0.0, 1.0, tl.where(has_nan, float("nan"), scale))
+
+
+@triton.jit
+def _act_codes(x, scale, FP8: tl.constexpr, EMULATE_FP8: tl.constexpr, QDT: tl.constexpr):
+    """The per-token codes of x (any shape) for its row scale (broadcast to x): int8
+    round_half_even(x / s) in [-127, 127] (0 in a NaN row), or float8 e4m3 x / s (rounded to
+    nearest), as QDT. Exactly torch's quantize_activations_int8 / _fp8 (IEEE division)."""
+    v = tl.math.div_rn(x.to(tl.float32), scale)
+    # one return: Triton's compiler refuses returns of two types even under a constexpr branch
+    if FP8:
+        q = _fp8_rne(v, EMULATE_FP8).to(QDT)
+    else:
+        q = tl.minimum(tl.maximum(_round_half_even(v), -127.0), 127.0)
+        q = tl.where(v != v, 0.0, q).to(tl.int8)  # a NaN row: codes 0, scale NaN
+    return q
+
+
+@triton.jit
 def _quantize_rows_kernel(
     x_ptr, q_ptr, s_ptr, K, stride_xm, stride_xk,
     FP8: tl.constexpr,
@@ -91,22 +118,13 @@ def _quantize_rows_kernel(
         x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=offs < K, other=0.0)
         amax = tl.maximum(amax, tl.abs(x.to(tl.float32)), propagate_nan=tl.PropagateNan.ALL)
     amax = tl.max(tl.where(amax != amax, float("inf"), amax), axis=0)  # NaN -> inf, then max
-    has_nan = amax == float("inf")
-    scale = amax / (448.0 if FP8 else 127.0)
-    # 1 for an all-zero row; NaN for a row holding NaN or inf, so that its output is NaN
-    scale = tl.where(scale == 0.0, 1.0, tl.where(has_nan, float("nan"), scale))
+    scale = _row_scale(amax, FP8)
     tl.store(s_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=offs < K, other=0.0)
-        v = tl.math.div_rn(x.to(tl.float32), scale)
-        if FP8:
-            v = _fp8_rne(v, EMULATE_FP8)
-            tl.store(q_ptr + row * K + offs, v.to(q_ptr.dtype.element_ty), mask=offs < K)
-        else:
-            q = tl.minimum(tl.maximum(_round_half_even(v), -127.0), 127.0)
-            q = tl.where(v != v, 0.0, q)  # a NaN row: codes 0, scale NaN
-            tl.store(q_ptr + row * K + offs, q.to(tl.int8), mask=offs < K)
+        q = _act_codes(x, scale, FP8, EMULATE_FP8, q_ptr.dtype.element_ty)
+        tl.store(q_ptr + row * K + offs, q, mask=offs < K)
 
 
 @triton.jit
@@ -124,6 +142,8 @@ def _quant_matmul_kernel(
     DOT_FP32: tl.constexpr,
     RNE_BF16: tl.constexpr,
     INT_ACC: tl.constexpr,
+    QUANT_X: tl.constexpr,
+    EMULATE_FP8: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -132,6 +152,18 @@ def _quant_matmul_kernel(
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
     offs_m, offs_n, mask_m, mask_n = _tile_offsets(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)
+    if QUANT_X:
+        # The per-token quantizer in the prologue (one launch per call): x arrives in its
+        # float dtype; every program finds the row maxima of its BLOCK_M rows over all of K
+        # (a pass over x, small at the M this runs at), then quantizes each x tile as it
+        # loads it, with the same rule as _quantize_rows_kernel (exact codes).
+        amax = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        for q0 in range(0, K, BLOCK_K):
+            offs_q = (q0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+            xa = _load_tile(x_ptr, offs_m, offs_q, stride_xm, stride_xk, mask_m, offs_q < K)
+            amax = tl.maximum(amax, tl.abs(xa.to(tl.float32)), propagate_nan=tl.PropagateNan.ALL)
+        amax = tl.max(tl.where(amax != amax, float("inf"), amax), axis=1)  # NaN -> inf, max
+        x_scale = _row_scale(amax, QUANT_X == 2)
     # INT_ACC: one scale per output column for all of K (int8 weights; A8 with one group), so
     # the int32 tile products are summed exactly across K and scaled once in the epilogue
     # (scaling inside the loop kept an fp32 and an int32 tile live: 193 registers, measured)
@@ -145,6 +177,8 @@ def _quant_matmul_kernel(
         mask_k = offs_k < K
         mask_w = mask_k[:, None] & mask_n[None, :]
         x = _load_tile(x_ptr, offs_m, offs_k, stride_xm, stride_xk, mask_m, mask_k)
+        if QUANT_X:
+            x = _act_codes(x, x_scale[:, None], QUANT_X == 2, EMULATE_FP8, w_ptr.dtype.element_ty)
         if W_RAW8:
             w = tl.load(
                 w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=mask_w, other=0.0
@@ -201,7 +235,9 @@ def _quant_matmul_kernel(
         z = tl.load(z_ptr + offs_n * stride_sn, mask=mask_n, other=0.0)
         acc = acc.to(tl.float32) - xsum.to(tl.float32)[:, None] * (z - OFFSET2)[None, :]
         acc = acc * s[None, :]
-    if A8:  # the per-token scale (NaN for a row holding NaN, so that row comes out NaN)
+    if QUANT_X:  # the per-token scale (NaN for a row holding NaN, so that row comes out NaN)
+        acc = acc * x_scale[:, None]
+    elif A8:
         xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
         acc = acc * xs[:, None]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
@@ -280,7 +316,10 @@ def _device_info(x):
     return props.name, props.multi_processor_count, False
 
 
-def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dtype, word_tile=True):
+def _launch(
+    x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dtype, word_tile=True,
+    quant_x=0,
+):  # fmt: skip
     from .. import tuning
 
     m = x.shape[0]
@@ -321,6 +360,8 @@ def _launch(x, *, xs, w, s, z, bias, n, k, group_size, bits, a8, w_raw8, out_dty
         DOT_FP32=dot_fp32(probe),
         RNE_BF16=interp_bf16(probe),
         INT_ACC=(w_raw8 and w.dtype == torch.int8) or (a8 and not w_raw8 and group_size == k),
+        QUANT_X=quant_x,
+        EMULATE_FP8=quant_x == 2 and x.device.type == "cpu",
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
@@ -344,6 +385,17 @@ def quantize_rows(x, fp8: bool = False):
     return q, s
 
 
+# Up to this M the per-token activation quantizer runs in the matmul kernel's prologue (one
+# launch per call); above it, as its own pass before (two launches). Fused, every program
+# quantizes its rows of x again for each of the N / BLOCK_N column tiles, one IEEE division
+# per element (the exact codes of the definition): at M <= 16 that is at most 16 x K elements
+# per program beside a weight stream of BLOCK_N x K codes, while a second launch costs ~3.5 us
+# of the graph-replayed call (H100 fixed cost); at M = 4096 (128-row tiles, N = 11008) it
+# would quantize each element 86 times, about 3x the int8 MMA time of the tile (estimate from
+# issue rates: 8192 divisions of ~10 instructions against 128x128x64 int8 MACs per K step).
+FUSED_QUANT_MAX_M = 16
+
+
 def quant_linear(x, packed, scales, zeros, bits, group_size, k, act_bits, bias):
     """y (M, N) for x (M, K) and a packed weight; see the module docstring."""
     a8 = act_bits == 8
@@ -362,11 +414,12 @@ def quant_linear(x, packed, scales, zeros, bits, group_size, k, act_bits, bias):
             bits,
             tile,
         )
-    xq, xs = quantize_rows(x) if a8 else (x, None)
+    fuse = a8 and x.shape[0] <= FUSED_QUANT_MAX_M
+    xq, xs = quantize_rows(x) if a8 and not fuse else (x, None)
     return _launch(
         xq, xs=xs, w=packed.contiguous(), s=scales.contiguous(), z=zeros.contiguous(), bias=bias,
         n=packed.shape[0], k=k, group_size=group_size, bits=bits, a8=a8, w_raw8=False,
-        out_dtype=x.dtype,
+        out_dtype=x.dtype, quant_x=1 if fuse else 0,
     )  # fmt: skip
 
 
@@ -374,10 +427,13 @@ def raw8_linear(x, weight, weight_scale, bias):
     """x quantized per token to the weight's 8-bit type (int8, or float8 e4m3 on sm_89+) times
     the plain 8-bit weight (N, K) with per-row float32 scales (N,)."""
     n, k = weight.shape
-    xq, xs = quantize_rows(x, fp8=weight.dtype != torch.int8)
+    fp8 = weight.dtype != torch.int8
+    fuse = x.shape[0] <= FUSED_QUANT_MAX_M
+    xq, xs = (x, None) if fuse else quantize_rows(x, fp8=fp8)
     return _launch(
         xq, xs=xs, w=weight.contiguous(), s=weight_scale.contiguous(), z=None, bias=bias,
         n=n, k=k, group_size=k, bits=8, a8=True, w_raw8=True, out_dtype=x.dtype,
+        quant_x=(2 if fp8 else 1) if fuse else 0,
     )  # fmt: skip
 
 
@@ -607,7 +663,7 @@ def _wq_matmul_kernel(
 
 GEMV_MAX_M = 16  # x^T is the MMA's 16-wide side: up to 16 rows share one weight pass
 _TILES: dict = {}  # id(packed) -> (weak reference to packed, key, tile layout)
-_LOCKS: dict = {}
+_LOCKS: dict = {}  # (device, stream handle) -> int32 tickets, see _locks
 
 
 def tile_for(bits: int, group_size: int, k: int) -> int | None:
@@ -635,7 +691,8 @@ def packed_width_tiles(k: int, bits: int, tile: int) -> int:
 
 def tiles_of(packed, bits: int, k: int, tile: int):
     """The tile layout of a packed weight, made on first use and kept while the weight lives
-    (recomputed if the weight is modified in place)."""
+    (recomputed if the weight is modified in place). The codes are then held twice; QuantLinear
+    holds the tile layout alone instead (nn.quant, op quant_linear_tiled)."""
     from ..quant.packing import to_tiles
 
     key = (packed._version, bits, k, tile)
@@ -649,12 +706,36 @@ def tiles_of(packed, bits: int, k: int, tile: int):
     return tiles
 
 
+def _stream_key(device):
+    """(device, stream handle, capturing) of the stream this call is enqueued on."""
+    if device.type != "cuda":
+        return (str(device), None, False)
+    stream = torch.cuda.current_stream(device)
+    return (str(device), stream.cuda_stream, torch.cuda.is_current_stream_capturing())
+
+
 def _locks(device, n: int):
-    """Zeroed int32 tickets for the split-K reduction; each call leaves them zero again."""
-    buf = _LOCKS.get(device)
+    """Zeroed int32 tickets for the split-K reduction; each call leaves them zero again.
+
+    The counters are shared by every launch that gets them, so two launches that can run at
+    the same time must never share one buffer: it would mix their tickets (a program of one
+    call drawing the last ticket of the other and summing partials not yet written). Launches
+    on one stream run one after the other, so one buffer per (device, stream) is safe and
+    zeroed only once. Under CUDA graph capture a buffer is made per call, inside the graph's
+    memory pool: the graph owns it, so two graphs (or the graph and eager calls on the capture
+    stream) never share tickets, whichever streams they are replayed on; its zero fill is a
+    memset node of the graph (no kernel launch), and replays leave it zero like any call.
+    Work on a stream ends before the next work on it starts, so a buffer handed to a stream
+    is free again as soon as the kernel that used it is enqueued.
+    """
+    dev, stream, capturing = _stream_key(device)
+    if capturing:
+        return torch.zeros(max(n, 1), dtype=torch.int32, device=device)
+    key = (dev, stream)
+    buf = _LOCKS.get(key)
     if buf is None or buf.numel() < n:
         buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-        _LOCKS[device] = buf
+        _LOCKS[key] = buf
     return buf
 
 

@@ -9,6 +9,16 @@ the wrong shape or dtype, naming the key.
 
 ``layer.half()`` / ``.to(torch.bfloat16)`` change the compute dtype (the bias); the packed
 weight keeps its int32 / float32 buffers (a half-precision scale would change the weight).
+
+On the Triton backend the layer holds its codes in the GPU tile layout only
+(:func:`~supernet_kernels.quant.packing.to_tiles`, a non-persistent int16 buffer ``tiles``)
+instead of ``packed``: the op on a bare packed weight keeps the tile layout cached beside it,
+which doubles the codes' memory (4096 -> 11008, W4 g128: 47.9 MB against 25.4 MB, codes 22.5
+MB each way, scales and zero points 2.8 MB). The switch happens on the first forward that the
+Triton kernel runs (or by :meth:`QuantLinear.use_tile_layout`), after which ``auto`` keeps to
+Triton at every M (not converting with each M); ``packed`` then reads as the
+sk-pack-v1 words derived from the tiles (a new tensor each time), ``state_dict`` saves them, and
+``load_state_dict`` or a forward on another backend returns the layer to ``packed``.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..quant.packing import SUPPORTED_BITS, check_bits, packed_width
+from ..quant.packing import SUPPORTED_BITS, check_bits, from_tiles, packed_width, to_tiles
 from ..quant.quantize import QuantizedWeight, quantize_weight
 
 QMETA_VERSION = 1
@@ -36,7 +46,9 @@ _FIXED_DTYPES = {
     "scales": torch.float32,
     "zeros": torch.float32,
     "qmeta": torch.int64,
+    "tiles": torch.int16,  # present instead of packed in the tile layout
 }
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _check_int(name: str, value, lo: int = 1) -> int:
@@ -107,6 +119,100 @@ class QuantLinear(nn.Module):
             "qmeta", torch.tensor(self._meta_values(), dtype=torch.int64, device=device)
         )
         self.bias = nn.Parameter(torch.zeros(n, device=device, dtype=dtype)) if bias else None
+
+    # ----------------------------------------------------------------- weight layout
+    @property
+    def packed(self) -> torch.Tensor:
+        """The sk-pack-v1 words (N, ceil(K / PER_WORD)) int32: the buffer itself, or in the tile
+        layout a new tensor derived from the tiles (writing to it does not change the layer)."""
+        buf = self._buffers.get("packed")
+        if buf is not None:
+            return buf
+        tiles = self._buffers.get("tiles")
+        if tiles is None:
+            raise AttributeError("packed")  # during __init__, before the buffer exists
+        return from_tiles(tiles, self.bits, self.in_features, self._tile)
+
+    @property
+    def tile_layout(self) -> bool:
+        """Whether the codes are held in the GPU tile layout (buffer ``tiles``) only."""
+        return "tiles" in self._buffers
+
+    def _tile_size(self) -> int | None:
+        from ..kernels.triton_quant import packed_width_tiles, tile_for
+
+        if self.act_bits != 16:
+            return None
+        tile = tile_for(self.bits, self.group_size, self.in_features)
+        if (
+            tile is None
+            or self.out_features * packed_width_tiles(self.in_features, self.bits, tile) >= 2**31
+        ):
+            return None
+        return tile
+
+    def use_tile_layout(self) -> bool:
+        """Hold the codes in the Triton kernel's tile layout instead of sk-pack-v1 (same bytes
+        up to the padding of K to a whole tile); True if the layer now does (weight-only
+        layers of 2, 4 or 8 bits whose groups the layout takes)."""
+        if self.tile_layout:
+            return True
+        tile = self._tile_size()
+        if tile is None:
+            return False
+        tiles = to_tiles(self._buffers["packed"], self.bits, self.in_features, tile)
+        self._tile = tile
+        self._swap_codes("packed", "tiles", tiles)
+        return True
+
+    def use_packed_layout(self) -> None:
+        """Hold the codes as the sk-pack-v1 buffer ``packed`` again."""
+        if self.tile_layout:
+            self._swap_codes("tiles", "packed", self.packed)
+
+    def _swap_codes(self, old: str, new: str, tensor: torch.Tensor) -> None:
+        # the code buffer keeps its place first among the buffers (the state_dict's order)
+        rest = [(k, v) for k, v in self._buffers.items() if k != old]
+        self._buffers.clear()
+        self._buffers[new] = tensor
+        self._buffers.update(rest)
+        if new == "tiles":
+            self._non_persistent_buffers_set.add("tiles")
+        else:
+            self._non_persistent_buffers_set.discard("tiles")
+
+    def _triton_runs(self, x) -> bool:
+        """Whether the op would run this call on the Triton kernel (then the tile layout is
+        what it reads)."""
+        from .. import backends
+
+        codes = self._buffers.get("packed", self._buffers.get("tiles"))
+        if (
+            self.act_bits != 16
+            or not isinstance(x, torch.Tensor)
+            or x.dtype not in _FLOATS
+            or x.dim() < 1
+            or x.shape[-1] != self.in_features
+            or x.device != codes.device
+        ):
+            return False  # the op names what is wrong (or the reference runs float64)
+        if (
+            self.tile_layout
+            and backends.get_backend() == "auto"
+            and backends.unavailable_reason("triton", x.device, x.dtype) is None
+        ):
+            # auto keeps to the Triton kernel for every M once the layer holds the tiles:
+            # following auto's choice per M would convert the weight back and forth
+            return True
+        try:
+            choice = backends.select(
+                "quant_linear", x.device, x.dtype, m=x.numel() // self.in_features,
+                bits=self.bits, act_bits=16, group_size=self.group_size, k=self.in_features,
+                n=self.out_features,
+            )  # fmt: skip
+        except backends.BackendUnavailable:
+            return False  # the op raises it again, with the same message
+        return choice.name == "triton"
 
     # ----------------------------------------------------------------- construction
     def _meta_values(self) -> list[int]:
@@ -198,8 +304,10 @@ class QuantLinear(nn.Module):
 
     @property
     def weight_nbytes(self) -> int:
-        """Bytes of the packed weight (codes, scales and zero points)."""
-        return sum(t.numel() * t.element_size() for t in (self.packed, self.scales, self.zeros))
+        """Bytes the weight takes in memory (codes in their current layout, scales and zero
+        points)."""
+        codes = self._buffers.get("packed", self._buffers.get("tiles"))
+        return sum(t.numel() * t.element_size() for t in (codes, self.scales, self.zeros))
 
     def config(self) -> dict:
         """The layer's configuration, JSON-serializable (what ``save_quantized`` records)."""
@@ -218,6 +326,19 @@ class QuantLinear(nn.Module):
         bias = self.bias
         if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)  # e.g. under autocast; differentiable
+        if self._triton_runs(x) and self.use_tile_layout():
+            return torch.ops.supernet_kernels.quant_linear_tiled(
+                x,
+                self.tiles,
+                self.scales,
+                self.zeros,
+                self.bits,
+                self.group_size,
+                self.in_features,
+                self._tile,
+                bias,
+            )
+        self.use_packed_layout()  # another backend reads sk-pack-v1
         return torch.ops.supernet_kernels.quant_linear(
             x,
             self.packed,
@@ -243,7 +364,7 @@ class QuantLinear(nn.Module):
         """Module-wide conversions (``.half()``, ``.to(dtype)``, ``.double()``) reach the bias
         only; ``packed``, ``scales``, ``zeros`` and ``qmeta`` follow device moves but keep their
         dtypes and exact values."""
-        before = {name: self._buffers[name] for name in _FIXED_DTYPES}
+        before = {name: self._buffers.get(name) for name in _FIXED_DTYPES}
         out = super()._apply(fn, recurse)
         for name, dtype in _FIXED_DTYPES.items():
             cur = self._buffers.get(name)
@@ -255,6 +376,7 @@ class QuantLinear(nn.Module):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
+        self.use_packed_layout()  # the state_dict holds sk-pack-v1
         problems = self._check_state(state_dict, prefix)
         if problems:
             error_msgs.extend(problems)
@@ -262,6 +384,23 @@ class QuantLinear(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        """sk-pack-v1 in either layout: in the tile layout ``packed`` is derived from the tiles
+        (which are not saved)."""
+        if not self.tile_layout:
+            return super()._save_to_state_dict(destination, prefix, keep_vars)
+        start = len(destination)
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # packed before the other buffers, as the packed layout saves it
+        added = list(destination.items())[start:]
+        for key, _ in added:
+            del destination[key]
+        for key, value in added:
+            if key == prefix + "scales":
+                destination[prefix + "packed"] = self.packed
+            destination[key] = value
+        return None
 
     def _check_state(self, state_dict, prefix: str) -> list[str]:
         """Messages for every problem with this layer's entries of ``state_dict``."""
@@ -306,7 +445,7 @@ class QuantLinear(nn.Module):
                             "load_quantized) before loading"
                         )
         for name, dtype in _FIXED_DTYPES.items():
-            if name == "qmeta":
+            if name in ("qmeta", "tiles"):
                 continue
             k = prefix + name
             if k not in state_dict:

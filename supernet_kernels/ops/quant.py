@@ -9,6 +9,10 @@
 * ``torch.ops.supernet_kernels.int8_linear(x, weight, weight_scale, bias=None)``: W8A8 with a
   plain int8 weight (N, K) and a float32 per-channel scale (N,), for weights made by other tools.
 
+* ``torch.ops.supernet_kernels.quant_linear_tiled(x, tiles, scales, zeros, bits, group_size,
+  in_features, tile, bias=None)``: weight-only, on a weight held in the Triton kernel's tile
+  layout only (what ``QuantLinear`` calls on the Triton backend; see nn.quant).
+
 Gradients flow to x (straight through the activation quantizer for act_bits=8) and to bias,
 so a frozen quantized base can carry trainable adapters.
 """
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backends, registry
-from ..quant.packing import unpack
+from ..quant.packing import from_tiles, unpack, unpack_tiles
 from ..quant.quantize import (
     QuantizedWeight,
     quantize_activations_fp8,
@@ -229,6 +233,100 @@ def _quant_backward(ctx, grad):
 
 
 _quant_linear_op.register_autograd(_quant_backward, setup_context=_quant_setup)
+
+
+# ------------------------------------------------------------------ the tile layout held alone
+# QuantLinear on the Triton backend keeps only the tile layout of its weight (see
+# quant.packing.to_tiles), not sk-pack-v1 beside it, and calls this op.
+
+TILED_OP = "supernet_kernels::quant_linear_tiled"
+
+
+def check_tiled_args(x, tiles, scales, zeros, bits, group_size, in_features, tile, bias) -> int:
+    """Validate quant_linear_tiled's arguments; return N."""
+    from ..kernels.triton_quant import tile_for
+    from ..quant.packing import tile_codes
+
+    op = "quant_linear_tiled"
+    if bits not in (2, 4, 8) or tile != tile_for(bits, group_size, in_features):
+        raise ValueError(
+            f"{op}: bits {bits!r}, group_size {group_size!r}, in_features {in_features!r} "
+            f"have no tile layout of tile {tile!r}"
+        )
+    if not isinstance(tiles, torch.Tensor) or tiles.dtype != torch.int16 or tiles.dim() != 2:
+        raise TypeError(f"{op}: tiles must be a 2-D int16 tensor (the tile layout)")
+    n, width = tiles.shape[0], tile_codes(in_features, bits, tile)[1]
+    if tiles.shape[1] != width:
+        raise ValueError(f"{op}: tiles must have {width} int16 words per row, got {tiles.shape[1]}")
+    groups = in_features // group_size
+    for name, t in (("scales", scales), ("zeros", zeros)):
+        if t.dtype != torch.float32 or tuple(t.shape) != (n, groups) or t.device != tiles.device:
+            raise ValueError(
+                f"{op}: {name} must be float32 ({n}, {groups}) on {tiles.device}, got "
+                f"{t.dtype} {tuple(t.shape)} on {t.device}"
+            )
+    _check_x_bias(x, bias, n, in_features, tiles.device, op)
+    return n
+
+
+@torch.library.custom_op(TILED_OP, mutates_args=())
+def _quant_linear_tiled_op(
+    x: torch.Tensor,
+    tiles: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group_size: int,
+    in_features: int,
+    tile: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    n = check_tiled_args(x, tiles, scales, zeros, bits, group_size, in_features, tile, bias)
+    x2, _ = _flat(x, in_features)
+    if (
+        x.dtype != torch.float64
+        and backends.unavailable_reason("triton", x.device, x.dtype) is None
+    ):
+        from ..kernels import triton_quant as tq
+
+        sc, zc = scales.contiguous(), zeros.contiguous()
+        y = tq.launch_tiled(x2, tiles, sc, zc, bias, n, in_features, group_size, bits, tile)
+    else:  # no Triton here (CPU without the interpreter, float64): the reference
+        packed = from_tiles(tiles, bits, in_features, tile)
+        y = quant_linear_reference(
+            x2, packed, scales, zeros, bits, group_size, in_features, 16, bias
+        )
+    return y.reshape(*x.shape[:-1], n)
+
+
+@_quant_linear_tiled_op.register_fake
+def _(x, tiles, scales, zeros, bits, group_size, in_features, tile, bias=None):
+    n = check_tiled_args(x, tiles, scales, zeros, bits, group_size, in_features, tile, bias)
+    return x.new_empty((*x.shape[:-1], n))
+
+
+def _tiled_setup(ctx, inputs, output):
+    x, tiles, scales, zeros, bits, group_size, in_features, tile, bias = inputs
+    ctx.meta = (bits, group_size, in_features, tile)
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(tiles, scales, zeros)
+
+
+def _tiled_backward(ctx, grad):
+    tiles, scales, zeros = ctx.saved_tensors
+    bits, group_size, k, tile = ctx.meta
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        n = tiles.shape[0]
+        q = unpack_tiles(tiles, bits, k, tile).to(torch.float32).view(n, k // group_size, -1)
+        w = ((q - zeros[..., None]) * scales[..., None]).reshape(n, k)
+        grad_x = grad @ w.to(grad.dtype)
+    if ctx.has_bias and ctx.needs_input_grad[8]:
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
+    return grad_x, None, None, None, None, None, None, None, grad_bias
+
+
+_quant_linear_tiled_op.register_autograd(_tiled_backward, setup_context=_tiled_setup)
 
 
 def _raw8_forward(op, x, weight, weight_scale, bias, *, check):

@@ -80,7 +80,8 @@ def unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# The GPU tile layout ("sk-tiles-v1"), made once per weight from sk-pack-v1; never stored.
+# The GPU tile layout ("sk-tiles-v1"), made once per weight from sk-pack-v1; never saved
+# (QuantLinear on the Triton backend holds it instead of sk-pack-v1 and derives v1 to save).
 #
 # For 2, 4 and 8 bits the kernels read codes as int16 words, C = 16 // bits codes each
 # (2-bit: 8, 4-bit: 4, 8-bit: 2), in tiles of T codes along K (T divides the padded K). In the
@@ -114,3 +115,25 @@ def to_tiles(packed: torch.Tensor, bits: int, k: int, tile: int) -> torch.Tensor
     words = (codes << shifts).sum(2)  # disjoint bit fields: the sum is an OR; < 2**16
     words = torch.where(words >= 2**15, words - 2**16, words)
     return words.to(torch.int16).reshape(n, width).contiguous()
+
+
+def unpack_tiles(tiles: torch.Tensor, bits: int, k: int, tile: int) -> torch.Tensor:
+    """The codes (N, k) as uint8 of a weight in the tile layout (see :func:`to_tiles`)."""
+    if bits not in (2, 4, 8):
+        raise ValueError(f"unpack_tiles: the tile layout takes 2, 4 or 8 bits, got {bits!r}")
+    c, width = tile_codes(k, bits, tile)
+    if tiles.dtype != torch.int16 or tiles.dim() != 2 or tiles.shape[1] != width:
+        raise ValueError(
+            f"unpack_tiles: tiles must be int16 of shape (N, {width}) for K={k}, {bits} bits, "
+            f"tile {tile}; got {tiles.dtype} {tuple(tiles.shape)}"
+        )
+    n = tiles.shape[0]
+    words = (tiles.to(torch.int32) & 0xFFFF).view(n, -1, 1, tile // c)  # [tile, 1, e]
+    shifts = (torch.arange(c, device=tiles.device, dtype=torch.int32) * bits).view(1, 1, c, 1)
+    codes = (words >> shifts) & (2**bits - 1)  # [tile, j, e]: code t + j*E + e
+    return codes.reshape(n, width * c)[:, :k].to(torch.uint8)
+
+
+def from_tiles(tiles: torch.Tensor, bits: int, k: int, tile: int) -> torch.Tensor:
+    """Inverse of :func:`to_tiles`: the tile layout (N, W16) -> sk-pack-v1 words (N, W)."""
+    return pack(unpack_tiles(tiles, bits, k, tile), bits)
