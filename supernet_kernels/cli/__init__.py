@@ -48,6 +48,7 @@ import argparse
 import sys
 import traceback
 
+from ..supernet.store import SUPERNET_FORMAT
 from . import bench, convert, export, info, plan, quickstart, search, train
 from ._common import (
     EXIT_CODES_TEXT,
@@ -58,7 +59,6 @@ from ._common import (
     EXIT_OK,
     EXIT_USAGE,
     RECIPES,
-    SUPERNET_FORMAT,
     TRAIN_RECIPES,
     CLIError,
     InfeasibleBudget,

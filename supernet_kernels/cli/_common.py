@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..recipes import RECIPES as RECIPES_TABLE
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -23,9 +25,10 @@ EXIT_CODES_TEXT = """exit codes:
   4    infeasible budget: no subnet meets the search budget
   130  interrupted (Ctrl-C)"""
 
-SUPERNET_FORMAT = "sk-cli-supernet-v1"  # supernet.store.SUPERNET_FORMAT (kept light: no torch)
-RECIPES = ("default", "flora", "supersam", "mplora")
-TRAIN_RECIPES = ("sandwich", "flora", "supersam", "mplora")
+# The choices of `convert --recipe` (recipes that shape the space) and `train --recipe`
+# (recipes with a sampler), from the one table of recipes.
+RECIPES = tuple(n for n, r in RECIPES_TABLE.items() if r.space is not None)
+TRAIN_RECIPES = tuple(n for n, r in RECIPES_TABLE.items() if r.sampler is not None)
 
 
 class CLIError(Exception):

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from ..recipes import RECIPES as RECIPES_TABLE
 from ._common import (
     EXIT_OK,
     RECIPES,
@@ -31,22 +32,7 @@ def _space_override(recipe: str, model, args_space, bits) -> dict | None:
     """The ``convert(space=...)`` override of a recipe, merged with the user's."""
     from ..config_files import deep_merge
 
-    if recipe == "default":
-        base = None
-    elif recipe == "flora":
-        from ..recipes.flora import flora_space
-
-        base = flora_space(model)
-    elif recipe == "supersam":
-        from ..recipes.supersam import supersam_space
-
-        base = supersam_space(model)
-    elif recipe == "mplora":
-        from ..recipes.mplora import mplora_space
-
-        base = mplora_space(model, bits)
-    else:  # pragma: no cover - argparse checks choices
-        raise UsageError(f"unknown recipe {recipe!r}")
+    base = RECIPES_TABLE[recipe].space(model, bits)
     if args_space:
         base = deep_merge(base or {}, args_space)
     return json.loads(json.dumps(base)) if base is not None else None

@@ -6,6 +6,7 @@ import copy
 import time
 from pathlib import Path
 
+from ..recipes import RECIPES as RECIPES_TABLE
 from ._common import (
     EXIT_OK,
     TRAIN_RECIPES,
@@ -28,25 +29,14 @@ from ._common import (
 
 
 def _sampler_for(recipe: str, args, steps: int):
-    if recipe == "sandwich":
-        from ..train import SandwichSampler
+    return RECIPES_TABLE[recipe].sampler(args.num_random, steps, args.distill, args.drop_prob)
 
-        return SandwichSampler(args.num_random)
-    if recipe == "flora":
-        from ..recipes.flora import FloraSampler
 
-        return FloraSampler(
-            num_random=max(1, args.num_random), include_largest=args.distill == "largest"
-        )
-    if recipe == "supersam":
-        from ..recipes.supersam import SuperSAMSampler
-
-        return SuperSAMSampler(args.drop_prob, num_random=args.num_random)
-    if recipe == "mplora":
-        from ..recipes.mplora import ProgressiveBitsSampler
-
-        return ProgressiveBitsSampler(total_steps=steps, num_random=args.num_random)
-    raise UsageError(f"unknown recipe {recipe!r}")  # pragma: no cover
+def default_recipe(doc: dict) -> str:
+    """The training recipe of a supernet.json: the one it was converted with where that one
+    trains, else the sandwich rule."""
+    recipe = RECIPES_TABLE.get(doc.get("recipe"))
+    return recipe.name if recipe is not None and recipe.sampler is not None else "sandwich"
 
 
 def _train_config(args, out: Path):
@@ -89,11 +79,8 @@ def _make_trainer(args, sn, doc: dict, recipe: str, task, data, eval_data, confi
     if config.distill == "teacher":
         teacher = copy.deepcopy(sn).requires_grad_(False).eval()
         teacher.set_active(teacher.max_config())
-    trainable = None
-    if recipe == "mplora" and doc.get("lora_rank"):
-        from ..recipes.mplora import lora_trainable
-
-        trainable = lora_trainable
+    trainable = RECIPES_TABLE[recipe].trainable
+    trainable = trainable(doc) if trainable is not None else None
     try:
         sampler = _sampler_for(recipe, args, config.steps)
     except ValueError as exc:
@@ -158,9 +145,7 @@ def run(args) -> int:
     task, kind = _task_for(doc, args, sn)
     data = _load_data(args.data, doc, kind)
     eval_data = _load_data(args.eval_data, doc, kind) if args.eval_data else None
-    recipe = args.recipe or {"flora": "flora", "supersam": "supersam", "mplora": "mplora"}.get(
-        doc.get("recipe"), "sandwich"
-    )
+    recipe = args.recipe or default_recipe(doc)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = _train_config(args, out)

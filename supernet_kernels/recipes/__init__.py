@@ -9,7 +9,14 @@
   :func:`memory_report`.
 
 Each ``train_*`` returns ``(supernet, history)`` with history["steps"] the trainer's logs.
+
+:data:`RECIPES` maps each recipe name (the command line's ``--recipe``, the ``recipe`` field of
+a supernet.json) to what it changes: the search space convert is asked for, the supernet it
+builds itself, the training sampler, the parameters it trains.
 """
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .flora import FloraSampler, distill_score, filter_candidates, flora_space, train_flora
 from .mplora import (
@@ -17,14 +24,74 @@ from .mplora import (
     lora_layers,
     lora_trainable,
     memory_report,
+    mplora_space,
     mplora_supernet,
     train_mplora,
 )
 from .supersam import SuperSAMSampler, supersam_space, train_supersam
 
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a recipe changes. ``space(model, bits)``: the ``convert(space=...)`` override (None
+    for convert's default); None when the recipe is not a way to convert. ``supernet(model,
+    doc)``: builds the supernet itself from a supernet.json document (None: ``convert``).
+    ``sampler(num_random, steps, distill, drop_prob)``: the training sampler; None when the
+    recipe does not train. ``trainable(doc)``: the predicate of trained parameters (None:
+    all)."""
+
+    name: str
+    space: Callable | None = None
+    supernet: Callable | None = None
+    sampler: Callable | None = None
+    trainable: Callable | None = None
+
+
+def _sandwich(num_random, steps, distill, drop_prob):
+    from ..train import SandwichSampler
+
+    return SandwichSampler(num_random)
+
+
+def _mplora_supernet(model, doc):
+    lora = doc.get("lora_rank") or 0
+    bits = tuple(doc.get("bits") or (2, 3, 4, 8))
+    return mplora_supernet(model, bits=bits, lora_rank=lora or 8, lora=bool(lora))
+
+
+RECIPES: dict[str, Recipe] = {
+    "default": Recipe("default", space=lambda model, bits: None),
+    "sandwich": Recipe("sandwich", sampler=_sandwich),
+    "flora": Recipe(
+        "flora",
+        space=lambda model, bits: flora_space(model),
+        sampler=lambda num_random, steps, distill, drop_prob: FloraSampler(
+            num_random=max(1, num_random), include_largest=distill == "largest"
+        ),
+    ),
+    "supersam": Recipe(
+        "supersam",
+        space=lambda model, bits: supersam_space(model),
+        sampler=lambda num_random, steps, distill, drop_prob: SuperSAMSampler(
+            drop_prob, num_random=num_random
+        ),
+    ),
+    "mplora": Recipe(
+        "mplora",
+        space=lambda model, bits: mplora_space(model, bits),
+        supernet=_mplora_supernet,
+        sampler=lambda num_random, steps, distill, drop_prob: ProgressiveBitsSampler(
+            total_steps=steps, num_random=num_random
+        ),
+        trainable=lambda doc: lora_trainable if doc.get("lora_rank") else None,
+    ),
+}
+
 __all__ = [
+    "RECIPES",
     "FloraSampler",
     "ProgressiveBitsSampler",
+    "Recipe",
     "SuperSAMSampler",
     "distill_score",
     "filter_candidates",

@@ -49,17 +49,11 @@ _STATE_ID = "supernet_kernels.state_id"
 
 def build_supernet(model: nn.Module, doc: dict) -> Supernet:
     """``convert(model)`` the way ``doc`` (a supernet.json document) records it."""
-    recipe = doc.get("recipe", "default")
-    if recipe == "mplora":
-        from ..recipes.mplora import mplora_supernet
+    from ..recipes import RECIPES  # recipes build on convert: imported when needed
 
-        lora = doc.get("lora_rank") or 0
-        return mplora_supernet(
-            model,
-            bits=tuple(doc.get("bits") or (2, 3, 4, 8)),
-            lora_rank=lora or 8,
-            lora=bool(lora),
-        )
+    recipe = RECIPES.get(doc.get("recipe", "default"))
+    if recipe is not None and recipe.supernet is not None:
+        return recipe.supernet(model, doc)
     override = doc.get("space_override")
     recorded = doc.get("space")
     if isinstance(recorded, dict):
