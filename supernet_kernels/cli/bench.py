@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
+from ..timing import time_forward
 from ._common import (
     EXIT_OK,
     InputFileError,
@@ -27,35 +27,6 @@ from ._common import (
 def _repo_benchmarks() -> Path | None:
     d = Path(__file__).resolve().parents[2] / "benchmarks"
     return d if d.is_dir() and any(d.glob("bench_*.py")) else None
-
-
-def time_forward(model, x, repeats: int = 20, warmup: int = 3) -> dict:
-    """Median / min / mean milliseconds of ``model(x)`` (no_grad; CUDA synchronized)."""
-    import statistics
-
-    import torch
-
-    def sync():
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-
-    times = []
-    with torch.no_grad():
-        for _ in range(warmup):
-            model(x)
-        sync()
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            sync()
-            times.append((time.perf_counter() - t) * 1e3)
-    return {
-        "median_ms": statistics.median(times),
-        "min_ms": min(times),
-        "max_ms": max(times),
-        "mean_ms": statistics.fmean(times),
-        "repeats": repeats,
-    }
 
 
 def _bench_image_size(model, given: int | None) -> int:
