@@ -172,16 +172,15 @@ def _device(args):
 
 # --------------------------------------------------------------------------- supernet folders
 def _load_state_file(path: Path) -> dict:
-    from safetensors.torch import load_file
+    """The tensors of a safetensors file (nothing unpickled), a bad one an input error."""
+    from .._io import load_tensors
 
-    if not path.is_file():
+    if not Path(path).is_file():
         raise _missing(path, "supernet weights")
     try:
-        return load_file(str(path))
-    except Exception as exc:
-        raise InputFileError(
-            f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}"
-        ) from exc
+        return load_tensors(path)
+    except ValueError as exc:
+        raise InputFileError(str(exc)) from exc
 
 
 def _build_supernet(model, meta: dict):
@@ -247,48 +246,23 @@ def _config_from_file(path) -> dict:
 
 
 def _load_data(path, doc: dict, task_kind: str):
-    """A dataset in the documented formats: a folder (ImageFolder layout for classification,
-    images/ + masks/ for segmentation) or a .npz with arrays ``images`` (N, 3, H, W) float and
-    ``labels`` (N,) int (classification)."""
-    import torch
+    """A dataset in the documented formats (:func:`supernet_kernels.train.data.load_dataset`)
+    at the supernet's image size and normalization; a missing or bad one an input error."""
+    from ..train.data import load_dataset
 
     path = Path(path)
     if not path.exists():
         raise _missing(path, "data")
-    size = int(doc.get("image_size") or 224)
     try:
-        if path.is_dir():
-            if task_kind == "segmentation":
-                from ..train import SegmentationFolder
-
-                return SegmentationFolder(path, image_size=size)
-            from ..train import ImageFolderDataset
-
-            return ImageFolderDataset(
-                path,
-                image_size=size,
-                mean=doc.get("mean") or (0.485, 0.456, 0.406),
-                std=doc.get("std") or (0.229, 0.224, 0.225),
-            )
-        if path.suffix.lower() == ".npz":
-            import numpy as np
-
-            with np.load(path) as z:
-                if "images" not in z or "labels" not in z:
-                    raise ValueError("a .npz needs arrays 'images' (N, 3, H, W) and 'labels' (N,)")
-                x = torch.from_numpy(np.asarray(z["images"], dtype="float32"))
-                y = torch.from_numpy(np.asarray(z["labels"]).astype("int64"))
-            if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
-                raise ValueError(
-                    f"images {tuple(x.shape)} / labels {tuple(y.shape)}: expected (N, 3, H, W) "
-                    "and (N,)"
-                )
-            return [(x[i], int(y[i])) for i in range(len(x))]
+        return load_dataset(
+            path,
+            task_kind,
+            image_size=int(doc.get("image_size") or 224),
+            mean=doc.get("mean") or (0.485, 0.456, 0.406),
+            std=doc.get("std") or (0.229, 0.224, 0.225),
+        )
     except ValueError as exc:
         raise InputFileError(f"data {path}: {exc}") from exc
-    raise InputFileError(
-        f"data {path}: expected a folder (see `supernet-kernels train --help`) or a .npz file"
-    )
 
 
 def _task_for(doc: dict, args, sn=None):

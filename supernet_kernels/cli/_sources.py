@@ -22,9 +22,9 @@ def _read_state_dict(path: Path) -> dict:
 
     try:
         if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
+            from .._io import load_tensors
 
-            sd = load_file(str(path))
+            sd = load_tensors(path)
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
