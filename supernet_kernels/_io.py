@@ -1,4 +1,6 @@
-"""Small file helpers shared by tables, caches and results: atomic JSON writes."""
+"""Small file helpers shared by tables, caches, results and weights: atomic JSON writes, and the
+one safetensors writer and reader (:func:`save_tensors`, :func:`read_header`,
+:func:`load_tensors`: atomic, fsynced, shared storage de-duplicated, nothing unpickled)."""
 
 from __future__ import annotations
 
@@ -71,3 +73,92 @@ def check_dtypes(tensors: dict, state: dict, where: str) -> None:
     ]
     if bad:
         raise ValueError(f"{where} does not match the model (dtype mismatch): {bad[:8]}")
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside the folder ``path`` durable (where the file system allows it)."""
+    try:
+        dfd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms that cannot open a folder
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:  # pragma: no cover - e.g. file systems without directory fsync
+        pass
+    finally:
+        os.close(dfd)
+
+
+def unshared(tensors: dict) -> dict:
+    """``{name: tensor}`` as contiguous, detached CPU tensors, a tensor sharing its storage with
+    an earlier one (tied weights, views) cloned: safetensors refuses shared memory."""
+    out: dict = {}
+    seen: set = set()
+    for key, t in tensors.items():
+        t = t.detach().contiguous()
+        ident = (t.device, t.untyped_storage().data_ptr()) if t.numel() else None
+        if ident is not None and ident in seen:
+            t = t.clone()
+        elif ident is not None:
+            seen.add(ident)
+        out[key] = t.cpu()
+    return out
+
+
+def save_tensors(
+    path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write ``tensors`` ({name: tensor}, see :func:`unshared`) and ``metadata`` (str -> str,
+    the safetensors header) to ``path`` so that a reader sees the old file or the new one,
+    whole: a temporary file in the same folder, fsynced, renamed over ``path``, the folder
+    fsynced (the rename durable too)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_replace(path) as (fd, tmp):
+        os.close(fd)
+        save_file(unshared(tensors), tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    fsync_dir(path.parent)
+    return path
+
+
+def _unreadable(path: Path, where: str | None, exc: Exception) -> ValueError:
+    head = f"{where}: " if where else ""
+    return ValueError(
+        f"{head}{path} is not a readable safetensors file (truncated or corrupt?): {exc}"
+    )
+
+
+def read_header(
+    path: str | os.PathLike, where: str | None = None
+) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """(the metadata, {name: shape}) of a safetensors file, reading no tensor data.
+    ``FileNotFoundError`` for a missing file, ``ValueError`` (prefixed by ``where``) for one
+    safetensors cannot read."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where + ': ' if where else ''}no file {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise _unreadable(path, where, exc) from exc
+    return meta, shapes
+
+
+def load_tensors(path: str | os.PathLike, where: str | None = None, device: str = "cpu") -> dict:
+    """{name: tensor} of a safetensors file (no pickle); errors as :func:`read_header`'s."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where + ': ' if where else ''}no file {path}")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as exc:
+        raise _unreadable(path, where, exc) from exc

@@ -53,13 +53,14 @@ import copy
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .timing import time_forward
 
 IMG, PATCH, EMBED, DEPTH, HEADS, MLP_RATIO, CLASSES = 16, 4, 64, 4, 4, 2.0, 10
 N_TEST, N_VAL = 360, 360
@@ -216,20 +217,7 @@ def _validation_metric(xv, yv):
 # --------------------------------------------------------------------------- latency
 def measure_latency(model, x, repeats: int, warmup: int = 3) -> float:
     """Median milliseconds of ``model(x)`` under no_grad (CUDA-synchronized on a GPU)."""
-    cuda = x.device.type == "cuda"
-    times = []
-    with torch.no_grad():
-        for _ in range(warmup):
-            model(x)
-        if cuda:
-            torch.cuda.synchronize()
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            if cuda:
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    return time_forward(model, x, repeats, warmup)["median_ms"]
 
 
 def kernel_paths() -> dict:

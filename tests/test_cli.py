@@ -201,7 +201,7 @@ def test_config_precedence(tmp_path, monkeypatch):
         seen.update(vars(args))
         return 0
 
-    monkeypatch.setattr(cli, "cmd_train", fake)
+    monkeypatch.setattr(cli.train, "run", fake)
     cfg = tmp_path / "t.yaml"
     cfg.write_text(
         "steps: 7\nlr: 0.01\nbatch-size: 8\ndata: somewhere\ntrainer: {warmup_steps: 3}\n"
@@ -515,10 +515,10 @@ def test_runtime_failure_and_interrupt_codes(capsys, monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_quickstart", boom)
+    monkeypatch.setattr(cli.quickstart, "run", boom)
     code, _, err = run(capsys, "quickstart")
     assert code == 1 and "something broke" in err and "Traceback" not in err
-    monkeypatch.setattr(cli, "cmd_quickstart", interrupted)
+    monkeypatch.setattr(cli.quickstart, "run", interrupted)
     code, _, err = run(capsys, "quickstart")
     assert code == 130 and "interrupted" in err
 

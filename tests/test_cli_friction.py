@@ -33,7 +33,7 @@ def fake_suites(tmp_path, monkeypatch):
     bench.mkdir(parents=True)
     for s in ("lowrank", "attention"):
         (bench / f"bench_{s}.py").write_text("")
-    monkeypatch.setattr(cli, "_repo_benchmarks", lambda: bench)
+    monkeypatch.setattr(cli.bench, "_repo_benchmarks", lambda: bench)
     calls = []
     import subprocess
 
@@ -107,7 +107,7 @@ def test_bench_image_size_checked_against_a_sam_subnet(capsys, sam_subnet):
 
 def test_bench_warns_when_runs_disagree(capsys, sam_subnet, monkeypatch):
     monkeypatch.setattr(
-        cli,
+        cli.bench,
         "time_forward",
         lambda model, x, repeats, warmup: {
             "median_ms": 2.0,
@@ -123,7 +123,7 @@ def test_bench_warns_when_runs_disagree(capsys, sam_subnet, monkeypatch):
     assert code == 0, err
     assert "disagree by 500x" in err
     monkeypatch.setattr(
-        cli,
+        cli.bench,
         "time_forward",
         lambda model, x, repeats, warmup: {
             "median_ms": 1.1,
@@ -141,7 +141,7 @@ def test_export_reads_the_config_before_building(capsys, tmp_path, monkeypatch):
     def never(path):
         raise AssertionError("export built the supernet before reading the config")
 
-    monkeypatch.setattr(cli, "load_supernet", never)
+    monkeypatch.setattr(cli.export, "load_supernet", never)
     bad = tmp_path / "c.json"
     bad.write_text("{broken")
     code, _, err = run(capsys, "export", DATA, "--subnet-config", bad, "--out", tmp_path / "o")

@@ -120,7 +120,7 @@ def test_plan_refuses_bad_targets_clearly():
 def test_cli_plan_prints_and_writes_the_same_plan(tmp_path, capsys, monkeypatch):
     # A small ViT in place of timm's vit_tiny (12 blocks: minutes to convert on two cores).
     small = tiny_timm_vit(embed_dim=64, depth=2, num_heads=2, img_size=32, patch_size=16)
-    monkeypatch.setattr(cli, "_make_model", lambda args: (small, {"image_size": 32}))
+    monkeypatch.setattr(cli.plan, "_make_model", lambda args: (small, {"image_size": 32}))
     out = tmp_path / "plan.json"
     argv = [
         "plan", "--model", "vit_tiny_patch16_224", "--config", "min", "--gpu", "NVIDIA H200",

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import statistics
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +43,7 @@ from torch import nn
 
 from .._io import atomic_write_json, read_json
 from ..nn.lowrank import ElasticLowRankLinear
+from ..timing import time_ms as _time_ms
 from .profile import _is_shape, _split_input, is_weight_layer
 
 FORMAT = "supernet-kernels-latency-v1"
@@ -143,33 +142,6 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return device.type
-
-
-def _time_ms(fn, device: torch.device, warmup, reps, use_cuda_graphs: bool) -> float:
-    """Median latency of ``fn()`` in milliseconds."""
-    if device.type == "cuda":
-        import triton.testing as tt
-
-        fn()  # compile / autotune outside of any graph capture
-        torch.cuda.synchronize(device)
-        if use_cuda_graphs:
-            try:
-                with torch.cuda.device(device):
-                    return float(tt.do_bench_cudagraph(fn, rep=reps, return_mode="median"))
-            except Exception as exc:  # capture can fail (a sync inside fn): measure plainly
-                warnings.warn(
-                    f"LatencyTable: CUDA graph replay failed ({exc}); timing without graphs",
-                    stacklevel=3,
-                )
-        return float(tt.do_bench(fn, warmup=warmup, rep=reps, return_mode="median"))
-    for _ in range(int(warmup)):
-        fn()
-    times = []
-    for _ in range(max(1, int(reps))):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def _layer_inputs(model: nn.Module, layers: dict[str, nn.Module], example_input):

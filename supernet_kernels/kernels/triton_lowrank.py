@@ -165,6 +165,42 @@ def _lowrank_persistent_kernel(
 
 
 @triton.jit
+def _wait(cnt_ptr, target):
+    """Spin until the counter reaches ``target`` (acquire: the writes published before each
+    arrival are visible), then let every thread of the program past."""
+    arrived = tl.atomic_add(cnt_ptr, 0, sem="acquire")
+    while arrived < target:
+        arrived = tl.atomic_add(cnt_ptr, 0, sem="acquire")
+    tl.debug_barrier()
+
+
+@triton.jit
+def _t_partials(
+    x_ptr, v_ptr, t_ptr, cnt_ptr, M, K, k_per_split, stride_xm, stride_xk, stride_vr, stride_vk,
+    offs_r, mask_r, pid, nprog,
+    K_SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    STAGES: tl.constexpr, DOT_FP32: tl.constexpr,
+):  # fmt: skip
+    """Phase 1 of the single-launch kernels: t = x v^T as m_tiles * K_SPLITS items (a row tile
+    times a slice of K). Each item adds its partial into the fp32 scratch t (padded to whole
+    tiles, zero on entry) and then bumps its row tile's arrival counter."""
+    for item in range(pid, tl.cdiv(M, BLOCK_M) * K_SPLITS, nprog):
+        tile_m = item // K_SPLITS
+        k_lo = (item % K_SPLITS) * k_per_split
+        k_hi = tl.minimum(k_lo + k_per_split, K)
+        offs_m = (tile_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        part = _matmul_nt_acc(
+            x_ptr, v_ptr, offs_m, offs_r, offs_m < M, mask_r, k_lo, k_hi,
+            stride_xm, stride_xk, stride_vr, stride_vk,
+            tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32), DOT_FP32, BLOCK_K, STAGES,
+        )  # fmt: skip
+        # Padded rows / columns of the partial are 0: the scratch is padded to whole tiles.
+        tl.atomic_add(t_ptr + offs_m[:, None] * BLOCK_R + offs_r[None, :], part, sem="relaxed")
+        tl.debug_barrier()  # every thread's partial is in before the arrival is published
+        tl.atomic_add(cnt_ptr + tile_m, 1, sem="release")
+
+
+@triton.jit
 def _lowrank_two_phase_kernel(
     x_ptr, v_ptr, u_ptr, b_ptr, y_ptr, t_ptr, cnt_ptr,
     M, K, N, R, k_per_split,
@@ -195,20 +231,11 @@ def _lowrank_two_phase_kernel(
     offs_r = tl.arange(0, BLOCK_R).to(tl.int64)
     mask_r = offs_r < R
     if PHASE % 2 == 1:
-        for item in range(pid, m_tiles * K_SPLITS, nprog):
-            tile_m = item // K_SPLITS
-            k_lo = (item % K_SPLITS) * k_per_split
-            k_hi = tl.minimum(k_lo + k_per_split, K)
-            offs_m = (tile_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-            part = _matmul_nt_acc(
-                x_ptr, v_ptr, offs_m, offs_r, offs_m < M, mask_r, k_lo, k_hi,
-                stride_xm, stride_xk, stride_vr, stride_vk,
-                tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32), DOT_FP32, BLOCK_K, STAGES,
-            )  # fmt: skip
-            # Padded rows / columns of the partial are 0: the scratch is padded to whole tiles.
-            tl.atomic_add(t_ptr + offs_m[:, None] * BLOCK_R + offs_r[None, :], part, sem="relaxed")
-            tl.debug_barrier()  # every thread's partial is in before the arrival is published
-            tl.atomic_add(cnt_ptr + tile_m, 1, sem="release")
+        _t_partials(
+            x_ptr, v_ptr, t_ptr, cnt_ptr, M, K, k_per_split, stride_xm, stride_xk, stride_vr,
+            stride_vk, offs_r, mask_r, pid, nprog, K_SPLITS, BLOCK_M, BLOCK_R, BLOCK_K, STAGES,
+            DOT_FP32,
+        )  # fmt: skip
     if PHASE >= 2:
         for item in range(pid, m_tiles * n_tiles, nprog):
             tile_m = item // n_tiles
@@ -216,10 +243,7 @@ def _lowrank_two_phase_kernel(
             offs_n = ((item % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
             mask_m = offs_m < M
             mask_n = offs_n < N
-            arrived = tl.atomic_add(cnt_ptr + tile_m, 0, sem="acquire")
-            while arrived < K_SPLITS:
-                arrived = tl.atomic_add(cnt_ptr + tile_m, 0, sem="acquire")
-            tl.debug_barrier()
+            _wait(cnt_ptr + tile_m, K_SPLITS)
             t_offs = offs_m[:, None] * BLOCK_R + offs_r[None, :]
             # .cg: from L2, where the atomics landed (L1 is not coherent across SMs).
             t = _round(tl.load(t_ptr + t_offs, cache_modifier=".cg"), y_ptr.dtype.element_ty,

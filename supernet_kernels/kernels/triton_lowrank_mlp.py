@@ -37,22 +37,15 @@ from .triton_lowrank import (
     _dot,
     _epilogue_store,
     _load_tile,
-    _matmul_nt_acc,
     _round,
+    _t_partials,
+    _wait,
 )
 
 # Beyond this many rows the hidden chunks alone fill the GPU several times over and the two
 # launches (fc1 + activation, then fc2) lose little; the scratch (M x (r1 + r2) fp32) grows.
 MAX_FUSED_M = 4096
 MAX_RANK = 128
-
-
-@triton.jit
-def _wait(cnt_ptr, target):
-    arrived = tl.atomic_add(cnt_ptr, 0, sem="acquire")
-    while arrived < target:
-        arrived = tl.atomic_add(cnt_ptr, 0, sem="acquire")
-    tl.debug_barrier()
 
 
 @triton.jit
@@ -92,20 +85,11 @@ def _lowrank_mlp_kernel(
     mask_r1 = offs_r1 < R1
     mask_r2 = offs_r2 < R2
     if PHASES % 2 == 1:
-        for item in range(pid, m_tiles * K_SPLITS, nprog):
-            tile_m = item // K_SPLITS
-            k_lo = (item % K_SPLITS) * k_per_split
-            k_hi = tl.minimum(k_lo + k_per_split, K)
-            offs_m = (tile_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-            part = _matmul_nt_acc(
-                x_ptr, v1_ptr, offs_m, offs_r1, offs_m < M, mask_r1, k_lo, k_hi,
-                stride_xm, stride_xk, stride_v1r, stride_v1k,
-                tl.zeros((BLOCK_M, BLOCK_R1), dtype=tl.float32), DOT_FP32, BLOCK_K, STAGES,
-            )  # fmt: skip
-            t1_offs = offs_m[:, None] * BLOCK_R1 + offs_r1[None, :]
-            tl.atomic_add(t1_ptr + t1_offs, part, sem="relaxed")
-            tl.debug_barrier()
-            tl.atomic_add(cnt_ptr + tile_m, 1, sem="release")
+        _t_partials(
+            x_ptr, v1_ptr, t1_ptr, cnt_ptr, M, K, k_per_split, stride_xm, stride_xk, stride_v1r,
+            stride_v1k, offs_r1, mask_r1, pid, nprog, K_SPLITS, BLOCK_M, BLOCK_R1, BLOCK_K,
+            STAGES, DOT_FP32,
+        )  # fmt: skip
     if (PHASES // 2) % 2 == 1:
         for item in range(pid, m_tiles * h_chunks, nprog):
             tile_m = item // h_chunks

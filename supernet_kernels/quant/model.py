@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_replace, check_dtypes
+from .._io import check_dtypes, load_tensors, read_header, save_tensors, unshared
 from .packing import SUPPORTED_BITS, packed_width
 
 MODEL_FORMAT = "sk-quant-model-v1"
@@ -342,50 +342,21 @@ def _quant_layers(model: nn.Module) -> dict[str, Any]:
 def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model.state_dict()`` to a safetensors file, with each QuantLinear's
     configuration as JSON in the header. Atomic: readers see the old file or the new one."""
-    from safetensors.torch import save_file
-
     layers = {n: m.config() for n, m in _quant_layers(model).items()}
     if not layers:
         raise ValueError("save_quantized: the model has no QuantLinear layer (run quantize_model)")
-    tensors: dict[str, torch.Tensor] = {}
-    seen: set[tuple] = set()
-    for key, t in model.state_dict().items():
-        t = t.detach().contiguous()
-        ident = (t.device, t.untyped_storage().data_ptr()) if t.numel() else None
-        if ident is not None and ident in seen:
-            t = t.clone()  # safetensors refuses tensors sharing memory (tied weights)
-        elif ident is not None:
-            seen.add(ident)
-        tensors[key] = t.cpu()
+    tensors = unshared(model.state_dict())
     meta = {
         _META_KEY: json.dumps(
             {"format": MODEL_FORMAT, "layers": layers, "keys": sorted(tensors)}, sort_keys=True
         )
     }
-    path = Path(path)
-    with atomic_replace(path) as (fd, tmp):
-        os.close(fd)
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    return path
+    return save_tensors(path, tensors, meta)
 
 
 def _read_header(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
     """The layer metadata and {key: shape} of a save_quantized file, or a ValueError."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise FileNotFoundError(f"load_quantized: no file {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(
-            f"load_quantized: {path} is not a readable safetensors file (truncated or corrupt?): "
-            f"{exc}"
-        ) from exc
+    header, shapes = read_header(path, "load_quantized")
     if _META_KEY not in header:
         raise ValueError(
             f"load_quantized: {path} has no {_META_KEY!r} metadata; it was not written by "
@@ -424,7 +395,6 @@ def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     names, sizes or state_dict keys that differ); the model is checked against the file before
     it is changed.
     """
-    from safetensors.torch import load_file
 
     QuantLinear = _quant_linear_cls()
     path = Path(path)
@@ -520,12 +490,7 @@ def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     for pm, a, q in places:
         setattr(pm, a, q)
 
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except Exception as exc:
-        raise ValueError(
-            f"load_quantized: {path} could not be read (truncated or corrupt?): {exc}"
-        ) from exc
+    tensors = load_tensors(path, "load_quantized")
     check_dtypes(tensors, model.state_dict(), f"load_quantized: {path}")
     try:
         model.load_state_dict(tensors, strict=True)

@@ -10,7 +10,14 @@
 
 Each ``train_*`` returns ``(supernet, history)`` with history["steps"] the trainer's logs and
 takes ``preset="paper"`` (the published settings) or ``"ours"``: :mod:`.presets`.
+
+:data:`RECIPES` maps each recipe name (the command line's ``--recipe``, the ``recipe`` field of
+a supernet.json) to what it changes: the search space convert is asked for, the supernet it
+builds itself, the training sampler, the parameters it trains.
 """
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .flora import (
     FloraSampler,
@@ -29,14 +36,73 @@ from .mplora import (
     lora_layers,
     lora_trainable,
     memory_report,
+    mplora_space,
     mplora_supernet,
     train_mplora,
 )
 from .presets import FloraPreset, MPLoRAPreset, SuperSAMPreset, preset
 from .supersam import SuperSAMSampler, supersam_search, supersam_space, train_supersam
 
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a recipe changes. ``space(model, bits)``: the ``convert(space=...)`` override (None
+    for convert's default); None when the recipe is not a way to convert. ``supernet(model,
+    doc)``: builds the supernet itself from a supernet.json document (None: ``convert``).
+    ``sampler(num_random, steps, distill, drop_prob)``: the training sampler; None when the
+    recipe does not train. ``trainable(doc)``: the predicate of trained parameters (None:
+    all)."""
+
+    name: str
+    space: Callable | None = None
+    supernet: Callable | None = None
+    sampler: Callable | None = None
+    trainable: Callable | None = None
+
+
+def _sandwich(num_random, steps, distill, drop_prob):
+    from ..train import SandwichSampler
+
+    return SandwichSampler(num_random)
+
+
+def _mplora_supernet(model, doc):
+    lora = doc.get("lora_rank") or 0
+    bits = tuple(doc.get("bits") or (2, 3, 4, 8))
+    return mplora_supernet(model, bits=bits, lora_rank=lora or 8, lora=bool(lora))
+
+
+RECIPES: dict[str, Recipe] = {
+    "default": Recipe("default", space=lambda model, bits: None),
+    "sandwich": Recipe("sandwich", sampler=_sandwich),
+    "flora": Recipe(
+        "flora",
+        space=lambda model, bits: flora_space(model),
+        sampler=lambda num_random, steps, distill, drop_prob: FloraSampler(
+            num_random=max(1, num_random), include_largest=distill == "largest"
+        ),
+    ),
+    "supersam": Recipe(
+        "supersam",
+        space=lambda model, bits: supersam_space(model),
+        sampler=lambda num_random, steps, distill, drop_prob: SuperSAMSampler(
+            drop_prob, num_random=num_random
+        ),
+    ),
+    "mplora": Recipe(
+        "mplora",
+        space=lambda model, bits: mplora_space(model, bits),
+        supernet=_mplora_supernet,
+        sampler=lambda num_random, steps, distill, drop_prob: ProgressiveBitsSampler(
+            total_steps=steps, num_random=num_random
+        ),
+        trainable=lambda doc: lora_trainable if doc.get("lora_rank") else None,
+    ),
+}
+
 __all__ = [
     "FloraPreset",
+    "RECIPES",
     "FloraSampler",
     "MPLoRAPreset",
     "MixedPrecisionSupernet",
@@ -48,6 +114,7 @@ __all__ = [
     "preset",
     "supersam_search",
     "ProgressiveBitsSampler",
+    "Recipe",
     "SuperSAMSampler",
     "distill_score",
     "filter_candidates",

@@ -41,14 +41,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from .._io import check_dtypes
+from .._io import check_dtypes, load_tensors, read_header, save_tensors, unshared
 from ..nn.lowrank import LowRankLinear
 from ..nn.quant import QuantLinear
 from . import families as fam
@@ -90,8 +88,6 @@ def save(module: nn.Module, path: str | os.PathLike) -> Path:
     """Write an extracted subnet (from ``Supernet.extract``) to the file ``path``, atomically;
     a whole :class:`Supernet` to the folder ``path`` (see :mod:`~supernet_kernels.supernet.store`;
     returns its supernet.json)."""
-    from safetensors.torch import save_file
-
     if isinstance(module, Supernet):
         from .store import save_supernet
 
@@ -109,16 +105,7 @@ def save(module: nn.Module, path: str | os.PathLike) -> Path:
             layers[name] = rec
         if isinstance(m, SKViTAttention | SKSamAttention):
             heads[name] = {"num_heads": m.num_heads, "qkv_layout": m.qkv_layout}
-    tensors: dict[str, torch.Tensor] = {}
-    seen: set = set()
-    for key, t in module.state_dict().items():
-        t = t.detach().contiguous()
-        ident = (t.device, t.untyped_storage().data_ptr()) if t.numel() else None
-        if ident is not None and ident in seen:
-            t = t.clone()  # safetensors refuses tensors sharing memory
-        elif ident is not None:
-            seen.add(ident)
-        tensors[key] = t.cpu()
+    tensors = unshared(module.state_dict())
     doc = {
         "format": SUBNET_FORMAT,
         "family": info["family"],
@@ -132,35 +119,11 @@ def save(module: nn.Module, path: str | os.PathLike) -> Path:
         "keys": sorted(tensors),
     }
     meta = {_META_KEY: json.dumps(doc, sort_keys=True)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return save_tensors(path, tensors, meta)
 
 
 def _read_doc(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise FileNotFoundError(f"load: no file {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    except Exception as exc:
-        raise ValueError(
-            f"load: {path} is not a readable safetensors file (truncated or corrupt?): {exc}"
-        ) from exc
+    header, shapes = read_header(path, "load")
     if _META_KEY not in header:
         raise ValueError(f"load: {path} has no {_META_KEY!r} metadata; it was not written by save")
     try:
@@ -368,8 +331,6 @@ def load(path: str | os.PathLike, skeleton: nn.Module | None = None) -> nn.Modul
     file's tensors give (:func:`_check_bounds`), then (without a skeleton) the whole plan on
     the meta device (no memory): the architecture, removals, layer types and every key and
     shape against the file. Only then is the model built on the CPU and the tensors read."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if path.is_dir() or path.suffix == ".json":  # a whole supernet (folder or supernet.json)
         from .store import load_supernet
@@ -404,10 +365,7 @@ def load(path: str | os.PathLike, skeleton: nn.Module | None = None) -> nn.Modul
             raise TypeError(f"load: skeleton must be an nn.Module, got {type(skeleton).__name__}")
         model = skeleton
     _prepare(model, doc, shapes, where)
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except Exception as exc:
-        raise ValueError(f"{where} could not be read (truncated or corrupt?): {exc}") from exc
+    tensors = load_tensors(path, where)
     check_dtypes(tensors, model.state_dict(), where)
     try:
         model.load_state_dict(tensors, strict=True)

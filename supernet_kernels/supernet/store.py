@@ -33,10 +33,9 @@ import os
 import secrets
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from .._io import atomic_replace, atomic_write_json, read_json
+from .._io import atomic_write_json, load_tensors, read_header, read_json, save_tensors
 from . import families as fam
 from .core import Supernet, convert
 from .io import check_build_bounds
@@ -49,17 +48,11 @@ _STATE_ID = "supernet_kernels.state_id"
 
 def build_supernet(model: nn.Module, doc: dict) -> Supernet:
     """``convert(model)`` the way ``doc`` (a supernet.json document) records it."""
-    recipe = doc.get("recipe", "default")
-    if recipe == "mplora":
-        from ..recipes.mplora import mplora_supernet
+    from ..recipes import RECIPES  # recipes build on convert: imported when needed
 
-        lora = doc.get("lora_rank") or 0
-        return mplora_supernet(
-            model,
-            bits=tuple(doc.get("bits") or (2, 3, 4, 8)),
-            lora_rank=lora or 8,
-            lora=bool(lora),
-        )
+    recipe = RECIPES.get(doc.get("recipe", "default"))
+    if recipe is not None and recipe.supernet is not None:
+        return recipe.supernet(model, doc)
     override = doc.get("space_override")
     recorded = doc.get("space")
     if isinstance(recorded, dict):
@@ -98,26 +91,9 @@ def supernet_doc(sn: Supernet, base: dict | None = None) -> dict:
     return doc
 
 
-def _state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-    """``module.state_dict()`` on the CPU, tensors sharing memory cloned (safetensors refuses
-    them)."""
-    tensors, seen = {}, set()
-    for k, t in module.state_dict().items():
-        t = t.detach().contiguous().cpu()
-        ident = t.untyped_storage().data_ptr() if t.numel() else None
-        if ident is not None and ident in seen:
-            t = t.clone()
-        elif ident is not None:
-            seen.add(ident)
-        tensors[k] = t
-    return tensors
-
-
 def save_supernet(sn: Supernet, folder: str | os.PathLike, info: dict | None = None) -> Path:
     """Write ``sn`` to ``folder`` (created if needed); returns the supernet.json path.
     ``info``: further JSON fields to record (the command line's recipe, source, ...)."""
-    from safetensors.torch import save_file
-
     if not isinstance(sn, Supernet):
         raise TypeError(f"save_supernet: expected a Supernet, got {type(sn).__name__}")
     if sn.build is None:
@@ -143,11 +119,7 @@ def save_supernet(sn: Supernet, folder: str | os.PathLike, info: dict | None = N
     doc = supernet_doc(sn, info)
     doc = json.loads(json.dumps(doc))  # JSON only: fails here on anything else
     doc["state_id"] = secrets.token_hex(8)
-    with atomic_replace(folder / STATE_NAME) as (fd, tmp):
-        os.close(fd)
-        save_file(_state_tensors(sn), tmp, metadata={_STATE_ID: doc["state_id"]})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+    save_tensors(folder / STATE_NAME, sn.state_dict(), {_STATE_ID: doc["state_id"]})
     return atomic_write_json(folder / DOC_NAME, doc)
 
 
@@ -179,21 +151,12 @@ def read_supernet_doc(path: str | os.PathLike) -> tuple[dict, Path]:
 def load_supernet(path: str | os.PathLike) -> tuple[Supernet, dict, Path]:
     """Rebuild a saved supernet with its weights: ``(supernet, document, supernet.json
     path)``; the supernet is at its max config."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     doc, path = read_supernet_doc(path)
     state_path = path.parent / doc.get("state", STATE_NAME)
     if not state_path.is_file():
         raise FileNotFoundError(f"load: no supernet weights {state_path} (named by {path})")
-    try:
-        with safe_open(str(state_path), framework="pt") as f:
-            state_id = (f.metadata() or {}).get(_STATE_ID)
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    except Exception as exc:
-        raise ValueError(
-            f"{state_path} is not a readable safetensors file (truncated or corrupt?): {exc}"
-        ) from exc
+    header, shapes = read_header(state_path)
+    state_id = header.get(_STATE_ID)
     if doc.get("state_id") is not None and doc["state_id"] != state_id:
         raise ValueError(
             f"{state_path} is not the weights {path} was written with (state_id "
@@ -227,12 +190,7 @@ def load_supernet(path: str | os.PathLike) -> tuple[Supernet, dict, Path]:
         sn = build_supernet(model, meta)
     except ValueError as exc:
         raise ValueError(f"{path}: cannot convert the rebuilt model as recorded: {exc}") from exc
-    try:
-        state = load_file(str(state_path))
-    except Exception as exc:
-        raise ValueError(
-            f"{state_path} is not a readable safetensors file (truncated or corrupt?): {exc}"
-        ) from exc
+    state = load_tensors(state_path)
     try:
         sn.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_replace
+from .._io import load_tensors, read_header, save_tensors
 
 FORMAT = "sk-train-checkpoint-v1"
 FILENAME = "checkpoint.safetensors"
@@ -105,41 +105,20 @@ def decode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """Write ``state`` (a trainer state dict) atomically to ``path`` (a file, or a folder that
     gets ``checkpoint.safetensors``); returns the file."""
-    from safetensors.torch import save_file
-
     path = checkpoint_path(path)
     tree, tensors = encode(state)
     meta = {META_KEY: json.dumps({"format": FORMAT, "state": tree}, allow_nan=True)}
-    with atomic_replace(path) as (fd, tmp):
-        os.close(fd)
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - e.g. file systems without directory fsync
-        pass
-    return path
+    return save_tensors(path, tensors, meta)  # atomic; the file and the rename fsynced
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """The state dict saved by :func:`save_checkpoint`; ValueError for a missing, corrupt or
     foreign file."""
-    from safetensors import safe_open
-
     path = checkpoint_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no checkpoint at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own error types
-        raise ValueError(f"checkpoint: {path} is not a readable safetensors file ({exc})") from exc
+    meta, _ = read_header(path, "checkpoint")
+    tensors = load_tensors(path, "checkpoint")
     if META_KEY not in meta:
         raise ValueError(
             f"checkpoint: {path} is not a supernet_kernels training checkpoint (no "

@@ -264,3 +264,38 @@ def check_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     rest = torch.randperm(n - 2, generator=g)[: max(0, limit - 2)] + 1
     return sorted({0, n - 1, *rest.tolist()})
+
+
+def load_dataset(
+    path: str | Path,
+    task: str = "classification",
+    image_size: int = 224,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+):
+    """A dataset in the documented formats (module doc): a folder (:class:`ImageFolderDataset`
+    for classification, normalized with ``mean`` / ``std``; :class:`SegmentationFolder` for
+    ``task="segmentation"``) or a ``.npz`` with arrays ``images`` (N, 3, H, W) float, already
+    normalized, and ``labels`` (N,) int (classification; a list of ``(image, label)``).
+    ``FileNotFoundError`` for a missing path, ``ValueError`` for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data: no file or folder {path}")
+    if path.is_dir():
+        if task == "segmentation":
+            return SegmentationFolder(path, image_size=image_size)
+        return ImageFolderDataset(path, image_size=image_size, mean=mean, std=std)
+    if path.suffix.lower() != ".npz":
+        raise ValueError("expected a folder (see `supernet-kernels train --help`) or a .npz file")
+    import numpy as np
+
+    with np.load(path) as z:
+        if "images" not in z or "labels" not in z:
+            raise ValueError("a .npz needs arrays 'images' (N, 3, H, W) and 'labels' (N,)")
+        x = torch.from_numpy(np.asarray(z["images"], dtype="float32"))
+        y = torch.from_numpy(np.asarray(z["labels"]).astype("int64"))
+    if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
+        raise ValueError(
+            f"images {tuple(x.shape)} / labels {tuple(y.shape)}: expected (N, 3, H, W) and (N,)"
+        )
+    return [(x[i], int(y[i])) for i in range(len(x))]

@@ -1,0 +1,7 @@
+"""``python -m supernet_kernels.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
