@@ -190,7 +190,13 @@ def test_sam_vit_b_floor_under_10_percent_and_5_percent_search():
     sam = pytest.importorskip("segment_anything")
     with torch.device("meta"):
         enc = sam.build_sam_vit_b(checkpoint=None).image_encoder
-    enc = enc.to_empty(device="cpu")  # shapes only: weights are never read by the profiler
+    enc = enc.to_empty(device="cpu")
+    # The profiler reads shapes only, but the supernet orders MLP neurons by weight magnitude:
+    # uninitialized memory can hold NaN or inf, so give the weights values (seeded, ~1 s).
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.normal_(0.0, 0.02, generator=gen)
     sn = mplora.mplora_supernet(enc, preset="paper", lora=False)
     cm = CostModel(sn, (1, 3, 1024, 1024))
     dense = cm.reference("dense", "bitops")
