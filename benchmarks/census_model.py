@@ -20,7 +20,7 @@ kernel (t1, then h's chunks into t2, then the output), the split-K ticket reduct
 quantized kernels (partials, ticket, the last CTA sums them). Each costs ``handoff_us``, added
 to the time rather than overlapped. The per-launch cost was fitted
 through cuBLAS fp16 and fp8 graph replays on the H100 (2026-11-26): 3.5 us plus the bytes at
-2.9 TB/s (/work/shared/ANCHORS.md).
+2.9 TB/s (benchmarks/results/h100_run2/quant.jsonl, the fp16 and fp8 rows).
 """
 
 from __future__ import annotations
