@@ -329,8 +329,11 @@ class Plan:
 PERSISTENT_MIN_M = 4096
 
 
-def plan(m: int, k: int, n: int, rank: int, num_sms: int, interpret: bool, cfg=None) -> Plan:
-    """The launch plan of one call (``cfg``: a tuned LowRankConfig overriding the tiles).
+def plan(
+    m: int, k: int, n: int, rank: int, num_sms: int, interpret: bool, cfg=None, act: str = "none"
+) -> Plan:
+    """The launch plan of one call (``cfg``: a tuned LowRankConfig overriding the tiles;
+    ``act``: the epilogue's activation).
 
     Not yet measured on a GPU: the tiles follow the register and shared-memory use of the
     sm_90 compile (no spills at ranks <= 128 with these tiles) and the wave counts.
@@ -352,7 +355,9 @@ def plan(m: int, k: int, n: int, rank: int, num_sms: int, interpret: bool, cfg=N
             bm, warps = 64, 4  # wgmma's smallest M per warpgroup
         # r = 128 with 128-wide output tiles needs 255 registers and spills (sm_90 compile):
         # t (64 x 128 fp32 and fp16) plus the output accumulator; 64-wide tiles fit.
-        bn = 128 if r <= 64 else 64
+        # An activation in the epilogue (the MLP block's fc1) at r = 64 needs more: 255
+        # registers and a 24-72 byte spill with GELU at 128-wide tiles (census), none at 64.
+        bn = 128 if r <= 32 or (r <= 64 and act == "none") else 64
         bk = 64
         stages = 3 if r <= 64 else 2
     if cfg is not None:
@@ -469,7 +474,7 @@ def lowrank_linear(x2, u, v, rank: int, n: int, bias, act: str = "none"):
         cfg = tuning.LOWRANK.get(gpu, tkey)
         if cfg is None and tuning.autotune_enabled():
             cfg = _autotune(x2, u, v, rank, n, bias, gpu, tkey, num_sms)
-    p = plan(m, k, n, rank, num_sms, interpret, cfg)
+    p = plan(m, k, n, rank, num_sms, interpret, cfg, act)
     return launch(x2, u, v, rank, n, bias, p, act)
 
 
