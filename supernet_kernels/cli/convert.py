@@ -86,8 +86,8 @@ def run(args) -> int:
         "recipe": args.recipe,
         "space_override": override,
         "attention": args.attention,
-        "bits": list(bits) if args.recipe == "mplora" else None,
-        "lora_rank": args.lora_rank if args.recipe == "mplora" else None,
+        "bits": list(bits) if "bits" in RECIPES_TABLE[args.recipe].records else None,
+        "lora_rank": args.lora_rank if "lora_rank" in RECIPES_TABLE[args.recipe].records else None,
     }
     meta = dict(doc)
     doc["importance"] = "magnitude"

@@ -42,7 +42,6 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_json, read_json
-from ..nn.lowrank import ElasticLowRankLinear
 from ..timing import time_ms as _time_ms
 from .profile import _is_shape, _split_input, is_weight_layer
 
@@ -78,30 +77,10 @@ def choice_key(m: nn.Module) -> str:
 
 
 def default_choices(m: nn.Module) -> list[dict | None]:
-    """Choices measured when none are given: the layer's ``choices()`` if it has one; for an
-    ``ElasticLinear`` every valid (rank, w_bits, a_bits) of its ``rank_choices``,
-    ``w_bits_choices`` and ``a_bits_choices`` at its current widths; for an
-    ``ElasticLowRankLinear`` ranks max/4, max/2, 3max/4 and max; else the layer as it is
-    (``None``)."""
+    """Choices measured when none are given: the layer's ``choices()`` (the common elastic
+    interface: every elastic layer has it), else the layer as it is (``None``)."""
     if callable(getattr(m, "choices", None)):
         return [dict(c) for c in m.choices()]
-    if hasattr(m, "w_bits_choices") and hasattr(m, "a_bits_choices"):
-        ranks = getattr(m, "rank_choices", None) or [None]
-        check = getattr(m, "_check_config", None)
-        out = []
-        for r in ranks:
-            for w in m.w_bits_choices:
-                for a in m.a_bits_choices:
-                    if callable(check):
-                        try:
-                            check(r, w, a)
-                        except ValueError:
-                            continue
-                    out.append({"rank": r, "w_bits": w, "a_bits": a})
-        return out or [None]
-    if isinstance(m, ElasticLowRankLinear):
-        ranks = sorted({max(1, m.max_rank * q // 4) for q in (1, 2, 3, 4)})
-        return [{"rank": r} for r in ranks]
     return [None]
 
 

@@ -51,13 +51,15 @@ class Recipe:
     doc)``: builds the supernet itself from a supernet.json document (None: ``convert``).
     ``sampler(num_random, steps, distill, drop_prob)``: the training sampler; None when the
     recipe does not train. ``trainable(doc)``: the predicate of trained parameters (None:
-    all)."""
+    all). ``records``: the supernet.json fields ``supernet`` rebuilds from (``lora_rank``
+    among them: the recipe's supernets may hold LoRA adapters)."""
 
     name: str
     space: Callable | None = None
     supernet: Callable | None = None
     sampler: Callable | None = None
     trainable: Callable | None = None
+    records: tuple[str, ...] = ()
 
 
 def _sandwich(num_random, steps, distill, drop_prob):
@@ -97,6 +99,7 @@ RECIPES: dict[str, Recipe] = {
             total_steps=steps, num_random=num_random
         ),
         trainable=lambda doc: lora_trainable if doc.get("lora_rank") else None,
+        records=("bits", "lora_rank"),
     ),
 }
 

@@ -266,11 +266,10 @@ class ProgressiveBitsSampler:
                 continue
             ok = [b for b in s["w_bits"] if b in allowed] or [max(s["w_bits"])]
             cfg["linear"][n]["w_bits"] = pick(sorted(ok))
-            if cfg["linear"][n]["a_bits"] == 8 and cfg["linear"][n]["w_bits"] > 8:
-                cfg["linear"][n]["a_bits"] = 16
         for n, c in sp.get("act_bits", {}).items():
             cfg["act_bits"][n] = pick(self.act_bits_at(step, c))
-        return cfg
+        # The space owns the rules between choices (8-bit activations need <= 8-bit weights).
+        return supernet.space_spec().repair(cfg)
 
     def __call__(self, step: int, rng: random.Random, supernet: Supernet) -> list[dict]:
         cfgs = []

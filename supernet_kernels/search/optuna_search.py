@@ -278,7 +278,16 @@ def _check_study(study, name, where, space, problem, algorithm, directions) -> N
     if have is None:
         study.set_user_attr("sk_search", want)
         return
-    diff = [k for k in want if _norm(have.get(k)) != _norm(want[k])]
+    # A study written before the one config hash holds the space's fingerprint as it was hashed
+    # then (legacy SHA-1); the same space under either hash is the same search.
+    diff = [
+        k
+        for k in want
+        if _norm(have.get(k)) != _norm(want[k])
+        and not (
+            k == "space" and isinstance(have.get(k), str) and space.matches_fingerprint(have[k])
+        )
+    ]
     if diff:
         raise ValueError(
             f"search: study {name!r} in {where} was made by another search ({', '.join(diff)} "
@@ -302,6 +311,8 @@ def _seed_caches(study, problem: Problem) -> None:
         h = ua.get("sk_config_hash")
         if h is None:
             continue
+        if isinstance(ua.get("sk_config"), dict):  # rehashed: older studies hold legacy hashes
+            h = config_hash(ua["sk_config"])
         if problem.cost_model.cache_enabled and isinstance(ua.get("sk_costs"), dict):
             problem.cost_model._cache.setdefault(h, {}).update(ua["sk_costs"])
         if problem.cache and ua.get("sk_status") == "ok" and "sk_metric" in ua:

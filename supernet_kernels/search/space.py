@@ -36,22 +36,17 @@ happens after.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import random
 from typing import Any
 
-from ..nn.elastic import bits_compatible
+from ..supernet.space import Space, config_hash, hash_matches
 
-
-def config_hash(config: dict) -> str:
-    """A short stable hash of a config (canonical JSON, sorted keys): the cache key."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+__all__ = ["SearchSpace", "config_hash", "hash_matches"]
 
 
 class SearchSpace:
-    """Genes of a :class:`~supernet_kernels.Supernet`'s space (see the module doc).
+    """Genes of a :class:`~supernet_kernels.Supernet`'s space (see the module doc); the space's
+    dimensions, their order and the repair are :class:`~supernet_kernels.supernet.space.Space`'s.
 
     Attributes:
         genes: ordered ``{name: [choices...]}`` of the free dimensions (ascending choices).
@@ -62,40 +57,19 @@ class SearchSpace:
         self.supernet = supernet
         sp = supernet.space if space is None else copy.deepcopy(space)
         self._space = sp
-        self.joint: dict[str, dict] = {}
-        for g, spec in (sp.get("joint") or {}).items():
-            layers, choices = list(spec["layers"]), [tuple(c) for c in spec["choices"]]
-            if not choices or any(len(c) != len(layers) for c in choices):
-                raise ValueError(f"space.joint.{g}: each choice needs one rank per layer {layers}")
-            self.joint[g] = {"layers": layers, "choices": choices}
-        in_joint = {n for spec in self.joint.values() for n in spec["layers"]}
-        dims: list[tuple[str, list]] = []
-        if sp["resolution"]:
-            dims.append(("resolution", list(sp["resolution"])))
-        for b, c in sp["depth"].items():
-            dims.append((f"depth:{b}", list(c)))
-        for m, c in sp["mlp"].items():
-            dims.append((f"mlp:{m}", list(c)))
-        for a, c in sp.get("heads", {}).items():
-            dims.append((f"heads:{a}", list(c)))
-        for n, s in sp["linear"].items():
-            for f in ("rank", "w_bits", "a_bits"):
-                if f == "rank" and n in in_joint:
-                    continue
-                dims.append((f"linear:{n}:{f}", list(s[f])))
-        self.extra = [k for k in sp if k not in _SECTIONS]
-        for sec in self.extra:
-            for name, c in sp[sec].items():
-                dims.append((f"{sec}:{name}", list(c)))
-        # A joint gene is the index of a choice (choices listed cheapest first).
-        for g, spec in self.joint.items():
-            dims.append((f"joint:{g}", list(range(len(spec["choices"])))))
-        self.all_dims = dict(dims)
-        self.genes = {k: v for k, v in dims if len(v) > 1}
+        self.spec = Space.from_dict(sp, limit=supernet._limit, family=supernet.family)
+        self.joint = self.spec.joint
+        self.extra = list(self.spec.extra)
+        self.all_dims = self.spec.genes()
+        self.genes = {k: v for k, v in self.all_dims.items() if len(v) > 1}
         self.fingerprint = config_hash(sp)
 
     def __len__(self) -> int:
         return len(self.genes)
+
+    def matches_fingerprint(self, fingerprint: str) -> bool:
+        """Whether a recorded fingerprint is this space's (also as earlier versions hashed)."""
+        return hash_matches(fingerprint, self._space)
 
     # ----------------------------------------------------------------- encode / decode
     def encode(self, config: dict) -> dict[str, Any]:
@@ -145,22 +119,7 @@ class SearchSpace:
             spec = self.joint[g]
             for n, r in zip(spec["layers"], spec["choices"][i], strict=True):
                 cfg["linear"].setdefault(n, {})["rank"] = r
-        sn = self.supernet
-        for n, c in cfg["linear"].items():
-            choices = self._space["linear"][n]
-            if c["rank"] is not None:
-                limit = sn._limit(n, cfg)
-                if c["rank"] > limit:
-                    ok = [r for r in choices["rank"] if r <= limit]
-                    c["rank"] = ok[-1] if ok else choices["rank"][0]
-            if not bits_compatible(c["w_bits"], c["a_bits"]):
-                if 16 in choices["a_bits"]:
-                    c["a_bits"] = 16
-                else:
-                    low = [w for w in choices["w_bits"] if w <= 8]
-                    if low:
-                        c["w_bits"] = low[-1]
-        return sn.validate_config(cfg)
+        return self.supernet.validate_config(self.spec.repair(cfg))
 
     # ----------------------------------------------------------------- operators
     def sample(self, rng: random.Random) -> dict[str, Any]:
@@ -196,9 +155,6 @@ class SearchSpace:
         for k in rng.sample(lowerable, min(max(1, count), len(lowerable))):
             out[k] = self.genes[k][self.genes[k].index(genes[k]) - 1]
         return out
-
-
-_SECTIONS = ("resolution", "depth", "mlp", "heads", "linear", "joint")
 
 
 def _split(key: str) -> list[str]:

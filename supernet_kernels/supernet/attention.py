@@ -40,7 +40,7 @@ output in one of two row layouts, ``qkv_layout``:
 In the head-major layout the first h heads' q, k and v rows are one prefix of qkv's output, so
 a supernet runs h heads by giving its qkv ElasticLinear ``out = 3 * h * head_dim`` (dense,
 low-rank and quantized alike), its proj ``in_features = h * head_dim``, and the module
-``set_heads(h)``: only the active heads' rows are computed, attention runs over h heads, and
+``set_active(heads=h)``: only the active heads' rows are computed, attention runs over h heads, and
 proj reads only their columns. The scale stays ``head_dim ** -0.5``; SAM's rel-pos tables
 (``(2 * size - 1, head_dim)``) are shared by all heads, so they are used as they are. An
 extracted subnet keeps the layout with qkv / proj sliced to h heads (``num_heads = h``).
@@ -49,6 +49,8 @@ over all heads' channels together) or a gate are kept at all heads.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -89,18 +91,43 @@ def _split_qkv(qkv: torch.Tensor, heads: int, head_dim: int, layout: str):
 
 
 class _ElasticHeads:
-    """What both attention modules share for elastic heads."""
+    """What both attention modules share for elastic heads: the common elastic interface
+    (``set_active(heads=h)``, ``active_choice()``, ``choices()``) of every elastic layer."""
 
     num_heads: int
     head_dim: int
     qkv_layout: str
 
-    def set_heads(self, heads: int) -> None:
+    def max_heads(self) -> int:
+        """The heads qkv's output holds (all of them in a supernet; h in an extracted subnet)."""
+        return int(self.qkv.out_features) // (3 * self.head_dim)
+
+    def set_active(self, *, heads: int) -> None:
         """Run ``heads`` heads. The caller sizes qkv's output (3 * heads * head_dim rows, in
         ``qkv_layout`` order) and proj's input (heads * head_dim) to match."""
+        name = type(self).__name__
         if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
-            raise ValueError(f"{type(self).__name__}.set_heads: need an int >= 1, got {heads!r}")
+            raise ValueError(f"{name}.set_active: heads must be an int >= 1, got {heads!r}")
+        if heads > self.max_heads():
+            raise ValueError(
+                f"{name}.set_active: heads {heads} exceeds the module's {self.max_heads()}"
+            )
         self.num_heads = heads
+
+    def active_choice(self) -> dict:
+        return {"heads": self.num_heads}
+
+    def choices(self) -> list[dict]:
+        return [{"heads": h} for h in range(1, self.max_heads() + 1)]
+
+    def set_heads(self, heads: int) -> None:
+        """Deprecated: ``set_active(heads=heads)``."""
+        warnings.warn(
+            f"{type(self).__name__}.set_heads is deprecated; use set_active(heads=...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.set_active(heads=heads)
 
 
 # --------------------------------------------------------------------------- timm ViT

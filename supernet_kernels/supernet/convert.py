@@ -54,7 +54,8 @@ from ..nn.importance import (
 from ..nn.mlp import fuse_mlps
 from . import families as fam
 from .attention import ATTENTION_CHOICES, prioritize_heads, swap_attention
-from .space import _check_space, _default_space, _merge_space
+from .default_space import _default_space, _merge_space
+from .space import _check_space
 from .supernet import Supernet
 from .surgery import _parent
 

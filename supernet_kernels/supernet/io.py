@@ -63,25 +63,35 @@ _META_KEY = "supernet_kernels"
 FAMILIES = tuple(fam.FAMILIES)  # the family names a file may record
 
 
+# The layer types a file may record: type name -> (class, int fields, bool fields). A record is
+# ``{"type": name, **fields}``, the layer's own ``config()`` where it has one (QuantLinear), and
+# the class is rebuilt with the fields as keywords, after they are checked (files are input).
+_LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...], tuple[str, ...]]] = {
+    "QuantLinear": (
+        QuantLinear,
+        ("in_features", "out_features", "bits", "group_size", "act_bits"),
+        ("symmetric", "bias"),
+    ),
+    "LowRankLinear": (LowRankLinear, ("in_features", "out_features", "rank"), ("bias",)),
+    "Linear": (nn.Linear, ("in_features", "out_features"), ("bias",)),
+}
+
+
+def _layer_type(m: nn.Module) -> str | None:
+    """The recorded type of ``m``: the nearest class in its MRO that :data:`_LAYERS` holds."""
+    by_cls = {cls: name for name, (cls, _, _) in _LAYERS.items()}
+    return next((by_cls[c] for c in type(m).__mro__ if c in by_cls), None)
+
+
 def _layer_record(m: nn.Module) -> dict | None:
-    if isinstance(m, QuantLinear):
-        return {"type": "QuantLinear", **m.config()}
-    if isinstance(m, LowRankLinear):
-        return {
-            "type": "LowRankLinear",
-            "in_features": m.in_features,
-            "out_features": m.out_features,
-            "rank": m.rank,
-            "bias": m.bias is not None,
-        }
-    if isinstance(m, nn.Linear):
-        return {
-            "type": "Linear",
-            "in_features": m.in_features,
-            "out_features": m.out_features,
-            "bias": m.bias is not None,
-        }
-    return None
+    t = _layer_type(m)
+    if t is None:
+        return None
+    cls, ints, bools = _LAYERS[t]
+    if callable(getattr(cls, "config", None)):
+        return {"type": t, **m.config()}
+    rec = {f: getattr(m, f) for f in ints if f != "bias"}
+    return {"type": t, **rec, "bias": m.bias is not None}
 
 
 def save(module: nn.Module, path: str | os.PathLike) -> Path:
@@ -184,28 +194,18 @@ def _make_layer(rec: Any, where: str, ref: nn.Linear) -> nn.Module:
         )
     kw = {"device": ref.weight.device, "dtype": ref.weight.dtype}
     t = rec.get("type")
+    if t not in _LAYERS:
+        raise ValueError(f"{where}: unknown layer type {t!r}")
+    cls, ints, bools = _LAYERS[t]
+    fields = {f: _int(rec, f, where) for f in ints}
+    for f in bools:
+        if not isinstance(rec.get(f), bool):
+            raise ValueError(f"{where}: corrupt layer record: corrupt field {f}={rec.get(f)!r}")
+        fields[f] = rec[f]
     try:
-        if t == "Linear":
-            return nn.Linear(k, n, bias=bias, **kw)
-        if t == "LowRankLinear":
-            return LowRankLinear(k, n, _int(rec, "rank", where), bias=bias, **kw)
-        if t == "QuantLinear":
-            sym = rec.get("symmetric")
-            if not isinstance(sym, bool):
-                raise ValueError(f"corrupt field symmetric={sym!r}")
-            return QuantLinear(
-                k,
-                n,
-                bits=_int(rec, "bits", where),
-                group_size=_int(rec, "group_size", where),
-                act_bits=_int(rec, "act_bits", where),
-                symmetric=sym,
-                bias=bias,
-                **kw,
-            )
+        return cls(**fields, **kw)
     except ValueError as exc:
         raise ValueError(f"{where}: corrupt layer record: {exc}") from exc
-    raise ValueError(f"{where}: unknown layer type {t!r}")
 
 
 # Bounds of the metadata, checked before anything is built. A build record's numbers come
@@ -433,7 +433,7 @@ def _prepare(model: nn.Module, doc: dict, shapes: dict, where: str) -> None:
                 f"{aw}: the file runs {rec['num_heads']} heads, the model's module has "
                 f"{att.num_heads}; the file is from another model"
             )
-        att.set_heads(rec["num_heads"])
+        att.set_active(heads=rec["num_heads"])
         att.qkv_layout = rec["qkv_layout"]
     plan = []
     for name, rec in doc["layers"].items():

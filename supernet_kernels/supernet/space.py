@@ -55,11 +55,12 @@ choices (``heads.blocks.0.attn: 0 is not one of [2, 3] (the module has 3 heads)`
 from __future__ import annotations
 
 import copy
-import fnmatch
+import hashlib
 import json
-import math
-from collections.abc import Callable, Iterable
-from typing import Any
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -81,12 +82,6 @@ def _show(v) -> str:
     return json.dumps(v) if isinstance(v, bool) or v is None else repr(v)
 
 
-# --------------------------------------------------------------------------- default space
-def _rank_choices(n: int, k: int) -> list[int]:
-    full = min(n, k)
-    return sorted({max(1, round(full * e / 8)) for e in RANK_EIGHTHS})
-
-
 def _mlp_width(hidden: int, f: float) -> int:
     """The width of fraction ``f`` of a hidden size (a multiple of 8 from 64 units up)."""
     w = hidden * f
@@ -96,133 +91,6 @@ def _mlp_width(hidden: int, f: float) -> int:
 
 def _mlp_widths(hidden: int) -> list[int]:
     return sorted({_mlp_width(hidden, f) for f in MLP_FRACTIONS})
-
-
-def _head_counts(heads: int) -> list[int]:
-    """Every head count from half the heads (rounded up) to all: dropping more than half of a
-    block's heads is rarely worth it, and a contiguous range lets a search step one head."""
-    return list(range(max(1, math.ceil(heads / 2)), heads + 1))
-
-
-def _linear_default(role: str, lin: nn.Linear) -> dict:
-    if role in ("qkv", "fc1", "fc2", "generic"):
-        ranks = _rank_choices(lin.out_features, lin.in_features)
-        return {"rank": ranks, "w_bits": [16], "a_bits": [16]}
-    if role == "proj":
-        return {"rank": [None], "w_bits": [4, 8, 16], "a_bits": [16]}
-    return {"rank": [None], "w_bits": [16], "a_bits": [16]}
-
-
-def _default_space(model: nn.Module, lay: fam.Layout, attention: str) -> dict:
-    mods = dict(model.named_modules())
-    return {
-        "resolution": list(lay.resolution["choices"]) if lay.resolution else None,
-        "depth": {b: ([False, True] if d else [True]) for b, d in lay.blocks.items()},
-        "mlp": {m: _mlp_widths(mods[a].out_features) for m, (a, _) in lay.mlps.items()},
-        # The model's own attention reshapes with a fixed head count: elastic with ours only.
-        "heads": {
-            a: _head_counts(h) if attention == "ours" or fam.FAMILIES[lay.family].own_heads else [h]
-            for a, h in lay.heads.items()
-        },
-        "linear": {n: _linear_default(r, mods[n]) for n, r in lay.roles.items()},
-    }
-
-
-# --------------------------------------------------------------------------- space overrides
-def _match(keys: Iterable[str], key: str) -> list[str]:
-    if key in keys:
-        return [key]
-    return [k for k in keys if fnmatch.fnmatchcase(k, key)]
-
-
-def _find_pair(model: nn.Module, name: str, convertible: dict) -> tuple[str, str]:
-    """fc1, fc2 of a user-declared MLP module: its only two convertible linears, in order."""
-    try:
-        mod = model.get_submodule(name)
-    except AttributeError:
-        raise ValueError(f"space.mlp.{name}: the model has no module of that name") from None
-    lins = [f"{name}.{n}" for n, m in mod.named_modules() if n and isinstance(m, nn.Linear)]
-    lins = [n for n in lins if n in convertible]
-    if len(lins) != 2:
-        raise ValueError(
-            f"space.mlp.{name}: an MLP module must hold exactly two convertible nn.Linear "
-            f"layers (fc1, fc2); found {lins}"
-        )
-    a, b = (model.get_submodule(n) for n in lins)
-    if a.out_features != b.in_features:
-        raise ValueError(
-            f"space.mlp.{name}: {lins[0]}.out_features ({a.out_features}) != "
-            f"{lins[1]}.in_features ({b.in_features})"
-        )
-    return lins[0], lins[1]
-
-
-def _merge_space(space: dict, user, model: nn.Module, lay: fam.Layout) -> dict:
-    """The default ``space`` with the user's overrides applied (``lay`` gains user-declared
-    MLPs and blocks). Entries name layers exactly or by fnmatch pattern (``*`` matches dots);
-    a key matching nothing is an error, except exact module names that declare a new MLP or
-    droppable block."""
-    if user is None:
-        return space
-    if not isinstance(user, dict):
-        raise ValueError(f"space: expected a dict, got {type(user).__name__}")
-    bad = [k for k in user if k not in CONFIG_KEYS]
-    if bad:
-        raise ValueError(f"space: unknown key {bad[0]!r} (expected one of {list(CONFIG_KEYS)})")
-    space = copy.deepcopy(space)
-    if "resolution" in user:
-        if space["resolution"] is None and user["resolution"] is not None:
-            raise ValueError(
-                f"space.resolution: this {lay.family} supernet has no elastic resolution "
-                "(timm ViT only)"
-            )
-        if user["resolution"] is not None:
-            space["resolution"] = user["resolution"]
-        elif lay.resolution is not None:  # fixed at the native resolution
-            space["resolution"] = [lay.resolution["native"]]
-    for section in ("depth", "mlp", "heads", "linear"):
-        entries = user.get(section, {})
-        if not isinstance(entries, dict):
-            raise ValueError(f"space.{section}: expected a dict, got {type(entries).__name__}")
-        for key, value in entries.items():
-            where = f"space.{section}.{key}"
-            if not isinstance(key, str):
-                raise ValueError(f"{where}: keys must be module names (str)")
-            hits = _match(space[section], key)
-            if not hits and section == "mlp" and "*" not in key:
-                lay.mlps[key] = _find_pair(model, key, lay.roles)
-                hits = [key]
-            elif not hits and section == "depth" and "*" not in key:
-                _check_block(model, key, lay)
-                lay.blocks[key] = True
-                hits = [key]
-            if not hits:
-                raise ValueError(
-                    f"{where}: matches no {section} entry of this {lay.family} supernet "
-                    f"(entries are named like {list(space[section])[:4]})"
-                )
-            for k in hits:
-                if section == "linear":
-                    if not isinstance(value, dict):
-                        raise ValueError(f"{where}: expected a dict of {list(LINEAR_FIELDS)}")
-                    unknown = [f for f in value if f not in LINEAR_FIELDS]
-                    if unknown:
-                        raise ValueError(
-                            f"{where}: unknown key {unknown[0]!r} (expected {list(LINEAR_FIELDS)})"
-                        )
-                    space["linear"][k] = {**space["linear"][k], **value}
-                else:
-                    space[section][k] = value
-    return space
-
-
-def _check_block(model: nn.Module, name: str, lay: fam.Layout) -> None:
-    try:
-        model.get_submodule(name)
-    except AttributeError:
-        raise ValueError(f"space.depth.{name}: the model has no module of that name") from None
-    if not name or any(name.startswith(b + ".") or b.startswith(name + ".") for b in lay.blocks):
-        raise ValueError(f"space.depth.{name}: droppable blocks may not nest")
 
 
 def _norm_choices(where: str, values, check: Callable[[Any], str | None]) -> list:
@@ -463,3 +331,245 @@ def validate_config(
         if not bits_compatible(c["w_bits"], c["a_bits"]):
             raise ValueError(f"linear.{n}.a_bits: 8 needs w_bits <= 8, got w_bits {c['w_bits']}")
     return new
+
+
+# --------------------------------------------------------------------------- config hash
+def _plain(config) -> Any:
+    return config.as_plain() if isinstance(config, Config | Space) else config
+
+
+def _canonical(config) -> str:
+    return json.dumps(_plain(config), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(config) -> str:
+    """The hash of a config (or a space; a dict, :class:`Config` or :class:`Space`): 16 hex
+    digits of SHA-256 of its canonical JSON (sorted keys, no spaces). The one key of a config
+    in the trainer's logs, the search's caches and Optuna studies. Files written before this
+    function existed hold :func:`legacy_config_hashes`; :func:`hash_matches` accepts both."""
+    return hashlib.sha256(_canonical(config).encode()).hexdigest()[:16]
+
+
+def legacy_config_hashes(config) -> dict[str, str]:
+    """The hashes earlier versions wrote for ``config``: the trainer's logs (``"sha256-12"``: 12
+    hex digits of SHA-256 of ``json.dumps(sort_keys=True)``) and the search's caches, Optuna
+    trials and space fingerprints (``"sha1-16"``: 16 hex digits of SHA-1 of the canonical
+    JSON)."""
+    plain = _plain(config)
+    return {
+        "sha256-12": hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:12],
+        "sha1-16": hashlib.sha1(_canonical(plain).encode()).hexdigest()[:16],
+    }
+
+
+def hash_matches(h: str, config) -> bool:
+    """Whether ``h`` is the hash of ``config`` now or as an earlier version wrote it."""
+    return h == config_hash(config) or h in legacy_config_hashes(config).values()
+
+
+def resolve_hash(h: str, configs: Iterable) -> Any:
+    """The config among ``configs`` whose hash (current or legacy) is ``h``; None if none is."""
+    return next((c for c in configs if hash_matches(h, c)), None)
+
+
+# --------------------------------------------------------------------------- typed forms
+def _check_version(cls, data: Mapping) -> dict:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{cls.__name__}.from_dict: expected a dict, got {type(data).__name__}")
+    d = dict(data)
+    v = d.pop("version", None)  # no version: written before versions, the same shape
+    if v is not None and (not _is_int(v) or not 1 <= v <= cls.VERSION):
+        raise ValueError(
+            f"{cls.__name__}.from_dict: version {_show(v)} is not supported (this library "
+            f"reads versions 1..{cls.VERSION}; a newer library wrote it?)"
+        )
+    return d
+
+
+def _split_sections(cls, d: dict, known: tuple[str, ...]) -> tuple[dict, dict]:
+    """(the known sections, further sections a supernet adds such as ``act_bits``)."""
+    extra = {}
+    for k in list(d):
+        if k in known:
+            continue
+        if not isinstance(k, str) or not isinstance(d[k], Mapping):
+            raise ValueError(f"{cls.__name__}.from_dict: {k!r}: expected a dict section")
+        extra[k] = copy.deepcopy(dict(d.pop(k)))
+    for k in known:
+        if k != "resolution" and k in d and not isinstance(d[k], Mapping):
+            raise ValueError(
+                f"{cls.__name__}.from_dict: {k}: expected a dict, got {type(d[k]).__name__}"
+            )
+    return d, extra
+
+
+@dataclass
+class Config:
+    """A supernet config (the module doc's shape) as a typed value. ``extra`` holds sections
+    a supernet adds (``act_bits`` of a mixed-precision supernet). :meth:`as_plain` is the dict
+    ``Supernet.set_active`` takes and older files hold; :meth:`to_dict` adds ``version``."""
+
+    VERSION: ClassVar[int] = 1
+
+    resolution: int | None = None
+    depth: dict[str, bool] = field(default_factory=dict)
+    mlp: dict[str, int] = field(default_factory=dict)
+    heads: dict[str, int] = field(default_factory=dict)
+    linear: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_plain(self) -> dict:
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+        extra = out.pop("extra")
+        return {**out, **extra}
+
+    def to_dict(self) -> dict:
+        return {"version": self.VERSION, **self.as_plain()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Config:
+        """A config from :meth:`to_dict`'s output or a plain config dict of any version."""
+        d, extra = _split_sections(cls, _check_version(cls, data), CONFIG_KEYS)
+        return cls(**copy.deepcopy(d), extra=extra)
+
+    def hash(self) -> str:
+        return config_hash(self)
+
+
+@dataclass
+class Space:
+    """A supernet's search space as a typed value, and the only owner of what follows from
+    it: configs at the extremes and at random (:meth:`pick`), validation (:meth:`validate`),
+    search genes (:meth:`genes`) and repair (:meth:`repair`).
+
+    The sections are the config's with lists of choices (ascending; the last is the largest);
+    ``extra`` holds sections a supernet adds (``act_bits``), ``joint`` joint rank choices of a
+    restricted search space (:mod:`~supernet_kernels.search.space`). ``limit(name, config)``
+    (min(active in, active out) of a linear at a config: its MLP width or head count) binds it
+    to a supernet; without one, ranks are not limited. ``family`` and ``head_counts`` (each
+    attention module's heads) only word error messages."""
+
+    VERSION: ClassVar[int] = 1
+
+    resolution: list[int] | None = None
+    depth: dict[str, list[bool]] = field(default_factory=dict)
+    mlp: dict[str, list[int]] = field(default_factory=dict)
+    heads: dict[str, list[int]] = field(default_factory=dict)
+    linear: dict[str, dict[str, list]] = field(default_factory=dict)
+    extra: dict[str, dict[str, list]] = field(default_factory=dict)
+    joint: dict[str, dict] = field(default_factory=dict)
+    limit: Callable[[str, dict], int] | None = field(default=None, repr=False, compare=False)
+    family: str = field(default="generic", repr=False, compare=False)
+    head_counts: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    # ----------------------------------------------------------------- (de)serialization
+    def as_plain(self) -> dict:
+        """The plain dict (``supernet.space``'s shape; what older files and studies hold)."""
+        out = {k: copy.deepcopy(getattr(self, k)) for k in CONFIG_KEYS}
+        out.update(copy.deepcopy(self.extra))
+        if self.joint:
+            out["joint"] = copy.deepcopy(self.joint)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"version": self.VERSION, **self.as_plain()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping, **bind) -> Space:
+        """A space from :meth:`to_dict`'s output or a plain space dict of any version;
+        ``bind``: ``limit``, ``family``, ``head_counts``."""
+        d = _check_version(cls, data)
+        joint = d.pop("joint", None) or {}
+        d, extra = _split_sections(cls, d, CONFIG_KEYS)
+        for k in ("depth", "mlp", "heads", "linear"):
+            d.setdefault(k, {})
+        d.setdefault("resolution", None)
+        sp = cls(**copy.deepcopy(d), extra=extra, joint=copy.deepcopy(dict(joint)), **bind)
+        for g, spec in sp.joint.items():
+            layers, choices = list(spec["layers"]), [tuple(c) for c in spec["choices"]]
+            if not choices or any(len(c) != len(layers) for c in choices):
+                raise ValueError(f"space.joint.{g}: each choice needs one rank per layer {layers}")
+            sp.joint[g] = {"layers": layers, "choices": choices}
+        return sp
+
+    def fingerprint(self) -> str:
+        return config_hash(self)
+
+    def _limit(self, name: str, cfg: dict) -> float:
+        return self.limit(name, cfg) if self.limit is not None else float("inf")
+
+    # ----------------------------------------------------------------- configs
+    def pick(self, choose: Callable[[list], Any]) -> dict:
+        """The config ``choose`` (one value from a list of choices) picks per dimension: ranks
+        among those valid at the picked MLP width / head count, a_bits among those valid with
+        the picked w_bits (extra sections: one value per entry)."""
+        cfg = pick_config(self.as_plain(), self._limit, choose)
+        for sec, entries in self.extra.items():
+            cfg[sec] = {k: choose(v) for k, v in entries.items()}
+        return cfg
+
+    def max_config(self) -> dict:
+        return self.pick(lambda c: c[-1])
+
+    def min_config(self) -> dict:
+        return self.pick(lambda c: c[0])
+
+    def sample_config(self, rng: random.Random | int | None = None) -> dict:
+        if not isinstance(rng, random.Random):
+            rng = random.Random(rng)
+        return self.pick(rng.choice)
+
+    def validate(self, config, current: dict) -> dict:
+        """The full config ``config`` (a dict or :class:`Config`; partial: the rest from
+        ``current``) would set; ValueError naming the key path of the first problem (the
+        five config sections; a supernet checks the sections it adds)."""
+        return validate_config(
+            {k: getattr(self, k) for k in CONFIG_KEYS},
+            current,
+            _plain(config),
+            limit=self._limit,
+            family=self.family,
+            heads=self.head_counts,
+        )
+
+    # ----------------------------------------------------------------- search
+    def genes(self) -> dict[str, list]:
+        """Every dimension as ``{flat name: [choices...]}``, in a fixed order (the names are
+        those of :mod:`~supernet_kernels.search.space`); a joint group replaces its layers'
+        rank dimensions by one of choice indices (cheapest first)."""
+        in_joint = {n for spec in self.joint.values() for n in spec["layers"]}
+        dims: list[tuple[str, list]] = []
+        if self.resolution:
+            dims.append(("resolution", list(self.resolution)))
+        for sec in ("depth", "mlp", "heads"):
+            dims += [(f"{sec}:{k}", list(c)) for k, c in getattr(self, sec).items()]
+        for n, s in self.linear.items():
+            for f in LINEAR_FIELDS:
+                if not (f == "rank" and n in in_joint):
+                    dims.append((f"linear:{n}:{f}", list(s[f])))
+        for sec, entries in self.extra.items():
+            dims += [(f"{sec}:{k}", list(c)) for k, c in entries.items()]
+        dims += [(f"joint:{g}", list(range(len(s["choices"])))) for g, s in self.joint.items()]
+        return dict(dims)
+
+    def repair(self, cfg: dict) -> dict:
+        """``cfg`` (a full config, changed in place and returned) with the cross-constraints
+        repaired instead of rejected: a rank above min(active in, active out) at the chosen
+        MLP width or head count becomes the largest allowed rank, and ``a_bits`` 8 with
+        ``w_bits`` > 8 becomes ``a_bits`` 16 (or, where 16 is not a choice, ``w_bits`` the
+        largest choice <= 8)."""
+        for n, c in cfg["linear"].items():
+            choices = self.linear[n]
+            if c.get("rank") is not None:
+                lim = self._limit(n, cfg)
+                if c["rank"] > lim:
+                    ok = [r for r in choices["rank"] if r <= lim]
+                    c["rank"] = ok[-1] if ok else choices["rank"][0]
+            if not bits_compatible(c["w_bits"], c["a_bits"]):
+                if 16 in choices["a_bits"]:
+                    c["a_bits"] = 16
+                else:
+                    low = [w for w in choices["w_bits"] if w <= 8]
+                    if low:
+                        c["w_bits"] = low[-1]
+        return cfg

@@ -102,8 +102,11 @@ def save_supernet(sn: Supernet, folder: str | os.PathLike, info: dict | None = N
             "could not describe the model); convert it with build={'kind': 'timm', 'name': ..., "
             "'kwargs': {...}} or {'kind': 'class', ...}, or save its state_dict yourself"
         )
+    from ..recipes import RECIPES  # recipes build on convert: imported when needed
+
     lora = [n for n, m in sn.elastic_linears().items() if m.lora_rank]
-    if lora and (info or {}).get("recipe") != "mplora":
+    recipe = RECIPES.get((info or {}).get("recipe", "default"))
+    if lora and (recipe is None or "lora_rank" not in recipe.records):
         raise ValueError(
             f"save: the supernet has LoRA adapters ({lora[0]!r}, ...); save it with "
             "info={'recipe': 'mplora', 'bits': [...], 'lora_rank': r} so load can rebuild them"

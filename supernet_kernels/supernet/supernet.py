@@ -29,7 +29,7 @@ from torch import nn
 
 from ..nn.elastic import ElasticBlock, ElasticLinear
 from . import families as fam
-from .space import SUBNET_FORMAT, _head_sides, pick_config, validate_config
+from .space import SUBNET_FORMAT, Space, _head_sides
 from .surgery import _Removed, drop_placeholders
 
 
@@ -63,6 +63,10 @@ class Supernet(nn.Module):
         self.skipped = dict(layout.skipped)
         self._layout = layout
         self._space = space
+        # The typed space owns picking, validation and repair; bound to this supernet's limits.
+        self._spec = Space.from_dict(
+            space, limit=self._limit, family=layout.family, head_counts=dict(layout.heads)
+        )
         self._wrapped = list(wrapped)
         self._vit_flags = vit_flags
         # Paths in self.model (blocks may be wrapped) of the linears and attention modules.
@@ -125,6 +129,13 @@ class Supernet(nn.Module):
         """The search space (a copy): the config's shape with lists of choices."""
         return copy.deepcopy(self._space)
 
+    def space_spec(self) -> Space:
+        """The search space as a typed :class:`~supernet_kernels.supernet.space.Space` bound to
+        this supernet (its rank limits), with the sections a subclass adds (``space``'s)."""
+        return Space.from_dict(
+            self.space, limit=self._limit, family=self.family, head_counts=dict(self._layout.heads)
+        )
+
     def elastic_linears(self) -> dict[str, ElasticLinear]:
         return {n: self._mod(n) for n in self._space["linear"]}
 
@@ -143,7 +154,7 @@ class Supernet(nn.Module):
 
     # ----------------------------------------------------------------- configs
     def _pick(self, choose: Callable[[list], Any]) -> dict:
-        return pick_config(self._space, self._limit, choose)
+        return self._spec.pick(choose)
 
     def max_config(self) -> dict:
         """The largest subnet: every block, full widths, all heads, full ranks, the most bits."""
@@ -168,14 +179,7 @@ class Supernet(nn.Module):
     def validate_config(self, config: dict) -> dict:
         """The full config ``config`` (partial: the rest from the active one) would set;
         ValueError naming the key path of the first problem."""
-        return validate_config(
-            self._space,
-            self._config,
-            config,
-            limit=self._limit,
-            family=self.family,
-            heads=self._layout.heads,
-        )
+        return self._spec.validate(config, self._config)
 
     def set_active(self, config: dict) -> None:
         """Validate ``config`` (full or partial) entirely, then apply it."""
@@ -193,7 +197,7 @@ class Supernet(nn.Module):
         for a in self._head_dims:
             h = cfg["heads"][a]
             if not self._family.own_heads:  # transformers' ViT reshapes with -1 heads
-                self._mod(a).set_heads(h)
+                self._mod(a).set_active(heads=h)
             for n, side, unit in self._side_of_heads(a):
                 # head-major: one prefix of each
                 self._mod(n).set_active(**{"out" if side == "out" else "in_features": h * unit})

@@ -24,7 +24,8 @@ Neither the (B * nW, nH, N, N) bias nor the scores are materialized on the Trito
 fused path expands the mask to the former). Attention dropout needs the probabilities, so in
 training with ``attn_drop.p > 0`` it runs timm's own computation (SDPA with the bias as mask).
 
-Elastic heads are not implemented (all heads are used).
+Elastic heads are not implemented (all heads are used): the module has the common elastic
+interface with one choice (``set_active(heads=num_heads)``), so callers need no special case.
 """
 
 from __future__ import annotations
@@ -77,6 +78,20 @@ class SKSwinAttention(nn.Module):
         new._non_persistent_buffers_set = set(m._non_persistent_buffers_set)
         new.train(m.training)
         return new
+
+    def set_active(self, *, heads: int) -> None:
+        """The one choice: all ``num_heads`` heads (the relative-position table is per head)."""
+        if heads != self.num_heads or isinstance(heads, bool):
+            raise ValueError(
+                f"SKSwinAttention.set_active: heads must be the module's {self.num_heads} "
+                f"(elastic heads are not implemented for Swin), got {heads!r}"
+            )
+
+    def active_choice(self) -> dict:
+        return {"heads": self.num_heads}
+
+    def choices(self) -> list[dict]:
+        return [{"heads": self.num_heads}]
 
     def rel_pos_bias(self) -> torch.Tensor:
         """(nH, N, N): the table gathered by the index (a differentiable function of the table;

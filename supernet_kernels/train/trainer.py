@@ -26,12 +26,14 @@ Logs: one record per step, returned by ``train`` and written as JSON lines to ``
 every ``log_every`` steps (rank 0)::
 
     {"step": 0, "epoch": 0, "lr": 1e-4, "loss": [2.3, 2.4, 2.35], "task_loss": [...],
-     "distill_loss": [...], "configs": ["3f2a9c01d4e5", ...], "grad_norm": 1.7, "time": 0.21}
+     "distill_loss": [...], "configs": ["3f2a9c01d4e5b6a7", ...], "grad_norm": 1.7, "time": 0.21}
 
 ``step`` counts from 0 (the sampler's ``step``); lists follow the sampler's order; losses are
 averaged over micro-batches and ranks; ``grad_norm`` is the norm before clipping (None
-without ``clip_grad``). Configs are logged by a 12-hex-digit hash (:func:`config_hash`); each
-config is written in full once, on its first appearance, as ``{"hash": ..., "config": ...}``
+without ``clip_grad``). Configs are logged by their hash (16 hex digits,
+:func:`~supernet_kernels.supernet.space.config_hash`; logs written before it hold 12-digit
+hashes, which :func:`~supernet_kernels.supernet.space.resolve_hash` still finds); each config
+is written in full once, on its first appearance, as ``{"hash": ..., "config": ...}``
 to ``<log_file minus .jsonl>.configs.jsonl`` (and kept in ``Trainer.configs``). On resume the
 log keeps the records of the steps before the checkpoint and drops later ones.
 TensorBoard (``tensorboard_dir``; skipped with a warning when tensorboard is not installed):
@@ -69,6 +71,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from ..supernet.space import config_hash
 from . import distributed as D
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .data import StepBatchSampler
@@ -151,11 +154,6 @@ class TrainConfig:
             not is_int(self.validate_samples) or self.validate_samples < 1
         ):
             bad("validate_samples", "None or an int >= 1")
-
-
-def config_hash(config: dict) -> str:
-    """A short stable hash of a config (12 hex digits of SHA-256 of its sorted JSON)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class SandwichSampler:
