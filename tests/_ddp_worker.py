@@ -18,7 +18,7 @@ def run(rank: int, world: int, port: int, out_dir: str, steps: int, batch_size: 
     )
     import torch
     import torch.distributed as dist
-    from _train_helpers import class_data, make_generic_supernet
+    from helpers.train import class_data, make_generic_supernet
     from safetensors.torch import save_file
 
     from supernet_kernels.train import ClassificationTask, TrainConfig, Trainer

@@ -33,7 +33,7 @@ def _die() -> None:
 def train(out_dir: str, steps: int, every: int, resume: bool) -> None:
     sys.path.insert(0, os.path.dirname(__file__))
     import torch
-    from _train_helpers import class_data, make_generic_supernet
+    from helpers.train import class_data, make_generic_supernet
     from safetensors.torch import save_file
 
     import supernet_kernels.train.trainer as trmod
@@ -99,7 +99,7 @@ def search(db: str, n_trials: int, eval_log: str) -> None:
 
     torch.set_num_threads(1)
     sys.path.insert(0, os.path.dirname(__file__))
-    from _train_helpers import make_generic_supernet
+    from helpers.train import make_generic_supernet
 
     from supernet_kernels.search import config_hash, search
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.dispatch import LargestTensor
+from helpers.numerics import DTYPES, assert_matches, backend_params, rel_err
 
 import supernet_kernels as sk
 from supernet_kernels.backends import BackendUnavailable
 from supernet_kernels.ops.attention import get_rel_pos
-from tests.conftest import DTYPES, LargestTensor, assert_matches, backend_params, rel_err
 
 sam = pytest.importorskip("segment_anything.modeling.image_encoder")
 

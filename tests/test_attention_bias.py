@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.dispatch import LargestTensor
+from helpers.numerics import DTYPES, assert_matches, backend_params, rel_err
 
 import supernet_kernels as sk
-from tests.conftest import DTYPES, LargestTensor, assert_matches, backend_params, rel_err
 
 OP = torch.ops.supernet_kernels.attention
 

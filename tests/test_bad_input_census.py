@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.models import tiny_timm_vit
 from torch import nn
 
 import supernet_kernels as sk
 from supernet_kernels import cost
 from supernet_kernels.nn import ElasticLinear, LowRankLinear, QuantLinear
 from supernet_kernels.quant import quantize_weight
-from tests._models import tiny_timm_vit
 
 
 def _vit():

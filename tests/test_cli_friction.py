@@ -93,7 +93,7 @@ def test_tight_feasible_budget_says_none_met_it(capsys, tmp_path, algorithm):
 @pytest.fixture(scope="module")
 def sam_subnet(tmp_path_factory):
     pytest.importorskip("segment_anything")
-    from _models import tiny_sam_encoder
+    from helpers.models import tiny_sam_encoder
 
     sn = sk.convert(tiny_sam_encoder(depth=2))
     return sk.save(sn.extract(sn.min_config()), tmp_path_factory.mktemp("sam") / "s.safetensors")

@@ -27,7 +27,7 @@ from supernet_kernels.supernet.space import (
 
 timm = pytest.importorskip("timm")
 
-from _models import tiny_timm_vit  # noqa: E402
+from helpers.models import tiny_timm_vit  # noqa: E402
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -333,8 +333,9 @@ def test_latency_predict_config_restores():
 def test_latency_table_takes_a_supernets_config_names():
     """Choices named as in the supernet's config reach layers inside droppable blocks, whose
     module path has an extra ``.block`` (the first GPU run's DeiT-B table failed on them)."""
+    from helpers.models import tiny_timm_vit
+
     import supernet_kernels as sk
-    from tests._models import tiny_timm_vit
 
     sn = sk.convert(tiny_timm_vit(depth=4, img_size=32, patch_size=16))
     wrapped = [n for n, m in sn.model.named_modules() if n.endswith(".block")]

@@ -23,9 +23,8 @@ from supernet_kernels.supernet.attention import SKSamAttention, SKViTAttention, 
 timm = pytest.importorskip("timm")
 pytest.importorskip("segment_anything")
 
-from _models import tiny_sam_encoder, tiny_timm_vit  # noqa: E402
-
-from tests.conftest import rel_norm as rel  # noqa: E402
+from helpers.models import tiny_sam_encoder, tiny_timm_vit  # noqa: E402
+from helpers.numerics import rel_norm as rel  # noqa: E402
 
 HEADS = 4  # both tiny models: 4 heads of 16 channels
 

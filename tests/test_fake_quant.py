@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers.numerics import UNIT_ROUNDOFF, rel_err
 
 from supernet_kernels.nn import QuantLinear
 from supernet_kernels.quant import quantize_activations_int8, quantize_weight
@@ -16,7 +17,6 @@ from supernet_kernels.quant.fake import (
     fake_quantize,
     fake_quantize_activations_int8,
 )
-from tests.conftest import UNIT_ROUNDOFF, rel_err
 
 
 def _weight(n=24, k=128, seed=0, dtype=torch.float32):

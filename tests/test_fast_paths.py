@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import rel_err, stable_seed
+from helpers.numerics import rel_err, stable_seed
 
 import supernet_kernels as sk
 from supernet_kernels import registry

@@ -163,7 +163,7 @@ def test_kill_inside_a_checkpoint_write_leaves_the_previous_one(tmp_path, baseli
 
 
 def test_truncated_checkpoint_is_refused(tmp_path, baseline):
-    from _train_helpers import class_data, make_generic_supernet
+    from helpers.train import class_data, make_generic_supernet
 
     from supernet_kernels.train import ClassificationTask, TrainConfig, Trainer
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.numerics import DTYPES, assert_matches, backend_params, stable_seed
 
 import supernet_kernels as sk
 from supernet_kernels.ops.lowrank_mlp import lowrank_mlp_reference
-from tests.conftest import DTYPES, assert_matches, backend_params, stable_seed
 
 # (lead dims, K, H_max, N, R1_max, R2_max, rank1, rank2, hidden, out_features): M = 1, sizes
 # not multiples of 16, rank 1, full ranks, an elastic hidden width, a narrowed output.

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.dispatch import count_op_calls
+from helpers.models import tiny_sam_encoder, tiny_timm_vit
+from helpers.numerics import rel_norm
 from torch import nn
 
 import supernet_kernels as sk
 from supernet_kernels.nn.elastic import ElasticLinear
 from supernet_kernels.nn.mlp import activation_name, fuse_mlp, is_fused
-from tests._models import tiny_sam_encoder, tiny_timm_vit
-from tests.conftest import count_op_calls, rel_norm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MLP_OP = "supernet_kernels.lowrank_mlp.default"

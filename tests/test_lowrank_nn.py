@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.numerics import assert_matches, backend_params
 
 import supernet_kernels as sk
-from tests.conftest import assert_matches, backend_params
 
 
 def _linear(k=40, n=30, seed=0):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.numerics import DTYPES, assert_matches, backend_params, rel_err, stable_seed
 
 import supernet_kernels as sk
 from supernet_kernels.ops.lowrank import lowrank_linear_reference
-from tests.conftest import DTYPES, assert_matches, backend_params, rel_err, stable_seed
 
 # (lead dims, K, N_max, R_max, rank, out_features): M = 1, sizes not multiples of 16, rank 1,
 # rank = R_max, a narrowed output, several leading dimensions.

@@ -18,7 +18,7 @@ from supernet_kernels.search.space import SearchSpace
 
 timm = pytest.importorskip("timm")
 
-import _models  # noqa: E402
+from helpers import models as _models  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from _models import tiny_sam_encoder, tiny_timm_vit
+from helpers.models import tiny_sam_encoder, tiny_timm_vit
 
 import supernet_kernels as sk
 from supernet_kernels import cli, registry

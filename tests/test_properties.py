@@ -3,7 +3,7 @@
 Each property draws shapes (M = 1, primes, empty leading dimensions), dtypes and the op's own
 parameters (ranks and widths, bits / group sizes / activation bits, heads, rel pos), builds the
 data from a ``torch.Generator`` seeded by a drawn int, and checks the op with the op tests'
-rule (:func:`tests.conftest.assert_matches`: error against float64 at most twice torch's own in
+rule (:func:`helpers.numerics.assert_matches`: error against float64 at most twice torch's own in
 the same precision, never below the dtype's rounding).
 
 Hypothesis runs with fixed profiles (a fixed seed per property and backend, no example
@@ -20,6 +20,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
+from helpers.numerics import DTYPES, assert_matches, backend_params  # noqa: E402
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -32,7 +33,6 @@ from supernet_kernels.ops.quant import (  # noqa: E402
     quant_linear_reference,
 )
 from supernet_kernels.quant import quantize_weight, quantize_weight_fp8  # noqa: E402
-from tests.conftest import DTYPES, assert_matches, backend_params  # noqa: E402
 
 # SK_PROPERTY_SCALE=20 multiplies both (a local soak; CI keeps the fixed profile).
 _SCALE = max(1, int(os.environ.get("SK_PROPERTY_SCALE", "1")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.numerics import rel_err
 from torch import nn
 
 from supernet_kernels.nn import QuantLinear
@@ -16,7 +17,6 @@ from supernet_kernels.quant import (
     save_quantized,
 )
 from supernet_kernels.quant.fake import FakeQuantLinear
-from tests.conftest import rel_err
 
 
 def _mlp(seed=0):

@@ -14,7 +14,7 @@ from supernet_kernels.supernet import convert
 
 timm = pytest.importorskip("timm")
 
-import _models  # noqa: E402
+from helpers import models as _models  # noqa: E402
 
 NUM_CLASSES = 5
 

@@ -29,7 +29,7 @@ import supernet_kernels as sk
 from supernet_kernels.train.checkpoint import load_checkpoint, save_checkpoint
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _train_helpers import TinyNet, class_data, make_generic_supernet  # noqa: E402
+from helpers.train import TinyNet, class_data, make_generic_supernet  # noqa: E402
 
 PACKAGE = Path(sk.__file__).parent
 

@@ -19,7 +19,7 @@ import torch
 timm = pytest.importorskip("timm")
 optuna = pytest.importorskip("optuna")
 
-from _models import tiny_timm_vit  # noqa: E402
+from helpers.models import tiny_timm_vit  # noqa: E402
 
 import supernet_kernels as sk  # noqa: E402
 from supernet_kernels.cost import profile  # noqa: E402

@@ -9,17 +9,17 @@ import random
 
 import pytest
 import torch
+from helpers.numerics import rel_norm as rel
 from safetensors.torch import load_file
 
 import supernet_kernels as sk
 from supernet_kernels import cli
 from supernet_kernels.supernet import store
-from tests.conftest import rel_norm as rel
 
 timm = pytest.importorskip("timm")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-from _models import tiny_sam_encoder, tiny_timm_vit  # noqa: E402
+from helpers.models import tiny_sam_encoder, tiny_timm_vit  # noqa: E402
 
 DATA = __import__("pathlib").Path(__file__).parent / "data" / "cli_supernet_v1"
 

@@ -17,9 +17,8 @@ from supernet_kernels.nn import ElasticBlock, ElasticLinear, LowRankLinear, Quan
 
 timm = pytest.importorskip("timm")
 
-from _models import tiny_sam_encoder, tiny_timm_vit  # noqa: E402
-
-from tests.conftest import rel_norm as rel  # noqa: E402
+from helpers.models import tiny_sam_encoder, tiny_timm_vit  # noqa: E402
+from helpers.numerics import rel_norm as rel  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,18 +8,18 @@ import warnings
 
 import pytest
 import torch
+from helpers.dispatch import count_op_calls as run_counting
+from helpers.numerics import rel_norm as rel
 from torch import nn
 
 import supernet_kernels as sk
 from supernet_kernels.compile import HostWorkRecorder, find_host_work
 from supernet_kernels.supernet.attention import SKSamAttention, SKViTAttention
-from tests.conftest import count_op_calls as run_counting
-from tests.conftest import rel_norm as rel
 
 timm = pytest.importorskip("timm")
 sam_enc = pytest.importorskip("segment_anything.modeling.image_encoder")
 
-from _models import tiny_sam_encoder  # noqa: E402
+from helpers.models import tiny_sam_encoder  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,14 +9,14 @@ import copy
 
 import pytest
 import torch
+from helpers.dispatch import OpCounter
+from helpers.dispatch import count_op_calls as run_counting
+from helpers.numerics import rel_norm as rel
 from torch import nn
 
 import supernet_kernels as sk
 from supernet_kernels.supernet.attention import uses_our_attention
 from supernet_kernels.supernet.swin_attention import SKSwinAttention
-from tests.conftest import OpCounter
-from tests.conftest import count_op_calls as run_counting
-from tests.conftest import rel_norm as rel
 
 timm = pytest.importorskip("timm")
 from timm.models.swin_transformer import SwinTransformer, WindowAttention  # noqa: E402

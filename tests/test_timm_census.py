@@ -13,9 +13,9 @@ import warnings
 
 import pytest
 import torch
+from helpers.numerics import rel_norm as rel
 
 import supernet_kernels as sk
-from tests.conftest import rel_norm as rel
 
 timm = pytest.importorskip("timm")
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -31,8 +31,8 @@ from supernet_kernels.train.checkpoint import checkpoint_path
 
 pytest.importorskip("timm")
 sys.path.insert(0, os.path.dirname(__file__))
-from _models import tiny_sam  # noqa: E402
-from _train_helpers import class_data, make_generic_supernet, make_vit_supernet  # noqa: E402
+from helpers.models import tiny_sam  # noqa: E402
+from helpers.train import class_data, make_generic_supernet, make_vit_supernet  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,0 +1,73 @@
+"""Tiny supernets and synthetic data for the training tests (and their worker processes)."""
+
+from __future__ import annotations
+
+import torch
+
+import supernet_kernels as sk
+
+__all__ = ["TinyNet", "class_data", "make_generic_supernet", "make_vit_supernet"]
+
+
+def make_vit_supernet(num_classes: int = 4, depth: int = 3):
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=16,
+        patch_size=4,
+        depth=depth,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=num_classes,
+    )
+    return sk.convert(model), model
+
+
+def class_data(n: int = 64, num_classes: int = 4, seed: int = 0, size: int = 16):
+    """Learnable synthetic classification: each class is a fixed pattern plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(num_classes, 3, size, size, generator=torch.Generator().manual_seed(99))
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    images = protos[labels] + 0.5 * torch.randn(n, 3, size, size, generator=g)
+    return [(images[i], int(labels[i])) for i in range(n)]
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, d: int = 32, h: int = 64):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(d)
+        self.ff = torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.GELU(), torch.nn.Linear(h, d))
+
+    def forward(self, x):
+        return x + self.ff(self.norm(x))
+
+
+class TinyNet(torch.nn.Module):
+    """A generic (non-timm) classifier on (3, 16, 16) images: imports nothing heavy, for the
+    2-process test whose workers start from scratch."""
+
+    num_classes = 4
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(3 * 16 * 16, 32)
+        self.layers = torch.nn.ModuleList([_Block() for _ in range(3)])
+        self.head = torch.nn.Linear(32, self.num_classes)
+
+    def forward(self, x):
+        x = self.embed(x.flatten(1))
+        for blk in self.layers:
+            x = blk(x)
+        return self.head(x)
+
+
+def make_generic_supernet():
+    torch.manual_seed(0)
+    space = {
+        "mlp": {f"layers.{i}.ff": [16, 32, 64] for i in range(3)},
+        "depth": {"layers.1": [False, True]},
+    }
+    return sk.convert(TinyNet(), space)
