@@ -204,9 +204,12 @@ def test_legacy_optuna_study_resumes(tmp_path, sn):
 
 
 # --------------------------------------------------------------------------- subnet files
-def test_legacy_subnet_file_loads():
+def test_legacy_subnet_file_loads(tmp_path):
     """An sk-subnet-v1 file (QuantLinear, LowRankLinear and Linear records) written by the
-    previous code loads and computes what it computed then."""
+    previous code loads, computes what it computed then, and is written back with the same
+    records."""
+    from supernet_kernels._io import read_header
+
     sub = sk.load(LEGACY / "subnet_v1.safetensors")
     kinds = {type(m).__name__ for m in sub.modules()}
     assert {"QuantLinear", "LowRankLinear", "Linear"} <= kinds
@@ -214,3 +217,7 @@ def test_legacy_subnet_file_loads():
     with torch.no_grad():
         y = sub(io["x"])
     torch.testing.assert_close(y, io["y"], rtol=1e-5, atol=1e-6)
+    again = sk.save(sub, tmp_path / "again.safetensors")
+    old = json.loads(read_header(LEGACY / "subnet_v1.safetensors")[0]["supernet_kernels"])
+    new = json.loads(read_header(again)[0]["supernet_kernels"])
+    assert new == old

@@ -115,3 +115,45 @@ def test_family_table_and_module_paths():
     assert sn.module("1") == "model.1.block"
     assert sn.module("1.0") == "model.1.block.0"
     assert sn.get_submodule(sn.module("1.2")) is sn.elastic_linears()["1.2"]
+
+
+def _attention_modules():
+    pytest.importorskip("timm")
+    pytest.importorskip("segment_anything")
+    from segment_anything.modeling.image_encoder import Attention as SamAttention
+    from timm.layers.attention import Attention
+    from timm.models.swin_transformer import WindowAttention
+
+    from supernet_kernels.supernet.attention import SKSamAttention, SKViTAttention
+    from supernet_kernels.supernet.swin_attention import SKSwinAttention
+
+    torch.manual_seed(0)
+    return (
+        SKViTAttention.from_module(Attention(32, num_heads=4)),
+        SKSamAttention.from_module(SamAttention(32, num_heads=4, input_size=(2, 2))),
+        SKSwinAttention.from_module(WindowAttention(32, num_heads=4, window_size=2)),
+    )
+
+
+def test_attention_heads_are_the_common_interface():
+    vit, sam, swin = _attention_modules()
+    x = torch.randn(1, 4, 32)
+    for att in (vit, sam):
+        assert att.choices() == [{"heads": h} for h in (1, 2, 3, 4)]
+        for choice in att.choices():
+            att.set_active(**choice)
+            assert att.active_choice() == choice and att.num_heads == choice["heads"]
+        with pytest.raises(ValueError, match="heads 5 exceeds the module's 4"):
+            att.set_active(heads=5)
+        with pytest.raises(ValueError, match="heads must be an int >= 1, got True"):
+            att.set_active(heads=True)
+        with pytest.warns(DeprecationWarning, match="set_active"):
+            att.set_heads(2)
+        assert att.active_choice() == {"heads": 2}
+    # Swin: one choice, all heads (elastic heads are not implemented there).
+    assert swin.choices() == [swin.active_choice()] == [{"heads": 4}]
+    swin.set_active(heads=4)
+    with pytest.raises(ValueError, match="must be the module's 4"):
+        swin.set_active(heads=2)
+    with torch.no_grad():
+        assert swin(x).shape == x.shape

@@ -47,8 +47,11 @@ from torch import nn
 
 from ..quant.fake import fake_quantize, fake_quantize_activations_int8
 from ..quant.quantize import _rtn
+from .elastic_block import ElasticBlock
 from .lowrank import LowRankLinear, _init_factors, inherit_linear
 from .quant import QuantLinear
+
+__all__ = ["A_BITS", "W_BITS", "ElasticBlock", "ElasticLinear", "bits_compatible", "check_perm"]
 
 W_BITS = (2, 3, 4, 8, 16)
 A_BITS = (8, 16)
@@ -592,47 +595,3 @@ class ElasticLinear(nn.Module):
             f"w_bits={self.w_bits}, a_bits={self.a_bits})"
         )
         return s
-
-
-class ElasticBlock(nn.Module):
-    """Elastic depth: a residual block that can be skipped.
-
-    Wraps any residual block (forward ``x -> x + f(x)`` style: a timm ViT ``Block``, a SAM image
-    encoder ``Block``). When ``active`` is False, forward returns its input unchanged (the
-    residual stream passes through, SuperSAM's layer removal); otherwise it calls
-    ``block(*args, **kwargs)``. The input is the first positional argument (or the only keyword
-    argument).
-    """
-
-    def __init__(self, block: nn.Module, active: bool = True):
-        super().__init__()
-        if not isinstance(block, nn.Module):
-            raise TypeError(f"ElasticBlock: block must be an nn.Module, got {type(block).__name__}")
-        self.block = block
-        self.active = bool(active)
-
-    def set_active(self, active: bool) -> None:
-        if not isinstance(active, bool):
-            raise TypeError(f"ElasticBlock.set_active: active must be a bool, got {active!r}")
-        self.active = active
-
-    def active_choice(self) -> dict:
-        return {"active": self.active}
-
-    def choices(self) -> list[dict]:
-        return [{"active": False}, {"active": True}]
-
-    def forward(self, *args, **kwargs):
-        if self.active:
-            return self.block(*args, **kwargs)
-        if args:
-            return args[0]
-        if len(kwargs) == 1:
-            return next(iter(kwargs.values()))
-        raise TypeError(
-            "ElasticBlock: when skipped, the input must be the first positional argument "
-            f"(got keyword arguments {sorted(kwargs)})"
-        )
-
-    def extra_repr(self) -> str:
-        return f"active={self.active}"

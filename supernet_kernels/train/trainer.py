@@ -53,16 +53,12 @@ ValueError listing the differences, before any training.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import fnmatch
 import hashlib
 import json
-import math
 import os
 import random
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,169 +70,26 @@ from torch.utils.data import DataLoader, Subset
 from ..supernet.space import config_hash
 from . import distributed as D
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .config import RECIPE_FIELDS, TRAJECTORY_FIELDS, TrainConfig
 from .data import StepBatchSampler
+from .logs import TrainLogs
+from .lora import add_lora, lora_only
+from .sampling import SandwichSampler
+from .schedule import WarmupCosine
 
-# Fields of TrainConfig that change the training trajectory: a checkpoint must agree on them.
-TRAJECTORY_FIELDS = (
-    "steps", "lr", "weight_decay", "warmup_steps", "min_lr", "batch_size", "grad_accum",
-    "clip_grad", "amp", "num_random", "distill", "distill_weight", "temperature", "seed",
-    "shuffle",
-)  # fmt: skip
-# Recipe options, fingerprinted only when not at their default (checkpoints written before
-# they existed still resume).
-RECIPE_FIELDS = {"label_weight": 1.0, "step_per_subnet": False}
+__all__ = [
+    "RECIPE_FIELDS",
+    "SandwichSampler",
+    "TRAJECTORY_FIELDS",
+    "TrainConfig",
+    "Trainer",
+    "WarmupCosine",
+    "add_lora",
+    "config_hash",
+    "lora_only",
+]
+
 STATE_FORMAT = "sk-trainer-state-v1"
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    steps: int
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 0  # linear warm-up, then cosine to min_lr
-    batch_size: int = 32  # per process and micro-batch
-    grad_accum: int = 1
-    clip_grad: float | None = 1.0
-    amp: str | None = None  # "bf16": autocast (CUDA or CPU)
-    num_random: int = 1  # sandwich: max + min + num_random sampled subnets per step
-    distill: str = "largest"  # "largest", "teacher" or "none"
-    distill_weight: float = 1.0
-    temperature: float = 1.0
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 0  # 0: only at the end
-    log_every: int = 1
-    log_file: str | None = None  # JSON lines
-    tensorboard_dir: str | None = None
-    progress: bool = True  # tqdm
-    seed: int = 0
-    num_workers: int = 0
-    # additions
-    min_lr: float = 0.0  # the cosine schedule's floor
-    eval_every: int = 0  # with eval_data: evaluate max / min configs every N steps (0: at the end)
-    validate_samples: int | None = 1000  # samples checked by validate_dataset (None: all)
-    shuffle: bool = True
-    # recipe options
-    label_weight: float = 1.0  # weight of the task (label) loss; 0: distillation only (FLORA)
-    step_per_subnet: bool = False  # one optimizer step per subnet of the step (SuperSAM)
-
-    def __post_init__(self):
-        def bad(name, want):
-            raise ValueError(f"TrainConfig.{name}: expected {want}, got {getattr(self, name)!r}")
-
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not is_int(self.steps) or self.steps < 1:
-            bad("steps", "an int >= 1")
-        for f in ("batch_size", "grad_accum", "log_every"):
-            if not is_int(getattr(self, f)) or getattr(self, f) < 1:
-                bad(f, "an int >= 1")
-        for f in ("warmup_steps", "checkpoint_every", "num_random", "num_workers", "eval_every"):
-            if not is_int(getattr(self, f)) or getattr(self, f) < 0:
-                bad(f, "an int >= 0")
-        for f in ("lr", "weight_decay", "distill_weight", "min_lr", "label_weight"):
-            v = getattr(self, f)
-            if not isinstance(v, int | float) or isinstance(v, bool) or not v >= 0:
-                bad(f, "a number >= 0")
-        if not isinstance(self.temperature, int | float) or not self.temperature > 0:
-            bad("temperature", "a number > 0")
-        if self.clip_grad is not None and not (
-            isinstance(self.clip_grad, int | float) and self.clip_grad > 0
-        ):
-            bad("clip_grad", "None or a number > 0")
-        if self.amp not in (None, "bf16"):
-            bad("amp", 'None or "bf16"')
-        if self.step_per_subnet and self.grad_accum != 1:
-            bad("step_per_subnet", "False with grad_accum > 1 (one step per subnet and batch)")
-        if self.distill not in ("largest", "teacher", "none"):
-            bad("distill", '"largest", "teacher" or "none"')
-        if self.validate_samples is not None and (
-            not is_int(self.validate_samples) or self.validate_samples < 1
-        ):
-            bad("validate_samples", "None or an int >= 1")
-
-
-class SandwichSampler:
-    """The sandwich rule: ``[max_config, min_config] + num_random`` configs drawn with
-    ``supernet.sample_config(rng)``. The first config is the distillation source for
-    ``distill="largest"``."""
-
-    def __init__(self, num_random: int = 1):
-        if not isinstance(num_random, int) or num_random < 0:
-            raise ValueError(f"SandwichSampler: num_random must be an int >= 0, got {num_random!r}")
-        self.num_random = num_random
-
-    def __call__(self, step: int, rng: random.Random, supernet) -> list[dict]:
-        out = [supernet.max_config(), supernet.min_config()]
-        return out + [supernet.sample_config(rng) for _ in range(self.num_random)]
-
-    def state_dict(self) -> dict:
-        return {"num_random": self.num_random}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.num_random = int(state["num_random"])
-
-
-class WarmupCosine:
-    """Linear warm-up over ``warmup`` steps, then cosine from each group's base lr to
-    ``min_lr`` at ``steps``. ``step()`` after each optimizer step sets the next step's lr."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, steps: int, warmup: int, min_lr: float):
-        self.optimizer, self.steps, self.warmup, self.min_lr = optimizer, steps, warmup, min_lr
-        for g in optimizer.param_groups:
-            g.setdefault("initial_lr", g["lr"])
-        self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-        self.last_step = 0
-        self._apply()
-
-    def factor(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        span = max(1, self.steps - self.warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - self.warmup) / span)))
-
-    def _apply(self) -> None:
-        f = self.factor(self.last_step)
-        for g, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            lo = min(self.min_lr, base)
-            g["lr"] = lo + (base - lo) * f
-
-    def step(self) -> None:
-        self.last_step += 1
-        self._apply()
-
-    def get_last_lr(self) -> list[float]:
-        return [g["lr"] for g in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict:
-        return {"last_step": self.last_step, "base_lrs": list(self.base_lrs)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.last_step = int(state["last_step"])
-        self.base_lrs = [float(b) for b in state["base_lrs"]]
-        self._apply()
-
-
-# --------------------------------------------------------------------------- LoRA helpers
-def add_lora(supernet, rank: int = 8, alpha: float | None = None, layers=None) -> list[str]:
-    """Give the supernet's ElasticLinears LoRA adapters (``lora_a`` Kaiming-uniform, ``lora_b``
-    zero, so the model is unchanged) and freeze their base weights, as ``ElasticLinear(...,
-    lora_rank=rank)`` would. ``layers``: fnmatch patterns of linear names (default: all).
-    Returns the names given adapters. Train them with ``trainable=lora_only``."""
-    names = []
-    for name, el in supernet.elastic_linears().items():
-        if layers is not None and not any(fnmatch.fnmatchcase(name, p) for p in layers):
-            continue
-        if el.lora_rank:
-            raise ValueError(f"add_lora: {name} already has LoRA adapters")
-        el.add_lora(rank, alpha)
-        names.append(name)
-    return names
-
-
-def lora_only(name: str, param: nn.Parameter) -> bool:
-    """``trainable`` predicate: the LoRA adapters only."""
-    return name.rsplit(".", 1)[-1] in ("lora_a", "lora_b")
 
 
 # --------------------------------------------------------------------------- autocast
@@ -517,67 +370,6 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------- logging
-    def _open_logs(self, start: int):
-        c = self.config
-        self._log = self._cfg_log = self._tb = None
-        self._logged_hashes: set[str] = set()
-        if not self.env.is_main:
-            return
-        if c.log_file:
-            path = Path(c.log_file)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            keep = []
-            if start > 0 and path.exists():  # resume: keep the records before the checkpoint
-                for line in path.read_text().splitlines():
-                    with contextlib.suppress(json.JSONDecodeError):
-                        if json.loads(line).get("step", -1) < start:
-                            keep.append(line)
-            path.write_text("".join(line + "\n" for line in keep))
-            self._log = open(path, "a")  # noqa: SIM115
-            cfg_path = path.with_name(path.name.removesuffix(".jsonl") + ".configs.jsonl")
-            if start > 0 and cfg_path.exists():
-                for line in cfg_path.read_text().splitlines():
-                    with contextlib.suppress(json.JSONDecodeError, AttributeError):
-                        self._logged_hashes.add(json.loads(line)["hash"])
-            elif cfg_path.exists():
-                cfg_path.unlink()
-            self._cfg_log = open(cfg_path, "a")  # noqa: SIM115
-        if c.tensorboard_dir:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                warnings.warn(
-                    "TrainConfig.tensorboard_dir: tensorboard is not installed "
-                    "(pip install tensorboard); TensorBoard logging skipped",
-                    stacklevel=3,
-                )
-            else:
-                self._tb = SummaryWriter(c.tensorboard_dir)
-
-    def _write_logs(self, rec: dict, configs: list[dict]) -> None:
-        if self._cfg_log is not None:
-            for h, cfg in zip(rec["configs"], configs, strict=True):
-                if h not in self._logged_hashes:
-                    self._logged_hashes.add(h)
-                    self._cfg_log.write(json.dumps({"hash": h, "config": cfg}) + "\n")
-            self._cfg_log.flush()
-        if self._log is not None and rec["step"] % self.config.log_every == 0:
-            self._log.write(json.dumps(rec) + "\n")
-            self._log.flush()
-        if self._tb is not None and rec["step"] % self.config.log_every == 0:
-            s = rec["step"]
-            self._tb.add_scalar("lr", rec["lr"], s)
-            for i, v in enumerate(rec["loss"]):
-                self._tb.add_scalar(f"loss/{i}", v, s)
-            if rec["grad_norm"] is not None:
-                self._tb.add_scalar("grad_norm", rec["grad_norm"], s)
-
-    def _close_logs(self) -> None:
-        for f in (self._log, self._cfg_log, self._tb):
-            if f is not None:
-                f.close()
-        self._log = self._cfg_log = self._tb = None
-
     # ----------------------------------------------------------------- training
     def train(
         self, resume: bool | str | os.PathLike = False, *, until: int | None = None
@@ -611,7 +403,7 @@ class Trainer:
                 p.requires_grad_(False)
                 frozen.append(p)
         records: list[dict] = []
-        self._open_logs(start)
+        logs = TrainLogs(c, start) if self.env.is_main else None
         try:
             from tqdm.auto import tqdm
 
@@ -638,8 +430,8 @@ class Trainer:
                     rec["eval"] = [{k: v for k, v in e.items() if k != "config"} for e in ev]
                     self.supernet.train()
                 records.append(rec)
-                if self.env.is_main:
-                    self._write_logs(rec, configs)
+                if logs is not None:
+                    logs.write(rec, configs)
                 bar.update(1)
                 bar.set_postfix(
                     loss=" ".join(f"{v:.3g}" for v in rec["loss"]), lr=f"{rec['lr']:.2e}"
@@ -650,7 +442,8 @@ class Trainer:
                     self.save_checkpoint()
             bar.close()
         finally:
-            self._close_logs()
+            if logs is not None:
+                logs.close()
             for p in frozen:
                 p.requires_grad_(True)
             self.supernet.train(was_training)
