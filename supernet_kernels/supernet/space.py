@@ -1,6 +1,10 @@
-"""The search space and configs of a supernet: the default space derived from a model, the
-user's overrides merged in, and every check of a space or a config (the only home of these
-rules; :class:`~supernet_kernels.supernet.Supernet` and :func:`convert` call them).
+"""The search space and configs of a supernet: the typed :class:`Space` and :class:`Config`
+(versioned ``to_dict`` / ``from_dict``; plain dicts of the shape below, as older files and
+studies hold them, load too), every check of a space or a config, configs at the extremes and
+at random, search genes and their repair (the only home of these rules:
+:class:`~supernet_kernels.supernet.Supernet`, :func:`convert`, the search and the recipes call
+them), and the one config hash (:func:`config_hash`). The default space and the merge of the
+user's overrides are in :mod:`.default_space`.
 
 Config (a plain JSON-serializable dict; this shape is stable)::
 
@@ -573,3 +577,19 @@ class Space:
                     if low:
                         c["w_bits"] = low[-1]
         return cfg
+
+
+# The default space and the merge of overrides moved to .default_space (which imports this
+# module); their old names here still resolve.
+_MOVED = (
+    "_rank_choices", "_head_counts", "_linear_default", "_default_space", "_match",
+    "_find_pair", "_merge_space", "_check_block",
+)  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        from . import default_space
+
+        return getattr(default_space, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
