@@ -81,6 +81,20 @@ def test_from_dict_rejects(bad, msg):
         Config.from_dict([1])
 
 
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        ({"mlp": {"blocks.0.mlp": []}}, r"mlp\.blocks\.0\.mlp: expected a non-empty list"),
+        ({"resolution": 224}, "resolution: expected a non-empty list"),
+        ({"linear": {"fc": {"rank": [None]}}}, r"linear\.fc: expected a dict of"),
+        ({"act_bits": {"fc": 8}}, r"act_bits\.fc: expected a non-empty list"),
+    ],
+)
+def test_space_from_dict_checks_choice_lists(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        Space.from_dict(bad)
+
+
 def test_space_owns_min_max_sample_validation(sn):
     spec = sn.space_spec()
     assert spec.as_plain() == sn.space

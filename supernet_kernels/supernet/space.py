@@ -407,6 +407,28 @@ def _split_sections(cls, d: dict, known: tuple[str, ...]) -> tuple[dict, dict]:
     return d, extra
 
 
+def _check_choice_lists(d: dict, extra: dict) -> None:
+    """Every dimension of a space is a non-empty list of choices (what the model allows is
+    :func:`_check_space`'s, at conversion)."""
+
+    def check(where: str, v) -> None:
+        if not isinstance(v, list | tuple) or not v:
+            raise ValueError(f"Space.from_dict: {where}: expected a non-empty list of choices")
+
+    if d["resolution"] is not None:
+        check("resolution", d["resolution"])
+    for sec in ("depth", "mlp", "heads", *extra):
+        for k, v in (extra[sec] if sec in extra else d[sec]).items():
+            check(f"{sec}.{k}", v)
+    for n, spec in d["linear"].items():
+        if not isinstance(spec, Mapping) or set(spec) != set(LINEAR_FIELDS):
+            raise ValueError(
+                f"Space.from_dict: linear.{n}: expected a dict of {list(LINEAR_FIELDS)}"
+            )
+        for f in LINEAR_FIELDS:
+            check(f"linear.{n}.{f}", spec[f])
+
+
 @dataclass
 class Config:
     """A supernet config (the module doc's shape) as a typed value. ``extra`` holds sections
@@ -488,6 +510,7 @@ class Space:
         for k in ("depth", "mlp", "heads", "linear"):
             d.setdefault(k, {})
         d.setdefault("resolution", None)
+        _check_choice_lists(d, extra)
         sp = cls(**copy.deepcopy(d), extra=extra, joint=copy.deepcopy(dict(joint)), **bind)
         for g, spec in sp.joint.items():
             layers, choices = list(spec["layers"]), [tuple(c) for c in spec["choices"]]
