@@ -217,6 +217,46 @@ def test_legacy_optuna_study_resumes(tmp_path, sn):
         assert r["config_hash"] == config_hash(t.user_attrs["sk_config"])
 
 
+def test_legacy_trainer_checkpoint_resumes(tmp_path):
+    """A checkpoint and logs written by the previous code (12-digit hashes) after 2 of 4 steps:
+    the run resumes exactly (the same losses as a run straight through), the old records stay,
+    the new ones carry today's hashes, and every logged hash resolves to its config."""
+    from helpers.train import class_data, make_mini_supernet
+
+    from supernet_kernels.train import ClassificationTask, TrainConfig, Trainer
+
+    run = tmp_path / "run"
+    shutil.copytree(LEGACY / "trainer_v1", run)
+    data = class_data(16, size=4)
+
+    def config(**kw):
+        return TrainConfig(steps=4, lr=1e-3, batch_size=8, progress=False, **kw)
+
+    straight = Trainer(make_mini_supernet(), ClassificationTask(), data, config(), device="cpu")
+    want = straight.train()
+    c = config(
+        checkpoint_dir=str(run / "ck"), checkpoint_every=2, log_file=str(run / "train.jsonl")
+    )
+    got = Trainer(make_mini_supernet(), ClassificationTask(), data, c, device="cpu").train(
+        resume=True
+    )
+    assert [r["step"] for r in got] == [2, 3]
+    assert [r["loss"] for r in got] == [r["loss"] for r in want[2:]]
+    lines = [json.loads(x) for x in (run / "train.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [0, 1, 2, 3]
+    assert [len(h) for x in lines for h in x["configs"]] == [12] * 6 + [16] * 6
+    full = [
+        json.loads(x)["config"]
+        for x in (run / "train.configs.jsonl").read_text().splitlines()
+        if x.strip()
+    ]
+    for x, rec in zip(lines, want, strict=True):
+        assert [resolve_hash(h, full) for h in x["configs"]] == [
+            resolve_hash(h, full) for h in rec["configs"]
+        ]
+        assert all(resolve_hash(h, full) is not None for h in x["configs"])
+
+
 # --------------------------------------------------------------------------- subnet files
 def test_legacy_subnet_file_loads(tmp_path):
     """An sk-subnet-v1 file (QuantLinear, LowRankLinear and Linear records) written by the

@@ -57,7 +57,11 @@ class SearchSpace:
         self.supernet = supernet
         sp = supernet.space if space is None else copy.deepcopy(space)
         self._space = sp
-        self.spec = Space.from_dict(sp, limit=supernet._limit, family=supernet.family)
+        self.spec = Space.from_dict(
+            sp,
+            limit=getattr(supernet, "_limit", None),
+            family=getattr(supernet, "family", "generic"),
+        )
         self.joint = self.spec.joint
         self.extra = list(self.spec.extra)
         self.all_dims = self.spec.genes()

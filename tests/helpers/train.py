@@ -6,7 +6,14 @@ import torch
 
 import supernet_kernels as sk
 
-__all__ = ["TinyNet", "class_data", "make_generic_supernet", "make_vit_supernet"]
+__all__ = [
+    "MiniNet",
+    "TinyNet",
+    "class_data",
+    "make_generic_supernet",
+    "make_mini_supernet",
+    "make_vit_supernet",
+]
 
 
 def make_vit_supernet(num_classes: int = 4, depth: int = 3):
@@ -71,3 +78,31 @@ def make_generic_supernet():
         "depth": {"layers.1": [False, True]},
     }
     return sk.convert(TinyNet(), space)
+
+
+class MiniNet(torch.nn.Module):
+    """A generic classifier on (3, 4, 4) images, small enough that a checkpoint of it (Adam
+    states included) is a ~100 KB test file."""
+
+    num_classes = 4
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(3 * 4 * 4, 16)
+        self.layers = torch.nn.ModuleList([_Block(16, 32) for _ in range(2)])
+        self.head = torch.nn.Linear(16, self.num_classes)
+
+    def forward(self, x):
+        x = self.embed(x.flatten(1))
+        for blk in self.layers:
+            x = blk(x)
+        return self.head(x)
+
+
+def make_mini_supernet():
+    torch.manual_seed(0)
+    space = {
+        "mlp": {f"layers.{i}.ff": [8, 16, 32] for i in range(2)},
+        "depth": {"layers.1": [False, True]},
+    }
+    return sk.convert(MiniNet(), space)
