@@ -246,17 +246,17 @@ def run_group(ctx: Context, sweep: Sweep, group: dict[str, Any]) -> list[dict[st
         ):
             continue
         records.append(measure(ctx, group, impl))
-    dense = next((r for r in records if r["role"] == "dense" and r.get("median_us")), None)
+    # the dense row of the same pass (attention times forward and backward in one group)
+    dense = {r.get("pass"): r for r in records if r["role"] == "dense" and r.get("median_us")}
     for r in records:
         r["sweep"] = sweep.name
-        if dense is not None and r is not dense and r.get("median_us"):
-            r["dense_us"] = dense["median_us"]
-            r["speedup_vs_dense"] = dense["median_us"] / r["median_us"]
-            if r.get("graph_us") and dense.get("graph_us"):
-                r["dense_graph_us"] = dense["graph_us"]
-                r["graph_speedup_vs_dense"] = dense["graph_us"] / r["graph_us"]
-        if dense is r:
-            r["speedup_vs_dense"] = 1.0
+        d = dense.get(r.get("pass"))
+        if d is not None and r.get("median_us"):
+            r["dense_us"] = d["median_us"]
+            r["speedup_vs_dense"] = d["median_us"] / r["median_us"]
+            if r.get("graph_us") and d.get("graph_us"):
+                r["dense_graph_us"] = d["graph_us"]
+                r["graph_speedup_vs_dense"] = d["graph_us"] / r["graph_us"]
         RS.add_derived(r)
     if hasattr(ctx.bench, "finish_group"):
         ctx.bench.finish_group(ctx, records)
