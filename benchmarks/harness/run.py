@@ -10,8 +10,9 @@ A ``bench_<op>.py`` module declares:
   16-bit layer included (role "dense": every ratio is against it); each ``Impl.prepare`` builds
   its inputs and returns a :class:`Prepared` with its FLOP and byte counts from
   ``supernet_kernels.cost.formulas``;
-* optionally ``add_args(parser)``, ``configure(ctx)`` (before the run), ``finish_group(ctx,
-  records)`` and ``extra_ceilings(ctx, ceilings)``.
+* optionally ``PEERS`` (the default of ``--peers``), ``add_args(parser)``, ``configure(ctx)``
+  (before the run), ``finish_group(ctx, records)``, ``extra_ceilings(ceilings)`` (peaks the
+  run measures beside the copy and 16-bit matmul ceilings) and ``summary(records)``.
 
 ``main(module)`` parses the shared command line, runs the groups (eager do_bench and, for small
 M, CUDA-graph replay; correctness against the reference first), fills the ratio to the dense
