@@ -80,6 +80,7 @@ class Prepared:
     fields: dict[str, Any] = field(default_factory=dict)
     max_rotate: int = T.MAX_ROTATE
     error: Callable[[Any, Any], float] | None = None
+    graph: bool = True  # also time CUDA-graph replay (at M <= --graph-max-m)
 
 
 @dataclass
@@ -158,10 +159,10 @@ def op_backends(op: str, wanted: tuple[str, ...] = ("all",)) -> tuple[str, ...]:
 
 def measure(ctx: Context, group: dict[str, Any], impl: Impl) -> dict[str, Any]:
     """First call (checked against the reference), then the timing: one record."""
-    base = dict(
-        ctx.env, run_id=ctx.run_id, bench=ctx.bench.NAME, role=impl.role, kind=impl.role,
-        backend=impl.backend, **group, **impl.fields,
-    )  # fmt: skip
+    base = {
+        **ctx.env, "run_id": ctx.run_id, "bench": ctx.bench.NAME, "role": impl.role,
+        "kind": impl.role, "backend": impl.backend, **group, **impl.fields,
+    }  # fmt: skip
     ours = impl.role == "ours"
     why = ctx.unusable(impl.select) if impl.select else None
     if why:
@@ -233,7 +234,7 @@ def _time(ctx: Context, fn, prep: Prepared, base: dict) -> tuple[T.Timing, T.Tim
         set_bytes=prep.bytes or T.DEFAULT_L2_BYTES, l2_bytes=T.l2_cache_bytes(ctx.device),
         maximum=prep.max_rotate,
     )  # fmt: skip
-    graph = base.get("M", 0) <= ctx.args.graph_max_m
+    graph = prep.graph and base.get("M", 0) <= ctx.args.graph_max_m
     return T.bench_gpu(fn, rot, settings=ctx.settings, cuda_graph=graph)
 
 
