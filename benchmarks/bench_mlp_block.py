@@ -33,15 +33,23 @@ import torch
 import torch.nn.functional as F
 
 _HERE = Path(__file__).resolve().parent
-sys.path[:0] = [p for p in (str(_HERE.parent),) if p not in sys.path]
+sys.path[:0] = [p for p in (str(_HERE), str(_HERE.parent)) if p not in sys.path]
 
-LAUNCH_US, BW, PEAK = 3.5, 3.0e12, 690e12  # H100 figures of ANCHORS.md
+import census_model  # noqa: E402
+
+from supernet_kernels.cost import formulas as FM  # noqa: E402
+
+# The H100's per-launch cost, copy ceiling and fp16 peak: the census's constants (one place).
+_H100 = census_model.GPUS["H100"]
+LAUNCH_US, BW, PEAK = _H100["launch_us"], _H100["copy_tbs"] * 1e12, _H100["fp16_tflops"] * 1e12
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def kernel_us(byts: float, flops: float) -> float:
-    return LAUNCH_US + max(byts / BW, flops / PEAK) * 1e6
+    return FM.per_call_roofline_us(
+        bytes_moved=byts, flops=flops, copy_bytes_per_s=BW, peak_flops=PEAK, launch_us=LAUNCH_US
+    )
 
 
 def predicted_us(variant: str, m: int, k: int, h: int, r: int, size: int = 2) -> float:
