@@ -355,3 +355,30 @@ def test_smoke_run_exits_zero_within_budget(tmp_path):
     assert all(common <= set(r) and r["bench"] == "lowrank" for r in records)
     dense = [r for r in timed if r["role"] == "dense"]
     assert dense and all(r["speedup_vs_dense"] > 0 for r in timed)
+
+
+def test_write_dispatch_from_a_run(tmp_path, monkeypatch):
+    """The harness's --write-dispatch path (GPU only) on fake records: the GPU's table and its
+    architecture's, written where the package reads them, and a copy in --out."""
+    import argparse
+    import types
+
+    from supernet_kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "PACKAGE_CONFIGS", tmp_path / "configs")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    out = tmp_path / "out"
+    ctx = H.Context(
+        types.SimpleNamespace(NAME="lowrank"), argparse.Namespace(out=out), torch.device("cpu"),
+        H.BenchSettings(), None, {"gpu": "FAKE GPU", "commit": "abc"}, "run",
+    )  # fmt: skip
+    monkeypatch.setattr(H.Context, "gpu", property(lambda self: True))
+    try:
+        paths = H.write_dispatch(ctx, _fake_records(), [H.Sweep("quick", ("float16",))])
+    finally:
+        dispatch.clear_caches()
+    table = json.loads(Path(paths[0]).read_text())
+    assert Path(paths[0]).name == "fake-gpu.json" and table["lowrank_linear"]
+    assert table["meta"]["lowrank_linear"]["source"] == "benchmarks/bench_lowrank.py"
+    assert (tmp_path / "configs" / "dispatch" / "sm90.json").exists()
+    assert json.loads((out / "dispatch_fake-gpu.json").read_text()) == table

@@ -11,21 +11,5 @@
 """
 
 from .records import *  # noqa: F403
-from .records import RECORD_FIELDS, add_derived, call_roofline_us, normalize  # noqa: F401
 from .run import *  # noqa: F403
-from .run import (  # noqa: F401
-    DTYPES,
-    TOLERANCE,
-    Context,
-    Impl,
-    Prepared,
-    Skip,
-    Sweep,
-    main,
-    measure,
-    op_backends,
-    rel_err,
-    run_group,
-)
 from .timers import *  # noqa: F403
-from .timers import DEFAULT_L2_BYTES, MAX_ROTATE, REPO_ROOT, RESULTS_DIR  # noqa: F401

@@ -25,6 +25,19 @@ from supernet_kernels.cost import formulas as F
 from .timers import RESULTS_DIR
 
 # The fields every record has; the op's own fields come beside them.
+__all__ = [
+    "RECORD_FIELDS",
+    "call_roofline_us",
+    "add_derived",
+    "normalize",
+    "append_results",
+    "copy_dispatch",
+    "read_results",
+    "jsonable",
+    "format_table",
+    "bucket_bounds",
+]
+
 RECORD_FIELDS = {
     "bench": "the benchmark (lowrank, quant, attention): the report's and plot's key",
     "op": "the registered op timed (None: dense layer, bare GEMM or peer outside the registry)",

@@ -38,6 +38,25 @@ import torch
 from . import records as RS
 from . import timers as T
 
+__all__ = [
+    "TOLERANCE",
+    "DTYPES",
+    "Skip",
+    "Sweep",
+    "Prepared",
+    "Impl",
+    "Context",
+    "rel_err",
+    "op_backends",
+    "measure",
+    "run_group",
+    "run",
+    "parse_args",
+    "results_path",
+    "main",
+    "write_dispatch",
+]
+
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -21,6 +21,32 @@ from typing import Any
 
 import torch
 
+__all__ = [
+    "DEFAULT_L2_BYTES",
+    "MAX_ROTATE",
+    "REPO_ROOT",
+    "RESULTS_DIR",
+    "BenchSettings",
+    "Timing",
+    "Ceilings",
+    "time_floor_s",
+    "percent_of_roofline",
+    "tflops",
+    "gbps",
+    "rotation_count",
+    "l2_cache_bytes",
+    "device_name",
+    "git_commit",
+    "git_dirty",
+    "iso_date",
+    "environment",
+    "bench_gpu",
+    "bench_cpu",
+    "first_call_s",
+    "measure_ceilings",
+    "report_ceilings",
+]
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
