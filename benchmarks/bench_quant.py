@@ -258,7 +258,7 @@ def _int_mm(g: Group) -> Prepared:
         xq, wi = quantize_activations_int8(g.x(i))[0], (w8 if i == 0 else w8.clone())
         return lambda: torch._int_mm(xq, wi.t())
 
-    nb = g.n * g.k + g.m * g.k + 4 * g.m * g.n  # int8 in, int32 out
+    nb = FM.raw8_gemm_bytes(m=g.m, k=g.k, n=g.n, out_elem=4)  # int8 in, int32 out
     return _peer(g, factory, nb, None, "bare GEMM on pre-quantized int8 x, int32 out")
 
 
@@ -275,7 +275,7 @@ def _scaled_mm(g: Group) -> Prepared:
         x8, wi = g.x(i).to(f8), (w8 if i == 0 else w8.clone())
         return lambda: torch._scaled_mm(x8, wi.t(), scale_a=one, scale_b=one, out_dtype=g.td)
 
-    nb = g.n * g.k + g.m * g.k + g.elem * g.m * g.n
+    nb = FM.raw8_gemm_bytes(m=g.m, k=g.k, n=g.n, out_elem=g.elem)
     return _peer(g, factory, nb, None, "bare fp8 e4m3 GEMM on pre-converted x, tensor scales")
 
 
@@ -320,8 +320,8 @@ def _bnb_nf4(g: Group) -> Prepared:
     def factory(i):
         return _bind(bnb.matmul_4bit, g.x(i), (wq if i == 0 else wq.clone()).t(), quant_state=qs)
 
-    nb = FM.nominal_bytes(m=g.m, k=g.k, n=g.n, bits=4, group_size=None, elem=g.elem)
-    return _peer(g, factory, nb + 4 * g.n * g.k // 64, ref, "nf4, blocksize 64")
+    nb = FM.nf4_bytes(m=g.m, k=g.k, n=g.n, elem=g.elem, blocksize=64)
+    return _peer(g, factory, nb, ref, "nf4, blocksize 64")
 
 
 def _bnb_int8(g: Group) -> Prepared:

@@ -46,6 +46,17 @@ def test_quant_bytes_by_hand():
     )
 
 
+def test_baseline_bytes_by_hand():
+    # bare int8 GEMM at M = 32, 4096x11008: int8 x and weight read, int32 y written
+    assert R.raw8_gemm_bytes(m=32, k=4096, n=11008, out_elem=4) == (
+        11008 * 4096 + 32 * 4096 + 4 * 32 * 11008
+    )
+    # nf4: half a byte per weight plus one fp32 absmax per 64 weights, fp16 x and y
+    assert R.nf4_bytes(m=1, k=4096, n=11008, elem=2) == (
+        4096 * 11008 // 2 + 4 * 4096 * 11008 // 64 + 2 * (4096 + 11008)
+    )
+
+
 def test_bitops_and_flops_by_hand():
     assert R.matmul_flops(m=16, k=4096, n=11008) == 2 * 16 * 4096 * 11008 == 1_442_840_576
     assert R.bitops(m=1, k=4096, n=11008, w_bits=4, a_bits=16) == 4096 * 11008 * 64

@@ -180,6 +180,42 @@ def attention_bytes(*, b: int, h: int, t: int, d: int, elem: int, rel: bool) -> 
     return elem * b * h * (4 * t * d + (2 * t * grid if rel else 0))
 
 
+def raw8_gemm_bytes(*, m: int, k: int, n: int, out_elem: int) -> int:
+    """A bare 8-bit GEMM (torch._int_mm, _scaled_mm) on pre-quantized x: both 8-bit operands
+    read, the output written at ``out_elem`` bytes (4: int32)."""
+    return n * k + m * k + out_elem * m * n
+
+
+def nf4_bytes(*, m: int, k: int, n: int, elem: int, blocksize: int = 64) -> int:
+    """bitsandbytes nf4: 4-bit codes, one fp32 absmax per ``blocksize`` weights, x and y."""
+    return nominal_bytes(m=m, k=k, n=n, bits=4, group_size=None, elem=elem) + 4 * n * k // blocksize
+
+
+def mlp_block_launches(
+    variant: str, *, m: int, k: int, h: int, rank: int, elem: int = 2
+) -> list[tuple[int, int]]:
+    """(bytes, FLOPs) of each launch of the ViT MLP block fc2(GELU(fc1(x))), K -> H -> K:
+    ``dense`` (fc1, GELU, fc2: three kernels, the hidden activations written and read twice),
+    ``ours`` (the fused low-rank op, one launch: the hidden activations never leave the chip),
+    ``ours_2launch`` (fc1 with GELU in its epilogue, then fc2), ``torch_lowrank`` (two GEMMs per
+    linear and GELU between: five launches). Biases included."""
+    x, hid, y, t = m * k * elem, m * h * elem, m * k * elem, m * rank * elem
+    r = rank
+    if variant == "dense":
+        return [(x + h * k * elem + h * elem + hid, 2 * m * k * h), (2 * hid, 0),
+                (hid + k * h * elem + k * elem + y, 2 * m * k * h)]  # fmt: skip
+    if variant == "ours":
+        return [(x + 2 * r * (k + h) * elem + (h + k) * elem + y, 4 * m * r * (k + h))]
+    if variant == "ours_2launch":
+        return [(x + r * (k + h) * elem + h * elem + hid, 2 * m * r * (k + h)),
+                (hid + r * (k + h) * elem + k * elem + y, 2 * m * r * (k + h))]  # fmt: skip
+    if variant == "torch_lowrank":
+        return [(x + r * k * elem + t, 2 * m * r * k), (t + h * r * elem + hid, 2 * m * r * h),
+                (2 * hid, 0), (hid + r * h * elem + t, 2 * m * r * h),
+                (t + k * r * elem + y, 2 * m * r * k)]  # fmt: skip
+    raise ValueError(f"variant must be dense, ours, ours_2launch or torch_lowrank, got {variant!r}")
+
+
 def per_call_roofline_us(
     *, bytes_moved: float, flops: float, copy_bytes_per_s: float, peak_flops: float,
     launch_us: float, launches: int = 1,
