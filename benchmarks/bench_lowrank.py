@@ -133,7 +133,8 @@ def implementations(ctx: H.Context, sweep: H.Sweep, group: dict) -> list[H.Impl]
     impls = [H.Impl("dense", "dense", dense, {**common, "op": None, "rank": None})]
     for rank in ranks:
         for b in H.op_backends("lowrank_linear", ctx.args.backends):
-            impls.append(H.Impl(b, "ours", lowrank(rank), {**common, "rank": rank}, select=b))
+            role = H.role_of(b)  # torch_two_gemm, torch_dense: torch's paths, the peers
+            impls.append(H.Impl(b, role, lowrank(rank), {**common, "rank": rank}, select=b))
     return impls
 
 

@@ -32,7 +32,6 @@ NAME, DOC = "quant", __doc__
 PEERS = ("int_mm", "scaled_mm", "int4pack", "bnb", "gemlite")
 PEER_TOL = 3e-2  # peers round differently (bf16 tinygemm, nf4, their own int8 scales)
 PEER_ROTATE = 32  # input sets of peers that build a layer per set (bounded setup time)
-OURS = ("torch", "triton", "cuda")  # the reference and our kernels; torch_* are torch's paths
 
 
 def _sweep(name, ms, kns, wcfgs, dtypes=("float16",), acts=(16, 8)) -> H.Sweep:
@@ -156,19 +155,12 @@ def implementations(ctx: H.Context, sweep: H.Sweep, group: dict) -> list[Impl]:
         for act in acts:
             for b in H.op_backends("quant_linear", ctx.args.backends):
                 fields = g.fields(bits, act, op="quant_linear", group_size=group_size or k)
-                impls.append(Impl(b, _role(b), quant(bits, group_size, act), fields, select=b))
+                impls.append(Impl(b, H.role_of(b), quant(bits, group_size, act), fields, select=b))
     if 8 in acts and any(bits == 8 for bits, _ in wcfgs):
         impls += _raw8_impls(ctx, g, tol)
     if ctx.gpu and ctx.args.peers:
         impls += peer_impls(ctx, g, {(b, a) for b, _ in wcfgs for a in acts})
     return impls
-
-
-def _role(backend: str) -> str:
-    """Our kernels and the reference are "ours"; torch's own paths registered for the op
-    (torch_int4pack, torch_int_mm, torch_scaled_mm, torch_dequant, torch_dense) are the peers
-    ours is held against (the dispatch tables rank them all the same)."""
-    return "ours" if backend in OURS else "peer"
 
 
 def _raw8_impls(ctx: H.Context, g: Group, tol: float) -> list[Impl]:
@@ -200,7 +192,7 @@ def _raw8_impls(ctx: H.Context, g: Group, tol: float) -> list[Impl]:
     ):
         for b in H.op_backends(op, ctx.args.backends):
             fields = g.fields(8, 8, op=op, group_size=k)
-            impls.append(Impl(b, _role(b), raw8(op, make, ref), fields, select=b))
+            impls.append(Impl(b, H.role_of(b), raw8(op, make, ref), fields, select=b))
     return impls
 
 

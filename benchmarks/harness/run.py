@@ -47,6 +47,8 @@ __all__ = [
     "Impl",
     "Context",
     "rel_err",
+    "OURS",
+    "role_of",
     "op_backends",
     "measure",
     "run_group",
@@ -159,6 +161,17 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| (Frobenius, in fp32); NaN output gives NaN (never <= tol)."""
     diff = torch.linalg.vector_norm(out.float() - ref.float())
     return float(diff / torch.linalg.vector_norm(ref.float()).clamp_min(1e-30))
+
+
+# The reference and our kernel families; every other registered implementation (torch_two_gemm,
+# torch_dense, torch_int4pack, torch_int_mm, torch_scaled_mm, torch_dequant, torch_sdpa) is
+# torch's own path: registered so that auto can run it, and in the report a peer of ours.
+OURS = ("torch", "triton", "cuda")
+
+
+def role_of(backend: str) -> str:
+    """ "ours" for the reference and our kernels, "peer" for torch's registered paths."""
+    return "ours" if backend in OURS else "peer"
 
 
 def op_backends(op: str, wanted: tuple[str, ...] = ("all",)) -> tuple[str, ...]:
@@ -372,7 +385,10 @@ def main(bench, argv=None) -> int:
         sweeps = [bench.SWEEPS["quick" if args.quick else "full"]]
     else:
         print(f"[{bench.NAME}] {'--smoke' if args.smoke else 'no GPU found'}: CPU smoke sweep")
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        # One thread: on a shared machine an OpenMP barrier waiting for a descheduled thread
+        # cost whole 20 ms time slices (smoke runs measured F.linear at 64x96x80 at 20 ms with
+        # two threads, 13 us with one); the smoke run checks the plumbing, not CPU speed.
+        torch.set_num_threads(1)
         sweeps = list(bench.SWEEPS["smoke"])
     env = T.environment(device)
     ctx = Context(
