@@ -111,12 +111,14 @@ def best_rows(bench: str, records: list[dict], metric: str = "median_us") -> lis
 
 
 def time_cell(rec: dict | None) -> str | None:
-    """'-' skipped / absent, 'ERR' raised, '!' failed the check against the reference."""
+    """'eager/graph' microseconds ('eager' alone without a graph time); '-' skipped or absent,
+    'ERR' raised, '!' failed the check against the reference."""
     if rec is None or rec.get("status") == "skipped":
         return None
     if rec.get("status") == "error":
         return "ERR"
-    return f"{rec['median_us']:.1f}" + ("!" if rec.get("status") == "incorrect" else "")
+    graph = f"/{rec['graph_us']:.1f}" if rec.get("graph_us") else ""
+    return f"{rec['median_us']:.1f}{graph}" + ("!" if rec.get("status") == "incorrect" else "")
 
 
 def _pct(v: float | None) -> float | None:
@@ -151,10 +153,10 @@ def format_table(bench: str, records: list[dict]) -> str:
         "%roof_g", "best_peer_us", "x_peer",
     ]  # fmt: skip
     legend = (
-        "(us: do_bench median, eager; graph_us: CUDA-graph replay per call; x_fp16: the dense "
-        "16-bit layer's time over ours (_g: graph replay); %roof: the per-call roofline (launch "
-        "+ max(bytes / copy, FLOPs / peak)) over our time; x_peer: the best peer's time over "
-        "ours at the same bits; '!' failed the check; '-' skipped)"
+        "(<impl>_us: eager/graph, do_bench median and CUDA-graph replay per call; x_fp16: the "
+        "dense 16-bit layer's time over ours (_g: graph replay); %roof: the per-call roofline "
+        "(launch + max(bytes / copy, FLOPs / peak)) over our time; x_peer: the best peer's "
+        "time over ours at the same bits; '!' failed the check; '-' skipped)"
     )
     return H.format_table(header, rows) + "\n" + legend
 
@@ -176,12 +178,13 @@ def format_baselines(bench: str, records: list[dict]) -> str:
             rows.append([
                 r["dtype"], *_shape(r), *CONFIG[bench](r)[:1], r["backend"], r["role"],
                 r.get("median_us") if timed else r.get("status"), r.get("graph_us"),
-                r.get("speedup_vs_dense"), _pct(r.get("roofline_frac")), r.get("rel_err"),
+                r.get("speedup_vs_dense"), r.get("graph_speedup_vs_dense"),
+                _pct(r.get("roofline_frac")), _pct(r.get("roofline_frac_graph")), r.get("rel_err"),
                 (r.get("reason") or r.get("note") or "")[:60],
             ])  # fmt: skip
     header = [
         "dtype", *SHAPE_HEADER[bench], *CONFIG_HEADER[bench][:1], "baseline", "role", "us",
-        "graph_us", "x_fp16", "%roof", "rel_err", "note",
+        "graph_us", "x_fp16", "x_fp16_g", "%roof", "%roof_g", "rel_err", "note",
     ]  # fmt: skip
     return "dense layer, baselines and peers (gemm: a bare GEMM on pre-quantized inputs):\n" + (
         H.format_table(header, rows)
