@@ -140,15 +140,22 @@ def normalize(rec: dict[str, Any], bench: str | None = None) -> dict[str, Any]:
         kind = r.get("kind")
         if r.get("backend") == "dense" or kind == "dense":
             r["role"] = "dense"
-        elif kind in ("peer", "gemm", "ours"):
+        elif kind in ("peer", "gemm"):
             r["role"] = kind
+        elif str(r.get("backend")).startswith("torch_"):
+            r["role"] = "peer"  # torch's registered paths (written as "ours" before the schema)
         elif r["bench"] == "attention":
-            r["role"] = "peer" if r.get("backend") == "sdpa" else "ours"
+            r["role"] = "dense" if r.get("backend") == "sdpa" else "ours"  # SDPA: the bar
         else:
             r["role"] = "ours"
     if r.get("op") is None and r["role"] == "ours":
         r["op"] = {"lowrank": "lowrank_linear", "attention": "attention"}.get(r["bench"])
-    if r.get("bench") in ("lowrank", "quant") and "roofline_us" not in r and r.get("bytes"):
+    if r["bench"] == "attention" and r.get("bytes") is None and r.get("T") and r.get("dtype"):
+        elem = 4 if r["dtype"] == "float32" else 2  # bytes the attention rows moved, by formula
+        r["bytes"] = F.attention_bytes(
+            b=r["B"], h=r["H"], t=r["T"], d=r["d"], elem=elem, rel=bool(r.get("rel"))
+        )
+    if "roofline_us" not in r and r.get("bytes"):
         add_derived(r)
     return r
 
