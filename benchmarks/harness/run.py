@@ -170,7 +170,8 @@ OURS = ("torch", "triton", "cuda")
 
 
 def role_of(backend: str) -> str:
-    """ "ours" for the reference and our kernels, "peer" for torch's registered paths."""
+    """The role of a registered implementation: ours (the reference and our kernels) or peer
+    (torch's registered paths)."""
     return "ours" if backend in OURS else "peer"
 
 
@@ -242,7 +243,7 @@ def measure(ctx: Context, group: dict[str, Any], impl: Impl) -> dict[str, Any]:
             )
             rec["floor_us"] = floor * 1e6
             rec["pct_roofline"] = T.percent_of_roofline(floor_s=floor, measured_s=timing.median_s)
-        if group.get("M", 0) <= 256:
+        if "M" in group and group["M"] <= 256:
             rec["pct_hbm"] = 100.0 * prep.bytes / timing.median_s / bw
     return rec
 
