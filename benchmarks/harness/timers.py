@@ -245,6 +245,10 @@ def _bench_graph(fns: Sequence[Callable[[], Any]], *, settings: BenchSettings) -
 
     calls = max(settings.graph_calls, len(fns))
     try:
+        # Warm up and capture on the same side stream: the low-rank and quantized kernels keep
+        # their scratch and split-K tickets per stream, and a capture on a stream that has not
+        # run them allocates its own inside the graph (a memset node per replay, timed with the
+        # kernel); torch.cuda.graph's default capture stream would be such a stream.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # capture needs a warm-up on a non-default stream
@@ -252,7 +256,7 @@ def _bench_graph(fns: Sequence[Callable[[], Any]], *, settings: BenchSettings) -
                 f()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=side):
             for i in range(calls):
                 fns[i % len(fns)]()
         graph.replay()
