@@ -265,3 +265,18 @@ def test_smoke_run_exits_zero_within_budget(tmp_path):
     assert data["records"] == len(records) and data["bad"] == []
     # every timed row carries its ratio to the dense layer of its group
     assert all(r["speedup_vs_dense"] > 0 for r in timed)
+
+
+def test_registered_path_wins_over_the_bare_gemm_of_the_same_name():
+    """torch_int_mm timed as the registered int8_linear path (with its activation quantizer)
+    and as the benchmark's bare GEMM: the bucket keeps the registered path's time."""
+    recs = [
+        _rec("dense", "dense", 4096, 4096, 4096, 16, 16, 1000.0),
+        _rec("peer", "torch_int_mm", 4096, 4096, 4096, 8, 8, 300.0, op="int8_linear", g=4096),
+        _rec("gemm", "torch_int_mm", 4096, 4096, 4096, 8, 8, 100.0),
+    ]
+    e = _bucket(D.quant_entries(recs, "9.0")["int8_linear"], "float16", 4096)
+    assert e["times_us"]["torch_int_mm"]["eager"] == 300.0
+    # records of the bench's own row alone (before the schema) still count, as they did
+    e = _bucket(D.quant_entries([recs[0], recs[2]], "9.0")["int8_linear"], "float16", 4096)
+    assert e["times_us"]["torch_int_mm"]["eager"] == 100.0
