@@ -245,10 +245,11 @@ def quant_entries(records: list[dict], capability: str | None = None) -> dict[st
     config = lambda r: (r["K"], r["N"])  # noqa: E731
     for op in DISPATCH_OPS:
         rows = [r for r in records if impl_name(r, op) not in (None, "dense")]
-        # Where the registered path itself was timed (records since the harness's schema), the
+        # Where the registered path itself ran (records since the harness's schema), the
         # benchmark's own row of the same name gives way: torch_int_mm's bare GEMM skips the
-        # activation quantizer the registered path runs.
-        registered = {r["backend"] for r in rows if r.get("op") == op}
+        # activation quantizer the registered path runs. Where it declined (torch_int4pack
+        # takes no fp16 on CUDA), the benchmark's row (bf16 x) stays, as before.
+        registered = {r["backend"] for r in rows if r.get("op") == op and _correct(r)}
         rows = [r for r in rows if r.get("op") == op or impl_name(r, op) not in registered]
         if not rows:
             continue
