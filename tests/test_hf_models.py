@@ -159,3 +159,154 @@ def test_empty_batch_through_the_hf_vit_supernet():
         with torch.no_grad():
             out = sn(pixel_values=torch.randn(0, 3, 32, 32)).logits
         assert out.shape == (0, 5)
+
+
+# --------------------------------------------------------------------------- SAM heads
+def sam_f64(attn_implementation="sdpa", heads=4):
+    """A float64 transformers SAM whose vision encoder has windowed layers (window 3 on an
+    8 x 8 grid: padded windows) and a global layer, with random weights of unit scale and
+    random relative-position tables (transformers initializes the encoder's weights with a
+    std of 1e-10 and the tables to zero, which would make every attention uniform and hide a
+    wrong score or bias)."""
+    vc = transformers.SamVisionConfig(
+        hidden_size=24, num_hidden_layers=3, num_attention_heads=heads, image_size=64,
+        patch_size=8, mlp_dim=40, output_channels=8, window_size=3, global_attn_indexes=[1],
+    )  # fmt: skip
+    torch.manual_seed(1)
+    cfg = transformers.SamConfig(vision_config=vc.to_dict())
+    model = transformers.SamModel._from_config(cfg, attn_implementation=attn_implementation)
+    with torch.no_grad():
+        for name, p in model.vision_encoder.named_parameters():
+            if "layer_norm" not in name:
+                p.normal_(0, 0.5 if p.dim() > 1 else 0.1)
+    return model.double().eval()
+
+
+def encoder_states(model, x, **kw):
+    return model.vision_encoder(x, output_hidden_states=True, **kw)
+
+
+DENSE = {"linear": {"*": {"rank": [None], "w_bits": [16]}}}
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_hf_sam_attention_swapped_exact_at_max_config(impl):
+    """Every layer (windowed and global) of the converted encoder equals transformers' own at
+    all heads, in float64: to rounding against the SDPA class; against the eager class, whose
+    softmax runs in fp32 even for float64 inputs, to fp32 rounding."""
+    from supernet_kernels.supernet.hf_sam_attention import SKHFSamAttention
+
+    model = sam_f64(impl)
+    sn = sk.convert(model, DENSE)
+    assert sn.build["attn_implementation"] == impl
+    assert sn.space["heads"] == {f"vision_encoder.layers.{i}.attn": [2, 3, 4] for i in range(3)}
+    attns = [m for m in sn.model.modules() if isinstance(m, SKHFSamAttention)]
+    assert len(attns) == 3 and {m.qkv_layout for m in attns} == {"head"}
+    orig = model.vision_encoder.layers[1].attn
+    assert sorted(attns[1].state_dict()) == sorted(orig.state_dict())
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        ref, out = encoder_states(model, x), encoder_states(sn.model, x)
+    tol = 1e-12 if impl == "sdpa" else 1e-6
+    assert len(ref.hidden_states) == len(out.hidden_states) == 4
+    for a, b in zip(ref.hidden_states, out.hidden_states, strict=True):
+        assert ((b - a).norm() / a.norm()).item() <= tol
+    err = (out.last_hidden_state - ref.last_hidden_state).norm() / ref.last_hidden_state.norm()
+    assert err.item() <= tol
+
+
+def _head_order(orig_attn, new_attn, heads: int) -> list[int]:
+    """The original head each slot of the converted (head-major) qkv holds, found by matching
+    the q rows."""
+    d = orig_attn.qkv.out_features // (3 * heads)
+    w0, w1 = orig_attn.qkv.weight, new_attn.qkv.weight
+    order = []
+    for j in range(heads):
+        q = w1[j * 3 * d : j * 3 * d + d]
+        match = [i for i in range(heads) if torch.equal(w0[i * d : (i + 1) * d], q)]
+        assert len(match) == 1
+        order.append(match[0])
+    return order
+
+
+def test_hf_sam_fewer_heads_equal_the_original_without_them(tmp_path):
+    """h heads of the supernet compute transformers' SAM with the other heads' contribution
+    removed (their proj columns zeroed), for windowed and global layers; the heads kept are
+    the h of largest magnitude (L1, the default importance); the extracted subnet runs only
+    them and saves / loads exactly."""
+    heads = 4
+    model = sam_f64()
+    sn = sk.convert(model, DENSE)
+    keep = {0: 2, 1: 3, 2: 2}  # layer 1 is the global-attention layer
+    sn.set_active({"heads": {f"vision_encoder.layers.{i}.attn": h for i, h in keep.items()}})
+    ref_model = copy.deepcopy(model)
+    for i, h in keep.items():
+        orig = model.vision_encoder.layers[i].attn
+        new = sn.get_submodule(sn.module(f"vision_encoder.layers.{i}.attn"))
+        order = _head_order(orig, new, heads)
+        d = orig.qkv.out_features // (3 * heads)
+        score = [
+            orig.qkv.weight.reshape(3, heads, d, -1)[:, n].abs().sum().item()
+            + orig.proj.weight[:, n * d : (n + 1) * d].abs().sum().item()
+            for n in range(heads)
+        ]
+        assert order == sorted(range(heads), key=lambda n: -score[n])
+        with torch.no_grad():
+            for n in order[h:]:
+                ref_model.vision_encoder.layers[i].attn.proj.weight[:, n * d : (n + 1) * d] = 0
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        ref, out = encoder_states(ref_model, x), encoder_states(sn.model, x)
+        full = encoder_states(model, x)
+    states = (ref.hidden_states[1:], out.hidden_states[1:], full.hidden_states[1:])
+    for a, b, c in zip(*states, strict=True):
+        assert ((b - a).norm() / a.norm()).item() <= 1e-12
+        assert ((c - a).norm() / a.norm()).item() > 1e-3  # the dropped heads mattered
+    sub = sn.extract()
+    runs = [m.num_heads for m in sub.modules() if hasattr(m, "qkv_layout")]
+    assert runs == [2, 3, 2]
+    assert sub.vision_encoder.layers[1].attn.qkv.out_features == 3 * 3 * 24 // heads
+    with torch.no_grad():
+        b = sub.vision_encoder(x).last_hidden_state
+    assert ((b - ref.last_hidden_state).norm() / b.norm()).item() <= 1e-12
+    sub = sub.float()  # load rebuilds the architecture in float32
+    path = sk.save(sub, tmp_path / "s.safetensors")
+    back = sk.load(path)
+    with torch.no_grad():
+        assert torch.equal(back.vision_encoder(x.float()).last_hidden_state,
+                           sub.vision_encoder(x.float()).last_hidden_state)  # fmt: skip
+
+
+def test_hf_sam_attention_weights_when_asked():
+    """output_attentions=True returns transformers' eager attention probabilities (one
+    (batch * windows * heads, T, T) tensor per layer), also at fewer heads; none otherwise."""
+    model = sam_f64("eager")
+    sn = sk.convert(model, DENSE)
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model.vision_encoder(x, output_attentions=True).attentions
+        out = sn.model.vision_encoder(x, output_attentions=True)
+        plain = sn.model.vision_encoder(x)
+    assert plain.attentions is None
+    assert len(out.attentions) == len(ref) == 3
+    for i, (a, b) in enumerate(zip(ref, out.attentions, strict=True)):
+        assert a.shape == b.shape
+        # heads are reordered: compare each query's distribution as a multiset over heads
+        n = 4
+        a = a.reshape(-1, n, *a.shape[1:])
+        new = sn.get_submodule(sn.module(f"vision_encoder.layers.{i}.attn"))
+        order = _head_order(model.vision_encoder.layers[i].attn, new, n)
+        b = b.reshape(-1, n, *b.shape[1:])
+        assert (b - a[:, order]).abs().max().item() <= 1e-6
+    sn.set_active({"heads": {"vision_encoder.layers.1.attn": 2}})
+    with torch.no_grad():
+        out = sn.model.vision_encoder(x, output_attentions=True).attentions
+    assert out[1].shape == (2, 64, 64) and out[0].shape[0] == 9 * 4
+
+
+def test_hf_sam_original_attention_keeps_heads_fixed():
+    model = sam_f64()
+    sn = sk.convert(model, attention="original")
+    assert all(c == [4] for c in sn.space["heads"].values())
+    with pytest.raises(ValueError, match='attention="ours"'):
+        sk.convert(model, {"heads": {"vision_encoder.layers.0.attn": [2, 4]}}, attention="original")

@@ -53,7 +53,7 @@ from ..nn.importance import (
 )
 from ..nn.mlp import fuse_mlps
 from . import families as fam
-from .attention import ATTENTION_CHOICES, prioritize_heads, swap_attention
+from .attention import ATTENTION_CHOICES, prioritize_heads
 from .space import _check_space, _default_space, _merge_space
 from .supernet import Supernet
 from .surgery import _parent
@@ -183,7 +183,7 @@ def convert(
     with torch.no_grad():
         for a, b in lay.mlps.values():
             reorder_mlp(work.get_submodule(a), work.get_submodule(b), imp)
-    swapped = swap_attention(work, family) if attention == "ours" else []
+    swapped = fam.swap_attention(work, family) if attention == "ours" else []
     for a, counts in checked["heads"].items():
         if counts == [lay.heads[a]]:
             continue
