@@ -310,3 +310,108 @@ def test_hf_sam_original_attention_keeps_heads_fixed():
     assert all(c == [4] for c in sn.space["heads"].values())
     with pytest.raises(ValueError, match='attention="ours"'):
         sk.convert(model, {"heads": {"vision_encoder.layers.0.attn": [2, 4]}}, attention="original")
+
+
+# --------------------------------------------------------------------------- command line
+def cli_run(capsys, *argv):
+    from supernet_kernels import cli
+
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("name", ["hf_vit", "hf_sam"])
+def test_cli_converts_a_saved_transformers_model_end_to_end(capsys, tmp_path, name):
+    """convert a save_pretrained folder (nothing downloaded), export the smallest subnet, load
+    it without code: it computes what the supernet's smallest subnet computes, and the max
+    config what the user's model computes."""
+    make, run, shape = FAMILIES[name]
+    model = make()
+    model.save_pretrained(tmp_path / "model")
+    code, out, err = cli_run(capsys, "convert", tmp_path / "model", "--out", tmp_path / "sn")
+    assert code == 0, err
+    assert f"supernet: {name}" in out + err
+    doc = json.loads((tmp_path / "sn" / "supernet.json").read_text())
+    assert doc["build"]["kind"] == "hf" and doc["source"] == str((tmp_path / "model").resolve())
+    sn = sk.load(tmp_path / "sn")
+    x = torch.randn(*shape)
+    if name == "hf_sam":  # the CLI converts SamModel's vision encoder (a SamVisionModel)
+        assert type(sn.model).__name__ == "SamVisionModel"
+        assert doc["part"] == "vision_encoder"
+
+        def run(m, x):
+            return m(pixel_values=x).last_hidden_state
+
+        ref = model.get_image_embeddings(x)
+    else:
+        ref = run(model, x)
+    with torch.no_grad():
+        assert ((run(sn.model, x) - ref).norm() / ref.norm()).item() <= 1e-5
+    out = tmp_path / "sub.safetensors"
+    code, log, err = cli_run(capsys, "export", tmp_path / "sn", "--preset", "min", "--out", out)
+    assert code == 0, err
+    assert "verified" in log + err
+    back = sk.load(out)
+    sn.set_active(sn.min_config())
+    with torch.no_grad():
+        want = run(sn.extract(), x)
+        assert torch.equal(run(back, x), want)
+    if name == "hf_sam":
+        heads = [m.num_heads for m in back.modules() if hasattr(m, "qkv_layout")]
+        assert heads and min(heads) < 2  # the smallest subnet runs fewer heads
+
+
+def test_cli_converts_hf_class_with_config_fields(capsys, tmp_path):
+    kw = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_labels": 3}
+    kw = json.dumps(
+        {**kw, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 64}
+    )
+    code, _, err = cli_run(capsys, "convert", "hf:ViTForImageClassification", "--model-kwargs",
+                           kw, "--out", tmp_path / "sn")  # fmt: skip
+    assert code == 0, err
+    sn = sk.load(tmp_path / "sn")
+    assert sn.family == "hf_vit" and len(sn.space["mlp"]) == 3
+    with torch.no_grad():
+        assert sn(pixel_values=torch.randn(1, 3, 32, 32)).logits.shape == (1, 3)
+
+
+def test_cli_refuses_transformers_sources_clearly(capsys, tmp_path):
+    vit = hf_vit()
+    vit.save_pretrained(tmp_path / "vit")
+    cases = [
+        # a class outside the first-class families: usage error naming the ones there are
+        (("hf:BertModel",), 2, "not a first-class family"),
+        # a folder of another model: from_pretrained would initialize the missing weights
+        ((tmp_path / "vit", "--arch", "hf:SamVisionModel"), 3, "initialized afresh"),
+        # pretrained weights are never downloaded
+        (("hf:ViTModel", "--pretrained"), 2, "nothing is downloaded"),
+    ]
+    for argv, want, text in cases:
+        code, _, err = cli_run(capsys, "convert", *argv, "--out", tmp_path / "o")
+        assert code == want and text in err, (argv, code, err)
+    # only pickled weights: refused, not unpickled
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "config.json").write_text(
+        (tmp_path / "vit" / "config.json").read_text()
+    )
+    torch.save(vit.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    code, _, err = cli_run(capsys, "convert", tmp_path / "pickled", "--out", tmp_path / "o")
+    assert code == 3 and "safetensors" in err and "pytorch_model.bin" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_sources_api_without_the_command_line(tmp_path):
+    from supernet_kernels.supernet.sources import ModelSourceError, make_model
+
+    hf_vit().save_pretrained(tmp_path / "vit")
+    model, info = make_model(str(tmp_path / "vit"))
+    assert type(model).__name__ == "ViTForImageClassification"
+    assert info["hf"] == "ViTForImageClassification" and info["num_classes"] == 5
+    assert info["image_size"] == 32 and info["task"] == "classification"
+    with pytest.raises(ModelSourceError, match="architectures") as err:
+        cfg = json.loads((tmp_path / "vit" / "config.json").read_text())
+        cfg.pop("architectures")
+        (tmp_path / "vit" / "config.json").write_text(json.dumps(cfg))
+        make_model(str(tmp_path / "vit"))
+    assert err.value.kind == "usage"
