@@ -11,6 +11,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -415,3 +416,117 @@ def test_sources_api_without_the_command_line(tmp_path):
         (tmp_path / "vit" / "config.json").write_text(json.dumps(cfg))
         make_model(str(tmp_path / "vit"))
     assert err.value.kind == "usage"
+
+
+# --------------------------------------------------------------------------- SuperSAM
+def tiny_hf_sam():
+    """A transformers SamModel whose prompt encoder and mask decoder fit its vision encoder
+    (64 x 64 images, 8 x 8 embeddings of 16 channels), random weights."""
+    cfg = transformers.SamConfig(
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64,
+            patch_size=8, mlp_dim=64, output_channels=16, num_pos_feats=8, window_size=3,
+            global_attn_indexes=[2],
+        ),
+        prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=8,
+                                   mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=2,
+                                 num_attention_heads=2, iou_head_hidden_dim=16),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.SamModel(cfg)
+    with torch.no_grad():
+        # transformers initializes the encoder with a std of 1e-10, and the decoder's mask
+        # logits come out near 1e-6 whatever the embeddings: give every matrix unit scale
+        for name, p in model.named_parameters():
+            if "layer_norm" not in name and p.dim() > 1:
+                p.normal_(0, p.shape[-1] ** -0.5)
+    return model.eval()
+
+
+def seg_data(n: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        img = torch.rand(3, 64, 64, generator=g)
+        masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+        for j in range(2):
+            y0, x0 = torch.randint(0, 40, (2,), generator=g).tolist()
+            masks[j, y0 : y0 + 16, x0 : x0 + 20] = True
+        out.append((img, masks))
+    return out
+
+
+def test_supersam_trains_hf_sam_with_depth_mlp_and_heads_changing(monkeypatch):
+    """SuperSAM through the public API on a transformers SamModel: the supernet is its vision
+    encoder, the task runs its prompt encoder and mask decoder; two sandwich steps change the
+    encoder's weights, the subnets differ in depth, MLP width and heads, and the user's model
+    is untouched."""
+    from supernet_kernels.recipes import supersam
+    from supernet_kernels.train.hf_sam_task import HFSamSegmentationTask
+
+    sam = tiny_hf_sam()
+    before = {k: v.clone() for k, v in sam.state_dict().items()}
+    drawn = []
+    call = supersam.SuperSAMSampler.__call__
+
+    def record(self, step, rng, supernet):
+        configs = call(self, step, rng, supernet)
+        drawn.extend(configs)
+        return configs
+
+    monkeypatch.setattr(supersam.SuperSAMSampler, "__call__", record)
+    sn, hist = supersam.train_supersam(
+        sam, seg_data(), steps=2, batch_size=2, calib_batches=1, num_random=2, heads=True, lr=1e-2
+    )
+    assert sn.family == "hf_sam" and isinstance(hist["task"], HFSamSegmentationTask)
+    assert len(hist["steps"]) == 2 and len(hist["steps"][0]["loss"]) == 4  # sandwich + 2
+    assert all(torch.isfinite(torch.tensor(s["loss"])).all() for s in hist["steps"])
+    layers = [f"vision_encoder.layers.{i}" for i in range(4)]
+    sp = sn.space
+    assert sorted(b for b, v in sp["depth"].items() if False in v) == layers[1:3]
+    assert sp["mlp"][f"{layers[0]}.mlp"] == supersam.scaled_widths(64)
+    assert all(c == [1, 2] for c in sp["heads"].values()) and len(sp["heads"]) == 4
+    for dim in ("depth", "mlp", "heads"):
+        assert len({json.dumps(c[dim], sort_keys=True) for c in drawn}) > 1, dim
+    for k, v in sam.state_dict().items():  # the user's SamModel is untouched
+        assert torch.equal(v, before[k]), k
+    # trained: the encoder's layer norms (which no reordering touches) moved
+    state = {k.replace(".block.", "."): v for k, v in sn.model.state_dict().items()}
+    norms = [k for k in state if "layer_norm" in k and k in before]
+    assert len(norms) == 4 * 2 * 2 + 4
+    assert sum(not torch.equal(state[k], before[k]) for k in norms) >= len(norms) // 2
+    sn.set_active(sn.min_config())
+    sub = sn.extract()
+    task = hist["task"]
+    miou = task.metric(sub, seg_data(2, seed=1), batch_size=2)
+    assert 0.0 <= miou <= 1.0
+    assert task.metric(sn, seg_data(2, seed=1), batch_size=2) == pytest.approx(miou, abs=1e-6)
+
+
+def test_hf_sam_task_matches_sammodel_prompt_by_prompt():
+    """The task's masks and IoU predictions, prompt by prompt (points and boxes mixed, in the
+    order of the ground truth), equal SamModel's own forward on the normalized image."""
+    from supernet_kernels.supernet import hf
+    from supernet_kernels.train.hf_sam_task import HFSamSegmentationTask
+
+    sam = tiny_hf_sam()
+    task = HFSamSegmentationTask(sam, point_prob=0.5)
+    batch = task.prepare(task.collate(seg_data(3)), torch.Generator().manual_seed(3))
+    assert 0 < int(batch["is_point"].sum()) < len(batch["is_point"])  # both kinds
+    with torch.no_grad():
+        out = task.forward(hf.vision_model(sam), batch)
+        x = (batch["images"] * 255 - task.pixel_mean) / task.pixel_std
+        for r in range(len(batch["gt"])):
+            i = int(batch["img_idx"][r])
+            if batch["is_point"][r]:
+                kw = {"input_points": batch["points"][r].view(1, 1, 1, 2),
+                      "input_labels": torch.ones(1, 1, 1, dtype=torch.long)}  # fmt: skip
+            else:
+                kw = {"input_boxes": batch["boxes"][r].view(1, 1, 4)}
+            ref = sam(pixel_values=x[i : i + 1], multimask_output=False, **kw)
+            mask = F.interpolate(ref.pred_masks[0, :, 0][:, None], size=(64, 64), mode="bilinear")
+            torch.testing.assert_close(out["masks"][r], mask[0, 0])
+            torch.testing.assert_close(out["iou"][r], ref.iou_scores[0, 0, 0])
+    with pytest.raises(TypeError, match="SamModel"):
+        HFSamSegmentationTask(hf_vit())

@@ -158,6 +158,26 @@ def rebuild(build: dict) -> nn.Module:
     return cls._from_config(config, attn_implementation=impl).eval()
 
 
+def is_sam_model(model: nn.Module) -> bool:
+    """A transformers ``SamModel`` (vision encoder, prompt encoder and mask decoder)."""
+    return detect(model) == "hf_sam" and type(model).__name__ == "SamModel"
+
+
+def vision_model(sam: nn.Module) -> nn.Module:
+    """A transformers ``SamVisionModel`` holding a copy of ``sam``'s (a ``SamModel``) vision
+    encoder, its weights loaded strictly (``sam`` is untouched): the part of SAM a supernet is
+    made of, as segment-anything's ``image_encoder`` is. Its forward returns an output whose
+    ``last_hidden_state`` is ``sam.get_image_embeddings``'s."""
+    if not is_sam_model(sam):
+        raise TypeError(f"vision_model: expected a transformers SamModel, got {type(sam).__name__}")
+    import transformers
+
+    vision = transformers.SamVisionModel(sam.config.vision_config)
+    vision.vision_encoder.load_state_dict(sam.vision_encoder.state_dict(), strict=True)
+    p = next(sam.vision_encoder.parameters())
+    return vision.to(device=p.device, dtype=p.dtype).train(sam.training)
+
+
 def refuse_save_pretrained(model: nn.Module) -> None:
     """Give a converted / extracted / quantized transformers model a ``save_pretrained`` that
     refuses: transformers would write our layers' tensors (u, v, packed codes) under names its

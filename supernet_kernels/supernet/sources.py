@@ -303,7 +303,9 @@ def _hf_model(source: str, name: str | None, kwargs: dict, pretrained: bool):
         # As for a segment-anything checkpoint, the image encoder is converted: the search
         # space is all in it (the prompt encoder and mask decoder linears stay fixed), and
         # an encoder runs on images alone.
-        model = _sam_vision_model(model)
+        from .hf import vision_model
+
+        model = vision_model(model).eval()
         info["part"] = "vision_encoder"
     config = model.config
     vision = getattr(config, "vision_config", config)
@@ -318,16 +320,6 @@ def _hf_model(source: str, name: str | None, kwargs: dict, pretrained: bool):
             int(getattr(config, "num_labels", 0)) if "Classification" in name else 0
         )
     return model.eval(), info
-
-
-def _sam_vision_model(sam):
-    """A transformers ``SamVisionModel`` holding ``sam``'s (a ``SamModel``) vision encoder,
-    its weights loaded strictly."""
-    import transformers
-
-    vision = transformers.SamVisionModel(sam.config.vision_config)
-    vision.vision_encoder.load_state_dict(sam.vision_encoder.state_dict(), strict=True)
-    return vision
 
 
 def _hf_normalization(folder: Path | None) -> tuple[list[float], list[float]]:
