@@ -530,3 +530,20 @@ def test_hf_sam_task_matches_sammodel_prompt_by_prompt():
             torch.testing.assert_close(out["iou"][r], ref.iou_scores[0, 0, 0])
     with pytest.raises(TypeError, match="SamModel"):
         HFSamSegmentationTask(hf_vit())
+
+
+def test_empty_batch_through_the_hf_sam_supernet():
+    """transformers' SAM cannot run B = 0 (its layers unpartition windows with -1 channels);
+    the supernet can, positionally and by keyword, at the max and the min config."""
+    from supernet_kernels.supernet import hf
+
+    vision = hf.vision_model(tiny_hf_sam())
+    x = torch.randn(0, 3, 64, 64)
+    with pytest.raises(RuntimeError):
+        vision(x)
+    sn = sk.convert(vision)
+    for cfg in (sn.max_config(), sn.min_config()):
+        sn.set_active(cfg)
+        with torch.no_grad():
+            assert sn(x).last_hidden_state.shape == (0, 16, 8, 8)
+            assert sn(pixel_values=x).last_hidden_state.shape == (0, 16, 8, 8)

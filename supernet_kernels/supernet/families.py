@@ -435,6 +435,7 @@ FAMILIES: dict[str, Family] = {
             _hf_head_linears("hf_sam"),
             swap=_hf_sam_swap,
             record=_hf_record,
+            pad_empty_batch=True,
         ),
         Family(
             "sam",
