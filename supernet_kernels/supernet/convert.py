@@ -20,15 +20,16 @@ given model itself, replacing its layers):
 * each droppable block is wrapped in an :class:`~supernet_kernels.nn.ElasticBlock`;
 * a timm ViT is made to accept any resolution that is a multiple of its patch size (position
   embeddings resampled by timm's ``resample_abs_pos_embed`` on each forward);
-* with ``attention="ours"`` (the default), the attention modules of timm ViT / DeiT, timm Swin
-  and the SAM image encoder are replaced by :mod:`~supernet_kernels.supernet.attention`'s
-  modules, which compute through ``torch.ops.supernet_kernels.attention`` (same parameters and
-  state_dict keys; SAM's relative-position indices precomputed; Swin's relative-position bias
-  and shifted-window mask passed as the op's additive bias). ``"original"`` keeps every
-  model's own attention.
+* with ``attention="ours"`` (the default), the attention modules of timm ViT / DeiT, timm Swin,
+  the SAM image encoder and transformers SAM are replaced by
+  :mod:`~supernet_kernels.supernet.attention`'s modules, which compute through
+  ``torch.ops.supernet_kernels.attention`` (same parameters and state_dict keys; SAM's
+  relative-position indices precomputed; Swin's relative-position bias and shifted-window
+  mask passed as the op's additive bias). ``"original"`` keeps every model's own attention.
 
 Families (see :mod:`supernet_kernels.supernet.families`): timm ViT / DeiT, timm Swin, the
-segment-anything image encoder, and a generic path for any other model.
+segment-anything image encoder, transformers ViT and SAM (:mod:`~supernet_kernels.supernet.hf`),
+and a generic path for any other model.
 
 The space and config are described in :mod:`~supernet_kernels.supernet.space`, the
 :class:`~supernet_kernels.supernet.Supernet` in :mod:`~supernet_kernels.supernet.supernet`.
@@ -143,9 +144,10 @@ def convert(
             the meta device; None where that fails), None records nothing (load then needs a
             skeleton), or a record ``{"kind": "timm", "name": ..., "kwargs": {...}}`` /
             ``{"kind": "class", "class": ..., "kwargs": {...}}`` (verified).
-        attention: "ours" (default) replaces the attention of timm ViT / DeiT / Swin and SAM
-            image encoders by modules computing through ``torch.ops.supernet_kernels.attention``
-            (generic models keep theirs); "original" keeps every model's own.
+        attention: "ours" (default) replaces the attention of timm ViT / DeiT / Swin, SAM
+            image encoders and transformers SAM by modules computing through
+            ``torch.ops.supernet_kernels.attention`` (generic models keep theirs); "original"
+            keeps every model's own.
     """
     if not isinstance(model, nn.Module) or isinstance(model, Supernet):
         raise TypeError(f"convert: expected a model (nn.Module), got {type(model).__name__}")
