@@ -152,6 +152,21 @@ def test_hf_record_with_absurd_layer_count_is_refused(tmp_path):
         sk.load(bad)
 
 
+def test_hf_record_with_unknown_attention_implementation_is_refused(tmp_path):
+    """The record's attention implementation picks which transformers class is built: only
+    transformers' own names pass, before anything is built."""
+    sn = sk.convert(hf_sam())
+    path = sk.save(sn.extract(sn.min_config()), tmp_path / "s.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        doc = json.loads(f.metadata()["supernet_kernels"])
+    assert doc["build"]["attn_implementation"] == "sdpa"
+    doc["build"]["attn_implementation"] = "flash_attention_2"
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(path)), str(bad), metadata={"supernet_kernels": json.dumps(doc)})
+    with pytest.raises(ValueError, match="attn_implementation 'flash_attention_2'"):
+        sk.load(bad)
+
+
 def test_empty_batch_through_the_hf_vit_supernet():
     """transformers' own ViT cannot run B = 0 (view with -1 heads); the supernet can."""
     sn = sk.convert(hf_vit())
