@@ -585,3 +585,19 @@ def test_hf_sam_attention_takes_the_attention_quantizer():
     # seen); below 80 dB it did quantize
     sqnr = 20 * torch.log10(ref.norm() / (out - ref).norm())
     assert 25 < sqnr.item() < 80
+
+
+def test_supersam_and_classification_task_on_hf_vit():
+    """The recipe's classification path on a transformers ViT: its layers are the blocks, the
+    task reads the logits off the ModelOutput and the number of classes off the classifier."""
+    from supernet_kernels.recipes import supersam
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.rand(3, 32, 32, generator=g), int(torch.randint(5, (), generator=g)))
+            for _ in range(8)]  # fmt: skip
+    sn, hist = supersam.train_supersam(hf_vit(), data, steps=2, batch_size=4, calib_batches=1)
+    assert sn.family == "hf_vit" and hist["task"].num_classes == 5
+    assert [b for b, v in sn.space["depth"].items() if False in v] == ["vit.layers.1"]
+    assert all(torch.isfinite(torch.tensor(s["loss"])).all() for s in hist["steps"])
+    sn.set_active(sn.min_config())
+    assert 0.0 <= hist["task"].metric(sn, data, batch_size=4) <= 1.0
