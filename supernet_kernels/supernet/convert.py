@@ -262,8 +262,8 @@ def _warn_if_nearly_empty(model: nn.Module, lay: fam.Layout, space: dict) -> Non
             f"convert: the search space of this generic {type(model).__name__} is nearly empty: "
             f"its {len(space['linear'])} elastic linear layers hold {share:.2%} of the model's "
             f"{total} parameters, with no elastic MLP widths, heads or depth (first-class "
-            "families: timm ViT / DeiT / Swin, SAM's image encoder; declare MLPs and blocks "
-            "with space=)",
+            "families: timm ViT / DeiT / Swin, SAM's image encoder, transformers ViT / SAM; "
+            "declare MLPs and blocks with space=)",
             stacklevel=3,
         )
 
