@@ -8,7 +8,7 @@
   linears stay dense 16-bit. (Blocks 2 and 5 are global-attention blocks of SAM ViT-B, which
   ``convert``'s default space keeps; SuperSAM's set drops them too.) The recipe works on any
   model whose blocks are ``blocks.{i}`` (a timm ViT as well as the SAM encoder) and on
-  Hugging Face transformers SAM and ViT (block i is the i-th layer,
+  Hugging Face transformers SAM and ViT (block i is the i-th layer, e.g.
   ``vision_encoder.layers.{i}``); for a model with fewer blocks the default set keeps the
   indices that exist, minus the first and the last block. ``heads=True`` (not in the paper,
   whose heads are fixed) also makes every attention's head count elastic (convert's default
