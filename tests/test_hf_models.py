@@ -37,7 +37,12 @@ def hf_sam():
         mlp_dim=64, output_channels=16, window_size=2, global_attn_indexes=[1],
     )  # fmt: skip
     torch.manual_seed(0)
-    return transformers.SamModel(transformers.SamConfig(vision_config=vc.to_dict())).eval()
+    model = transformers.SamModel(transformers.SamConfig(vision_config=vc.to_dict())).eval()
+    with torch.no_grad():  # the encoder's init (std 1e-10, zero rel-pos tables) hides errors
+        for name, p in model.vision_encoder.named_parameters():
+            if "layer_norm" not in name and p.dim() > 1:
+                p.normal_(0, p.shape[-1] ** -0.5)
+    return model
 
 
 def vit_out(m, x):
