@@ -102,7 +102,8 @@ def make_model(
 ) -> tuple[object, dict]:
     """``(model, info)`` for ``source`` (see the module doc). ``info`` records where the model
     came from (``source``, ``arch`` / ``sam`` / ``hf``), its ``task`` ("classification",
-    "segmentation" for a segment-anything encoder, "embedding" for a transformers SAM),
+    "segmentation" for a segment-anything or transformers SAM encoder, "embedding" for a
+    transformers ``SamVisionModel`` alone),
     ``image_size``, and for classifiers ``mean`` / ``std`` / ``num_classes``."""
     if not isinstance(source, str) or not source:
         raise ModelSourceError(f"model source must be a non-empty string, got {source!r}", "usage")
@@ -233,7 +234,7 @@ def _hf_folder_class(path: Path) -> str:
     return names[0]
 
 
-def _hf_model(source: str, name: str | None, kwargs: dict, pretrained: bool):
+def _hf_model(source: str, name: str | None, kwargs: dict, pretrained: bool, whole=False):
     folder = None
     if source.startswith(HF_PREFIX):
         if name is not None:
@@ -299,7 +300,7 @@ def _hf_model(source: str, name: str | None, kwargs: dict, pretrained: bool):
                 f"initialized afresh (e.g. {sorted(map(str, fresh))[:3]}); is it another model?"
             )
         info["source"] = str(folder.resolve())
-    if name == "SamModel":
+    if name == "SamModel" and not whole:
         # As for a segment-anything checkpoint, the image encoder is converted: the search
         # space is all in it (the prompt encoder and mask decoder linears stay fixed), and
         # an encoder runs on images alone.
@@ -310,8 +311,10 @@ def _hf_model(source: str, name: str | None, kwargs: dict, pretrained: bool):
     config = model.config
     vision = getattr(config, "vision_config", config)
     info["image_size"] = int(getattr(vision, "image_size", 224))
-    if name.startswith("Sam"):
-        info["task"] = "embedding"
+    if name == "SamModel":
+        info["task"] = "segmentation"  # with its own prompt encoder and mask decoder
+    elif name.startswith("Sam"):
+        info["task"] = "embedding"  # a vision model alone: no decoder to train against
     else:
         info["task"] = "classification"
         mean, std = _hf_normalization(folder)
@@ -320,6 +323,23 @@ def _hf_model(source: str, name: str | None, kwargs: dict, pretrained: bool):
             int(getattr(config, "num_labels", 0)) if "Classification" in name else 0
         )
     return model.eval(), info
+
+
+def sam_model_of(info: dict):
+    """The whole transformers ``SamModel`` (prompt encoder and mask decoder included) that a
+    ``make_model`` info dict of a SamModel folder names, loaded again from that folder: what
+    a segmentation task runs the converted encoder's embeddings through."""
+    if info.get("hf") != "SamModel":
+        raise ModelSourceError(f"{info.get('source')!r} is not a transformers SamModel", "usage")
+    folder = Path(str(info.get("source")))
+    if not is_hf_folder(folder):
+        raise ModelSourceError(
+            f"segmentation needs the SamModel's prompt encoder and mask decoder, from the "
+            f"folder it was converted from; {folder} is not such a folder (a model made from "
+            "hf:SamModel has fresh weights that were not kept)"
+        )
+    model, _ = _hf_model(str(folder), "SamModel", {}, False, whole=True)
+    return model
 
 
 def _hf_normalization(folder: Path | None) -> tuple[list[float], list[float]]:
