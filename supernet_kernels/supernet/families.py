@@ -14,6 +14,9 @@ layout, attention swap, build records), detected by type in the table's order:
   ``layers.{s}.downsample.reduction`` layers take the generic role;
 * ``sam``: ``segment_anything.modeling.image_encoder.ImageEncoderViT``: ``blocks.{i}.attn.qkv`` /
   ``proj`` and ``blocks.{i}.mlp.lin1`` / ``lin2`` (windowed and global attention alike);
+* ``hf_vit`` / ``hf_sam``: Hugging Face transformers ViT and SAM (:mod:`.hf`; transformers'
+  SAM attention is swapped for :mod:`.hf_sam_attention`'s module, eager and SDPA classes alike,
+  by the family's own ``swap``);
 * ``generic``: any other module; every convertible ``nn.Linear`` has the generic role.
 
 It also records how to rebuild the architecture without code (:func:`describe_build`): a timm
