@@ -50,7 +50,8 @@ QUANT_OPS = ("quant_linear", "int8_linear", "fp8_linear")
 MEASURED = ("h100_run1", "h100_run2")  # the H100 runs of 2026-11-26
 # What those runs measured that still runs unchanged: the Triton and CUDA quant kernels and
 # the low-rank kernels were rewritten since (their old records say nothing of the new code),
-# the CUDA low-rank kernel and int8 GEMM removed. A run of this commit (--measured) is compared in full.
+# the CUDA low-rank kernel and int8 GEMM removed. A run of this commit (--measured) is
+# compared in full.
 UNCHANGED_SINCE_MEASURED = {("attention", "triton")}
 
 

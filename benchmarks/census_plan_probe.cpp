@@ -36,8 +36,8 @@ void quant(long M, long K, long N, int bits, long G) {
   // x read from a zero-padded copy when K is not a whole number of chunks
   if (p.x_copy) emit("torch:zeros+copy", 0, 0, 0, 0, 0, 0, 0, 0);
   char name[64];
-  std::snprintf(name, sizeof name, "quant_gemv_kernel<%d, %d, %d, %d>", gemv::kKindF16, p.lb,
-                p.mh, p.span);
+  std::snprintf(name, sizeof name, "quant_gemv_kernel<%d, %d, %d, %d>", gemv::kKindF16, p.lb, p.mh,
+                p.span);
   const long kc = gemv_chunk_k(p.lb);
   const long chunks_per_warp = ceil_div(p.n_chunks, gemv::kWarps);
   emit(name, p.n_tiles * p.grid_y, gemv::kThreads, 0, 8L * p.mh, gemv::kRowsPerTile,

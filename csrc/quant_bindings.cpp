@@ -43,8 +43,8 @@ at::Tensor quant_linear_cuda_op(const at::Tensor& x, const at::Tensor& codes,
   TORCH_CHECK(N >= 0, op, " (cuda): out_features must be >= 0, got ", N);
   const int eb = kind == ScalarKind::kFloat32 ? 4 : 2;
   const GemvPlan plan = make_gemv_plan(M, N, K, static_cast<int>(bits), group_size, eb);
-  TORCH_CHECK(plan.ok, op, " (cuda): no CUDA layout for ", bits, "-bit weights of ",
-              "in_features ", K, " with group_size ", group_size,
+  TORCH_CHECK(plan.ok, op, " (cuda): no CUDA layout for ", bits, "-bit weights of ", "in_features ",
+              K, " with group_size ", group_size,
               " (see supernet_kernels/quant/cuda_layout.py), or the weight is too large for ",
               "32-bit offsets");
   const int64_t words = plan.n_chunks * 128;

@@ -28,14 +28,15 @@ inline ScalarKind scalar_kind(const at::Tensor& t, const char* op, const char* n
   return ScalarKind::kFloat32;  // unreachable
 }
 
-inline void check_same_device(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
+inline void check_same_device(const at::Tensor& t, const at::Tensor& x, const char* op,
+                              const char* name) {
   TORCH_CHECK(t.is_cuda() && t.device() == x.device(), op, " (cuda): ", name,
               " must be a CUDA tensor on x's device (", x.device(), "), got ", t.device());
 }
 
 // Bias (N) of x's dtype, made contiguous; returns nullptr when absent.
 inline const void* checked_bias(const std::optional<at::Tensor>& bias, at::Tensor* holder,
-                         const at::Tensor& x, int64_t N, const char* op) {
+                                const at::Tensor& x, int64_t N, const char* op) {
   if (!bias.has_value()) return nullptr;
   const at::Tensor& b = *bias;
   TORCH_CHECK(b.dim() == 1 && b.size(0) == N, op, " (cuda): bias must be 1-D of size ", N, ", got ",

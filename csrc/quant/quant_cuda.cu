@@ -217,8 +217,8 @@ __device__ __forceinline__ T from_float(float v) {
 }
 
 template <int DQ>
-__device__ __forceinline__ void mma16816_zero_c(float (&c)[4], const uint32_t (&a)[4],
-                                                uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma16816_zero_c(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                uint32_t b1) {
   c[0] = c[1] = c[2] = c[3] = 0.f;  // folded into the mma's C operand (RZ)
   mma16816<DQ>(c, a, b0, b1);
 }

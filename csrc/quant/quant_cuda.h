@@ -15,8 +15,8 @@
 namespace supernet_kernels {
 
 struct QuantGemvArgs {
-  const void* x;  // (M, >= k_pad) of `dtype`, unit column stride, row stride ldx elements,
-  int64_t ldx;    //   16-byte aligned rows; columns K .. k_pad - 1 read as zeros
+  const void* x;         // (M, >= k_pad) of `dtype`, unit column stride, row stride ldx elements,
+  int64_t ldx;           //   16-byte aligned rows; columns K .. k_pad - 1 read as zeros
   const int32_t* codes;  // (ceil(N / 16), n_chunks * 128), the layout of quant_plan.h
   const float* params;   // (ceil(N / 16), groups, 8, 4)
   const void* bias;      // (N) contiguous of `dtype`, or nullptr

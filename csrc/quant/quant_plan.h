@@ -156,10 +156,10 @@ SK_HD constexpr int gemv_stage_regs(int lb, int span, int elem_bytes, int mh) {
 }
 SK_HD constexpr int gemv_stages(int lb, int span, int elem_bytes, int mh) {
   // fp32 x: the three-way split and per-step sums take the registers of deeper pipelines
-  return elem_bytes == 4                                           ? 2
-         : gemv_stage_regs(lb, span, elem_bytes, mh) <= 24   ? 4
+  return elem_bytes == 4                                   ? 2
+         : gemv_stage_regs(lb, span, elem_bytes, mh) <= 24 ? 4
          : gemv_stage_regs(lb, span, elem_bytes, mh) <= 40 ? 3
-                                                            : 2;
+                                                           : 2;
 }
 
 // Chunks [begin, end) of warp w: the K range split evenly over the CTA's warps.

@@ -345,10 +345,10 @@ static void run_gemv_case(int64_t M, int64_t N, int64_t K, int bits, int64_t G, 
 
 static void test_gemv_emulation() {
   for (int kind : {gemv::kKindF16, gemv::kKindBF16, gemv::kKindF32}) {
-    run_gemv_case(1, 37, 96, 4, 32, kind, true);    // odd N, K padded to two chunks
-    run_gemv_case(3, 33, 128, 3, 128, kind, true);  // 3-bit as 4-bit, per-channel
-    run_gemv_case(5, 20, 320, 2, 64, kind, false);  // 2-bit: 2 groups a chunk, padding group
-    run_gemv_case(9, 17, 256, 8, 256, kind, true);  // M > 8: two halves; 8-bit per-channel
+    run_gemv_case(1, 37, 96, 4, 32, kind, true);     // odd N, K padded to two chunks
+    run_gemv_case(3, 33, 128, 3, 128, kind, true);   // 3-bit as 4-bit, per-channel
+    run_gemv_case(5, 20, 320, 2, 64, kind, false);   // 2-bit: 2 groups a chunk, padding group
+    run_gemv_case(9, 17, 256, 8, 256, kind, true);   // M > 8: two halves; 8-bit per-channel
     run_gemv_case(21, 16, 256, 4, 128, kind, true);  // M > 16: two x chunks; a group = 2 chunks
     run_gemv_case(2, 16, 1024, 2, 32, kind, false);  // 4 groups a chunk, 8 warps with work
     run_gemv_case(1, 24, 1024, 8, 32, kind, true);   // 8-bit: a group of 32 is one chunk
