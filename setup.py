@@ -28,6 +28,9 @@ ARCH_FILE = os.path.join(ROOT, "csrc", "cuda_archs.txt")
 
 
 def _default_archs() -> list[str]:
+    if not os.path.exists(ARCH_FILE):
+        raise RuntimeError(f"{ARCH_FILE} is missing: build from a full checkout, or set "
+                           "TORCH_CUDA_ARCH_LIST")  # fmt: skip
     with open(ARCH_FILE, encoding="utf-8") as f:
         return [ln.strip() for ln in f if re.match(r"\d+\.\d+", ln.strip())]
 
