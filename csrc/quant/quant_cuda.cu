@@ -14,12 +14,15 @@
 //   `stages` loads in flight, no shared memory in front of them: x comes through L1 with
 //   16-byte loads (a lane's x columns are contiguous per span by construction of the layout).
 //   Per mma step a lane dequantizes 8 codes into four packed pairs: one LOP3 puts a pair of
-//   codes into the mantissas of a magic fp16 (1024) / bf16 (128) pair, one HFMA2 removes the
-//   magic (exact integers), one mma.sync m16n8k16 (fp32 accumulation) multiplies them with x;
-//   a second mma with an all-ones A sums x over the same columns. At the end of a group the
-//   fp32 scale and zero apply once: y += s * sum(x q) - (s z) * sum(x), so the scales keep
-//   their float32 values. fp32 activations are split into three bf16 parts (hi + mid + lo
-//   carry all 24 bits), each an mma against the exact bf16 codes, summed per step in fp32.
+//   codes into the mantissas of a magic fp16 (1024) / bf16 (128) pair, one HFMA2 scales and
+//   subtracts magic + z (the integer zero point: exact q - z), one mma.sync m16n8k16 (fp32
+//   accumulation) multiplies them with x. At the end of each group's span the float32 scale
+//   applies once, y += s * sum(x (q - z)), so scales keep their float32 values and the
+//   tensor cores multiply exact small integers. fp32 activations are split into three bf16
+//   parts (hi + mid + lo carry all 24 bits), each an mma against the exact bf16 codes, summed
+//   per step in fp32.
+//   Census (sm_90, fp16, M = 1, g128, main loop): 2.1 SASS instructions per 4-bit code, 1.7
+//   per 2-bit code, 3.1 per 8-bit code; M = 16: 2.5, 2.0 and 3.6. No stack.
 //   The 8 warps' partial sums are reduced through shared memory; bias and the cast to the
 //   output dtype are fused. One launch per call; 32-bit offsets inside the launch.
 #include <cuda_bf16.h>

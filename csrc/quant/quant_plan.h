@@ -51,12 +51,13 @@ SK_HD constexpr uint32_t quant_unpack(uint32_t word, int i, int bits) {
 // * Code (row g + 8 h, e) of step s goes to A register r = 2 * (e / 2) + h, half e % 2 (low
 //   half first), pair index p = 4 s + r; pair p lives in word p / PPW (PPW = 16 / LB pairs a
 //   word) at bit (p % PPW) * LB of the low half (half 0) or of the high half (half 1).
-//   The dequantizer turns position i of both halves into one packed pair with one LOP3 (the
-//   code ORed into the mantissa of a magic 1024 (fp16) or 128 (bf16)) and one HFMA2.
-// * Group parameters: float32 params[rt][group][g][4] = {s, s * z} of row g, then of row g + 8
-//   (16 bytes a lane), so the kernel applies y += s * sum(x q) - s * z * sum(x) once per group
-//   in fp32 (the scale and the zero keep their float32 values; the tensor cores multiply exact
-//   small integers). Groups past K (padding) hold zeros.
+//   The dequantizer turns position i of both halves (rows of one parity: one zero point) into
+//   one packed pair q - z with one LOP3 (the code ORed into the mantissa of a magic 1024
+//   (fp16) or 128 (bf16)) and one HFMA2 (scale 2^-offset, subtract magic 2^-offset + z).
+// * Group parameters: float32 params[rt][group][g][4] = {s, -z} of row g, then of row g + 8
+//   (16 bytes a lane); the kernel applies y += s * sum(x (q - z)) once per span, in fp32 (the
+//   scale keeps its float32 value; the tensor cores multiply exact small integers, z an
+//   integer in [0, 2^bits - 1]). Groups past K (padding) hold zeros.
 // ---------------------------------------------------------------------------------------------
 namespace gemv {
 constexpr int kWarps = 8;  // a CTA: one 16-row tile, K split over its 8 warps
