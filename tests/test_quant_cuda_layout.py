@@ -115,6 +115,12 @@ def test_layout_is_made_once_and_follows_changes():
     assert key not in cl._CACHE  # dropped with its weight
 
 
+def test_layout_of_an_empty_weight():
+    qw, _ = _weight(1, 64, 32, 4, "empty")
+    lay = cl.to_cuda_layout(qw.packed[:0], qw.scales[:0], qw.zeros[:0], 4, 32, 64)
+    assert lay.codes.shape == (0, 128) and lay.params.shape == (0, 2, 8, 4)
+
+
 def test_layout_bad_input_is_clear():
     qw, _ = _weight(8, 192, 96, 4, "bad")
     with pytest.raises(ValueError, match="group sizes below 64"):

@@ -132,7 +132,9 @@ def to_cuda_layout(packed, scales, zeros, bits: int, group_size: int, in_feature
     if reason:
         raise ValueError(f"to_cuda_layout: {reason}")
     qmax = 2**bits - 1
-    if not torch.equal(zeros, zeros.round()) or zeros.min() < 0 or zeros.max() > qmax:
+    if zeros.numel() and (
+        not torch.equal(zeros, zeros.round()) or zeros.min() < 0 or zeros.max() > qmax
+    ):
         raise ValueError(
             f"to_cuda_layout: the CUDA kernel needs integer zero points in [0, {qmax}] "
             "(it folds them into exact 16-bit integers); these are not"
@@ -144,7 +146,8 @@ def to_cuda_layout(packed, scales, zeros, bits: int, group_size: int, in_feature
     dev = packed.device
 
     q = torch.zeros(tiles * ROWS_PER_TILE, kp, dtype=torch.int64, device=dev)
-    q[:n, :k] = unpack(packed, bits, k).to(torch.int64)
+    if n:
+        q[:n, :k] = unpack(packed, bits, k).to(torch.int64)
     c, lane, word, bit = slots(lb, sp, kp, dev)
     flat = ((c * 32 + lane) * 4 + word).reshape(-1)  # index within a tile's words
     vals = q.view(tiles, ROWS_PER_TILE * kp) << bit.reshape(1, -1)
