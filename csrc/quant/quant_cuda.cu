@@ -75,8 +75,8 @@ __device__ __forceinline__ uint32_t add2(uint32_t a, uint32_t b) {
   uint32_t r;
   if constexpr (DQ == gemv::kKindF16) {
     asm("add.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  } else {
-    asm("add.rn.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  } else {  // add.bf16x2 needs sm_90; a fused multiply by 1.0 is the same on sm_80+
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(0x3F803F80u), "r"(b));
   }
   return r;
 }
