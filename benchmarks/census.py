@@ -494,6 +494,9 @@ def cuda_records(tmp: Path, notes: list[str], log) -> list[dict]:
         label = scen.shape_label(sc.op, s)
         recs = []
         for p in plan:
+            if "error" in p:  # a call the CUDA kernel does not take
+                notes.append(f"{sc.op}/cuda {label}: {p['error']}")
+                continue
             if p["kernel"].startswith("torch:"):
                 continue
             f = kernels.get(p["kernel"])

@@ -144,3 +144,42 @@ def test_cuda_backend_reports_what_it_cannot_run():
     assert "group sizes" in impl.supports(cpu, torch.float16, **shape)
     assert "act_bits=8" in impl.supports(cpu, torch.float16, **dict(shape, act_bits=8))
     assert impl.supports(cpu, torch.float16, **dict(shape, group_size=64)) is None
+
+
+def test_census_plan_probe_reads_the_gemv_plan(tmp_path):
+    """The census's launch plans (benchmarks/census_plan_probe.cpp) come from quant_plan.h:
+    the grid, the codes a thread dequantizes per main-loop iteration, the x copy for odd K."""
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    root = Path(__file__).resolve().parents[1]
+    exe = tmp_path / "probe"
+    subprocess.run([cxx, "-std=c++17", "-O1", f"-I{root / 'csrc'}",
+                    str(root / "benchmarks" / "census_plan_probe.cpp"), "-o", str(exe)],
+                   check=True, capture_output=True)  # fmt: skip
+    calls = "quant_linear 1 4096 11008 4 128\nquant_linear 16 4096 11008 2 128\n"
+    calls += "quant_linear 3 96 37 3 32\nquant_linear 1 192 8 4 96\n"
+    out = subprocess.run([str(exe)], input=calls, capture_output=True, text=True, check=True)
+    plans, cur = [], []
+    for line in out.stdout.splitlines():
+        d = json.loads(line)
+        if d.get("end"):
+            plans.append(cur)
+            cur = []
+        else:
+            cur.append(d)
+    (w4,), (w2,), (copy, w3), (bad,) = plans
+    assert w4["kernel"] == "quant_gemv_kernel<1, 4, 1, 64>" and w4["grid"] == 688
+    assert w4["threads"] == 256 and (w4["block_m"], w4["block_n"]) == (8, 16)
+    # 4 chunks of 64 columns in flight per warp: 32 codes a 16-byte load, 4 loads per lane
+    assert w4["block_n"] * w4["block_k"] / w4["threads"] == 4 * 32
+    assert w4["trips"] == 2  # 64 chunks over 8 warps, 4 a trip
+    assert w2["kernel"] == "quant_gemv_kernel<1, 2, 2, 128>" and w2["block_m"] == 16
+    assert w2["block_n"] * w2["block_k"] / w2["threads"] == 3 * 64
+    assert copy["kernel"].startswith("torch:") and w3["kernel"] == "quant_gemv_kernel<1, 4, 1, 32>"
+    assert "no CUDA layout" in bad["error"]
