@@ -92,23 +92,6 @@ __device__ __forceinline__ uint32_t fma2(uint32_t a, uint32_t b, uint32_t c) {
   return r;
 }
 
-// Bit pattern of 2^-e in both halves; the magic: 1024 (fp16) or 128 (bf16) in both halves.
-template <int DQ>
-__host__ __device__ constexpr uint32_t pow2_neg(int e) {
-  const uint32_t h = DQ == gemv::kKindF16 ? uint32_t(15 - e) << 10 : uint32_t(127 - e) << 7;
-  return h | (h << 16);
-}
-template <int DQ>
-__host__ __device__ constexpr uint32_t neg_magic(int e) {
-  const uint32_t h = DQ == gemv::kKindF16 ? 0x8000u | (uint32_t(15 + 10 - e) << 10)
-                                          : 0x8000u | (uint32_t(127 + 7 - e) << 7);
-  return h | (h << 16);
-}
-template <int DQ>
-__host__ __device__ constexpr uint32_t magic_or() {
-  return DQ == gemv::kKindF16 ? 0x64006400u : 0x43004300u;
-}
-
 // Two floats rounded to a bf16 pair (a in the low half) in one F2FP; register-only, where
 // taking the address of a __nv_bfloat162 sent it through the stack.
 __device__ __forceinline__ uint32_t bf16x2_bits(float a, float b) {
@@ -144,10 +127,10 @@ __device__ __forceinline__ uint32_t dequant_pair(uint32_t w, int i, float nz, ui
   } else {
     const int sh = gemv_pair_shift(DQ, LB, i), off = gemv_pair_offset(DQ, LB, i);
     const uint32_t m = ((1u << LB) - 1u) << off;
-    const uint32_t v = lop3_and_or(w >> sh, m | (m << 16), magic_or<DQ>());
+    const uint32_t v = lop3_and_or(w >> sh, m | (m << 16), gemv_magic_or(DQ));
     // -(magic * 2^-off + z): exact small integers; one HADD2 per span and offset
-    const uint32_t c = add2<DQ>(nz2, neg_magic<DQ>(off));
-    return fma2<DQ>(v, pow2_neg<DQ>(off), c);
+    const uint32_t c = add2<DQ>(nz2, gemv_neg_magic(DQ, off));
+    return fma2<DQ>(v, gemv_pow2_neg(DQ, off), c);
   }
 }
 

@@ -145,6 +145,20 @@ SK_HD constexpr int gemv_pair_offset(int kind, int lb, int i) {
 SK_HD constexpr bool gemv_magic_route(int kind, int lb) {
   return kind == gemv::kKindF16 || lb < 8;  // else: bf16 8-bit codes via fp32
 }
+// The dequantizer's constants (fp16 / bf16 bit patterns, both halves of a 32-bit pair): the
+// magic 1024 (fp16) or 128 (bf16) ORed with the codes, the scale 2^-e and -magic * 2^-e.
+SK_HD constexpr uint32_t gemv_magic_or(int kind) {
+  return kind == gemv::kKindF16 ? 0x64006400u : 0x43004300u;
+}
+SK_HD constexpr uint32_t gemv_pow2_neg(int kind, int e) {
+  const uint32_t h = kind == gemv::kKindF16 ? uint32_t(15 - e) << 10 : uint32_t(127 - e) << 7;
+  return h | (h << 16);
+}
+SK_HD constexpr uint32_t gemv_neg_magic(int kind, int e) {
+  const uint32_t h = kind == gemv::kKindF16 ? 0x8000u | (uint32_t(15 + 10 - e) << 10)
+                                            : 0x8000u | (uint32_t(127 + 7 - e) << 7);
+  return h | (h << 16);
+}
 
 // x elements (of the activation type) a lane reads per chunk and 16-byte loads for them.
 SK_HD constexpr int gemv_x_elems_per_chunk(int lb) { return gemv_chunk_k(lb) / 4; }

@@ -186,6 +186,7 @@ static double half_value(uint32_t bits16, int kind) {
 
 // One lane register of the A fragment: the two values (low, high half) of pair position i of
 // word w, dequantized as the kernel does (nz = -z of the register's row).
+// (the kernel's constants, decoded: fma(v, 2^-off, -z - magic 2^-off), all exact)
 static void dequant_pair(uint32_t w, int i, int kind, int lb, double nz, double out[2]) {
   if (!gemv_magic_route(kind, lb)) {  // fp32 magic 2^23
     for (int hf = 0; hf < 2; ++hf) out[hf] = ((w >> (16 * hf + 8 * i)) & 0xFFu) + nz;
@@ -193,12 +194,28 @@ static void dequant_pair(uint32_t w, int i, int kind, int lb, double nz, double 
   }
   const int sh = gemv_pair_shift(kind, lb, i), off = gemv_pair_offset(kind, lb, i);
   const uint32_t m = ((1u << lb) - 1u) << off;
-  const uint32_t magic = kind == gemv::kKindF16 ? 0x64006400u : 0x43004300u;
-  const uint32_t v = ((w >> sh) & (m | (m << 16))) | magic;
-  const double mag = kind == gemv::kKindF16 ? 1024.0 : 128.0;
+  const uint32_t v = ((w >> sh) & (m | (m << 16))) | gemv_magic_or(kind);  // the LOP3
   for (int hf = 0; hf < 2; ++hf) {
     const double h = half_value((v >> (16 * hf)) & 0xFFFFu, kind);
-    out[hf] = h * std::ldexp(1.0, -off) + (nz - mag * std::ldexp(1.0, -off));
+    const double scale = half_value((gemv_pow2_neg(kind, off) >> (16 * hf)) & 0xFFFFu, kind);
+    const double c = half_value((gemv_neg_magic(kind, off) >> (16 * hf)) & 0xFFFFu, kind) + nz;
+    out[hf] = h * scale + c;
+  }
+}
+
+static void test_dequant_constants() {
+  CHECK(half_value(gemv_magic_or(gemv::kKindF16) & 0xFFFFu, gemv::kKindF16) == 1024.0);
+  CHECK(half_value(gemv_magic_or(gemv::kKindBF16) >> 16, gemv::kKindBF16) == 128.0);
+  for (int kind : {gemv::kKindF16, gemv::kKindBF16}) {
+    const double mag = kind == gemv::kKindF16 ? 1024.0 : 128.0;
+    for (int e = 0; e <= 6; ++e) {
+      for (int hf = 0; hf < 2; ++hf) {
+        CHECK(half_value((gemv_pow2_neg(kind, e) >> (16 * hf)) & 0xFFFFu, kind) ==
+              std::ldexp(1.0, -e));
+        CHECK(half_value((gemv_neg_magic(kind, e) >> (16 * hf)) & 0xFFFFu, kind) ==
+              -mag * std::ldexp(1.0, -e));
+      }
+    }
   }
 }
 
@@ -360,6 +377,7 @@ int main() {
   test_span_rules();
   test_slots();
   test_dequant_fields();
+  test_dequant_constants();
   test_plans();
   test_gemv_emulation();
   if (g_failures) {
