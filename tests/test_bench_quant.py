@@ -165,7 +165,15 @@ def _bucket(entries, dtype, m, **keys):
 ENTRY_KEYS = {"dtype", "m_max", "rank_by", "ranked", "times_us", "dense_us", "pick", "shapes"}
 
 
-def test_derive_dispatch_on_fake_records():
+def test_derive_dispatch_on_fake_records(tmp_path, monkeypatch, request):
+    from supernet_kernels import dispatch
+
+    request.addfinalizer(dispatch.clear_caches)
+    # the CUDA quant kernel as verified on sm_90 (the shipped record has none since its rewrite)
+    run = {"capability": "9.0", "gpu": "NVIDIA H100 80GB HBM3", "commit": "0" * 40, "tests": "-"}
+    (tmp_path / "verified.json").write_text(json.dumps({"quant_linear": {"cuda": {"sm90": [run]}}}))
+    monkeypatch.setenv("SUPERNET_KERNELS_CONFIG_DIR", str(tmp_path))
+    dispatch.clear_caches()
     tables = D.quant_entries(_fake_records(), "9.0")
     q = tables["quant_linear"]
     assert all(ENTRY_KEYS | {"bits", "act_bits"} == set(e) for e in q)
