@@ -176,6 +176,13 @@ def cached_layout(packed, scales, zeros, bits: int, group_size: int, in_features
     hit = _CACHE.get(key)
     if hit is not None and hit[0]() is packed and hit[1] == stamp:
         return hit[2]
+    if packed.is_cuda and torch.cuda.is_current_stream_capturing():
+        # making the layout checks the zero points on the host (a synchronization), which a
+        # CUDA graph capture forbids: say so rather than fail inside the capture
+        raise RuntimeError(
+            "quant_linear (cuda): the weight's GPU layout is made on its first call, which "
+            "cannot happen inside a CUDA graph capture; run the layer once before capturing"
+        )
     lay = to_cuda_layout(packed, scales, zeros, bits, group_size, in_features)
     ref = weakref.ref(packed, lambda _r, key=key: _CACHE.pop(key, None))
     _CACHE[key] = (ref, stamp, lay)
