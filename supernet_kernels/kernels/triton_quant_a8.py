@@ -1,0 +1,459 @@
+"""Triton kernel for quantized matmul with 8-bit activations (A8), in one launch per call.
+
+Serves ``quant_linear`` with ``act_bits=8`` (2/3/4/8-bit packed weights, int8 activations),
+``int8_linear`` (plain int8 weight) and ``fp8_linear`` (plain float8 e4m3 weight, e4m3
+activations): ``_a8_matmul_kernel``, one launch, two phases.
+
+Phase 1, the per-token quantizer. x (M, K) in its float dtype is cut into items of QROWS rows;
+programs take items from a global counter (one atomic per item) until none is left, and per
+item find each row's max |x| (scale max / 127, or / 448 for e4m3; 1 for a zero row, NaN for a
+row holding NaN or inf), write the codes to a scratch (M padded to whole row tiles, K padded
+to whole K tiles, zeros in the padding) with the exact rule of ``quantize_activations_int8`` /
+``_fp8`` (IEEE division, ties to even), and, for weights with a zero point, each group's sum of
+codes. Each finished item bumps its row tile's arrival counter. x is read twice (max, codes)
+by one program, not once per output tile: at M = 4096, N = 11008 and 128-column tiles, a
+quantizer in every program's prologue would read and quantize each x element 86 times, which
+costs about twice the int8 MMA work of the tile (64 elements per thread per K step at ~8
+instructions each against 128x128x128 int8 MACs); a quantizer launch of its own costs the
+graph-replayed call ~3.5 us (H100 fixed cost) and writes and rereads the same scratch.
+Every program takes items before it waits on any counter, so it only ever waits on items a
+running program holds: no deadlock whatever the grid and residency, and the CPU interpreter
+(one program after another) runs it as it is: the first program quantizes everything.
+
+Phase 2, the product. y^T tile (BLOCK_N, BLOCK_M) = W tile @ xq^T: the weight is the MMA's row
+side (wgmma's register operand on sm_90), the activation codes (16-byte loads from the
+scratch, no masks) the column side, so at M <= 16 the 16-wide column side wastes nothing of
+the weight stream. Packed weights come in the tile layout of ``quant.packing.to_tiles`` (int16
+words of C = 16 / bits codes, word e of a K tile holding codes e, E + e, 2E + e, ...; 3-bit
+codes are held in the 4-bit layout, 4 bits a code), made once per weight and cached: shift j
+of a loaded (BLOCK_N, E) word tile, masked, is an int8 tile of codes for K range
+[jE, (j + 1)E) of the tile, multiplied as it is on int8 tensor cores with int32 accumulation
+(8-bit codes are shifted by -128 into int8 with one XOR, the zero point shifted to match).
+With one group across K (per-channel; int8_linear) the int32 sums run over all of K; otherwise
+each group's int32 partial is scaled once (acc += part * s). The zero point is taken out once
+in the epilogue: sum_k xq (q - z) s = s sum_k xq q - sum_g (s z)_g X_g, X_g the group's code
+sums from phase 1, the second term one small fp32 product (tf32x3 on the tensor cores) of
+(BLOCK_N, groups) by (groups, BLOCK_M). The token scale is applied last (NaN rows come out
+NaN). fp8: e4m3 codes on fp8 wgmma with fp32 accumulation.
+
+Small M splits K over programs; the split is reduced in the same launch (fp32 partials, a
+ticket per output tile, the last program sums, adds the bias and writes y), as in
+``_wq_matmul_kernel``. The counters (items, programs done, row tiles, tickets) come zeroed from
+``triton_quant._locks`` and the last program to finish zeroes them again.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import _round, interp_bf16
+from .triton_lowrank import _wait
+from .triton_quant import _act_codes, _device_info, _locks, _row_scale
+
+# --------------------------------------------------------------------------------------------
+# Kernel
+
+
+@triton.jit
+def _quantize_item(
+    x_ptr, xq_ptr, xs_ptr, xsum_ptr, row0, M, K, KP, G, NG, stride_xm,
+    FP8: tl.constexpr, EMULATE_FP8: tl.constexpr, SUMS: tl.constexpr,
+    QROWS: tl.constexpr, QK: tl.constexpr, PADK: tl.constexpr,
+):  # fmt: skip
+    """Codes, scales and group code sums of rows [row0, row0 + QROWS) (scratch rows exist
+    past M: they get scale 1 and codes 0)."""
+    rows = (row0 + tl.arange(0, QROWS)).to(tl.int64)
+    mask_r = rows < M
+    x_rows = x_ptr + rows[:, None] * stride_xm
+    q_rows = xq_ptr + rows[:, None] * KP
+    offs_q = tl.arange(0, QK)
+    amax = tl.zeros((QROWS, QK), dtype=tl.float32)
+    for k0 in range(0, K, QK):
+        x = tl.load(x_rows + (k0 + offs_q)[None, :], mask=mask_r[:, None] & (k0 + offs_q < K)[None, :],
+                    other=0.0)  # fmt: skip
+        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)), propagate_nan=tl.PropagateNan.ALL)
+    amax = tl.max(tl.where(amax != amax, float("inf"), amax), axis=1)  # NaN -> inf, then max
+    scale = _row_scale(amax, FP8)
+    tl.store(xs_ptr + rows, scale)
+    # per group, in chunks of QK (a chunk never straddles two groups)
+    for g in range(0, NG):
+        gsum = tl.zeros((QROWS,), dtype=tl.int32)
+        for c0 in range(0, G, QK):
+            offs = g * G + c0 + offs_q
+            mask = (c0 + offs_q < G) & (offs < K)
+            x = tl.load(x_rows + offs[None, :], mask=mask_r[:, None] & mask[None, :], other=0.0)
+            q = _act_codes(x, scale[:, None], FP8, EMULATE_FP8, xq_ptr.dtype.element_ty)
+            tl.store(q_rows + offs[None, :], q, mask=mask[None, :])
+            if SUMS:
+                gsum += tl.sum(q.to(tl.int32), axis=1)
+        if SUMS:
+            tl.store(xsum_ptr + rows * NG + g, gsum.to(tl.float32))
+    # the K padding of the scratch (to whole K tiles) holds code 0
+    offs = K + tl.arange(0, PADK)
+    zero = tl.zeros((QROWS, PADK), dtype=xq_ptr.dtype.element_ty)
+    tl.store(q_rows + offs[None, :], zero, mask=(offs < KP)[None, :])
+
+
+@triton.jit
+def _w_codes(h, j: tl.constexpr, BITS: tl.constexpr):
+    """Slice j of an int16 tile-layout word tile as int8 codes (8 bits: q - 128)."""
+    if BITS == 8:
+        if j == 0:
+            w = h.to(tl.int8) ^ -128  # the low byte; q - 128 == q ^ 0x80 in 8 bits
+        else:
+            w = (h >> 8).to(tl.int8) ^ -128
+    else:
+        if j == 0:
+            w = (h & ((1 << BITS) - 1)).to(tl.int8)
+        else:
+            w = ((h >> (BITS * j)) & ((1 << BITS) - 1)).to(tl.int8)
+    return w
+
+
+@triton.jit
+def _a8_matmul_kernel(
+    x_ptr, xq_ptr, xs_ptr, xsum_ptr, w_ptr, s_ptr, st_ptr, z_ptr, b_ptr, y_ptr, part_ptr,
+    cnt_ptr, M, N, K, KP, G, NG, k_split, stride_xm, stride_wn, stride_sn, stride_st, stride_ym,
+    BITS: tl.constexpr,
+    W_RAW8: tl.constexpr,
+    FP8: tl.constexpr,
+    EMULATE_FP8: tl.constexpr,
+    HAS_ZERO: tl.constexpr,
+    INT_ACC: tl.constexpr,
+    SPG: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    RNE_BF16: tl.constexpr,
+    QROWS: tl.constexpr,
+    QK: tl.constexpr,
+    GC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """See the module docstring. cnt_ptr (int32, zero on entry and exit): [0] phase-1 items
+    taken, [1] programs done, [2, 2 + m_tiles) phase-1 items finished per row tile, then one
+    split-K ticket per output tile."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    m_tiles = tl.cdiv(M, BLOCK_M)
+    # ---- phase 1: take quantizer items until none is left
+    n_items = tl.cdiv(M, QROWS)
+    item = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
+    while item < n_items:
+        _quantize_item(
+            x_ptr, xq_ptr, xs_ptr, xsum_ptr, item * QROWS, M, K, KP, G, NG, stride_xm,
+            FP8, EMULATE_FP8, HAS_ZERO, QROWS, QK, BLOCK_K,
+        )  # fmt: skip
+        tl.debug_barrier()  # every thread's codes are written before the arrival is published
+        tl.atomic_add(cnt_ptr + 2 + item * QROWS // BLOCK_M, 1, sem="release")
+        item = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
+    # ---- phase 2: this program's output tile, once its rows are quantized
+    _wait(cnt_ptr + 2 + pid_m, tl.cdiv(tl.minimum(BLOCK_M, M - pid_m * BLOCK_M), QROWS))
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(offs_n, N - 1)  # rows past N read row N - 1; never stored
+    offs_m = tl.arange(0, BLOCK_M)
+    m0 = pid_m.to(tl.int64) * BLOCK_M
+    # the scratch has whole row tiles and K tiles: unmasked, contiguous 16-byte loads
+    xq_cols = xq_ptr + (m0 + offs_m)[None, :] * KP
+    t_lo = pid_k * (k_split // BLOCK_K)
+    t_hi = tl.minimum(t_lo + k_split // BLOCK_K, tl.cdiv(K, BLOCK_K))
+    if INT_ACC or FP8:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32 if FP8 else tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    if W_RAW8:
+        offs_k = tl.arange(0, BLOCK_K)
+        w_rows = w_ptr + rows[:, None] * stride_wn
+        for t in range(t_lo, t_hi):
+            k0 = t * BLOCK_K
+            if EVEN_K:
+                w = tl.load(w_rows + (k0 + offs_k)[None, :])
+            else:
+                w = tl.load(w_rows + (k0 + offs_k)[None, :], mask=(k0 + offs_k < K)[None, :],
+                            other=0.0)  # fmt: skip
+            xt = tl.load(xq_cols + (k0 + offs_k)[:, None])
+            acc = tl.dot(w, xt, acc)  # int8: int32, exact; fp8: fp32
+    else:
+        C: tl.constexpr = 16 // BITS
+        E: tl.constexpr = BLOCK_K // C
+        offs_e = tl.arange(0, E)
+        # the tile layout's int16 words, passed as int32 pairs (strides in int16 words)
+        w_rows = w_ptr.to(tl.pointer_type(tl.int16)) + rows[:, None] * stride_wn
+        for t in range(t_lo, t_hi):
+            k0 = t * BLOCK_K
+            h = tl.load(w_rows + (t * E + offs_e)[None, :])
+            for j in tl.static_range(C):
+                w = _w_codes(h, j, BITS)
+                xt = tl.load(xq_cols + (k0 + j * E + offs_e)[:, None])
+                if INT_ACC:
+                    acc = tl.dot(w, xt, acc)  # int32 over all of K, exact
+                else:
+                    if j % SPG == 0:
+                        part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+                    part = tl.dot(w, xt, part)  # int32 over the group, exact
+                    if j % SPG == SPG - 1:
+                        # (the padding past K reads the last group; its codes are 0)
+                        g = tl.minimum((k0 + j * E) // G, NG - 1)
+                        # the scales transposed and padded to whole column tiles (made once
+                        # per weight): BLOCK_N contiguous fp32, 16-byte loads
+                        s = tl.load(st_ptr + g * stride_st + offs_n)
+                        acc += part.to(tl.float32) * s[:, None]
+    # ---- epilogue: weight scales, zero point, token scales
+    offs_mm = m0 + offs_m
+    if INT_ACC:
+        s = tl.load(s_ptr + rows * stride_sn)
+        accf = acc.to(tl.float32)
+        if HAS_ZERO:
+            # z * (code sum of the row), taken out once: by the program holding K's first
+            # tile (the sums cover all of K)
+            OFF: tl.constexpr = 128.0 if BITS == 8 else 0.0
+            z = tl.load(z_ptr + rows * stride_sn) - OFF
+            xsum = tl.load(xsum_ptr + offs_mm)
+            accf -= tl.where(pid_k == 0, z[:, None] * xsum[None, :], 0.0)
+        acc = accf * s[:, None]
+    elif FP8:
+        s = tl.load(s_ptr + rows * stride_sn)
+        acc = acc * s[:, None]
+    elif HAS_ZERO:
+        # sum over this program's groups of (s z)_g X_g: (BLOCK_N, GC) @ (GC, BLOCK_M) chunks
+        OFF2: tl.constexpr = 128.0 if BITS == 8 else 0.0
+        g_lo = t_lo * BLOCK_K // G
+        g_hi = tl.minimum(tl.cdiv(t_hi * BLOCK_K, G), NG)
+        for g0 in range(g_lo, g_hi, GC):
+            gs = g0 + tl.arange(0, GC)
+            mask_g = gs < g_hi
+            sz = tl.load(s_ptr + rows[:, None] * stride_sn + gs[None, :], mask=mask_g[None, :],
+                         other=0.0)  # fmt: skip
+            zz = tl.load(z_ptr + rows[:, None] * stride_sn + gs[None, :], mask=mask_g[None, :],
+                         other=0.0)  # fmt: skip
+            xg = tl.load(xsum_ptr + offs_mm[None, :] * NG + gs[:, None], mask=mask_g[:, None],
+                         other=0.0)  # fmt: skip
+            acc -= tl.dot(sz * (zz - OFF2), xg, input_precision="tf32x3")
+    xs = tl.load(xs_ptr + offs_mm)
+    acc = acc * xs[None, :]  # NaN for a row holding NaN or inf
+    # ---- store, or reduce the split over K in this launch
+    mask_m = offs_m < M - pid_m * BLOCK_M
+    mask_y = (offs_n < N)[:, None] & mask_m[None, :]
+    y_ptrs = y_ptr + (m0 + offs_m)[None, :] * stride_ym + offs_n[:, None]
+    if SPLIT_K > 1:
+        lock = 2 + m_tiles + pid_m * tl.num_programs(0) + pid_n
+        tile = (pid_m * tl.num_programs(0) + pid_n).to(tl.int64) * BLOCK_N * BLOCK_M
+        tile += tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + offs_m[None, :]
+        tile_size = tl.num_programs(0) * tl.num_programs(1) * BLOCK_N * BLOCK_M
+        tl.store(part_ptr + pid_k * tile_size + tile, acc, mask=mask_m[None, :])
+        tl.debug_barrier()  # every lane's partial is written before the ticket is taken
+        ticket = tl.atomic_add(cnt_ptr + lock, 1, sem="acq_rel")
+        if ticket == SPLIT_K - 1:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            for p in range(0, SPLIT_K):
+                acc += tl.load(part_ptr + p * tile_size + tile, mask=mask_m[None, :], other=0.0,
+                               cache_modifier=".cg")  # fmt: skip
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
+            tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
+            tl.atomic_xchg(cnt_ptr + lock, 0, sem="relaxed")
+    else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
+        tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
+    # ---- the last program to finish zeroes the counters for the next launch
+    tl.debug_barrier()
+    nprog = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
+    done = tl.atomic_add(cnt_ptr + 1, 1, sem="acq_rel")
+    if done == nprog - 1:
+        for f0 in range(0, m_tiles, 128):
+            offs_f = f0 + tl.arange(0, 128)
+            tl.store(cnt_ptr + 2 + offs_f, tl.zeros((128,), dtype=tl.int32), mask=offs_f < m_tiles)
+        tl.atomic_xchg(cnt_ptr, 0, sem="relaxed")
+        tl.atomic_xchg(cnt_ptr + 1, 0, sem="relaxed")
+
+
+# --------------------------------------------------------------------------------------------
+# The weight in the tile layout
+
+_CACHE: dict = {}  # (what, id(tensor)) -> (weak reference to tensor, key, derived tensor)
+COL_PAD = 128  # the widest BLOCK_N: transposed scales hold whole column tiles
+
+
+def _cached(what: str, t: torch.Tensor, key: tuple, make):
+    """make(), kept while ``t`` lives and is not modified in place (its version is in the key)."""
+    ident = (what, id(t))
+    key = (t._version, *key)
+    hit = _CACHE.get(ident)
+    if hit is not None and hit[0]() is t and hit[1] == key:
+        return hit[2]
+    out = make()
+    ref = weakref.ref(t, lambda _, i=ident: _CACHE.pop(i, None))
+    _CACHE[ident] = (ref, key, out)
+    return out
+
+
+def tile_for(bits: int, group_size: int, k: int) -> int | None:
+    """Codes per K tile for a packed weight on this kernel, None where its groups do not fit.
+
+    Each shift of a word tile is one MMA of E = T / C codes along K, and int8 MMAs take 32
+    along K: E = 32 for 2 and 4 bits (T = 256, 128), E = 64 for 8 bits (T = 128) where the
+    groups allow, else 32. A group spans whole tiles, or whole E-slices of one tile.
+    3-bit codes are held in the 4-bit layout.
+    """
+    b = 4 if bits == 3 else bits
+    if b not in (2, 4, 8):
+        return None
+    c = 16 // b
+    for e in (64, 32) if b == 8 else (32,):
+        t = c * e
+        if group_size == k or group_size % t == 0 or (t % group_size == 0 and group_size % e == 0):
+            return t
+    return None
+
+
+def tiles_of(packed, bits: int, k: int, tile: int):
+    """The tile layout of a packed weight (3 bits: as 4-bit codes), made on first use and kept
+    while the weight lives."""
+    from ..quant.packing import pack, to_tiles, unpack
+
+    def make():
+        if bits == 3:  # 4 bits a code: the 4-bit layout and kernel serve it as they are
+            return to_tiles(pack(unpack(packed, 3, k), 4), 4, k, tile)
+        return to_tiles(packed, bits, k, tile)
+
+    return _cached("tiles", packed, (bits, k, tile), make)
+
+
+def scales_t(scales):
+    """Group scales (N, groups) as (groups, N padded to whole column tiles), kept while the
+    scales live: a tile's scales of one group are then one contiguous run (16-byte loads)."""
+
+    def make():
+        n, g = scales.shape
+        out = torch.zeros((g, triton.cdiv(n, COL_PAD) * COL_PAD), dtype=torch.float32,
+                          device=scales.device)  # fmt: skip
+        out[:, :n] = scales.T
+        return out
+
+    return _cached("scales_t", scales, (), make)
+
+
+# --------------------------------------------------------------------------------------------
+# Launch
+
+GEMV_MAX_M = 16  # up to 16 rows of x share one weight pass (the MMA's 16-wide column side)
+
+
+def a8_config(m: int, n: int, k: int, tile: int, num_sms: int, interpret: bool):
+    """(BLOCK_M, BLOCK_N, SPLIT_K, k_split, QROWS, QK, warps, stages).
+
+    M <= 16: 16-wide column tiles, 128 weight rows; 16 < M <= 64: 64 x 128; larger: 128 x 128
+    with 8 warps (wgmma M = 64 per warpgroup). K is split until there are two programs per SM,
+    reduced in the same launch. Quantizer items of 8 rows by 512-wide K chunks: 4096 elements,
+    32 per thread at 4 warps.
+    """
+    if interpret:  # small tiles; several quantizer items and a split over K still exercised
+        block_m, block_n, warps, stages, qrows, qk = (16 if m <= GEMV_MAX_M else 32), 16, 1, 1, 4, 32
+    elif m <= GEMV_MAX_M:
+        block_m, block_n, warps, stages, qrows, qk = 16, 128, 4, 4, 8, 512
+    elif m <= 64:
+        block_m, block_n, warps, stages, qrows, qk = 64, 128, 4, 3, 8, 512
+    else:
+        block_m, block_n, warps, stages, qrows, qk = 128, 128, 8, 3, 8, 512
+    tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+    k_tiles = triton.cdiv(k, tile)
+    if interpret:
+        per = max(1, triton.cdiv(k_tiles, 2))
+    else:
+        per = max(1, min(k_tiles, k_tiles * tiles // (2 * num_sms)))
+    split = triton.cdiv(k_tiles, per)
+    return block_m, block_n, split, per * tile, qrows, qk, warps, stages
+
+
+def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: int, fp8: bool):
+    m = x.shape[0]
+    _, num_sms, interpret = _device_info(x)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return y
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    block_m, block_n, split, k_split, qrows, qk, warps, stages = a8_config(
+        m, n, k, tile, num_sms, interpret
+    )
+    n_tiles, m_tiles = triton.cdiv(n, block_n), triton.cdiv(m, block_m)
+    kp = triton.cdiv(k, tile) * tile
+    raw = bits == 0
+    groups = k // group_size
+    has_zero = z is not None
+    qdt = torch.float8_e4m3fn if fp8 else torch.int8
+    xq = torch.empty((m_tiles * block_m, kp), dtype=qdt, device=x.device)
+    xs = torch.empty((m_tiles * block_m,), dtype=torch.float32, device=x.device)
+    xsum = torch.empty((m_tiles * block_m, groups) if has_zero else (1,), dtype=torch.float32,
+                       device=x.device)  # fmt: skip
+    cnt = _locks(x.device, 2 + m_tiles + (m_tiles * n_tiles if split > 1 else 0))
+    if split > 1:
+        part = torch.empty((split, m_tiles * n_tiles * block_n * block_m), dtype=torch.float32,
+                           device=x.device)  # fmt: skip
+    else:
+        part = y
+    bits_k = 4 if bits == 3 else bits
+    st = scales_t(s) if groups > 1 else s
+    _a8_matmul_kernel[(n_tiles, m_tiles, split)](
+        x, xq, xs, xsum, w if raw else w.view(torch.int32), s, st, z if has_zero else s,
+        bias if bias is not None else y, y, part, cnt,
+        m, n, k, kp, group_size, groups, k_split, x.stride(0), w.stride(0), s.stride(0),
+        st.stride(0), y.stride(0),
+        BITS=8 if raw else bits_k,
+        W_RAW8=raw,
+        FP8=fp8,
+        EMULATE_FP8=fp8 and interpret,
+        HAS_ZERO=has_zero,
+        INT_ACC=not fp8 and groups == 1,
+        SPG=1 if raw else max(1, min(16 // bits_k, group_size * (16 // bits_k) // tile)),
+        EVEN_K=k % tile == 0,
+        HAS_BIAS=bias is not None,
+        SPLIT_K=split,
+        RNE_BF16=interp_bf16(x),
+        QROWS=qrows,
+        QK=qk,
+        GC=32,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=tile,
+        num_warps=warps,
+        num_stages=stages,
+    )  # fmt: skip
+    return y
+
+
+def quant_linear(x, packed, scales, zeros, bits, group_size, k, bias):
+    """y (M, N) = per-token int8 x times a packed 2/3/4/8-bit weight (act_bits=8); None where
+    the weight's groups do not fit this kernel (see :func:`tile_for`)."""
+    from ..quant.packing import tile_codes
+
+    tile = tile_for(bits, group_size, k)
+    if tile is None:
+        return None
+    n = packed.shape[0]
+    if n * tile_codes(k, 4 if bits == 3 else bits, tile)[1] >= 2**31:
+        return None  # 32-bit offsets inside the weight
+    tiles = tiles_of(packed, bits, k, tile)
+    return _launch(x, tiles, scales.contiguous(), zeros.contiguous(), bias, n, k, group_size,
+                   bits, tile,
+                   fp8=False)  # fmt: skip
+
+
+RAW8_TILE = 128  # codes per K tile of a plain 8-bit weight: 8 16-byte loads per row
+
+
+def raw8_linear(x, weight, weight_scale, bias):
+    """x quantized per token to the weight's 8-bit type (int8, or float8 e4m3 on sm_89+) times
+    the plain 8-bit weight (N, K) with per-row float32 scales (N,)."""
+    n, k = weight.shape
+    fp8 = weight.dtype != torch.int8
+    return _launch(x, weight.contiguous(), weight_scale.contiguous(), None, bias, n, k, k, 0,
+                   RAW8_TILE, fp8=fp8)  # fmt: skip
