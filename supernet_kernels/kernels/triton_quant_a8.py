@@ -99,32 +99,53 @@ def _quantize_item(
 
 
 @triton.jit
-def _w_codes(h, j: tl.constexpr, BITS: tl.constexpr):
-    """Slice j of an int16 tile-layout word tile as int8 codes (8 bits: q - 128)."""
+def _w_codes(b, j: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+    """Slice j of a byte tile of the A8 layout as int8 codes (8 bits: q - 128, one XOR).
+
+    ASM (GPUs): four bytes share a 32-bit register, so one AND (after one SHF for j > 0)
+    makes four codes. Written as PTX because Triton lowers 8-bit integer ops per byte and
+    repacks them with PRMT. The plain ops compute the same function and are what the CPU
+    interpreter checks.
+    """
+    MASK: tl.constexpr = (1 << BITS) - 1
+    if ASM:
+        if BITS == 8:
+            asm: tl.constexpr = "xor.b32 $0, $1, 0x80808080;"
+        elif j == 0:
+            asm: tl.constexpr = f"and.b32 $0, $1, {MASK * 0x01010101};"
+        else:
+            asm: tl.constexpr = (
+                f"{{ .reg .b32 t; shr.b32 t, $1, {BITS * j}; and.b32 $0, t, {MASK * 0x01010101}; }}"
+            )
+        return tl.inline_asm_elementwise(asm, "=r,r", [b], dtype=tl.int8, is_pure=True, pack=4)
     if BITS == 8:
-        if j == 0:
-            w = h.to(tl.int8) ^ -128  # the low byte; q - 128 == q ^ 0x80 in 8 bits
-        else:
-            w = (h >> 8).to(tl.int8) ^ -128
-    else:
-        if j == 0:
-            w = (h & ((1 << BITS) - 1)).to(tl.int8)
-        else:
-            w = ((h >> (BITS * j)) & ((1 << BITS) - 1)).to(tl.int8)
-    return w
+        return b ^ -128  # q - 128 == q ^ 0x80 in 8 bits
+    return ((b.to(tl.uint8, bitcast=True) >> (BITS * j)) & MASK).to(tl.int8)
+
+
+@triton.jit
+def _pick(s, i: tl.constexpr):
+    """Column i of a (R, 4) register tile, by two halving splits (no data movement where a
+    thread holds a row's 4 values, as the 16-byte loads leave them)."""
+    a, b = tl.split(tl.reshape(s, (s.shape[0], 2, 2)))
+    s = b if (i % 2) == 1 else a
+    a, b = tl.split(s)
+    return b if (i // 2) == 1 else a
 
 
 @triton.jit
 def _a8_matmul_kernel(
-    x_ptr, xq_ptr, xs_ptr, xsum_ptr, w_ptr, s_ptr, st_ptr, z_ptr, b_ptr, y_ptr, part_ptr,
-    cnt_ptr, M, N, K, KP, G, NG, k_split, stride_xm, stride_wn, stride_sn, stride_st, stride_ym,
+    x_ptr, xq_ptr, xs_ptr, xsum_ptr, w_ptr, s_ptr, sb_ptr, z_ptr, b_ptr, y_ptr, part_ptr,
+    cnt_ptr, M, N, K, KP, NG, k_split, stride_xm, stride_wn, stride_sn, stride_sb, stride_ym,
+    G: tl.constexpr,
+    T: tl.constexpr,
     BITS: tl.constexpr,
+    ASM: tl.constexpr,
     W_RAW8: tl.constexpr,
     FP8: tl.constexpr,
     EMULATE_FP8: tl.constexpr,
     HAS_ZERO: tl.constexpr,
     INT_ACC: tl.constexpr,
-    SPG: tl.constexpr,
     EVEN_K: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SPLIT_K: tl.constexpr,
@@ -181,30 +202,34 @@ def _a8_matmul_kernel(
             xt = tl.load(xq_cols + (k0 + offs_k)[:, None])
             acc = tl.dot(w, xt, acc)  # int8: int32, exact; fp8: fp32
     else:
-        C: tl.constexpr = 16 // BITS
-        E: tl.constexpr = BLOCK_K // C
+        # one iteration: BLOCK_K codes = U tiles of the layout (T codes each) = GPI groups
+        CB: tl.constexpr = 8 // BITS
+        E: tl.constexpr = T // CB
+        U: tl.constexpr = BLOCK_K // T
+        GPI: tl.constexpr = 4  # groups per step (k_step: T / G <= CB <= 4 as G >= E)
         offs_e = tl.arange(0, E)
-        # the tile layout's int16 words, passed as int32 pairs (strides in int16 words)
-        w_rows = w_ptr.to(tl.pointer_type(tl.int16)) + rows[:, None] * stride_wn
+        w_rows = w_ptr + rows[:, None] * stride_wn
+        sb_rows = sb_ptr + rows[:, None] * stride_sb
         for t in range(t_lo, t_hi):
             k0 = t * BLOCK_K
-            h = tl.load(w_rows + (t * E + offs_e)[None, :])
-            for j in tl.static_range(C):
-                w = _w_codes(h, j, BITS)
-                xt = tl.load(xq_cols + (k0 + j * E + offs_e)[:, None])
-                if INT_ACC:
-                    acc = tl.dot(w, xt, acc)  # int32 over all of K, exact
-                else:
-                    if j % SPG == 0:
-                        part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
-                    part = tl.dot(w, xt, part)  # int32 over the group, exact
-                    if j % SPG == SPG - 1:
-                        # (the padding past K reads the last group; its codes are 0)
-                        g = tl.minimum((k0 + j * E) // G, NG - 1)
-                        # the scales transposed and padded to whole column tiles (made once
-                        # per weight): BLOCK_N contiguous fp32, 16-byte loads
-                        s = tl.load(st_ptr + g * stride_st + offs_n)
-                        acc += part.to(tl.float32) * s[:, None]
+            if not INT_ACC:
+                # the iteration's GPI group scales of each row: one 16-byte run per row (the
+                # scales regrouped once per weight, see scale_blocks)
+                sblk = tl.load(sb_rows + (t * GPI + tl.arange(0, GPI))[None, :])
+            for u in tl.static_range(U):
+                h = tl.load(w_rows + ((t * U + u) * E + offs_e)[None, :])
+                for j in tl.static_range(CB):
+                    w = _w_codes(h, j, BITS, ASM)
+                    xt = tl.load(xq_cols + (k0 + u * T + j * E + offs_e)[:, None])
+                    if INT_ACC:
+                        acc = tl.dot(w, xt, acc)  # int32 over all of K, exact
+                    else:
+                        if (u * T + j * E) % G == 0:
+                            part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+                        part = tl.dot(w, xt, part)  # int32 over the group, exact
+                        if (u * T + j * E + E) % G == 0:  # the group's last slice
+                            sc = _pick(sblk, (u * T + j * E) // G)
+                            acc += part.to(tl.float32) * sc[:, None]
     # ---- epilogue: weight scales, zero point, token scales
     offs_mm = m0 + offs_m
     if INT_ACC:
@@ -222,11 +247,11 @@ def _a8_matmul_kernel(
         s = tl.load(s_ptr + rows * stride_sn)
         acc = acc * s[:, None]
     elif HAS_ZERO:
-        # sum over this program's groups of (s z)_g X_g: (BLOCK_N, GC) @ (GC, BLOCK_M) chunks
+        # sum over this program's groups of (s z)_g X_g: (BLOCK_N, GC) @ (GC, BLOCK_M) products
+        # on the tensor cores (tf32x3: about fp32's precision), once per output tile
         OFF2: tl.constexpr = 128.0 if BITS == 8 else 0.0
-        g_lo = t_lo * BLOCK_K // G
-        g_hi = tl.minimum(tl.cdiv(t_hi * BLOCK_K, G), NG)
-        for g0 in range(g_lo, g_hi, GC):
+        g_hi = tl.minimum(t_hi * (BLOCK_K // G), NG)
+        for g0 in range(t_lo * (BLOCK_K // G), g_hi, GC):
             gs = g0 + tl.arange(0, GC)
             mask_g = gs < g_hi
             sz = tl.load(s_ptr + rows[:, None] * stride_sn + gs[None, :], mask=mask_g[None, :],
@@ -279,7 +304,6 @@ def _a8_matmul_kernel(
 # The weight in the tile layout
 
 _CACHE: dict = {}  # (what, id(tensor)) -> (weak reference to tensor, key, derived tensor)
-COL_PAD = 128  # the widest BLOCK_N: transposed scales hold whole column tiles
 
 
 def _cached(what: str, t: torch.Tensor, key: tuple, make):
@@ -296,49 +320,74 @@ def _cached(what: str, t: torch.Tensor, key: tuple, make):
 
 
 def tile_for(bits: int, group_size: int, k: int) -> int | None:
-    """Codes per K tile for a packed weight on this kernel, None where its groups do not fit.
+    """Codes per K tile of the A8 layout for this weight, None where its groups do not fit.
 
-    Each shift of a word tile is one MMA of E = T / C codes along K, and int8 MMAs take 32
-    along K: E = 32 for 2 and 4 bits (T = 256, 128), E = 64 for 8 bits (T = 128) where the
-    groups allow, else 32. A group spans whole tiles, or whole E-slices of one tile.
-    3-bit codes are held in the 4-bit layout.
+    Each shift of a byte tile is one MMA of E = T / CB codes along K (CB = 8 / bits codes a
+    byte). E = 128 where the groups allow (T = 512, 256, 128 at 2, 4, 8 bits), else 64 or 32
+    (int8 MMAs take 32 along K): at M <= 16 the column side of x codes for one MMA is then
+    E x 16 bytes, 16 bytes a thread at 128 threads (LDGSTS.64 at E = 64, sm_90 compile). A group
+    spans whole tiles, or whole E-slices of one tile. 3-bit codes are held as 4-bit codes.
     """
     b = 4 if bits == 3 else bits
     if b not in (2, 4, 8):
         return None
-    c = 16 // b
-    for e in (64, 32) if b == 8 else (32,):
-        t = c * e
+    cb = 8 // b
+    for e in (128, 64, 32):
+        t = cb * e
         if group_size == k or group_size % t == 0 or (t % group_size == 0 and group_size % e == 0):
             return t
     return None
 
 
-def tiles_of(packed, bits: int, k: int, tile: int):
-    """The tile layout of a packed weight (3 bits: as 4-bit codes), made on first use and kept
-    while the weight lives."""
-    from ..quant.packing import pack, to_tiles, unpack
-
-    def make():
-        if bits == 3:  # 4 bits a code: the 4-bit layout and kernel serve it as they are
-            return to_tiles(pack(unpack(packed, 3, k), 4), 4, k, tile)
-        return to_tiles(packed, bits, k, tile)
-
-    return _cached("tiles", packed, (bits, k, tile), make)
+def k_step(tile: int, group_size: int, k: int) -> int:
+    """Codes per main-loop iteration: one tile per channel; else whole tiles holding at least
+    four groups, whose scales then come with one 16-byte load per row."""
+    # a group holds at least one E-slice of a tile (E = tile / CB >= tile / 4): tile / G <= 4,
+    # so the step is always exactly 4 groups
+    return tile if group_size == k else 4 * group_size
 
 
-def scales_t(scales):
-    """Group scales (N, groups) as (groups, N padded to whole column tiles), kept while the
-    scales live: a tile's scales of one group are then one contiguous run (16-byte loads)."""
+def to_a8_tiles(packed, bits: int, k: int, tile: int, kpad: int) -> torch.Tensor:
+    """sk-pack-v1 words (N, W) -> the A8 layout: int8 (N, kpad / CB), rows padded with code 0
+    to kpad codes (whole main-loop steps).
+
+    Bytes, CB = 8 / bits codes each (3 bits: as 4-bit codes). In the K tile starting at code
+    t, byte e (0 <= e < E = tile / CB) holds codes t + j*E + e for j = 0..CB-1 at bits
+    [bits*j, bits*j + bits): the tile layout of ``quant.packing.to_tiles`` with bytes for its
+    int16 words. Four bytes of a register then unpack to four int8 MMA operands with one AND
+    (and one shift), where int16 words cost a byte permute per code (sm_90 compile, W4A8,
+    M = 4096: 76 PRMT per 64 codes in the main loop on the int16 layout).
+    """
+    from ..quant.packing import unpack
+
+    b = 4 if bits == 3 else bits
+    cb = 8 // b
+    n = packed.shape[0]
+    codes = unpack(packed, bits, k).to(torch.int32)
+    codes = torch.nn.functional.pad(codes, (0, kpad - k)).view(n, -1, cb, tile // cb)
+    shifts = (torch.arange(cb, device=packed.device, dtype=torch.int32) * b).view(1, 1, cb, 1)
+    words = (codes << shifts).sum(2)  # disjoint bit fields: the sum is an OR; < 256
+    return torch.where(words >= 128, words - 256, words).to(torch.int8).reshape(n, kpad // cb)
+
+
+def tiles_of(packed, bits: int, k: int, tile: int, kpad: int):
+    """The A8 layout of a packed weight, made on first use and kept while the weight lives."""
+    return _cached("tiles", packed, (bits, k, tile, kpad),
+                   lambda: to_a8_tiles(packed, bits, k, tile, kpad))  # fmt: skip
+
+
+def scale_blocks(scales, gpi: int, steps: int):
+    """Group scales (N, groups) as (N, steps * gpi rounded up to 16), zero-padded, kept while the
+    scales live: a main-loop step's gpi scales of a row are one aligned 16-byte run."""
 
     def make():
         n, g = scales.shape
-        out = torch.zeros((g, triton.cdiv(n, COL_PAD) * COL_PAD), dtype=torch.float32,
+        out = torch.zeros((n, triton.cdiv(steps * gpi, 16) * 16), dtype=torch.float32,
                           device=scales.device)  # fmt: skip
-        out[:, :n] = scales.T
+        out[:, :g] = scales
         return out
 
-    return _cached("scales_t", scales, (), make)
+    return _cached("scale_blocks", scales, (gpi, steps), make)
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,13 +396,17 @@ def scales_t(scales):
 GEMV_MAX_M = 16  # up to 16 rows of x share one weight pass (the MMA's 16-wide column side)
 
 
-def a8_config(m: int, n: int, k: int, tile: int, num_sms: int, interpret: bool):
+def a8_config(m: int, n: int, k: int, step: int, per_channel: bool, num_sms: int,
+              interpret: bool):  # fmt: skip
     """(BLOCK_M, BLOCK_N, SPLIT_K, k_split, QROWS, QK, warps, stages).
 
-    M <= 16: 16-wide column tiles, 128 weight rows; 16 < M <= 64: 64 x 128; larger: 128 x 128
-    with 8 warps (wgmma M = 64 per warpgroup). K is split until there are two programs per SM,
-    reduced in the same launch. Quantizer items of 8 rows by 512-wide K chunks: 4096 elements,
-    32 per thread at 4 warps.
+    M <= 16: 16-wide column tiles, 128 weight rows; 16 < M <= 64: 64 x 128. Larger M: 128 x
+    128 with 8 warps for one group across K (int32 sums over all of K); with groups, 64 x 256
+    (each group's int32 partial is scaled into fp32, one I2F and one FFMA per accumulator
+    element per group: 2 per code at 128 columns, 1 at 64; sm_90 compile, W4A8 M = 4096:
+    3.9 SASS instructions per code at 128 x 128). K is split until there are two programs per
+    SM, reduced in the same launch. Quantizer items of 8 rows by 512-wide K chunks: 4096
+    elements, 32 per thread at 4 warps.
     """
     if interpret:  # small tiles; several quantizer items and a split over K still exercised
         block_m, block_n, warps, stages, qrows, qk = (16 if m <= GEMV_MAX_M else 32), 16, 1, 1, 4, 32
@@ -361,19 +414,22 @@ def a8_config(m: int, n: int, k: int, tile: int, num_sms: int, interpret: bool):
         block_m, block_n, warps, stages, qrows, qk = 16, 128, 4, 4, 8, 512
     elif m <= 64:
         block_m, block_n, warps, stages, qrows, qk = 64, 128, 4, 3, 8, 512
-    else:
+    elif per_channel:
         block_m, block_n, warps, stages, qrows, qk = 128, 128, 8, 3, 8, 512
-    tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-    k_tiles = triton.cdiv(k, tile)
-    if interpret:
-        per = max(1, triton.cdiv(k_tiles, 2))
     else:
-        per = max(1, min(k_tiles, k_tiles * tiles // (2 * num_sms)))
-    split = triton.cdiv(k_tiles, per)
-    return block_m, block_n, split, per * tile, qrows, qk, warps, stages
+        block_m, block_n, warps, stages, qrows, qk = 64, 256, 8, 3, 8, 512
+    tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+    steps = triton.cdiv(k, step)
+    if interpret:
+        per = max(1, triton.cdiv(steps, 2))
+    else:
+        per = max(1, min(steps, steps * tiles // (2 * num_sms)))
+    split = triton.cdiv(steps, per)
+    return block_m, block_n, split, per * step, qrows, qk, warps, stages
 
 
-def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: int, fp8: bool):
+def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: int, step: int,
+            fp8: bool):  # fmt: skip
     m = x.shape[0]
     _, num_sms, interpret = _device_info(x)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
@@ -381,13 +437,14 @@ def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: 
         return y
     if x.stride(1) != 1:
         x = x.contiguous()
+    groups = k // group_size
     block_m, block_n, split, k_split, qrows, qk, warps, stages = a8_config(
-        m, n, k, tile, num_sms, interpret
+        m, n, k, step, groups == 1, num_sms, interpret
     )
     n_tiles, m_tiles = triton.cdiv(n, block_n), triton.cdiv(m, block_m)
-    kp = triton.cdiv(k, tile) * tile
+    steps = triton.cdiv(k, step)
+    kp = steps * step
     raw = bits == 0
-    groups = k // group_size
     has_zero = z is not None
     qdt = torch.float8_e4m3fn if fp8 else torch.int8
     xq = torch.empty((m_tiles * block_m, kp), dtype=qdt, device=x.device)
@@ -400,21 +457,22 @@ def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: 
                            device=x.device)  # fmt: skip
     else:
         part = y
-    bits_k = 4 if bits == 3 else bits
-    st = scales_t(s) if groups > 1 else s
+    sb = scale_blocks(s, 4, steps) if groups > 1 else s
     _a8_matmul_kernel[(n_tiles, m_tiles, split)](
-        x, xq, xs, xsum, w if raw else w.view(torch.int32), s, st, z if has_zero else s,
+        x, xq, xs, xsum, w, s, sb, z if has_zero else s,
         bias if bias is not None else y, y, part, cnt,
-        m, n, k, kp, group_size, groups, k_split, x.stride(0), w.stride(0), s.stride(0),
-        st.stride(0), y.stride(0),
-        BITS=8 if raw else bits_k,
+        m, n, k, kp, groups, k_split, x.stride(0), w.stride(0), s.stride(0), sb.stride(0),
+        y.stride(0),
+        G=group_size,
+        T=tile,
+        BITS=8 if raw else (4 if bits == 3 else bits),
+        ASM=not interpret,
         W_RAW8=raw,
         FP8=fp8,
         EMULATE_FP8=fp8 and interpret,
         HAS_ZERO=has_zero,
         INT_ACC=not fp8 and groups == 1,
-        SPG=1 if raw else max(1, min(16 // bits_k, group_size * (16 // bits_k) // tile)),
-        EVEN_K=k % tile == 0,
+        EVEN_K=k % step == 0,
         HAS_BIAS=bias is not None,
         SPLIT_K=split,
         RNE_BF16=interp_bf16(x),
@@ -423,7 +481,7 @@ def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: 
         GC=32,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
-        BLOCK_K=tile,
+        BLOCK_K=step,
         num_warps=warps,
         num_stages=stages,
     )  # fmt: skip
@@ -433,21 +491,34 @@ def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: 
 def quant_linear(x, packed, scales, zeros, bits, group_size, k, bias):
     """y (M, N) = per-token int8 x times a packed 2/3/4/8-bit weight (act_bits=8); None where
     the weight's groups do not fit this kernel (see :func:`tile_for`)."""
-    from ..quant.packing import tile_codes
-
     tile = tile_for(bits, group_size, k)
     if tile is None:
         return None
     n = packed.shape[0]
-    if n * tile_codes(k, 4 if bits == 3 else bits, tile)[1] >= 2**31:
+    step = k_step(tile, group_size, k)
+    kpad = triton.cdiv(k, step) * step
+    if n * kpad >= 2**31:
         return None  # 32-bit offsets inside the weight
-    tiles = tiles_of(packed, bits, k, tile)
+    tiles = tiles_of(packed, bits, k, tile, kpad)
     return _launch(x, tiles, scales.contiguous(), zeros.contiguous(), bias, n, k, group_size,
-                   bits, tile,
-                   fp8=False)  # fmt: skip
+                   bits, tile, step, fp8=False)  # fmt: skip
 
 
-RAW8_TILE = 128  # codes per K tile of a plain 8-bit weight: 8 16-byte loads per row
+def quant_linear_a8(x, packed, scales, zeros, bits, group_size, k, act_bits, bias):
+    """quant_linear's Triton path for act_bits=8 (the op layer's entry): this kernel, or the
+    generic ``_quant_matmul_kernel`` for groups it cannot take (not a multiple of 32, or
+    neither a multiple nor a divisor of the K tile: see :func:`tile_for`)."""
+    if act_bits != 8:
+        raise ValueError(f"quant_linear_a8: act_bits must be 8, got {act_bits!r}")
+    y = quant_linear(x, packed, scales, zeros, bits, group_size, k, bias)
+    if y is None:
+        from . import triton_quant as tq
+
+        y = tq.quant_linear(x, packed, scales, zeros, bits, group_size, k, 8, bias)
+    return y
+
+
+RAW8_TILE = 128  # codes per K step of a plain 8-bit weight: 8 16-byte loads per row
 
 
 def raw8_linear(x, weight, weight_scale, bias):
@@ -456,4 +527,4 @@ def raw8_linear(x, weight, weight_scale, bias):
     n, k = weight.shape
     fp8 = weight.dtype != torch.int8
     return _launch(x, weight.contiguous(), weight_scale.contiguous(), None, bias, n, k, k, 0,
-                   RAW8_TILE, fp8=fp8)  # fmt: skip
+                   RAW8_TILE, RAW8_TILE, fp8=fp8)  # fmt: skip
