@@ -396,7 +396,7 @@ def scale_blocks(scales, gpi: int, steps: int):
 GEMV_MAX_M = 16  # up to 16 rows of x share one weight pass (the MMA's 16-wide column side)
 
 
-def a8_config(m: int, n: int, k: int, step: int, per_channel: bool, num_sms: int,
+def a8_config(m: int, n: int, k: int, step: int, bits: int, per_channel: bool, num_sms: int,
               interpret: bool):  # fmt: skip
     """(BLOCK_M, BLOCK_N, SPLIT_K, k_split, QROWS, QK, warps, stages).
 
@@ -413,11 +413,17 @@ def a8_config(m: int, n: int, k: int, step: int, per_channel: bool, num_sms: int
     elif m <= GEMV_MAX_M:
         block_m, block_n, warps, stages, qrows, qk = 16, 128, 4, 4, 8, 512
     elif m <= 64:
-        block_m, block_n, warps, stages, qrows, qk = 64, 128, 4, 3, 8, 512
+        block_m, block_n, warps, stages, qrows, qk = 64, 128, 8, 3, 8, 512
     elif per_channel:
         block_m, block_n, warps, stages, qrows, qk = 128, 128, 8, 3, 8, 512
     else:
-        block_m, block_n, warps, stages, qrows, qk = 64, 256, 8, 3, 8, 512
+        block_m, block_n, warps, stages, qrows, qk = 64, 128, 8, 3, 8, 512
+    if not interpret:
+        # a pipeline stage: the weight tile and the x codes of one step; 2 to 4 stages in
+        # at most 64 KB where two fit (4 x 64 KB at W8, M = 16 left one CTA per SM: 226 KB,
+        # sm_90 compile)
+        stage = block_n * step * bits // 8 + step * block_m
+        stages = max(2, min(4, (64 * 1024) // stage))
     tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
     steps = triton.cdiv(k, step)
     if interpret:
@@ -439,7 +445,8 @@ def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: 
         x = x.contiguous()
     groups = k // group_size
     block_m, block_n, split, k_split, qrows, qk, warps, stages = a8_config(
-        m, n, k, step, groups == 1, num_sms, interpret
+        m, n, k, step, 8 if bits in (0, 8) else 4 if bits == 3 else bits, groups == 1, num_sms,
+        interpret,
     )
     n_tiles, m_tiles = triton.cdiv(n, block_n), triton.cdiv(m, block_m)
     steps = triton.cdiv(k, step)
