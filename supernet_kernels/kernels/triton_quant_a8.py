@@ -400,30 +400,34 @@ def a8_config(m: int, n: int, k: int, step: int, bits: int, per_channel: bool, n
               interpret: bool):  # fmt: skip
     """(BLOCK_M, BLOCK_N, SPLIT_K, k_split, QROWS, QK, warps, stages).
 
-    M <= 16: 16-wide column tiles, 128 weight rows; 16 < M <= 64: 64 x 128. Larger M: 128 x
-    128 with 8 warps for one group across K (int32 sums over all of K); with groups, 64 x 256
-    (each group's int32 partial is scaled into fp32, one I2F and one FFMA per accumulator
-    element per group: 2 per code at 128 columns, 1 at 64; sm_90 compile, W4A8 M = 4096:
-    3.9 SASS instructions per code at 128 x 128). K is split until there are two programs per
-    SM, reduced in the same launch. Quantizer items of 8 rows by 512-wide K chunks: 4096
+    M <= 16: 16-wide column tiles, 128 weight rows, 4 warps. M > 64 with one group across K:
+    128 x 128, 8 warps (int32 sums over all of K). Otherwise 64 x 128 with 8 warps: each
+    group's int32 partial is scaled into fp32 (one I2F and one FFMA per accumulator element
+    per group), 1 instruction per code at 64 columns against 2 at 128 (sm_90 compile, W4A8
+    M = 4096: 3.9 SASS instructions per code at 128 x 128, 2.0 here); with 4 warps the same
+    tile needs 255 registers and spills 472 bytes. K is split until there are two programs
+    per SM, reduced in the same launch. Quantizer items of 8 rows by 512-wide K chunks: 4096
     elements, 32 per thread at 4 warps.
+
+    Pipeline stages (the weight tile and the x codes of one step each): 2 to 4, within 64 KB
+    at M <= 16 (two CTAs per SM; 4 x 64 KB at W8 left one, 226 KB); above, one CTA per SM
+    (registers): 160 KB for the 128 x 128 int32 tiles (4 stages of 32 KB: the census's
+    latency term at int8 M = 4096 predicts 272 us, 541 us at 2 stages), 96 KB for the grouped
+    tiles, whose 512-code steps are 48-96 KB (a third stage adds pipeline bookkeeping to the
+    main loop, 2.0 -> 2.03 SASS instructions per 2-bit code, and little else: they are
+    issue-bound).
     """
     if interpret:  # small tiles; several quantizer items and a split over K still exercised
-        block_m, block_n, warps, stages, qrows, qk = (16 if m <= GEMV_MAX_M else 32), 16, 1, 1, 4, 32
+        block_m, block_n, warps, qrows, qk = (16 if m <= GEMV_MAX_M else 32), 16, 1, 4, 32
     elif m <= GEMV_MAX_M:
-        block_m, block_n, warps, stages, qrows, qk = 16, 128, 4, 4, 8, 512
-    elif m <= 64:
-        block_m, block_n, warps, stages, qrows, qk = 64, 128, 8, 3, 8, 512
-    elif per_channel:
-        block_m, block_n, warps, stages, qrows, qk = 128, 128, 8, 3, 8, 512
+        block_m, block_n, warps, qrows, qk = 16, 128, 4, 8, 512
+    elif per_channel and m > 64:
+        block_m, block_n, warps, qrows, qk = 128, 128, 8, 8, 512
     else:
-        block_m, block_n, warps, stages, qrows, qk = 64, 128, 8, 3, 8, 512
-    if not interpret:
-        # a pipeline stage: the weight tile and the x codes of one step; 2 to 4 stages in
-        # at most 64 KB where two fit (4 x 64 KB at W8, M = 16 left one CTA per SM: 226 KB,
-        # sm_90 compile)
-        stage = block_n * step * bits // 8 + step * block_m
-        stages = max(2, min(4, (64 * 1024) // stage))
+        block_m, block_n, warps, qrows, qk = 64, 128, 8, 8, 512
+    stage = block_n * step * bits // 8 + step * block_m
+    budget = (64 if m <= GEMV_MAX_M else 160 if block_m == 128 else 96) * 1024
+    stages = 1 if interpret else max(2, min(4, budget // stage))
     tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
     steps = triton.cdiv(k, step)
     if interpret:
