@@ -73,8 +73,8 @@ def _quantize_item(
     offs_q = tl.arange(0, QK)
     amax = tl.zeros((QROWS, QK), dtype=tl.float32)
     for k0 in range(0, K, QK):
-        x = tl.load(x_rows + (k0 + offs_q)[None, :], mask=mask_r[:, None] & (k0 + offs_q < K)[None, :],
-                    other=0.0)  # fmt: skip
+        mask = mask_r[:, None] & (k0 + offs_q < K)[None, :]
+        x = tl.load(x_rows + (k0 + offs_q)[None, :], mask=mask, other=0.0)
         amax = tl.maximum(amax, tl.abs(x.to(tl.float32)), propagate_nan=tl.PropagateNan.ALL)
     amax = tl.max(tl.where(amax != amax, float("inf"), amax), axis=1)  # NaN -> inf, then max
     scale = _row_scale(amax, FP8)
@@ -448,9 +448,9 @@ def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: 
     if x.stride(1) != 1:
         x = x.contiguous()
     groups = k // group_size
+    code_bits = 8 if bits in (0, 8) else 4 if bits == 3 else bits
     block_m, block_n, split, k_split, qrows, qk, warps, stages = a8_config(
-        m, n, k, step, 8 if bits in (0, 8) else 4 if bits == 3 else bits, groups == 1, num_sms,
-        interpret,
+        m, n, k, step, code_bits, groups == 1, num_sms, interpret
     )
     n_tiles, m_tiles = triton.cdiv(n, block_n), triton.cdiv(m, block_m)
     steps = triton.cdiv(k, step)
