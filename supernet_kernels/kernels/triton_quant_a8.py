@@ -65,7 +65,7 @@ from .triton_quant import _act_codes, _device_info, _locks, _row_scale
 
 @triton.jit
 def _quantize_item(
-    x_ptr, xq_ptr, xs_ptr, xsum_ptr, row0, M, K, KP, G, NG, stride_xm,
+    x_ptr, xq_ptr, xs_ptr, xsum_ptr, row0, M, K, KP, G, NG, NGP, stride_xm,
     FP8: tl.constexpr, EMULATE_FP8: tl.constexpr, SUMS: tl.constexpr,
     QROWS: tl.constexpr, QK: tl.constexpr, PADK: tl.constexpr,
 ):  # fmt: skip
@@ -96,7 +96,11 @@ def _quantize_item(
             if SUMS:
                 gsum += tl.sum(q.to(tl.int32), axis=1)
         if SUMS:
-            tl.store(xsum_ptr + rows * NG + g, gsum.to(tl.float32))
+            tl.store(xsum_ptr + rows * NGP + g, gsum.to(tl.float32))
+    if SUMS:  # the padding groups of the sums (read unmasked by the epilogue) hold 0
+        offs_g = NG + tl.arange(0, 64)
+        tl.store(xsum_ptr + rows[:, None] * NGP + offs_g[None, :],
+                 tl.zeros((QROWS, 64), dtype=tl.float32), mask=(offs_g < NGP)[None, :])  # fmt: skip
     # the K padding of the scratch (to whole K tiles) holds code 0
     offs = K + tl.arange(0, PADK)
     zero = tl.zeros((QROWS, PADK), dtype=xq_ptr.dtype.element_ty)
@@ -140,8 +144,8 @@ def _pick(s, i: tl.constexpr):
 
 @triton.jit
 def _a8_matmul_kernel(
-    x_ptr, xq_ptr, xs_ptr, xsum_ptr, w_ptr, s_ptr, sb_ptr, z_ptr, b_ptr, y_ptr, part_ptr,
-    cnt_ptr, M, N, K, KP, NG, k_split, stride_xm, stride_wn, stride_sn, stride_sb, stride_ym,
+    x_ptr, xq_ptr, xs_ptr, xsum_ptr, w_ptr, s_ptr, sb_ptr, z_ptr, zb_ptr, b_ptr, y_ptr,
+    part_ptr, cnt_ptr, M, N, K, KP, NG, NGP, k_split, stride_xm, stride_wn, stride_sn, stride_ym,
     G: tl.constexpr,
     T: tl.constexpr,
     BITS: tl.constexpr,
@@ -174,7 +178,7 @@ def _a8_matmul_kernel(
     item = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
     while item < n_items:
         _quantize_item(
-            x_ptr, xq_ptr, xs_ptr, xsum_ptr, item * QROWS, M, K, KP, G, NG, stride_xm,
+            x_ptr, xq_ptr, xs_ptr, xsum_ptr, item * QROWS, M, K, KP, G, NG, NGP, stride_xm,
             FP8, EMULATE_FP8, HAS_ZERO, QROWS, QK, BLOCK_K,
         )  # fmt: skip
         tl.debug_barrier()  # every thread's codes are written before the arrival is published
@@ -214,12 +218,12 @@ def _a8_matmul_kernel(
         GPI: tl.constexpr = 4  # groups per step (k_step: T / G <= CB <= 4 as G >= E)
         offs_e = tl.arange(0, E)
         w_rows = w_ptr + rows[:, None] * stride_wn
-        sb_rows = sb_ptr + rows[:, None] * stride_sb
+        sb_rows = sb_ptr + rows[:, None] * NGP
         for t in range(t_lo, t_hi):
             k0 = t * BLOCK_K
             if not INT_ACC:
                 # the iteration's GPI group scales of each row: one 16-byte run per row (the
-                # scales regrouped once per weight, see scale_blocks)
+                # scales regrouped once per weight, see _blocks)
                 sblk = tl.load(sb_rows + (t * GPI + tl.arange(0, GPI))[None, :])
             for u in tl.static_range(U):
                 h = tl.load(w_rows + ((t * U + u) * E + offs_e)[None, :])
@@ -245,7 +249,7 @@ def _a8_matmul_kernel(
             # tile (the sums cover all of K)
             OFF: tl.constexpr = 128.0 if BITS == 8 else 0.0
             z = tl.load(z_ptr + rows * stride_sn) - OFF
-            xsum = tl.load(xsum_ptr + offs_mm)
+            xsum = tl.load(xsum_ptr + offs_mm * NGP)
             accf -= tl.where(pid_k == 0, z[:, None] * xsum[None, :], 0.0)
         acc = accf * s[:, None]
     elif FP8:
@@ -253,19 +257,20 @@ def _a8_matmul_kernel(
         acc = acc * s[:, None]
     elif HAS_ZERO:
         # sum over this program's groups of (s z)_g X_g: (BLOCK_N, GC) @ (GC, BLOCK_M) products
-        # on the tensor cores (tf32x3: about fp32's precision), once per output tile
-        OFF2: tl.constexpr = 128.0 if BITS == 8 else 0.0
-        g_hi = tl.minimum(t_hi * (BLOCK_K // G), NG)
-        for g0 in range(t_lo * (BLOCK_K // G), g_hi, GC):
-            gs = g0 + tl.arange(0, GC)
-            mask_g = gs < g_hi
-            sz = tl.load(s_ptr + rows[:, None] * stride_sn + gs[None, :], mask=mask_g[None, :],
-                         other=0.0)  # fmt: skip
-            zz = tl.load(z_ptr + rows[:, None] * stride_sn + gs[None, :], mask=mask_g[None, :],
-                         other=0.0)  # fmt: skip
-            xg = tl.load(xsum_ptr + offs_mm[None, :] * NG + gs[:, None], mask=mask_g[:, None],
-                         other=0.0)  # fmt: skip
-            acc -= tl.dot(sz * (zz - OFF2), xg, input_precision="tf32x3")
+        # on the tensor cores (tf32x3: about fp32's precision), once per output tile. s z is
+        # regrouped once per weight like the scales (zero_blocks; 8 bits: z - 128) and the
+        # sums are padded with zeros, so the loads are unmasked 16-byte runs; the groups of a
+        # chunk past this program's are zeroed in registers.
+        g_lo = t_lo * (BLOCK_K // G)
+        g_hi = t_hi * (BLOCK_K // G)
+        offs_c = tl.arange(0, GC)
+        # not pipelined: pipelined, this once-per-tile loop took more instructions than the
+        # main loop and spilled 320 bytes (W2A8 K = 11008, M = 1, sm_90 compile)
+        for g0 in tl.range(g_lo, g_hi, GC, num_stages=1):
+            sz = tl.load(zb_ptr + rows[:, None] * NGP + (g0 + offs_c)[None, :])
+            sz = tl.where((g0 + offs_c < g_hi)[None, :], sz, 0.0)
+            xg = tl.load(xsum_ptr + offs_mm[None, :] * NGP + (g0 + offs_c)[:, None])
+            acc -= tl.dot(sz, xg, input_precision="tf32x3")
     xs = tl.load(xs_ptr + offs_mm)
     acc = acc * xs[None, :]  # NaN for a row holding NaN or inf
     # ---- store, or reduce the split over K in this launch
@@ -381,18 +386,17 @@ def tiles_of(packed, bits: int, k: int, tile: int, kpad: int):
                    lambda: to_a8_tiles(packed, bits, k, tile, kpad))  # fmt: skip
 
 
-def scale_blocks(scales, gpi: int, steps: int):
-    """Group scales (N, groups) as (N, steps * gpi rounded up to 16), zero-padded, kept while the
-    scales live: a main-loop step's gpi scales of a row are one aligned 16-byte run."""
+def _blocks(what: str, t, width: int, values, *also):
+    """values() (N, groups) as (N, width) fp32, zero-padded: a step's 4 groups are one aligned
+    16-byte run of a row. Kept while ``t`` lives and it and ``also`` are not modified."""
 
     def make():
-        n, g = scales.shape
-        out = torch.zeros((n, triton.cdiv(steps * gpi, 16) * 16), dtype=torch.float32,
-                          device=scales.device)  # fmt: skip
-        out[:, :g] = scales
+        v = values()
+        out = torch.zeros((v.shape[0], width), dtype=torch.float32, device=v.device)
+        out[:, : v.shape[1]] = v
         return out
 
-    return _cached("scale_blocks", scales, (gpi, steps), make)
+    return _cached(what, t, (width, *(a._version for a in also), *(id(a) for a in also)), make)
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,7 +469,10 @@ def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: 
     qdt = torch.float8_e4m3fn if fp8 else torch.int8
     xq = torch.empty((m_tiles * block_m, kp), dtype=qdt, device=x.device)
     xs = torch.empty((m_tiles * block_m,), dtype=torch.float32, device=x.device)
-    xsum = torch.empty((m_tiles * block_m, groups) if has_zero else (1,), dtype=torch.float32,
+    # group scales, s * z and code sums per row: a step's 4 groups a 16-byte run; padded past
+    # the last step by one epilogue chunk (read unmasked)
+    ngp = triton.cdiv(steps * 4, 16) * 16 + 16 if groups > 1 else 1
+    xsum = torch.empty((m_tiles * block_m, ngp) if has_zero else (1,), dtype=torch.float32,
                        device=x.device)  # fmt: skip
     cnt = _locks(x.device, 2 + m_tiles + (m_tiles * n_tiles if split > 1 else 0))
     if split > 1:
@@ -473,12 +480,15 @@ def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: 
                            device=x.device)  # fmt: skip
     else:
         part = y
-    sb = scale_blocks(s, 4, steps) if groups > 1 else s
+    sb = _blocks("scales", s, ngp, lambda: s) if groups > 1 else s
+    zb = s
+    if groups > 1 and has_zero:
+        off = 128.0 if bits == 8 else 0.0
+        zb = _blocks("sz", z, ngp, lambda: s * (z - off), s)
     _a8_matmul_kernel[(n_tiles, m_tiles, split)](
-        x, xq, xs, xsum, w, s, sb, z if has_zero else s,
+        x, xq, xs, xsum, w, s, sb, z if has_zero else s, zb,
         bias if bias is not None else y, y, part, cnt,
-        m, n, k, kp, groups, k_split, x.stride(0), w.stride(0), s.stride(0), sb.stride(0),
-        y.stride(0),
+        m, n, k, kp, groups, ngp, k_split, x.stride(0), w.stride(0), s.stride(0), y.stride(0),
         G=group_size,
         T=tile,
         BITS=8 if raw else (4 if bits == 3 else bits),
@@ -494,7 +504,7 @@ def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: 
         RNE_BF16=interp_bf16(x),
         QROWS=qrows,
         QK=qk,
-        GC=32,
+        GC=16,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=step,
