@@ -108,7 +108,7 @@ SHAPES = [  # (M, K, N, group): one or two row tiles, several quantizer items, s
     (37, 320, 20, 64),
     (5, 256, 19, 128),
     (3, 72, 13, None),  # per channel, K not a multiple of 16
-    (5, 192, 9, 96),  # groups no int8 MMA slice divides: the generic kernel
+    (5, 192, 9, 96),  # 8 bits: steps of 384 codes; 2-4 bits: the generic kernel
 ]
 
 

@@ -161,6 +161,7 @@ def _a8_matmul_kernel(
     RNE_BF16: tl.constexpr,
     QROWS: tl.constexpr,
     QK: tl.constexpr,
+    PADK: tl.constexpr,
     GC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -179,7 +180,7 @@ def _a8_matmul_kernel(
     while item < n_items:
         _quantize_item(
             x_ptr, xq_ptr, xs_ptr, xsum_ptr, item * QROWS, M, K, KP, G, NG, NGP, stride_xm,
-            FP8, EMULATE_FP8, HAS_ZERO, QROWS, QK, BLOCK_K,
+            FP8, EMULATE_FP8, HAS_ZERO, QROWS, QK, PADK,
         )  # fmt: skip
         tl.debug_barrier()  # every thread's codes are written before the arrival is published
         tl.atomic_add(cnt_ptr + 2 + item * QROWS // BLOCK_M, 1, sem="release")
@@ -504,6 +505,7 @@ def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: 
         RNE_BF16=interp_bf16(x),
         QROWS=qrows,
         QK=qk,
+        PADK=triton.next_power_of_2(step),  # >= the K padding (steps of 4 groups of 96: 384)
         GC=16,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
