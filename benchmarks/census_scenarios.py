@@ -127,6 +127,25 @@ SCENARIOS: tuple[Scenario, ...] = (
 )  # fmt: skip
 
 
+# 8-bit activations (quant_linear act_bits=8, int8_linear, fp8_linear) run on the A8 kernel
+# (kernels/triton_quant_a8.py) from the op layer; the generic quant launcher above keeps only
+# the weight-only shapes.
+_A8_ENTRY = "supernet_kernels.kernels.triton_quant_a8:"
+SCENARIOS = tuple(
+    dataclasses.replace(sc, shapes=tuple(s for s in sc.shapes if s.get("act_bits") != 8))
+    if (sc.op, sc.implementation) == ("quant_linear", "triton")
+    else sc
+    for sc in SCENARIOS
+    if not (sc.op in ("int8_linear", "fp8_linear") and sc.implementation == "triton")
+) + (
+    Scenario("quant_linear", "triton", (_A8_ENTRY + "quant_linear_a8",),
+             tuple(s for s in _quant_shapes() if s["act_bits"] == 8), _HALF),
+    Scenario("int8_linear", "triton", (_A8_ENTRY + "raw8_linear",), _raw8_shapes(), _HALF),
+    Scenario("fp8_linear", "triton", (_A8_ENTRY + "raw8_linear",),
+             tuple(s for s in _raw8_shapes() if s["m"] in (1, 4096)), _HALF),
+)  # fmt: skip
+
+
 def compile_subset(sc: Scenario, dtype: str = "float16") -> tuple[dict, ...]:
     """The shapes the compile check runs in ``dtype``: for the linear ops those of the first
     K x N (other K x N of the table specialise alike: all are multiples of 16); a scenario's
@@ -183,6 +202,10 @@ def _weight_operand(packed):
     from supernet_kernels.kernels import triton_quant as tq
 
     hit = getattr(tq, "_TILES", {}).get(id(packed))
+    if hit is None:  # the A8 kernel's own layout (kernels/triton_quant_a8.py)
+        from supernet_kernels.kernels import triton_quant_a8 as a8
+
+        hit = a8._CACHE.get(("tiles", id(packed)))
     return hit[2] if hit is not None and hit[0]() is packed else packed
 
 

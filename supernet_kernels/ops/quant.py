@@ -133,6 +133,10 @@ def _flat(x, k):
 
 
 def _quant_triton(x2, packed, scales, zeros, bits, group_size, k, act_bits, bias):
+    if act_bits == 8:  # the A8 kernel: quantizer and int8 product in one launch
+        from ..kernels import triton_quant_a8 as a8
+
+        return a8.quant_linear_a8(x2, packed, scales, zeros, bits, group_size, k, 8, bias)
     from ..kernels import triton_quant as tq
 
     return tq.quant_linear(x2, packed, scales, zeros, bits, group_size, k, act_bits, bias)
@@ -356,9 +360,9 @@ def _raw8_kernel(kernel):
 
 
 def _triton_raw8(x2, weight, weight_scale, bias):
-    from ..kernels import triton_quant as tq
+    from ..kernels import triton_quant_a8 as a8
 
-    return tq.raw8_linear(x2, weight, weight_scale, bias)
+    return a8.raw8_linear(x2, weight, weight_scale, bias)
 
 
 registry.register(
