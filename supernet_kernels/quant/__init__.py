@@ -38,7 +38,9 @@ _MOVED = ("QuantizeReport", "load_quantized", "quantize_model", "save_quantized"
 
 def __getattr__(name: str):
     if name in _MOVED:
-        from .model import _moved
+        from .. import transform
+        from .model import _warn_moved
 
-        return _moved(__name__, name)
+        _warn_moved(__name__, name)
+        return getattr(transform, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

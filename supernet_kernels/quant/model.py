@@ -1,24 +1,18 @@
 """Deprecated: whole-model quantization moved to :mod:`supernet_kernels.transform`.
 
 The names below resolve there on first use, with a DeprecationWarning: ``quant/`` keeps the
-numerics only and never imports ``nn/`` (the transform builds layers, so it sits above them).
+numerics only and never imports ``nn/`` while loading (the transform builds layers, so it sits
+above them).
 """
 
 from __future__ import annotations
 
 import warnings
 
-_MOVED = (
-    "MODEL_FORMAT",
-    "QuantizeReport",
-    "load_quantized",
-    "quantize_model",
-    "save_quantized",
-)
+_MOVED = ("MODEL_FORMAT", "QuantizeReport", "load_quantized", "quantize_model", "save_quantized")
 
 
-def _moved(module: str, name: str):
-    """``supernet_kernels.transform.<name>``, with a DeprecationWarning naming ``module``."""
+def _warn_moved(module: str, name: str) -> None:
     top = ("quantize_model", "save_quantized", "load_quantized")
     also = f" (or supernet_kernels.{name})" if name in top else ""
     warnings.warn(
@@ -26,12 +20,12 @@ def _moved(module: str, name: str):
         DeprecationWarning,
         stacklevel=3,
     )
-    from .. import transform
-
-    return getattr(transform, name)
 
 
 def __getattr__(name: str):
     if name in _MOVED:
-        return _moved(__name__, name)
+        from .. import transform
+
+        _warn_moved(__name__, name)
+        return getattr(transform, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
