@@ -226,9 +226,9 @@ class TransformContext:
     shared: set[int]
 
 
-# A handler returns a zero-argument callable building the replacement (called only once every
-# layer was checked, so that a bad setting leaves the model unchanged), or a str: the reason the
-# layer stays as it is.
+# A handler returns a zero-argument callable building the replacement QuantLinear (called only
+# once every layer was checked, so that a bad setting leaves the model unchanged), or a str: the
+# reason the layer stays as it is.
 Handler = Callable[[str, nn.Module, TransformContext], "Callable[[], nn.Module] | str"]
 HANDLERS: dict[type, Handler] = {}
 
