@@ -37,8 +37,11 @@ census:  ## sm_90 kernel census without a GPU: figures, predicted times, gates (
 # The census runs before pytest so that pytest's summary is the last thing CI prints.
 test-all: install ctest census test  ## what CI runs (README's test command)
 
-bench:  ## the low-rank benchmark (GPU: full table; CPU: smoke run)
-	$(PYTHON) benchmarks/bench_lowrank.py
+# The kernel benchmarks on the harness (benchmarks/harness/): GPU, the full sweeps; no GPU, the
+# smoke sweeps. BENCH=quant picks one; BENCH_ARGS=--quick passes flags to each.
+BENCH ?= lowrank quant attention
+bench:  ## the kernel benchmarks, then their reports (results in benchmarks/results/)
+	for b in $(BENCH); do $(PYTHON) benchmarks/bench_$$b.py $(BENCH_ARGS) || exit 1; done
 
 lint:
 	ruff check $(PY_SOURCES)

@@ -7,8 +7,8 @@ The native extension ``supernet_kernels._C`` is optional:
 * Otherwise the CUDA kernels are compiled whenever torch has CUDA and a CUDA toolkit with
   nvcc is found. No GPU is needed to compile.
 * ``TORCH_CUDA_ARCH_LIST`` (e.g. ``"9.0"`` or ``"8.0;9.0+PTX"``) picks the architectures;
-  the default is sm_80, sm_86, sm_89 and sm_90, each kept only if this nvcc supports it,
-  with PTX embedded for the newest so later GPUs can JIT it.
+  the default is the list in csrc/cuda_archs.txt (which CMakeLists.txt reads too), each kept
+  only if this nvcc supports it, with PTX embedded for the newest so later GPUs can JIT it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,16 @@ import sys
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCHS = ["8.0", "8.6", "8.9", "9.0"]
+# The architectures, one a line; CMakeLists.txt reads the same file.
+ARCH_FILE = os.path.join(ROOT, "csrc", "cuda_archs.txt")
+
+
+def _default_archs() -> list[str]:
+    if not os.path.exists(ARCH_FILE):
+        raise RuntimeError(f"{ARCH_FILE} is missing: build from a full checkout, or set "
+                           "TORCH_CUDA_ARCH_LIST")  # fmt: skip
+    with open(ARCH_FILE, encoding="utf-8") as f:
+        return [ln.strip() for ln in f if re.match(r"\d+\.\d+", ln.strip())]
 
 
 def _flag(name: str) -> bool:
@@ -54,7 +63,7 @@ def _nvcc_supported_archs(nvcc: str) -> set[str]:
 def _arch_flags(nvcc: str) -> tuple[list[str], list[int]]:
     """-gencode flags and the list of SASS architectures (as ints, e.g. 90) compiled in."""
     requested = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
-    entries = [a for a in re.split(r"[;, ]+", requested) if a] if requested else DEFAULT_ARCHS
+    entries = [a for a in re.split(r"[;, ]+", requested) if a] if requested else _default_archs()
     supported = _nvcc_supported_archs(nvcc)
     flags, archs = [], []
     wanted = []

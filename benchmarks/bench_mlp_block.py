@@ -33,39 +33,30 @@ import torch
 import torch.nn.functional as F
 
 _HERE = Path(__file__).resolve().parent
-sys.path[:0] = [p for p in (str(_HERE.parent),) if p not in sys.path]
+sys.path[:0] = [p for p in (str(_HERE), str(_HERE.parent)) if p not in sys.path]
 
-LAUNCH_US, BW, PEAK = 3.5, 3.0e12, 690e12  # H100 figures of ANCHORS.md
+import census_model  # noqa: E402
+
+from supernet_kernels.cost import formulas as FM  # noqa: E402
+
+# The H100's per-launch cost, copy ceiling and fp16 peak: the census's constants (one place).
+_H100 = census_model.GPUS["H100"]
+LAUNCH_US, BW, PEAK = _H100["launch_us"], _H100["copy_tbs"] * 1e12, _H100["fp16_tflops"] * 1e12
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def kernel_us(byts: float, flops: float) -> float:
-    return LAUNCH_US + max(byts / BW, flops / PEAK) * 1e6
+    return FM.per_call_roofline_us(
+        bytes_moved=byts, flops=flops, copy_bytes_per_s=BW, peak_flops=PEAK, launch_us=LAUNCH_US
+    )
 
 
 def predicted_us(variant: str, m: int, k: int, h: int, r: int, size: int = 2) -> float:
-    """The block's per-kernel roofline: each launch 3.5 us + its own bytes or FLOPs."""
-    x, hid, y = m * k * size, m * h * size, m * k * size
-    if variant == "dense":
-        fc1 = kernel_us(x + h * k * size + h * size + hid, 2 * m * k * h)
-        gelu = kernel_us(2 * hid, 0)
-        fc2 = kernel_us(hid + k * h * size + k * size + y, 2 * m * k * h)
-        return fc1 + gelu + fc2
-    if variant == "ours":  # one launch; h never leaves the chip
-        return kernel_us(x + 2 * r * (k + h) * size + (h + k) * size + y, 4 * m * r * (k + h))
-    if variant == "ours_2launch":
-        fc1 = kernel_us(x + r * (k + h) * size + h * size + hid, 2 * m * r * (k + h))
-        fc2 = kernel_us(hid + r * (k + h) * size + k * size + y, 2 * m * r * (k + h))
-        return fc1 + fc2
-    t = m * r * size  # torch_lowrank: t = x v^T, y = t u^T per linear, GELU between
-    return (
-        kernel_us(x + r * k * size + t, 2 * m * r * k)
-        + kernel_us(t + h * r * size + hid, 2 * m * r * h)
-        + kernel_us(2 * hid, 0)
-        + kernel_us(hid + r * h * size + t, 2 * m * r * h)
-        + kernel_us(t + k * r * size + y, 2 * m * r * k)
-    )
+    """The block's per-kernel roofline: each launch 3.5 us + its own bytes or FLOPs
+    (cost.formulas.mlp_block_launches)."""
+    launches = FM.mlp_block_launches(variant, m=m, k=k, h=h, rank=r, elem=size)
+    return sum(kernel_us(byts, flops) for byts, flops in launches)
 
 
 def make_block(m: int, k: int, h: int, r: int, dtype, device, seed: int = 0) -> dict:

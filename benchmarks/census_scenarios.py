@@ -124,7 +124,6 @@ SCENARIOS: tuple[Scenario, ...] = (
              ("supernet_kernels.kernels.triton_attention:attention_bwd",), _ATTN_SHAPES),
     Scenario("quant_linear", "cuda", ("_quant_linear_cuda",),
              tuple(s for s in _quant_shapes() if s["act_bits"] == 16)),
-    Scenario("int8_linear", "cuda", ("_int8_linear_cuda",), _raw8_shapes()),
 )  # fmt: skip
 
 

@@ -13,7 +13,9 @@
 # (plans/<model>_<config>.{json,txt}) and census/census_sm90.{json,md} (predicted vs measured).
 # junit.xml stays in a temp folder (its pass/fail counts go into the summary; the failures
 # themselves are in pytest.log) to make room for models.jsonl; the models plot is redrawn
-# locally with `python benchmarks/models_report.py $OUT/models.jsonl`.
+# locally with `python benchmarks/models_report.py $OUT/models.jsonl`; every benchmark's tables
+# with `python benchmarks/report.py {lowrank,quant,attention,models} FILE`, its plots with
+# `python benchmarks/plot.py {lowrank,quant,attention} --results FILE`.
 # models.jsonl also holds the attention-op records of bench_attention.py (kind "attention").
 # Peers for the quant benchmark (bitsandbytes, gemlite) come from wheels in .whl/ at the repo
 # root when it exists (the GPU machine has no network; see benchmarks/README.md).
@@ -397,7 +399,7 @@ summary = {
     "models_failed": models.get("models_failed"), "models_not_run": models.get("not_run"),
     "models_targets": models.get("targets"), "models_rel_err": models.get("rel_err"),
     "models_output_mismatch": models.get("output_mismatch"),
-    "attention_target": attn.get("target"), "attention_bad": attn.get("bad"),
+    "attention_targets": attn.get("targets"), "attention_bad": attn.get("bad"),
     "attention_pct_bf16_peak": attn.get("pct_bf16_peak"),
     "latency_table": lat or None,
     "mlp_block": mlp or None, "census_vs_measured": census, "plans_written": plans,
@@ -426,10 +428,10 @@ for k, v in (models.get("latency_ms") or {}).items():
 print(f"  models errors: {len(models.get('errors') or [])}   failed: {models.get('models_failed')}"
       f"   not run: {models.get('models_not_run', models.get('not_run'))}"
       f"   output mismatches: {models.get('output_mismatch')}")
-for t in [*(models.get("targets") or {}).values(), *([attn["target"]] if attn.get("target") else [])]:
+for t in [*(models.get("targets") or {}).values(), *(attn.get("targets") or {}).values()]:
     verdict = {True: "PASS", False: "MISS", None: "N/A"}[t["pass"]]
-    v = t.get("value")
-    print(f"  models    {verdict:<4} {t['target']}: {'-' if v is None else round(v, 2)}")
+    v = t.get("value", t.get("worst"))
+    print(f"  models    {verdict:<4} {t['target']}: {'-' if v is None else v}")
 print(f"  attention bad rows: {len(attn.get('bad') or [])}")
 print(f"  latency table: {lat or '-'}")
 for k, v in mlp.items():

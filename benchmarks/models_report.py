@@ -277,34 +277,6 @@ def format_failures(records: Iterable[dict]) -> str:
 
 
 # --------------------------------------------------------------------------- attention op
-ATTN_HEADER = (
-    "shape", "dtype", "pass", "backend", "rel", "B", "H", "T", "d", "us", "TFLOP/s",
-    "% bf16 peak", "rel_err", "status",
-)  # fmt: skip
-
-
-def attention_flops(b: int, h: int, t: int, d: int, pass_: str = "fwd") -> int:
-    """QK^T and PV matmul FLOPs: 4 B H T^2 d forward; backward 10 B H T^2 d (recomputed QK^T,
-    dV, dP, dQ, dK: five T x T x d matmuls); "fwd_bwd" their sum."""
-    f = 4 * b * h * t * t * d
-    return {"fwd": f, "bwd": f * 10 // 4, "fwd_bwd": f * 14 // 4}[pass_]
-
-
-def format_attention(records: Iterable[dict]) -> str:
-    rows = []
-    for r in records:
-        if r.get("kind") != "attention":
-            continue
-        rows.append(
-            [
-                r["shape"], short_dtype(r.get("dtype")), r["pass"], r["backend"], r["rel"],
-                r["B"], r["H"], r["T"], r["d"], r.get("median_us"), r.get("tflops"),
-                r.get("pct_bf16_peak"), r.get("rel_err"), r.get("status"),
-            ]
-        )  # fmt: skip
-    return H.format_table(ATTN_HEADER, rows)
-
-
 def plot_scatter(records: Sequence[dict], path: Path) -> Path | None:
     """Latency (each mode's own) vs BitOPs, fp16, one marker per mode:config and batch, one
     panel per model. Returns the path, or None when no record has a latency."""
@@ -388,7 +360,12 @@ def main(argv=None) -> int:
     if any(r.get("kind") == "config" for r in records):
         print("\ntargets:\n" + format_targets(evaluate_targets(records)))
     if any(r.get("kind") == "attention" for r in records):
-        print("\nattention op alone (bench_attention.py):\n" + format_attention(records))
+        import report  # the attention rows' own report (bench_attention.py's records)
+
+        att = [H.normalize(r, "attention") for r in records if r.get("kind") == "attention"]
+        print(
+            "\nattention op alone (bench_attention.py):\n" + report.format_table("attention", att)
+        )
     out = plot_scatter(records, args.plot)
     print(f"plot: {out}" if out else "no latency in these records: no plot")
     return 0

@@ -1,6 +1,6 @@
-"""CPU tests of the quantized-linear benchmark (benchmarks/bench_quant.py, quant_report.py):
-byte / BitOPs formulas by hand, target evaluation and dispatch derivation on fake records, the
-plot, and the --smoke run end to end. No GPU needed."""
+"""CPU tests of the quantized-linear benchmark (benchmarks/bench_quant.py and its report):
+byte / BitOPs formulas by hand (cost/formulas.py), target evaluation and dispatch derivation on
+fake records, the plot, and the --smoke run end to end. No GPU needed."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ import pytest
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
 
+import dispatch_from_results as D  # noqa: E402
 import harness as H  # noqa: E402
-import quant_report as R  # noqa: E402
+import report  # noqa: E402
+
+from supernet_kernels.cost import formulas as R  # noqa: E402
 
 # The smoke runs take ~10-40 s alone on 2 cores; the timeout only catches a hang (a wall-clock
 # bound would be a timed unit test, and flaky on a shared machine).
@@ -40,6 +43,17 @@ def test_quant_bytes_by_hand():
     assert R.dense_bytes(m=4, k=8, n=16, elem=2) == 2 * (128 + 32 + 64)
     assert R.nominal_bytes(m=1, k=256, n=8, bits=4, group_size=128, elem=2) == (
         1024 + 2 * 2 * 8 * 2 + 2 * 264
+    )
+
+
+def test_baseline_bytes_by_hand():
+    # bare int8 GEMM at M = 32, 4096x11008: int8 x and weight read, int32 y written
+    assert R.raw8_gemm_bytes(m=32, k=4096, n=11008, out_elem=4) == (
+        11008 * 4096 + 32 * 4096 + 4 * 32 * 11008
+    )
+    # nf4: half a byte per weight plus one fp32 absmax per 64 weights, fp16 x and y
+    assert R.nf4_bytes(m=1, k=4096, n=11008, elem=2) == (
+        4096 * 11008 // 2 + 4 * 4096 * 11008 // 64 + 2 * (4096 + 11008)
     )
 
 
@@ -92,24 +106,27 @@ def _fake_records():
     return recs
 
 
+def _targets(recs):
+    """Targets on the records, each given a graph time (its eager one) where it has none."""
+    recs = [dict(r, graph_us=r.get("graph_us", r["median_us"])) for r in recs]
+    return report.evaluate_targets("quant", [H.normalize(r, "quant") for r in recs])
+
+
 def test_evaluate_targets_on_fake_records():
-    t = R.evaluate_targets(_fake_records())
-    # W4A16 M<=16 K,N>=4096: 4096x11008 only, at M 1 and 16: 40/8 = 5x, 42/8 = 5.25x.
-    assert t["w4a16_small_m_3.5x"]["pass"] is True and t["w4a16_small_m_3.5x"]["n"] == 2
-    assert t["w4a16_small_m_3.5x"]["cuda_graph_n_pass"] == "2/2"
-    assert t["w4a16_hbm85"]["pass"] is True and t["w4a16_hbm85"]["n"] == 2
-    assert t["w2a16_m1_5x"]["pass"] is True and t["w2a16_m1_5x"]["n"] == 1
+    t = _targets(_fake_records())
+    # graph-replay bars at small M, K,N >= 4096 (4096x11008 only): 6x everywhere.
+    for name in ("w4a16_m1_2.6x", "w2a16_m1_4x", "w4a16_m16_2.5x"):
+        assert t[name]["pass"] is True and t[name]["n"] == 1, name
+    assert t["w8a16_m1_1.7x"]["pass"] is None  # W8A16 not in the fake records
     # A16 at M=4096: cuda 500 us vs 1000 us = 2x; W2 on 768 falls back to triton (900): 1.11x.
     assert t["a16_large_m_0.95x"]["pass"] is True and t["a16_large_m_0.95x"]["n"] == 4
-    # W8A8 at M=4096: int8_linear 400 us -> 2.5x; W4A8: cuda 500 -> 2x.
-    assert t["w8a8_large_m_1.6x"]["pass"] is True
-    assert t["w8a8_large_m_1.6x"]["worst"]["op"] == "int8_linear"
-    assert t["w4a8_large_m_1.4x"]["pass"] is True
-    # Peers: gemlite W4A16 9 us at small M vs our 8 us (pass); 950 vs 500 at M=4096 (pass).
-    # torch_int_mm (kind gemm) is listed but never compared.
-    peers = t["beats_peers"]
-    assert peers["pass"] is True and peers["n"] == 6
-    text = R.format_targets(t)
+    # W8A8 at M=4096: int8_linear 400 us -> 2.5x.
+    assert t["w8a8_large_m_1.5x"]["pass"] is True
+    assert t["w8a8_large_m_1.5x"]["worst"]["op"] == "int8_linear"
+    # The best peer at 4-bit: gemlite 9 us on graph replay too against our 8 us.
+    assert t["w4a16_m1_vs_int4"]["pass"] is True
+    assert t["fp8_large_m_vs_scaled_mm"]["pass"] is None  # no fp8 rows
+    text = report.format_targets(t)
     assert "PASS" in text and "MISS" not in text
 
 
@@ -117,15 +134,25 @@ def test_targets_miss_and_not_applicable():
     recs = _fake_records()
     for r in recs:
         if r["kind"] == "ours" and r["w_bits"] == 4 and r["a_bits"] == 16 and r["M"] == 1:
-            r["median_us"], r["speedup_vs_dense"] = 20.0, 2.0  # slower than gemlite's 9 us
-    t = R.evaluate_targets(recs)
-    assert t["w4a16_small_m_3.5x"]["pass"] is False
-    assert t["w4a16_small_m_3.5x"]["worst"]["M"] == 1
-    assert t["beats_peers"]["pass"] is False
-    assert "MISS" in R.format_targets(t)
-    empty = R.evaluate_targets([])
+            r["graph_us"], r["graph_speedup_vs_dense"] = 20.0, 2.0  # slower than gemlite's 9 us
+    t = _targets(recs)
+    assert t["w4a16_m1_2.6x"]["pass"] is False and t["w4a16_m1_2.6x"]["worst"]["M"] == 1
+    assert t["w4a16_m1_vs_int4"]["pass"] is False
+    assert "MISS" in report.format_targets(t)
+    empty = _targets([])
     assert all(v["pass"] is None for v in empty.values())
-    assert "N/A" in R.format_targets(empty)
+    assert "N/A" in report.format_targets(empty)
+
+
+def test_fp8_target_against_scaled_mm():
+    recs = [
+        _rec("dense", "dense", 4096, 4096, 4096, 16, 16, 1000.0),
+        _rec("ours", "triton", 4096, 4096, 4096, 8, 8, 500.0, op="fp8_linear", g=4096),
+        _rec("gemm", "torch_scaled_mm_fp8", 4096, 4096, 4096, 8, 8, 600.0),
+        _rec("gemm", "torch_int_mm", 4096, 4096, 4096, 8, 8, 100.0),  # int8: another key
+    ]
+    t = _targets(recs)["fp8_large_m_vs_scaled_mm"]
+    assert t["pass"] is True and t["worst"]["x_best_peer"] == pytest.approx(1.2)
 
 
 def _bucket(entries, dtype, m, **keys):
@@ -138,8 +165,16 @@ def _bucket(entries, dtype, m, **keys):
 ENTRY_KEYS = {"dtype", "m_max", "rank_by", "ranked", "times_us", "dense_us", "pick", "shapes"}
 
 
-def test_derive_dispatch_on_fake_records():
-    tables = R.derive_dispatch(_fake_records(), "9.0")
+def test_derive_dispatch_on_fake_records(tmp_path, monkeypatch, request):
+    from supernet_kernels import dispatch
+
+    request.addfinalizer(dispatch.clear_caches)
+    # the CUDA quant kernel as verified on sm_90 (the shipped record has none since its rewrite)
+    run = {"capability": "9.0", "gpu": "NVIDIA H100 80GB HBM3", "commit": "0" * 40, "tests": "-"}
+    (tmp_path / "verified.json").write_text(json.dumps({"quant_linear": {"cuda": {"sm90": [run]}}}))
+    monkeypatch.setenv("SUPERNET_KERNELS_CONFIG_DIR", str(tmp_path))
+    dispatch.clear_caches()
+    tables = D.quant_entries(_fake_records(), "9.0")
     q = tables["quant_linear"]
     assert all(ENTRY_KEYS | {"bits", "act_bits"} == set(e) for e in q)
     e = _bucket(q, "float16", 1, bits=4, act_bits=16)
@@ -174,33 +209,29 @@ def test_derive_dispatch_ranks_by_graph_time_where_recorded():
             r["graph_us"] = {"triton": 30.0, "cuda": 10.0}[r["backend"]]
         if r["kind"] == "dense":
             r["graph_us"] = 35.0
-    e = _bucket(R.derive_dispatch(recs, "9.0")["quant_linear"], "float16", 1, bits=4, act_bits=16)
+    e = _bucket(D.quant_entries(recs, "9.0")["quant_linear"], "float16", 1, bits=4, act_bits=16)
     assert e["rank_by"] == "graph" and e["ranked"][:3] == ["cuda", "triton", "torch_dense"]
     assert e["times_us"]["triton"] == {"eager": 8.0, "graph": 30.0}
     assert e["dense_us"] == {"eager": pytest.approx(40.0), "graph": 35.0}
 
 
-def test_pick_backend_falls_back_to_torch():
-    cell = [_rec("ours", "triton", 1, 64, 48, 4, 16, 5.0, op="quant_linear", status="error")]
-    assert R.pick_backend(cell) == "torch"
-
-
 def test_tables_render():
-    recs = _fake_records()
-    text = R.format_table(recs)
+    recs = [H.normalize(r, "quant") for r in _fake_records()]
+    text = report.format_table("quant", recs)
     assert "W4A16" in text and "triton_us" in text and "!" in text and "gemlite_w4a16" in text
-    assert "torch_int_mm" in R.format_baselines(recs)
+    assert "x_fp16" in text and "%roof" in text and "x_peer" in text
+    assert "torch_int_mm" in report.format_baselines("quant", recs)
     recs[2]["first_call_ms"] = 12.5
-    assert "12.5" in R.format_first_calls(recs)
+    assert "12.5" in report.format_first_calls(recs)
 
 
 def test_plot_from_fake_records(tmp_path):
     pytest.importorskip("matplotlib")
-    import plot_quant
+    import plot
 
     results = tmp_path / "quant.jsonl"
     H.append_results(results, _fake_records())
-    assert plot_quant.main(["--results", str(results), "--out", str(tmp_path)]) == 0
+    assert plot.main(["quant", "--results", str(results), "--out", str(tmp_path)]) == 0
     pngs = list(tmp_path.glob("quant_speedup_*.png"))
     assert pngs and all(p.stat().st_size > 0 for p in pngs)
 
@@ -216,20 +247,44 @@ def test_smoke_run_exits_zero_within_budget(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = H.read_results(tmp_path / "quant.jsonl")
     assert records and all(r["device"] == "cpu" for r in records)
-    ours = [r for r in records if r["kind"] == "ours" and r["status"] == "ok"]
-    # Every registered implementation that runs on the CPU (no kernels without the
-    # interpreter); torch's int4 kernel only where it applies (4-bit, 16-bit activations).
+    timed = [r for r in records if r["role"] in ("ours", "peer") and r.get("median_us")]
+    # Every registered implementation of the three ops that runs on the CPU (no kernels
+    # without the interpreter): the reference as "ours", torch's paths as the peers; torch's
+    # int4 kernel only where it applies (4-bit, 16-bit activations).
     from supernet_kernels import registry
 
-    on_cpu = {n for n, i in registry.implementations("quant_linear").items() if not i.kernel}
-    assert {r["backend"] for r in ours} == on_cpu
-    for name in on_cpu - {"torch_int4pack"}:
-        assert {(r["w_bits"], r["a_bits"], r["M"]) for r in ours if r["backend"] == name} == {
-            (b, a, m) for b in (4, 3) for a in (16, 8) for m in (1, 5)
+    for op in ("quant_linear", "int8_linear", "fp8_linear"):
+        on_cpu = {n for n, i in registry.implementations(op).items() if not i.kernel}
+        mine = [r for r in timed if r["op"] == op]
+        assert {r["backend"] for r in mine} >= on_cpu - {"torch_int_mm"}, op
+        assert {r["role"] for r in mine if r["backend"] == "torch"} == {"ours"}
+        assert {r["role"] for r in mine if r["backend"] != "torch"} == {"peer"}
+    quant = [r for r in timed if r["op"] == "quant_linear"]
+    for name in ("torch", "torch_dequant", "torch_dense"):
+        assert {(r["w_bits"], r["a_bits"], r["M"]) for r in quant if r["backend"] == name} == {
+            (b, a, m) for b in (4, 3, 8) for a in (16, 8) for m in (1, 5)
         }, name
-    int4 = {(r["w_bits"], r["a_bits"]) for r in ours if r["backend"] == "torch_int4pack"}
+    int4 = {(r["w_bits"], r["a_bits"]) for r in quant if r["backend"] == "torch_int4pack"}
     assert int4 == {(4, 16)}
+    ours = [r for r in timed if r["role"] == "ours"]
     assert all(r["correct"] and r["rel_err"] <= r["tol"] and r["median_us"] > 0 for r in ours)
     assert all(r["reason"] for r in records if r["status"] == "skipped")
     data = json.loads(summary.read_text())
     assert data["records"] == len(records) and data["bad"] == []
+    # every timed row carries its ratio to the dense layer of its group
+    assert all(r["speedup_vs_dense"] > 0 for r in timed)
+
+
+def test_registered_path_wins_over_the_bare_gemm_of_the_same_name():
+    """torch_int_mm timed as the registered int8_linear path (with its activation quantizer)
+    and as the benchmark's bare GEMM: the bucket keeps the registered path's time."""
+    recs = [
+        _rec("dense", "dense", 4096, 4096, 4096, 16, 16, 1000.0),
+        _rec("peer", "torch_int_mm", 4096, 4096, 4096, 8, 8, 300.0, op="int8_linear", g=4096),
+        _rec("gemm", "torch_int_mm", 4096, 4096, 4096, 8, 8, 100.0),
+    ]
+    e = _bucket(D.quant_entries(recs, "9.0")["int8_linear"], "float16", 4096)
+    assert e["times_us"]["torch_int_mm"]["eager"] == 300.0
+    # records of the bench's own row alone (before the schema) still count, as they did
+    e = _bucket(D.quant_entries([recs[0], recs[2]], "9.0")["int8_linear"], "float16", 4096)
+    assert e["times_us"]["torch_int_mm"]["eager"] == 100.0

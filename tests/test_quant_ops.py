@@ -191,7 +191,7 @@ def test_quant_linear_matches_float64(device, be, dtype, bits, act_bits, shape):
     assert_matches(out, ref, plain, f"{be} W{bits}A{act_bits} {dtype} {shape}")
 
 
-@pytest.mark.parametrize("device,be", backend_params())
+@pytest.mark.parametrize("device,be", backend_params("int8_linear"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("m", [1, 17])
 def test_int8_linear_matches_float64(device, be, dtype, m):
@@ -226,6 +226,8 @@ def test_opcheck(device, be, bits):
         for act in acts:
             args = (x, q.packed, q.scales, q.zeros, bits, 32, 64, act, b)
             torch.library.opcheck(torch.ops.supernet_kernels.quant_linear.default, args)
+        if be == "cuda":  # int8_linear has no CUDA C++ kernel (torch's _int_mm serves it)
+            return
         w = torch.randint(-127, 128, (18, 64), dtype=torch.int8, device=device)
         ws = torch.rand(18, device=device)
         torch.library.opcheck(torch.ops.supernet_kernels.int8_linear.default, (x, w, ws, b))

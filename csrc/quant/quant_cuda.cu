@@ -1,427 +1,406 @@
-// Quantized linear kernels: weight-only packed GEMV (A16, 2/3/4/8-bit) and W8A8 int8 GEMM.
+// Weight-only quantized GEMV / small-M GEMM on the tensor cores (A16: 2/3/4/8-bit weights).
 //
-// *** STATUS: compiled for sm_80 / sm_90 but NOT YET RUN ON A REAL GPU. The partition / tiling /
-// *** unpacking arithmetic is shared with (quant_plan.h) and mirrored by a host emulation in
-// *** tests/cpp/test_quant_plan.cpp; the device code itself (vector loads, shuffles, wmma,
-// *** synchronisation) is only reviewed by hand so far. Performance is unmeasured.
+// *** STATUS: compiled for sm_80 / sm_90, NOT YET RUN ON A GPU. The layout arithmetic is
+// *** shared with quant_plan.h and mirrored by tests/cpp/test_quant_plan.cpp (host emulation of
+// *** this kernel's fragments, dequantization and reduction) and by the Python emulation in
+// *** tests/test_quant_cuda_layout.py; the device code itself is only reviewed by hand.
 //
-// quant_gemv_kernel<BITS, MT> (partition in quant_plan.h, gemv_tiling):
-//   grid.x = ceil(N / 16) blocks of 128 threads; each block owns 16 weight rows, 8 lanes per row,
-//   every lane loads 16-byte chunks of 4 packed words (the 8 lanes cover one 128-byte line per
-//   iteration, up to 4 chunks in flight per lane). grid.y grid-strides over M chunks of MT rows.
-//   x[m0:m0+MT, stage] is staged in shared memory as fp32 (converted once from fp16 / bf16 /
-//   fp32, any strides), K consumed in stages of SW words. Codes are dequantized in registers
-//   (w = q * s + (-z * s), fp32), accumulated in fp32 (MT accumulators per lane), reduced over
-//   the 8 lanes with __shfl_xor_sync. The element type of x / y / bias is a runtime switch used
-//   only in staging and in the epilogue, so only BITS and MT are template parameters:
-//   BITS in {2, 3, 4, 8} x MT in {1, 4, 8, 16} = 16 instantiations (+1 quantizer, +1 GEMM).
-// int8_gemm_kernel: 64 x 64 block tile, K chunks of 64, 4 warps each 2 x 2 wmma s8 16x16x16
-//   fragments (int32 accumulators), shared memory in a panel layout (see quant_plan.h);
-//   zero-filled tails in M, N and K. No multi-stage pipelining (correctness first).
-// All global offsets are int64_t.
+// quant_gemv_kernel<KIND, LB, MH, SPAN> (layout and partition in quant_plan.h):
+//   KIND: activation dtype (0 fp32, 1 fp16, 2 bf16), LB: layout bits (2, 4, 8; 3-bit weights
+//   use 4), MH: 8-row halves of x per CTA (1 for M <= 8, else 2), SPAN: columns of one group
+//   run (a group smaller than a chunk, else the chunk).
+//   grid.x = row tiles of 16 weight rows, grid.y grid-strides over 16-row chunks of x. The 8
+//   warps of a CTA split K (whole chunks each); each lane streams its 16-byte code chunks with
+//   `stages` loads in flight, no shared memory in front of them: x comes through L1 with
+//   16-byte loads (a lane's x columns are contiguous per span by construction of the layout).
+//   Per mma step a lane dequantizes 8 codes into four packed pairs: one LOP3 puts a pair of
+//   codes into the mantissas of a magic fp16 (1024) / bf16 (128) pair, one HFMA2 scales and
+//   subtracts magic + z (the integer zero point: exact q - z), one mma.sync m16n8k16 (fp32
+//   accumulation) multiplies them with x. At the end of each group's span the float32 scale
+//   applies once, y += s * sum(x (q - z)), so scales keep their float32 values and the
+//   tensor cores multiply exact small integers. fp32 activations are split into three bf16
+//   parts (hi + mid + lo carry all 24 bits), each an mma against the exact bf16 codes, summed
+//   per step in fp32.
+//   Census (sm_90, fp16, M = 1, g128, main loop): 2.1 SASS instructions per 4-bit code, 1.7
+//   per 2-bit code, 3.1 per 8-bit code; M = 16: 2.5, 2.0 and 3.6. No stack.
+//   The 8 warps' partial sums are reduced through shared memory; bias and the cast to the
+//   output dtype are fused. One launch per call; 32-bit offsets inside the launch.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 
 #include "quant_cuda.h"
 
 namespace supernet_kernels {
 namespace {
 
-// ---------------------------------------------------------------------------------------------
-// Runtime element type helpers (ScalarKind as int to keep the params POD and small)
-// ---------------------------------------------------------------------------------------------
-__device__ __forceinline__ float load_as_float(const void* base, int64_t idx, int kind) {
-  if (kind == static_cast<int>(ScalarKind::kFloat16)) {
-    return __half2float(static_cast<const __half*>(base)[idx]);
-  }
-  if (kind == static_cast<int>(ScalarKind::kBFloat16)) {
-    return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[idx]);
-  }
-  return static_cast<const float*>(base)[idx];
-}
-
-__device__ __forceinline__ void store_from_float(void* base, int64_t idx, float v, int kind) {
-  if (kind == static_cast<int>(ScalarKind::kFloat16)) {
-    static_cast<__half*>(base)[idx] = __float2half_rn(v);
-  } else if (kind == static_cast<int>(ScalarKind::kBFloat16)) {
-    static_cast<__nv_bfloat16*>(base)[idx] = __float2bfloat16_rn(v);
-  } else {
-    static_cast<float*>(base)[idx] = v;
-  }
-}
-
-// Exact uint -> float for q < 2^23: the bit pattern 0x4B000000 | q is the float 2^23 + q.
-__device__ __forceinline__ float code_to_float(uint32_t q) {
-  return __uint_as_float(0x4B000000u | q) - 8388608.f;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Weight-only GEMV
-// ---------------------------------------------------------------------------------------------
-struct GemvParams {
-  const void* x;
-  int64_t x_sm, x_sk;
-  const uint32_t* packed;
-  const float* scales;
-  const float* zeros;
-  const void* bias;
-  void* y;
-  int64_t M, N, K;
-  int64_t W;  // words per row
-  int64_t G, num_groups;
-  int g_shift;
-  int64_t num_stages, m_chunks;
-  int kind;
-  int vec;  // 16-byte loads allowed (W % 4 == 0 and packed 16-byte aligned)
+template <int KIND>
+struct ActT;
+template <>
+struct ActT<gemv::kKindF32> {
+  using T = float;
+};
+template <>
+struct ActT<gemv::kKindF16> {
+  using T = __half;
+};
+template <>
+struct ActT<gemv::kKindBF16> {
+  using T = __nv_bfloat16;
 };
 
-template <int BITS, int MT>
-__global__ void __launch_bounds__(gemv_tiling::kThreads) quant_gemv_kernel(const GemvParams p) {
-  using namespace gemv_tiling;
-  constexpr int PW = quant_per_word(BITS);
-  constexpr int SW = gemv_stage_words(MT, BITS);
-  constexpr int CP = gemv_chunk_pitch(BITS);
-  constexpr int RP = gemv_row_pitch(MT, BITS);
-  constexpr int SC = SW * PW;  // codes per stage
-  constexpr int ITERS = SW / kWordsPerIter;
-  constexpr int U = ITERS < 4 ? ITERS : 4;   // 16-byte chunks in flight per lane
-  constexpr int VW = (PW % 4 == 0) ? 4 : 2;  // smem x read width (3-bit words start 8B-aligned)
-  static_assert(SW % kWordsPerIter == 0 && ITERS % U == 0, "stage must be whole iterations");
-  static_assert(PW % VW == 0, "x read width must divide PER_WORD");
-  static_assert(CP % 4 == 0 && RP % 4 == 0, "16-byte aligned chunk / row pitch");
+// The codes' type in the mma: fp16 for fp16 x; bf16 for bf16 x and for fp32 x (split in bf16).
+constexpr int dq_kind(int kind) {
+  return kind == gemv::kKindF16 ? gemv::kKindF16 : gemv::kKindBF16;
+}
 
-  extern __shared__ __align__(16) float xs[];  // MT x RP floats
+struct GemvParams {
+  const void* x;
+  const int32_t* codes;
+  const float* params;
+  const void* bias;
+  void* y;
+  int64_t ldx;
+  int M, N, n_chunks, groups, group_shift, m_chunks;
+};
 
-  const int tid = static_cast<int>(threadIdx.x);
-  const int warp = tid / 32;
-  const int lane = tid % 32;
-  const int j = lane % kLanesPerRow;  // lane within the row group
-  const int64_t n =
-      static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp * kRowsPerWarp + lane / kLanesPerRow;
-  const bool row_valid = n < p.N;
-  const int64_t n_safe = row_valid ? n : 0;
-  const uint32_t* __restrict__ wrow = p.packed + n_safe * p.W;
-  const float* __restrict__ srow = p.scales + n_safe * p.num_groups;
-  const float* __restrict__ zrow = p.zeros + n_safe * p.num_groups;
+// (a & b) | c in one LOP3.
+__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  return r;
+}
 
-  for (int64_t mc = blockIdx.y; mc < p.m_chunks; mc += gridDim.y) {
-    const int64_t m0 = mc * MT;
-    float acc[MT];
-#pragma unroll
-    for (int mi = 0; mi < MT; ++mi) acc[mi] = 0.f;
+template <int DQ>
+__device__ __forceinline__ uint32_t add2(uint32_t a, uint32_t b) {
+  uint32_t r;
+  if constexpr (DQ == gemv::kKindF16) {
+    asm("add.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  } else {  // add.bf16x2 needs sm_90; a fused multiply by 1.0 is the same on sm_80+
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(0x3F803F80u), "r"(b));
+  }
+  return r;
+}
 
-    for (int64_t stage = 0; stage < p.num_stages; ++stage) {
-      const int64_t k0 = stage * SC;
-      __syncthreads();  // the previous stage's (or M chunk's) reads of xs are done
-      // Stage x[m0 : m0 + MT, k0 : k0 + SC] -> xs (fp32, zero outside [0, M) x [0, K)).
-      // Consecutive threads take consecutive k: coalesced when x_sk == 1.
-      for (int e = tid; e < MT * SC; e += kThreads) {
-        const int mi = e / SC;
-        const int kk = e - mi * SC;
-        const int64_t m = m0 + mi, k = k0 + kk;
-        float v = 0.f;
-        if (m < p.M && k < p.K) v = load_as_float(p.x, m * p.x_sm + k * p.x_sk, p.kind);
-        xs[gemv_xs_index(MT, BITS, mi, kk)] = v;
-      }
-      __syncthreads();
-      if (!row_valid) continue;  // no barrier below until the next stage
+template <int DQ>
+__device__ __forceinline__ uint32_t fma2(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t r;
+  if constexpr (DQ == gemv::kKindF16) {
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  } else {
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  }
+  return r;
+}
 
-#pragma unroll 1
-      for (int it0 = 0; it0 < ITERS; it0 += U) {
-        // Issue all U chunk loads first (independent loads in flight), then consume them.
-        uint32_t wv[U][4];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const int64_t w = gemv_lane_word(MT, BITS, stage, it0 + u, j);
-          if (p.vec) {
-            uint4 c = make_uint4(0u, 0u, 0u, 0u);
-            if (w < p.W) c = __ldg(reinterpret_cast<const uint4*>(wrow + w));  // W % 4 == 0
-            wv[u][0] = c.x;
-            wv[u][1] = c.y;
-            wv[u][2] = c.z;
-            wv[u][3] = c.w;
-          } else {
-#pragma unroll
-            for (int v = 0; v < 4; ++v) wv[u][v] = (w + v < p.W) ? __ldg(wrow + w + v) : 0u;
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const int it = it0 + u;
-#pragma unroll
-          for (int v = 0; v < 4; ++v) {
-            const int64_t w = gemv_lane_word(MT, BITS, stage, it, j) + v;
-            if (w >= p.W) continue;
-            const uint32_t word = wv[u][v];
-            const int64_t kw = w * PW;  // first code of the word
-            const int64_t g0 = quant_group_of(kw, p.G, p.g_shift, p.num_groups);
-            const float s0 = __ldg(srow + g0);
-            const float nzs0 = -__ldg(zrow + g0) * s0;
-            float qf[PW], dq[PW];
-#pragma unroll
-            for (int i = 0; i < PW; ++i) {
-              qf[i] = code_to_float(quant_unpack(word, i, BITS));
-              dq[i] = fmaf(qf[i], s0, nzs0);
-            }
-            if (BITS == 3 && p.num_groups > 1) {
-              // A 10-code word may cross one group boundary at code b (G >= 10).
-              const int64_t b = (g0 + 1) * p.G - kw;
-              if (b < PW) {
-                const int64_t g1 = g0 + 1 < p.num_groups ? g0 + 1 : p.num_groups - 1;
-                const float s1 = __ldg(srow + g1);
-                const float nzs1 = -__ldg(zrow + g1) * s1;
-#pragma unroll
-                for (int i = 0; i < PW; ++i)
-                  if (i >= b) dq[i] = fmaf(qf[i], s1, nzs1);
-              }
-            }
-            if (kw + PW > p.K) {  // partial last word: codes k >= K contribute nothing
-              const int64_t nvalid = p.K - kw;
-#pragma unroll
-              for (int i = 0; i < PW; ++i)
-                if (i >= nvalid) dq[i] = 0.f;
-            }
-            const int base = (it * kLanesPerRow + j) * CP + v * PW;
-#pragma unroll
-            for (int mi = 0; mi < MT; ++mi) {
-              const float* xr = xs + mi * RP + base;
-#pragma unroll
-              for (int i = 0; i < PW; i += VW) {
-                if constexpr (VW == 4) {
-                  const float4 xv = *reinterpret_cast<const float4*>(xr + i);
-                  acc[mi] = fmaf(dq[i], xv.x, acc[mi]);
-                  acc[mi] = fmaf(dq[i + 1], xv.y, acc[mi]);
-                  acc[mi] = fmaf(dq[i + 2], xv.z, acc[mi]);
-                  acc[mi] = fmaf(dq[i + 3], xv.w, acc[mi]);
-                } else {
-                  const float2 xv = *reinterpret_cast<const float2*>(xr + i);
-                  acc[mi] = fmaf(dq[i], xv.x, acc[mi]);
-                  acc[mi] = fmaf(dq[i + 1], xv.y, acc[mi]);
-                }
-              }
-            }
-          }
-        }
-      }
-    }
+// Two floats rounded to a bf16 pair (a in the low half) in one F2FP; register-only, where
+// taking the address of a __nv_bfloat162 sent it through the stack.
+__device__ __forceinline__ uint32_t bf16x2_bits(float a, float b) {
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+  return r;
+}
 
-    // Reduce over the 8 lanes of the row group (xor offsets < 8 stay inside the group); all 32
-    // lanes take part (invalid rows hold zeros).
-#pragma unroll
-    for (int mi = 0; mi < MT; ++mi) {
-      float v = acc[mi];
-      v += __shfl_xor_sync(0xffffffffu, v, 4);
-      v += __shfl_xor_sync(0xffffffffu, v, 2);
-      v += __shfl_xor_sync(0xffffffffu, v, 1);
-      acc[mi] = v;
-    }
-    if (row_valid) {
-      const float b = p.bias != nullptr ? load_as_float(p.bias, n, p.kind) : 0.f;
-#pragma unroll
-      for (int mi = 0; mi < MT; ++mi) {
-        const int64_t m = m0 + mi;
-        if ((mi % kLanesPerRow) == j && m < p.M)
-          store_from_float(p.y, m * p.N + n, acc[mi] + b, p.kind);
-      }
-    }
+// A pair of floats in the mma's 16-bit type (a in the low half).
+template <int DQ>
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+  if constexpr (DQ == gemv::kKindF16) {
+    uint32_t r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    return r;
+  } else {
+    return bf16x2_bits(a, b);
   }
 }
 
-template <int BITS, int MT>
-cudaError_t launch_gemv_mt(const GemvParams& p, const GemvPlan& plan, cudaStream_t stream) {
-  static_assert(gemv_smem_floats(MT, BITS) * sizeof(float) <= 48 * 1024, "static 48 KB budget");
-  quant_gemv_kernel<BITS, MT>
-      <<<dim3(static_cast<unsigned>(plan.grid_x), static_cast<unsigned>(plan.grid_y)),
-         gemv_tiling::kThreads, plan.smem_bytes, stream>>>(p);
+// Pair position i of word w (both halves: rows of the same parity, so one zero point) as two
+// exact values q - z in the mma's 16-bit type, z an integer (nz = -z). The magic route: one
+// LOP3 puts the codes in the mantissas of a magic pair, one HFMA2 scales by 2^-offset and
+// subtracts magic * 2^-offset + z (an exact small integer, made once per span).
+template <int DQ, int LB>
+__device__ __forceinline__ uint32_t dequant_pair(uint32_t w, int i, float nz, uint32_t nz2) {
+  if constexpr (!gemv_magic_route(DQ, LB)) {
+    // bf16 has 8 significant bits: 8-bit codes go through the fp32 magic 2^23 instead.
+    const uint32_t lo = (w >> (8 * i)) & 0xFFu, hi = (w >> (16 + 8 * i)) & 0xFFu;
+    const float bias = nz - 8388608.f;  // -(2^23 + z), exact
+    return bf16x2_bits(__uint_as_float(0x4B000000u | lo) + bias,
+                       __uint_as_float(0x4B000000u | hi) + bias);
+  } else {
+    const int sh = gemv_pair_shift(DQ, LB, i), off = gemv_pair_offset(DQ, LB, i);
+    const uint32_t m = ((1u << LB) - 1u) << off;
+    const uint32_t v = lop3_and_or(w >> sh, m | (m << 16), gemv_magic_or(DQ));
+    // -(magic * 2^-off + z): exact small integers; one HADD2 per span and offset
+    const uint32_t c = add2<DQ>(nz2, gemv_neg_magic(DQ, off));
+    return fma2<DQ>(v, gemv_pow2_neg(DQ, off), c);
+  }
+}
+
+// The A fragment of step s of a lane's chunk: pairs 4 s .. 4 s + 3; register r holds row
+// g + 8 (r % 2), whose -z is nz[r % 2].
+template <int DQ, int LB>
+__device__ __forceinline__ void dequant_step(const uint4& c, int s, const float (&nz)[2],
+                                             const uint32_t (&nz2)[2], uint32_t (&a)[4]) {
+  constexpr int PPW = gemv_pairs_per_word(LB);
+  const uint32_t words[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int pr = 4 * s + r;
+    a[r] = dequant_pair<DQ, LB>(words[pr / PPW], pr % PPW, nz[r % 2], nz2[r % 2]);
+  }
+}
+
+template <int DQ>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  if constexpr (DQ == gemv::kKindF16) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Streamed weights: read once, kept out of L1 (which holds x for the CTA's other warps).
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+// fp32 x (two elements) as hi + mid + lo bf16 pairs: each part takes the next 8 bits.
+__device__ __forceinline__ void split3(float x0, float x1, uint32_t (&part)[3]) {
+#pragma unroll
+  for (int i = 0; i < 3; ++i) {
+    part[i] = bf16x2_bits(x0, x1);
+    x0 -= __uint_as_float(part[i] << 16);
+    x1 -= __uint_as_float(part[i] & 0xFFFF0000u);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    return static_cast<float>(v);
+  }
+}
+template <typename T>
+__device__ __forceinline__ T from_float(float v) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __float2half_rn(v);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __float2bfloat16_rn(v);
+  } else {
+    return v;
+  }
+}
+
+template <int DQ>
+__device__ __forceinline__ void mma16816_zero_c(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                uint32_t b1) {
+  c[0] = c[1] = c[2] = c[3] = 0.f;  // folded into the mma's C operand (RZ)
+  mma16816<DQ>(c, a, b0, b1);
+}
+
+template <int KIND, int LB, int MH, int SPAN>
+__global__ void __launch_bounds__(gemv::kThreads, 1) quant_gemv_kernel(const GemvParams p) {
+  using T = typename ActT<KIND>::T;
+  constexpr int DQ = dq_kind(KIND);
+  constexpr int SPC = gemv_steps_per_chunk(LB);
+  constexpr int KC = gemv_chunk_k(LB);
+  constexpr int SPK = KC / SPAN;  // spans (groups, where smaller than a chunk) per chunk
+  constexpr int SPS = SPAN / 16;  // steps per span
+  constexpr int EB = static_cast<int>(sizeof(T));
+  constexpr int XL = gemv_x_loads_per_chunk(LB, EB);  // 16-byte x loads per chunk and half
+  constexpr int XLS = XL / SPK;                       // ... per span
+  constexpr int D = gemv_stages(LB, SPAN, EB, MH);
+  static_assert(KC % SPAN == 0 && SPAN % 32 == 0 && XLS >= 1 && XL % SPK == 0, "layout");
+  static_assert(SPC % SPS == 0, "whole spans per chunk");
+
+  __shared__ float red[gemv::kWarps * MH * 4 * 32];
+
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int g = lane / 4, t = lane % 4;
+  const int rt = static_cast<int>(blockIdx.x);
+  int64_t cb64, ce64;
+  gemv_warp_chunks(p.n_chunks, warp, &cb64, &ce64);
+  const int cb = static_cast<int>(cb64), ce = static_cast<int>(ce64);
+  const uint4* __restrict__ wbase =
+      reinterpret_cast<const uint4*>(p.codes) + rt * p.n_chunks * 32 + lane;
+  const float4* __restrict__ pbase =
+      reinterpret_cast<const float4*>(p.params) + rt * p.groups * 8 + g;
+
+  struct Stage {
+    uint4 w;
+    float4 prm[SPK];  // {s, -z} of rows g and g + 8, per span
+    uint4 x[MH][XL];
+  };
+
+  for (int mc = static_cast<int>(blockIdx.y); mc < p.m_chunks; mc += static_cast<int>(gridDim.y)) {
+    const int m0 = mc * gemv::kMTile;
+    const T* xr[MH];
+#pragma unroll
+    for (int mh = 0; mh < MH; ++mh) {
+      // rows past M read row M - 1: the mma's columns are independent, and those are not stored
+      const int m = min(m0 + g + 8 * mh, p.M - 1);
+      xr[mh] = static_cast<const T*>(p.x) + m * p.ldx + t * (SPAN / 4) + cb * KC;
+    }
+    const uint4* wq = wbase + cb * 32;
+    float yv[MH][4];
+#pragma unroll
+    for (int mh = 0; mh < MH; ++mh) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) yv[mh][q] = 0.f;
+    }
+
+    // Chunk cc = c + i (i < 2 D) is read at wq + 32 i, xr + KC i: a base per iteration plus
+    // constant offsets.
+    auto load = [&](Stage& s, int i, int cc) {
+      s.w = ld_stream(wq + 32 * i);
+#pragma unroll
+      for (int j = 0; j < SPK; ++j) {
+        const int grp = SPAN < KC ? cc * SPK + j : cc >> p.group_shift;
+        s.prm[j] = __ldg(pbase + grp * 8);
+      }
+#pragma unroll
+      for (int mh = 0; mh < MH; ++mh) {
+#pragma unroll
+        for (int j = 0; j < SPK; ++j) {
+          const uint4* src = reinterpret_cast<const uint4*>(xr[mh] + i * KC + j * SPAN);
+#pragma unroll
+          for (int v = 0; v < XLS; ++v) s.x[mh][j * XLS + v] = __ldg(src + v);
+        }
+      }
+    };
+    // One chunk: per span, acc = sum over its columns of x (q - z), then y += s * acc in fp32.
+    auto compute = [&](const Stage& s) {
+#pragma unroll
+      for (int j = 0; j < SPK; ++j) {
+        const float nz[2] = {s.prm[j].y, s.prm[j].w};
+        const uint32_t nz2[2] = {pack2<DQ>(nz[0], nz[0]), pack2<DQ>(nz[1], nz[1])};
+        float acc[MH][4];
+#pragma unroll
+        for (int sp = 0; sp < SPS; ++sp) {
+          uint32_t a[4];
+          dequant_step<DQ, LB>(s.w, j * SPS + sp, nz, nz2, a);
+          const int e0 = j * (SPAN / 4) + sp * 4;  // the step's first x element
+#pragma unroll
+          for (int mh = 0; mh < MH; ++mh) {
+            const uint32_t* xw = reinterpret_cast<const uint32_t*>(&s.x[mh][0]);
+            if constexpr (KIND != gemv::kKindF32) {
+              const uint32_t b0 = xw[e0 / 2], b1 = xw[e0 / 2 + 1];
+              if (sp == 0) {
+                mma16816_zero_c<DQ>(acc[mh], a, b0, b1);
+              } else {
+                mma16816<DQ>(acc[mh], a, b0, b1);
+              }
+            } else {
+              uint32_t lo[3], hi[3];
+              split3(__uint_as_float(xw[e0]), __uint_as_float(xw[e0 + 1]), lo);
+              split3(__uint_as_float(xw[e0 + 2]), __uint_as_float(xw[e0 + 3]), hi);
+              // each step's three products summed in fp32 before joining the span's sum, so
+              // the tensor cores' accumulation never runs over more than one step
+              float tq[4];
+              mma16816_zero_c<DQ>(tq, a, lo[0], hi[0]);
+              mma16816<DQ>(tq, a, lo[1], hi[1]);
+              mma16816<DQ>(tq, a, lo[2], hi[2]);
+#pragma unroll
+              for (int q = 0; q < 4; ++q) acc[mh][q] = sp == 0 ? tq[q] : acc[mh][q] + tq[q];
+            }
+          }
+        }
+#pragma unroll
+        for (int mh = 0; mh < MH; ++mh) {
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+            yv[mh][q] = fmaf(q < 2 ? s.prm[j].x : s.prm[j].z, acc[mh][q], yv[mh][q]);
+        }
+      }
+    };
+
+    Stage st[D];
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      if (cb + d < ce) load(st[d], d, cb + d);
+    }
+#pragma unroll 1
+    for (int c = cb; c < ce; c += D) {
+#pragma unroll
+      for (int d = 0; d < D; ++d) {
+        if (c + d < ce) {
+          compute(st[d]);
+          if (c + d + D < ce) load(st[d], d + D, c + d + D);
+        }
+      }
+      wq += 32 * D;
+#pragma unroll
+      for (int mh = 0; mh < MH; ++mh) xr[mh] += KC * D;
+    }
+
+    // The warps' partial sums: C fragment (row g + 8 (q / 2), column 2 t + q % 2) of each half.
+#pragma unroll
+    for (int mh = 0; mh < MH; ++mh) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) red[((warp * MH + mh) * 4 + q) * 32 + lane] = yv[mh][q];
+    }
+    __syncthreads();
+    const int tid = static_cast<int>(threadIdx.x);
+    if (tid < MH * 4 * 32) {
+      const int mhq = tid / 32, l = tid % 32;
+      float v = 0.f;
+#pragma unroll
+      for (int w = 0; w < gemv::kWarps; ++w) v += red[(w * MH * 4 + mhq) * 32 + l];
+      const int q = mhq % 4;
+      const int n = rt * gemv::kRowsPerTile + l / 4 + 8 * (q / 2);
+      const int m = m0 + 8 * (mhq / 4) + 2 * (l % 4) + q % 2;
+      if (n < p.N && m < p.M) {
+        if (p.bias != nullptr) v += to_float(static_cast<const T*>(p.bias)[n]);
+        static_cast<T*>(p.y)[static_cast<int64_t>(m) * p.N + n] = from_float<T>(v);
+      }
+    }
+    __syncthreads();  // red is rewritten for the next chunk of x
+  }
+}
+
+template <int KIND, int LB, int MH, int SPAN>
+cudaError_t launch(const GemvParams& p, const GemvPlan& plan, cudaStream_t stream) {
+  quant_gemv_kernel<KIND, LB, MH, SPAN>
+      <<<dim3(static_cast<unsigned>(plan.n_tiles), static_cast<unsigned>(plan.grid_y)),
+         gemv::kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
-template <int BITS>
-cudaError_t launch_gemv_bits(const GemvParams& p, const GemvPlan& plan, cudaStream_t stream) {
-  switch (plan.mt) {
-    case 1:
-      return launch_gemv_mt<BITS, 1>(p, plan, stream);
-    case 4:
-      return launch_gemv_mt<BITS, 4>(p, plan, stream);
-    case 8:
-      return launch_gemv_mt<BITS, 8>(p, plan, stream);
-    case 16:
-      return launch_gemv_mt<BITS, 16>(p, plan, stream);
+template <int KIND, int MH>
+cudaError_t launch_span(const GemvParams& p, const GemvPlan& plan, cudaStream_t stream) {
+  switch (plan.lb * 1000 + plan.span) {
+    case 2032:
+      return launch<KIND, 2, MH, 32>(p, plan, stream);
+    case 2064:
+      return launch<KIND, 2, MH, 64>(p, plan, stream);
+    case 2128:
+      return launch<KIND, 2, MH, 128>(p, plan, stream);
+    case 4032:
+      return launch<KIND, 4, MH, 32>(p, plan, stream);
+    case 4064:
+      return launch<KIND, 4, MH, 64>(p, plan, stream);
+    case 8032:
+      return launch<KIND, 8, MH, 32>(p, plan, stream);
   }
   return cudaErrorInvalidValue;
 }
 
-// y = bias (or 0) when K == 0 (no weights to read).
-__global__ void fill_bias_kernel(void* y, const void* bias, int64_t M, int64_t N, int kind) {
-  const int64_t total = M * N;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float b = bias != nullptr ? load_as_float(bias, e % N, kind) : 0.f;
-    store_from_float(y, e, b, kind);
-  }
-}
-
-bool valid_kind(ScalarKind k) {
-  return k == ScalarKind::kFloat32 || k == ScalarKind::kFloat16 || k == ScalarKind::kBFloat16;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Per-token int8 quantizer: one 256-thread block per row (grid-stride over rows).
-// ---------------------------------------------------------------------------------------------
-constexpr int kQuantThreads = 256;
-
-__global__ void __launch_bounds__(kQuantThreads)
-    quantize_rows_int8_kernel(const void* x, int64_t x_sm, int64_t x_sk, int8_t* xq, float* xscale,
-                              int64_t M, int64_t K, int kind) {
-  __shared__ float red[kQuantThreads / 32];
-  __shared__ float row_scale;
-  const int tid = static_cast<int>(threadIdx.x);
-  for (int64_t m = blockIdx.x; m < M; m += gridDim.x) {
-    float amax = 0.f;
-    for (int64_t k = tid; k < K; k += kQuantThreads) {
-      amax = fmaxf(amax, fabsf(load_as_float(x, m * x_sm + k * x_sk, kind)));
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    if (tid % 32 == 0) red[tid / 32] = amax;
-    __syncthreads();
-    if (tid == 0) {
-      float a = red[0];
-      for (int i = 1; i < kQuantThreads / 32; ++i) a = fmaxf(a, red[i]);
-      const float s = quant_int8_row_scale(a);
-      row_scale = s;
-      xscale[m] = s;
-    }
-    __syncthreads();
-    const float s = row_scale;
-    for (int64_t k = tid; k < K; k += kQuantThreads) {
-      const float v = load_as_float(x, m * x_sm + k * x_sk, kind);
-      xq[m * K + k] = static_cast<int8_t>(quant_int8_code(v, s));
-    }
-    __syncthreads();  // red / row_scale are rewritten for the next row
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// int8 GEMM (wmma s8 16x16x16 -> s32), tiling in quant_plan.h (int8_gemm_tiling).
-// ---------------------------------------------------------------------------------------------
-struct Int8GemmParams {
-  const int8_t* xq;
-  const float* x_scale;
-  const int8_t* w;
-  const float* w_scale;
-  const void* bias;
-  void* y;
-  int64_t M, N, K;
-  int64_t m_tiles;
-  int kind;
-  int vec_a, vec_b;  // 16-byte global loads allowed (K % 16 == 0 and 16-byte aligned base)
-};
-
-// Copies the 16-byte chunk src[row, k : k + 16] of a (rows, K) int8 matrix (zero outside) to dst
-// (16-byte aligned shared memory).
-__device__ __forceinline__ void load_int8_chunk(const int8_t* __restrict__ src, int64_t rows,
-                                                int64_t K, int64_t row, int64_t k, bool vec,
-                                                signed char* dst) {
-  int4 c = make_int4(0, 0, 0, 0);
-  if (row < rows) {
-    const int8_t* s = src + row * K + k;
-    if (vec && k + 16 <= K) {
-      c = __ldg(reinterpret_cast<const int4*>(s));
-    } else if (k < K) {
-      uint32_t wd[4] = {0u, 0u, 0u, 0u};
-#pragma unroll
-      for (int b = 0; b < 16; ++b) {
-        if (k + b < K)
-          wd[b / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(s[b])) << (8 * (b % 4));
-      }
-      c = make_int4(static_cast<int>(wd[0]), static_cast<int>(wd[1]), static_cast<int>(wd[2]),
-                    static_cast<int>(wd[3]));
-    }
-  }
-  *reinterpret_cast<int4*>(dst) = c;
-}
-
-__global__ void __launch_bounds__(int8_gemm_tiling::kThreads)
-    int8_gemm_kernel(const Int8GemmParams p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 720
-  __trap();  // int8 wmma needs sm_72+; the launcher is only built for sm_80+
-#else
-  using namespace int8_gemm_tiling;
-  namespace wmma = nvcuda::wmma;
-  __shared__ __align__(128) signed char sA[kPanels * kBlockM * kFrag];
-  __shared__ __align__(128) signed char sB[kPanels * kBlockN * kFrag];
-  __shared__ __align__(128) int sC[kWarps][kFrag * kFrag];
-
-  const int tid = static_cast<int>(threadIdx.x);
-  const int warp = tid / 32;
-  const int lane = tid % 32;
-  const int wm = warp / 2;  // warp's 32-row half of the tile
-  const int wn = warp % 2;  // warp's 32-column half
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBlockN;
-  int* scratch = sC[warp];
-
-  for (int64_t mt = blockIdx.y; mt < p.m_tiles; mt += gridDim.y) {
-    const int64_t m0 = mt * kBlockM;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, int> acc[2][2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int jn = 0; jn < 2; ++jn) wmma::fill_fragment(acc[i][jn], 0);
-
-    for (int64_t k0 = 0; k0 < p.K; k0 += kBlockK) {
-#pragma unroll
-      for (int s = tid; s < kBlockM * kBlockK / kChunk; s += kThreads) {  // 2 slots per thread
-        int row, kc;
-        int8_copy_slot(s, &row, &kc);
-        load_int8_chunk(p.xq, p.M, p.K, m0 + row, k0 + kc * kChunk, p.vec_a != 0,
-                        sA + int8_panel_index(kBlockM, row, kc * kChunk));
-        load_int8_chunk(p.w, p.N, p.K, n0 + row, k0 + kc * kChunk, p.vec_b != 0,
-                        sB + int8_panel_index(kBlockN, row, kc * kChunk));
-      }
-      __syncthreads();
-#pragma unroll
-      for (int pnl = 0; pnl < kPanels; ++pnl) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, signed char, wmma::row_major> a[2];
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, signed char, wmma::col_major> b[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          // A panel: [row][16] row-major; B = w^T (k x n): sB panel [n][16] is column-major.
-          wmma::load_matrix_sync(
-              a[i], sA + int8_panel_index(kBlockM, wm * kWarpM + i * 16, pnl * 16), kFrag);
-          wmma::load_matrix_sync(
-              b[i], sB + int8_panel_index(kBlockN, wn * kWarpN + i * 16, pnl * 16), kFrag);
-        }
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-#pragma unroll
-          for (int jn = 0; jn < 2; ++jn) wmma::mma_sync(acc[i][jn], a[i], b[jn], acc[i][jn]);
-      }
-      __syncthreads();  // sA / sB are overwritten by the next chunk
-    }
-
-    // Epilogue through the per-warp 16x16 int32 scratch: float(acc) * x_scale * w_scale + bias.
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-#pragma unroll
-      for (int jn = 0; jn < 2; ++jn) {
-        wmma::store_matrix_sync(scratch, acc[i][jn], kFrag, wmma::mem_row_major);
-        __syncwarp();
-        for (int e = lane; e < kFrag * kFrag; e += 32) {
-          const int64_t m = m0 + wm * kWarpM + i * 16 + e / kFrag;
-          const int64_t n = n0 + wn * kWarpN + jn * 16 + e % kFrag;
-          if (m < p.M && n < p.N) {
-            float v = static_cast<float>(scratch[e]) * __ldg(p.x_scale + m) * __ldg(p.w_scale + n);
-            if (p.bias != nullptr) v += load_as_float(p.bias, n, p.kind);
-            store_from_float(p.y, m * p.N + n, v, p.kind);
-          }
-        }
-        __syncwarp();
-      }
-    }
-  }
-#endif
+template <int KIND>
+cudaError_t launch_kind(const GemvParams& p, const GemvPlan& plan, cudaStream_t stream) {
+  return plan.mh == 1 ? launch_span<KIND, 1>(p, plan, stream)
+                      : launch_span<KIND, 2>(p, plan, stream);
 }
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
@@ -429,99 +408,42 @@ bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u
 }  // namespace
 
 cudaError_t quant_gemv_cuda(const QuantGemvArgs& a, cudaStream_t stream) {
-  if (!quant_bits_supported(a.bits)) return cudaErrorInvalidValue;
-  if (a.M < 0 || a.N < 0 || a.K < 0 || !valid_kind(a.dtype)) return cudaErrorInvalidValue;
-  if (a.K > 0 && !quant_group_size_ok(a.K, a.group_size, a.bits)) return cudaErrorInvalidValue;
-  if (a.M == 0 || a.N == 0) return cudaSuccess;
-  if (a.y == nullptr) return cudaErrorInvalidValue;
+  if (a.M < 0 || a.N < 0 || a.K <= 0) return cudaErrorInvalidValue;
   const int kind = static_cast<int>(a.dtype);
-  if (a.K == 0) {
-    const int64_t total = a.M * a.N;
-    const int64_t blocks64 = quant_ceil_div(total, 256);
-    const unsigned blocks = static_cast<unsigned>(blocks64 < 65535 ? blocks64 : 65535);
-    fill_bias_kernel<<<blocks, 256, 0, stream>>>(a.y, a.bias, a.M, a.N, kind);
-    return cudaGetLastError();
-  }
-  if (a.x == nullptr || a.packed == nullptr || a.scales == nullptr || a.zeros == nullptr) {
+  if (kind != gemv::kKindF32 && kind != gemv::kKindF16 && kind != gemv::kKindBF16)
     return cudaErrorInvalidValue;
-  }
-  const GemvPlan plan = make_gemv_plan(a.M, a.N, a.K, a.bits);
-  if (plan.grid_x > 0x7fffffff || plan.grid_y < 1) return cudaErrorInvalidValue;
-
+  const int eb = kind == gemv::kKindF32 ? 4 : 2;
+  const GemvPlan plan = make_gemv_plan(a.M, a.N, a.K, a.bits, a.group_size, eb);
+  if (!plan.ok || a.M >= (int64_t{1} << 31) || a.N >= (int64_t{1} << 31))
+    return cudaErrorInvalidValue;
+  if (a.M == 0 || a.N == 0) return cudaSuccess;
+  if (a.x == nullptr || a.codes == nullptr || a.params == nullptr || a.y == nullptr)
+    return cudaErrorInvalidValue;
+  // 16-byte x loads: aligned rows, and each row readable up to k_pad
+  if (!aligned16(a.x) || !aligned16(a.codes) || !aligned16(a.params) || (a.ldx * eb) % 16 != 0 ||
+      a.ldx < plan.k_pad || (a.M - 1) * a.ldx + plan.k_pad >= (int64_t{1} << 31))
+    return cudaErrorInvalidValue;
   GemvParams p;
   p.x = a.x;
-  p.x_sm = a.x_stride_m;
-  p.x_sk = a.x_stride_k;
-  p.packed = reinterpret_cast<const uint32_t*>(a.packed);
-  p.scales = a.scales;
-  p.zeros = a.zeros;
+  p.codes = a.codes;
+  p.params = a.params;
   p.bias = a.bias;
   p.y = a.y;
-  p.M = a.M;
-  p.N = a.N;
-  p.K = a.K;
-  p.W = plan.words_per_row;
-  p.G = a.group_size;
-  p.num_groups = a.K / a.group_size;
-  p.g_shift = quant_group_shift(a.group_size);
-  p.num_stages = plan.num_stages;
-  p.m_chunks = plan.m_chunks;
-  p.kind = kind;
-  p.vec = (p.W % gemv_tiling::kVecWords == 0 && aligned16(a.packed)) ? 1 : 0;
-
-  switch (a.bits) {
-    case 2:
-      return launch_gemv_bits<2>(p, plan, stream);
-    case 3:
-      return launch_gemv_bits<3>(p, plan, stream);
-    case 4:
-      return launch_gemv_bits<4>(p, plan, stream);
-    case 8:
-      return launch_gemv_bits<8>(p, plan, stream);
+  p.ldx = a.ldx;
+  p.M = static_cast<int>(a.M);
+  p.N = static_cast<int>(a.N);
+  p.n_chunks = static_cast<int>(plan.n_chunks);
+  p.groups = static_cast<int>(plan.groups);
+  p.group_shift = plan.group_shift;
+  p.m_chunks = static_cast<int>(plan.m_chunks);
+  switch (kind) {
+    case gemv::kKindF16:
+      return launch_kind<gemv::kKindF16>(p, plan, stream);
+    case gemv::kKindBF16:
+      return launch_kind<gemv::kKindBF16>(p, plan, stream);
+    default:
+      return launch_kind<gemv::kKindF32>(p, plan, stream);
   }
-  return cudaErrorInvalidValue;
-}
-
-cudaError_t quantize_rows_int8_cuda(const QuantizeRowsInt8Args& a, cudaStream_t stream) {
-  if (a.M < 0 || a.K < 0 || !valid_kind(a.dtype)) return cudaErrorInvalidValue;
-  if (a.M == 0) return cudaSuccess;
-  if (a.x_scale == nullptr || (a.K > 0 && (a.x == nullptr || a.xq == nullptr))) {
-    return cudaErrorInvalidValue;
-  }
-  const unsigned blocks = static_cast<unsigned>(a.M < 0x7fffffff ? a.M : 0x7fffffff);
-  quantize_rows_int8_kernel<<<blocks, kQuantThreads, 0, stream>>>(
-      a.x, a.x_stride_m, a.x_stride_k, a.xq, a.x_scale, a.M, a.K, static_cast<int>(a.dtype));
-  return cudaGetLastError();
-}
-
-cudaError_t int8_gemm_cuda(const Int8GemmArgs& a, cudaStream_t stream) {
-  using namespace int8_gemm_tiling;
-  if (a.M < 0 || a.N < 0 || a.K < 0 || !valid_kind(a.dtype)) return cudaErrorInvalidValue;
-  // int32 accumulation is exact while K * 127 * 127 < 2^31 (K <= 2^17).
-  if (a.K > (int64_t{1} << 17)) return cudaErrorInvalidValue;
-  if (a.M == 0 || a.N == 0) return cudaSuccess;
-  if (a.y == nullptr || a.x_scale == nullptr || a.w_scale == nullptr) return cudaErrorInvalidValue;
-  if (a.K > 0 && (a.xq == nullptr || a.w == nullptr)) return cudaErrorInvalidValue;
-  const int64_t n_tiles = quant_ceil_div(a.N, kBlockN);
-  const int64_t m_tiles = quant_ceil_div(a.M, kBlockM);
-  if (n_tiles > 0x7fffffff) return cudaErrorInvalidValue;
-  Int8GemmParams p;
-  p.xq = a.xq;
-  p.x_scale = a.x_scale;
-  p.w = a.w;
-  p.w_scale = a.w_scale;
-  p.bias = a.bias;
-  p.y = a.y;
-  p.M = a.M;
-  p.N = a.N;
-  p.K = a.K;
-  p.m_tiles = m_tiles;
-  p.kind = static_cast<int>(a.dtype);
-  p.vec_a = (a.K % 16 == 0 && aligned16(a.xq)) ? 1 : 0;
-  p.vec_b = (a.K % 16 == 0 && aligned16(a.w)) ? 1 : 0;
-  const unsigned gy = static_cast<unsigned>(m_tiles < kMaxGridY ? m_tiles : kMaxGridY);
-  int8_gemm_kernel<<<dim3(static_cast<unsigned>(n_tiles), gy), kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
 }
 
 }  // namespace supernet_kernels

@@ -1,211 +1,220 @@
-// Index arithmetic shared by the quantized kernels (csrc/quant/quant_cuda.cu) and their CPU-only
-// host emulation (tests/cpp/test_quant_plan.cpp):
-//   * the sub-byte packing format (codes at bit offsets inside int32 words),
-//   * group indexing of scales / zeros,
-//   * the weight-only GEMV work partition and its shared-memory x layout,
-//   * the int8 GEMM tiling (shared-memory panel layout for wmma),
-//   * the per-token int8 activation quantizer (round half to even).
-// Pure C++: no CUDA headers. Helpers that the kernels also call on the device are SK_PLAN_HD.
+// Index arithmetic of the quantized GEMV (csrc/quant/quant_cuda.cu), shared with its host tests
+// (tests/cpp/test_quant_plan.cpp), the census's plan probe and, in Python, with
+// supernet_kernels/quant/cuda_layout.py, which writes the weight layout described here.
+// Pure C++: no CUDA headers.
 #pragma once
 
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define SK_PLAN_HD __host__ __device__ __forceinline__
-#else
-#define SK_PLAN_HD inline
-#endif
+#include "../common/host_device.h"
 
 namespace supernet_kernels {
 
 // ---------------------------------------------------------------------------------------------
-// Packing format (same as supernet_kernels/quant/packing.py)
-//   W (N, K), codes q[n, k] in [0, 2^bits - 1], bits in {2, 3, 4, 8}.
-//   PER_WORD = 32 / bits (floor): 16, 10, 8, 4. packed int32 (N, ceil(K / PER_WORD)), row-major;
-//   q[n, k] = (packed[n, k / PER_WORD] >> ((k % PER_WORD) * bits)) & (2^bits - 1).
-//   Unused high bits (3-bit: 30..31) and tail codes (k >= K in the last word) are 0.
+// sk-pack-v1 (the interchange format, supernet_kernels/quant/packing.py)
+//   W (N, K), codes q[n, k] in [0, 2^bits - 1], bits in {2, 3, 4, 8}; PER_WORD = 32 / bits
+//   codes per int32 word, q[n, k] = (packed[n, k / PER_WORD] >> ((k % PER_WORD) * bits)) & mask;
 //   scales / zeros float32 (N, K / G); w[n, k] = (q[n, k] - zeros[n, k / G]) * scales[n, k / G].
 // ---------------------------------------------------------------------------------------------
-SK_PLAN_HD constexpr int quant_per_word(int bits) { return 32 / bits; }
-SK_PLAN_HD constexpr uint32_t quant_code_mask(int bits) { return (1u << bits) - 1u; }
-SK_PLAN_HD constexpr bool quant_bits_supported(int bits) {
+SK_HD constexpr int quant_per_word(int bits) { return 32 / bits; }
+SK_HD constexpr bool quant_bits_supported(int bits) {
   return bits == 2 || bits == 3 || bits == 4 || bits == 8;
 }
-SK_PLAN_HD int64_t quant_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-SK_PLAN_HD int64_t quant_words_per_row(int64_t K, int bits) {
-  return quant_ceil_div(K, quant_per_word(bits));
+SK_HD constexpr int64_t quant_words_per_row(int64_t K, int bits) {
+  return ceil_div(K, quant_per_word(bits));
 }
-// Code i (0 <= i < PER_WORD) of a packed word.
-SK_PLAN_HD uint32_t quant_unpack(uint32_t word, int i, int bits) {
-  return (word >> (i * bits)) & quant_code_mask(bits);
-}
-
-// Group index of column k. g_shift >= 0 when G is a power of two (G = 1 << g_shift);
-// num_groups == 1 covers per-channel (G = K, any K) without a division.
-SK_PLAN_HD int64_t quant_group_of(int64_t k, int64_t G, int g_shift, int64_t num_groups) {
-  if (num_groups == 1) return 0;
-  if (g_shift >= 0) return k >> g_shift;
-  return k / G;
-}
-// log2(G) if G is a power of two, else -1.
-inline int quant_group_shift(int64_t G) {
-  if (G <= 0 || (G & (G - 1)) != 0) return -1;
-  int s = 0;
-  while ((int64_t{1} << s) < G) ++s;
-  return s;
-}
-
-// Group-size rule of the GEMV kernel: the group of a whole word is that of its first code,
-// except that a 3-bit word (10 codes) may straddle one group boundary (G >= PER_WORD is then
-// required, so it never straddles two). For 2/4/8 bits G must be a multiple of PER_WORD (G in
-// {32, 64, 128} always is) or the only group (G == K).
-SK_PLAN_HD bool quant_group_size_ok(int64_t K, int64_t G, int bits) {
-  if (G <= 0 || K <= 0 || K % G != 0) return false;
-  if (G == K) return true;
-  const int pw = quant_per_word(bits);
-  if (bits == 3) return G >= pw;
-  return G % pw == 0;
+SK_HD constexpr uint32_t quant_unpack(uint32_t word, int i, int bits) {
+  return (word >> (i * bits)) & ((1u << bits) - 1u);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Weight-only GEMV / small-M kernel (A16): y (M, N) = x (M, K) @ W^T + bias.
+// The GEMV's weight layout ("sk-cuda-gemv-v1"), made once per weight from sk-pack-v1.
 //
-// Partition: a block of kGemvThreads = 128 threads (4 warps) owns kGemvRowsPerBlock = 16 rows n
-// of W (grid.x = ceil(N / 16)) and one MT-row chunk of x (grid.y, grid-stride over the chunks).
-// Each warp owns 4 rows; each row is read by a group of kGemvLanesPerRow = 8 lanes, lane j of
-// the group loading the 16-byte chunk of words [w, w + 4) with w = stage * SW + it * 32 + 4 * j:
-// the 8 lanes of a row read 128 contiguous bytes (one full cache line) per iteration.
-// K is consumed in stages of SW = gemv_stage_words(MT, bits) words (SW * PER_WORD codes);
-// for each stage the block stages x[m0 : m0 + MT, k-range] into shared memory as fp32 (zero
-// outside [0, M) x [0, K)), then every row group walks its SW words (SW / 32 iterations).
-// Partial sums (MT per lane) are reduced over the 8 lanes with __shfl_xor (4, 2, 1).
+// The kernel computes y^T = W x^T with mma.sync m16n8k16: the weight is the A operand (16 rows
+// n by 16 columns k per step), x the B operand (16 k by 8 rows m). A lane (g = lane / 4,
+// t = lane % 4) holds A's rows g and g + 8 at four columns; the layout stores, for each lane,
+// exactly those codes, so that one 16-byte load gives a lane its A fragments for several steps
+// in the order the dequantization emits them.
+//
+// * Layout bits LB: 2, 4 or 8 (3-bit codes are stored as 4-bit: the kernel then reads 4 bits
+//   a code, the price of not writing a 3-bit dequantizer).
+// * A chunk is 16 rows x KC columns, KC = 16 * SPC, SPC = 16 / LB steps (2-bit: 128 columns in
+//   8 steps, 4-bit: 64 in 4, 8-bit: 32 in 2): 32 lanes x 16 bytes = 512 bytes, lane-major.
+//   Row tile rt (rows 16 rt .. 16 rt + 15), chunk c, lane l: the int32 words
+//   codes[rt][(c * 32 + l) * 4 + 0 .. 3]. Rows past N and columns past K hold code 0.
+// * Span P = min(group size, KC) (per-channel: KC): a step never crosses a span, and every
+//   span lies in one group; a group larger than a chunk spans a power of two of them.
+//   Step s of a chunk covers span j = s / (P / 16); within a span, lane
+//   t's columns are contiguous, P / 4 of them from t * P / 4, so a lane reads its x with 16-byte
+//   loads: logical column k = c * KC + j * P + t * (P / 4) + (s % (P / 16)) * 4 + e, e = 0..3.
+// * Code (row g + 8 h, e) of step s goes to A register r = 2 * (e / 2) + h, half e % 2 (low
+//   half first), pair index p = 4 s + r; pair p lives in word p / PPW (PPW = 16 / LB pairs a
+//   word) at bit (p % PPW) * LB of the low half (half 0) or of the high half (half 1).
+//   The dequantizer turns position i of both halves (rows of one parity: one zero point) into
+//   one packed pair q - z with one LOP3 (the code ORed into the mantissa of a magic 1024
+//   (fp16) or 128 (bf16)) and one HFMA2 (scale 2^-offset, subtract magic 2^-offset + z).
+// * Group parameters: float32 params[rt][group][g][4] = {s, -z} of row g, then of row g + 8
+//   (16 bytes a lane); the kernel applies y += s * sum(x (q - z)) once per span, in fp32 (the
+//   scale keeps its float32 value; the tensor cores multiply exact small integers, z an
+//   integer in [0, 2^bits - 1]). Groups past K (padding) hold zeros.
 // ---------------------------------------------------------------------------------------------
-namespace gemv_tiling {
-constexpr int kThreads = 128;
-constexpr int kWarps = kThreads / 32;
-constexpr int kLanesPerRow = 8;
-constexpr int kRowsPerWarp = 32 / kLanesPerRow;          // 4
-constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;     // 16
-constexpr int kVecWords = 4;                             // 16-byte loads
-constexpr int kWordsPerIter = kLanesPerRow * kVecWords;  // 32 words per row group per iteration
-constexpr int kSmemFloatBudget = 8192;  // MT * SW * PER_WORD <= 8192 floats (+ padding, < 48 KB)
-constexpr int kMaxStageWords = 1024;
+namespace gemv {
+constexpr int kWarps = 8;  // a CTA: one 16-row tile, K split over its 8 warps
+constexpr int kThreads = 32 * kWarps;
+constexpr int kRowsPerTile = 16;
+constexpr int kMTile = 16;  // rows of x per CTA (two 8-column halves of the mma's B)
 constexpr int64_t kMaxGridY = 65535;
-}  // namespace gemv_tiling
+constexpr int kKindF32 = 0, kKindF16 = 1, kKindBF16 = 2;  // ScalarKind values
+}  // namespace gemv
 
-// Stage size in words: the largest power of two <= 8192 / (MT * PER_WORD), clamped to
-// [32, 1024]. MT = 16, 2-bit: 32 words (512 codes); MT = 1, 4-bit: 1024 words (8192 codes).
-SK_PLAN_HD constexpr int gemv_stage_words(int mt, int bits) {
-  int sw = gemv_tiling::kMaxStageWords;
-  while (sw > gemv_tiling::kWordsPerIter &&
-         static_cast<int64_t>(sw) * mt * quant_per_word(bits) > gemv_tiling::kSmemFloatBudget) {
-    sw /= 2;
-  }
-  return sw;
+SK_HD constexpr bool is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+SK_HD constexpr int gemv_layout_bits(int bits) { return bits == 3 ? 4 : bits; }
+SK_HD constexpr int gemv_steps_per_chunk(int lb) { return 16 / lb; }
+SK_HD constexpr int gemv_chunk_k(int lb) { return 16 * gemv_steps_per_chunk(lb); }
+SK_HD constexpr int gemv_pairs_per_word(int lb) { return 16 / lb; }
+
+// The span for group size G (G == K: per-channel), or 0 where the layout has none: a group
+// smaller than a chunk must divide it and be a multiple of 32 (16-byte x reads); a larger one
+// must be a whole number of chunks.
+SK_HD constexpr int gemv_span(int bits, int64_t K, int64_t G) {
+  const int kc = gemv_chunk_k(gemv_layout_bits(bits));
+  if (!quant_bits_supported(bits) || K <= 0 || G <= 0 || K % G != 0) return 0;
+  if (G == K) return kc;  // per-channel: one group over every chunk
+  if (G >= kc) return G % kc == 0 && is_pow2(G / kc) ? kc : 0;
+  return (kc % G == 0 && G % 32 == 0) ? static_cast<int>(G) : 0;
 }
-// Shared-memory x layout of one stage, per x row mi: chunk-major (a chunk = the 4 words one lane
-// loads), chunk pitch 4 * PER_WORD + 4 floats: lanes j = 0..7 of a row group read chunks j, so
-// their addresses are 16 * (PER_WORD + 1) * j bytes apart -> distinct 16-byte bank groups
-// (conflict-free 128-bit reads), and chunk starts stay 16-byte aligned.
-SK_PLAN_HD constexpr int gemv_chunk_pitch(int bits) { return 4 * quant_per_word(bits) + 4; }
-SK_PLAN_HD constexpr int gemv_row_pitch(int mt, int bits) {
-  return (gemv_stage_words(mt, bits) / gemv_tiling::kVecWords) * gemv_chunk_pitch(bits);
+SK_HD constexpr int64_t gemv_k_pad(int bits, int64_t K) {
+  const int kc = gemv_chunk_k(gemv_layout_bits(bits));
+  return ceil_div(K, kc) * kc;
 }
-SK_PLAN_HD constexpr int gemv_smem_floats(int mt, int bits) {
-  return mt * gemv_row_pitch(mt, bits);
+// Groups stored per row tile.
+SK_HD constexpr int64_t gemv_groups(int bits, int64_t K, int64_t G) {
+  const int span = gemv_span(bits, K, G);
+  const int kc = gemv_chunk_k(gemv_layout_bits(bits));
+  if (span == kc) return G == K ? 1 : K / G;
+  return gemv_k_pad(bits, K) / span;
 }
-// Float index of x[m0 + mi, stage_k0 + kk] (kk = code index within the stage).
-SK_PLAN_HD int gemv_xs_index(int mt, int bits, int mi, int kk) {
-  const int pw = quant_per_word(bits);
-  const int wl = kk / pw;  // word within the stage
-  const int i = kk - wl * pw;
-  return mi * gemv_row_pitch(mt, bits) + (wl / 4) * gemv_chunk_pitch(bits) + (wl % 4) * pw + i;
-}
-// First word (absolute, within the row) loaded by lane j of a row group at iteration `it` of
-// stage `stage`.
-SK_PLAN_HD int64_t gemv_lane_word(int mt, int bits, int64_t stage, int it, int j) {
-  return stage * gemv_stage_words(mt, bits) +
-         static_cast<int64_t>(it) * gemv_tiling::kWordsPerIter + j * gemv_tiling::kVecWords;
+// The group of chunk c is c >> shift where a group spans whole chunks (a power of two of
+// them; per-channel: 30, every chunk in group 0); 0 where a chunk holds several groups.
+SK_HD constexpr int gemv_group_shift(int bits, int64_t K, int64_t G) {
+  const int span = gemv_span(bits, K, G);
+  const int kc = gemv_chunk_k(gemv_layout_bits(bits));
+  if (span != kc || G == K) return span != kc ? 0 : 30;
+  int sh = 0;
+  while ((int64_t{kc} << sh) < G) ++sh;
+  return sh;
 }
 
-// M tile chosen by the launcher: the smallest instantiated MT >= M (M > 16 -> 16, looping).
-SK_PLAN_HD int gemv_pick_mt(int64_t M) {
-  if (M <= 1) return 1;
-  if (M <= 4) return 4;
-  if (M <= 8) return 8;
-  return 16;
+// Logical column of (chunk c, step s, lane t, element e) in a layout of span P.
+SK_HD constexpr int64_t gemv_column(int lb, int span, int64_t c, int s, int t, int e) {
+  const int sps = span / 16;  // steps per span
+  return c * gemv_chunk_k(lb) + (s / sps) * span + t * (span / 4) + (s % sps) * 4 + e;
+}
+
+// Where code (row rr of its tile, column k) lives: chunk, lane, word (0..3) and bit offset.
+struct GemvSlot {
+  int64_t chunk;
+  int lane, word, bit;
+};
+SK_HD GemvSlot gemv_slot(int lb, int span, int rr, int64_t k) {
+  const int kc = gemv_chunk_k(lb);
+  const int sps = span / 16;
+  const int64_t c = k / kc;
+  const int kk = static_cast<int>(k - c * kc);
+  const int j = kk / span, ks = kk % span;
+  const int t = ks / (span / 4), rest = ks % (span / 4);
+  const int s = j * sps + rest / 4, e = rest % 4;
+  const int g = rr % 8, h = rr / 8;
+  const int r = 2 * (e / 2) + h;
+  const int p = 4 * s + r;
+  const int ppw = gemv_pairs_per_word(lb);
+  return GemvSlot{c, 4 * g + t, p / ppw, (e % 2) * 16 + (p % ppw) * lb};
+}
+
+// Dequantization of pair position i (0 <= i < PPW) of a word: shift the word right by
+// `shift`, mask the code at bit `offset` of each half, OR the magic in; the code then sits
+// `offset` bits up in the mantissa (2^offset * q exact while offset + LB fits the mantissa:
+// 10 bits for fp16, 7 for bf16; 8-bit codes in bf16 take the fp32 route instead).
+SK_HD constexpr int gemv_pair_shift(int kind, int lb, int i) {
+  return kind == gemv::kKindF16 ? (i * lb) / 8 * 8 : (i * lb) / 4 * 4;
+}
+SK_HD constexpr int gemv_pair_offset(int kind, int lb, int i) {
+  return i * lb - gemv_pair_shift(kind, lb, i);
+}
+SK_HD constexpr bool gemv_magic_route(int kind, int lb) {
+  return kind == gemv::kKindF16 || lb < 8;  // else: bf16 8-bit codes via fp32
+}
+// The dequantizer's constants (fp16 / bf16 bit patterns, both halves of a 32-bit pair): the
+// magic 1024 (fp16) or 128 (bf16) ORed with the codes, the scale 2^-e and -magic * 2^-e.
+SK_HD constexpr uint32_t gemv_magic_or(int kind) {
+  return kind == gemv::kKindF16 ? 0x64006400u : 0x43004300u;
+}
+SK_HD constexpr uint32_t gemv_pow2_neg(int kind, int e) {
+  const uint32_t h = kind == gemv::kKindF16 ? uint32_t(15 - e) << 10 : uint32_t(127 - e) << 7;
+  return h | (h << 16);
+}
+SK_HD constexpr uint32_t gemv_neg_magic(int kind, int e) {
+  const uint32_t h = kind == gemv::kKindF16 ? 0x8000u | (uint32_t(15 + 10 - e) << 10)
+                                            : 0x8000u | (uint32_t(127 + 7 - e) << 7);
+  return h | (h << 16);
+}
+
+// x elements (of the activation type) a lane reads per chunk and 16-byte loads for them.
+SK_HD constexpr int gemv_x_elems_per_chunk(int lb) { return gemv_chunk_k(lb) / 4; }
+SK_HD constexpr int gemv_x_loads_per_chunk(int lb, int elem_bytes) {
+  return gemv_x_elems_per_chunk(lb) * elem_bytes / 16;
+}
+// Chunks in flight per lane (software pipeline depth), from the registers one stage holds.
+SK_HD constexpr int gemv_stage_regs(int lb, int span, int elem_bytes, int mh) {
+  return 4 + 4 * (gemv_chunk_k(lb) / span) + mh * gemv_x_loads_per_chunk(lb, elem_bytes) * 4;
+}
+SK_HD constexpr int gemv_stages(int lb, int span, int elem_bytes, int mh) {
+  // fp32 x: the three-way split and per-step sums take the registers of deeper pipelines
+  return elem_bytes == 4                                   ? 2
+         : gemv_stage_regs(lb, span, elem_bytes, mh) <= 24 ? 4
+         : gemv_stage_regs(lb, span, elem_bytes, mh) <= 40 ? 3
+                                                           : 2;
+}
+
+// Chunks [begin, end) of warp w: the K range split evenly over the CTA's warps.
+SK_HD void gemv_warp_chunks(int64_t n_chunks, int w, int64_t* begin, int64_t* end) {
+  *begin = n_chunks * w / gemv::kWarps;
+  *end = n_chunks * (w + 1) / gemv::kWarps;
 }
 
 struct GemvPlan {
-  int mt;
-  int stage_words;
-  int64_t words_per_row;
-  int64_t num_stages;
-  int64_t m_chunks;  // ceil(M / mt); blocks in y grid-stride over them
-  int64_t grid_x;    // ceil(N / 16)
-  int grid_y;        // min(m_chunks, 65535)
-  size_t smem_bytes;
+  int lb, span, mh, stages;
+  int64_t k_pad, n_chunks, groups;
+  int group_shift;
+  int64_t n_tiles;   // row tiles: grid.x
+  int64_t m_chunks;  // 16-row chunks of x (grid.y grid-strides over them)
+  int grid_y;
+  bool x_copy;  // K is not a whole number of chunks: x is read from a zero-padded copy
+  bool ok;      // the layout exists for this bits / K / G and 32-bit offsets suffice
 };
 
-inline GemvPlan make_gemv_plan(int64_t M, int64_t N, int64_t K, int bits) {
-  GemvPlan p;
-  p.mt = gemv_pick_mt(M);
-  p.stage_words = gemv_stage_words(p.mt, bits);
-  p.words_per_row = quant_words_per_row(K, bits);
-  p.num_stages = quant_ceil_div(p.words_per_row, p.stage_words);
-  p.m_chunks = M > 0 ? quant_ceil_div(M, p.mt) : 0;
-  p.grid_x = N > 0 ? quant_ceil_div(N, gemv_tiling::kRowsPerBlock) : 0;
-  p.grid_y =
-      static_cast<int>(p.m_chunks < gemv_tiling::kMaxGridY ? p.m_chunks : gemv_tiling::kMaxGridY);
-  p.smem_bytes = static_cast<size_t>(gemv_smem_floats(p.mt, bits)) * sizeof(float);
+inline GemvPlan make_gemv_plan(int64_t M, int64_t N, int64_t K, int bits, int64_t G,
+                               int elem_bytes = 2) {
+  GemvPlan p{};
+  p.lb = gemv_layout_bits(bits);
+  p.span = gemv_span(bits, K, G);
+  p.ok = p.span != 0 && M >= 0 && N >= 0;
+  if (!p.ok) return p;
+  p.mh = M <= 8 ? 1 : 2;
+  p.stages = gemv_stages(p.lb, p.span, elem_bytes, p.mh);
+  p.k_pad = gemv_k_pad(bits, K);
+  p.n_chunks = p.k_pad / gemv_chunk_k(p.lb);
+  p.groups = gemv_groups(bits, K, G);
+  p.group_shift = gemv_group_shift(bits, K, G);
+  p.n_tiles = ceil_div(N, gemv::kRowsPerTile);
+  p.m_chunks = ceil_div(M, gemv::kMTile);
+  p.grid_y = static_cast<int>(p.m_chunks < gemv::kMaxGridY ? p.m_chunks : gemv::kMaxGridY);
+  p.x_copy = p.k_pad != K;
+  // 32-bit offsets: 16-byte code loads and float4 params per tile, x elements per row
+  p.ok = p.n_tiles * p.n_chunks * 32 < (int64_t{1} << 31) &&
+         p.n_tiles * p.groups * 8 < (int64_t{1} << 31) && p.n_tiles < (int64_t{1} << 31);
   return p;
-}
-
-// ---------------------------------------------------------------------------------------------
-// W8A8: per-token activation quantizer and int8 tensor-core GEMM.
-// ---------------------------------------------------------------------------------------------
-// x_scale = amax / 127; an all-zero row (amax == 0) gets scale 1 and all-zero codes.
-SK_PLAN_HD float quant_int8_row_scale(float amax) { return amax > 0.f ? amax / 127.f : 1.f; }
-// clamp(round_half_even(x / scale), -127, 127). rintf rounds half to even in the default
-// rounding mode (host and device); x / scale is an IEEE division (no fast-math).
-SK_PLAN_HD int quant_int8_code(float x, float scale) {
-  float r = rintf(x / scale);
-  r = r < -127.f ? -127.f : (r > 127.f ? 127.f : r);
-  return static_cast<int>(r);
-}
-
-// int8 GEMM tiling: block tile 64 (M) x 64 (N), K in chunks of 64; 4 warps in a 2 x 2 grid,
-// each warp a 32 x 32 sub-tile = 2 x 2 wmma 16x16x16 (s8 x s8 -> s32) accumulators.
-// Shared memory holds A (x codes, rows m) and B (w codes, rows n) chunks in a "panel" layout:
-// [k / 16][row][k % 16] bytes, so every 16x16 fragment starts at a 256-byte multiple (wmma needs
-// 32-byte aligned pointers; a plain row-major tile would put the k = 16 fragment at a 16-byte
-// offset) with ldm = 16. Loads outside [0, M) x [0, K) / [0, N) x [0, K) are zero-filled, so
-// tails in M, N and K contribute exact zeros.
-namespace int8_gemm_tiling {
-constexpr int kBlockM = 64;
-constexpr int kBlockN = 64;
-constexpr int kBlockK = 64;
-constexpr int kThreads = 128;
-constexpr int kWarps = 4;
-constexpr int kWarpM = 32;
-constexpr int kWarpN = 32;
-constexpr int kFrag = 16;
-constexpr int kPanels = kBlockK / kFrag;  // 4
-constexpr int kChunk = 16;                // bytes per global -> smem copy
-constexpr int64_t kMaxGridY = 65535;
-}  // namespace int8_gemm_tiling
-
-// Byte offset of element (row, kk) (0 <= kk < 64) of a 64-row tile in the panel layout.
-SK_PLAN_HD int int8_panel_index(int rows, int row, int kk) {
-  return (kk / int8_gemm_tiling::kFrag) * rows * int8_gemm_tiling::kFrag +
-         row * int8_gemm_tiling::kFrag + kk % int8_gemm_tiling::kFrag;
-}
-// Copy slot s (0 <= s < 64 * 64 / 16 = 256) of a tile load: row s / 4, 16-byte chunk s % 4.
-SK_PLAN_HD void int8_copy_slot(int s, int* row, int* kc) {
-  *row = s / (int8_gemm_tiling::kBlockK / int8_gemm_tiling::kChunk);
-  *kc = s % (int8_gemm_tiling::kBlockK / int8_gemm_tiling::kChunk);
 }
 
 }  // namespace supernet_kernels

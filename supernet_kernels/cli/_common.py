@@ -271,6 +271,14 @@ def _task_for(doc: dict, args, sn=None):
     kind = getattr(args, "task", None) or doc.get("task") or "classification"
     if kind == "auto":
         kind = doc.get("task") or "classification"
+    if kind == "segmentation" and doc.get("hf") == "SamModel":
+        from ..supernet.sources import ModelSourceError, sam_model_of
+        from ..train.hf_sam_task import HFSamSegmentationTask
+
+        try:
+            return HFSamSegmentationTask(sam_model_of(doc)), kind
+        except ModelSourceError as exc:
+            raise InputFileError(str(exc)) from exc
     if kind == "segmentation":
         if not doc.get("sam"):
             raise UsageError(

@@ -76,8 +76,8 @@ def run(args) -> int:
     if build is None:
         raise CLIError(
             f"the {family} model's architecture cannot be recorded for rebuilding; the command "
-            "line needs a timm ViT / DeiT / Swin or a SAM image encoder (use the Python API "
-            "for other models)"
+            "line needs a timm model, a SAM image encoder or a transformers ViT / SAM (use the "
+            "Python API for other models)"
         )
     bits = tuple(args.bits)
     override = _space_override(args.recipe, model, space_user, bits)
@@ -112,18 +112,31 @@ def add_parser(sub):
     p = add_command(
         sub,
         "convert",
-        "turn a timm ViT / DeiT / Swin or a SAM image encoder into a supernet",
+        "turn a timm ViT / DeiT / Swin, a SAM image encoder or a transformers ViT / SAM into a "
+        "supernet",
         "Convert a model into a weight-sharing supernet and write OUT/supernet.json (how to "
         "rebuild it, its search space, largest / smallest configs) and "
         "OUT/supernet.safetensors (its weights).\n\n"
         "MODEL is a timm model name (vit_tiny_patch16_224; --model-kwargs sets its constructor "
         "arguments, --pretrained downloads timm's weights), a state-dict checkpoint "
-        "(.pth / .pt / .safetensors; --arch names its timm architecture), or a segment-anything "
-        "checkpoint with --sam vit_b / vit_l / vit_h (its image encoder is converted).",
+        "(.pth / .pt / .safetensors; --arch names its timm architecture), a segment-anything "
+        "checkpoint with --sam vit_b / vit_l / vit_h (its image encoder is converted), a "
+        "Hugging Face transformers folder written by save_pretrained (config.json and "
+        "safetensors weights; the class from config.json, or --arch hf:CLASS), or hf:CLASS "
+        "(fresh weights; --model-kwargs sets its config). transformers classes: "
+        "ViTModel, ViTForImageClassification, SamModel, SamVisionModel. Nothing is downloaded "
+        "unless --pretrained names a timm model, and nothing is unpickled.",
     )
-    p.add_argument("model", metavar="MODEL", help="timm model name or checkpoint file")
     p.add_argument(
-        "--arch", default=None, help="timm architecture of a state-dict checkpoint file MODEL"
+        "model",
+        metavar="MODEL",
+        help="timm model name, checkpoint file, transformers folder or hf:CLASS",
+    )
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="timm architecture of a state-dict checkpoint file MODEL, or hf:CLASS for a "
+        "transformers folder MODEL",
     )
     p.add_argument(
         "--sam",
@@ -136,7 +149,8 @@ def add_parser(sub):
         type=_json_dict,
         default=None,
         metavar="JSON",
-        help='timm constructor arguments, e.g. \'{"img_size": 16, "num_classes": 10}\'',
+        help='timm constructor arguments, e.g. \'{"img_size": 16, "num_classes": 10}\', or '
+        "the config fields of hf:CLASS",
     )
     p.add_argument(
         "--pretrained", action="store_true", help="timm name: download pretrained weights"

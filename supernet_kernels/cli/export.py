@@ -73,6 +73,13 @@ def _chosen_config(args, recorded: dict) -> tuple[dict | None, str | None]:
     return cfg, what
 
 
+def _first_tensor(out):
+    """A model's main output: the first of a tuple, or of a transformers ModelOutput."""
+    if hasattr(out, "to_tuple"):
+        out = out.to_tuple()
+    return out[0] if isinstance(out, tuple | list) else out
+
+
 def _verify(args, sub, out: Path, size: int) -> None:
     """Load the written file back and compare its output with the extracted subnet's."""
     import torch
@@ -84,8 +91,7 @@ def _verify(args, sub, out: Path, size: int) -> None:
     sub.eval()
     with torch.no_grad():
         a, b = sub(x), loaded(x)
-    a = a[0] if isinstance(a, tuple | list) else a
-    b = b[0] if isinstance(b, tuple | list) else b
+    a, b = _first_tensor(a), _first_tensor(b)
     err = float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
     if err > 1e-4:
         raise CLIError(f"verify: the reloaded subnet differs from the extracted one ({err:.3g})")

@@ -139,13 +139,18 @@ def _quant_triton(x2, packed, scales, zeros, bits, group_size, k, act_bits, bias
 
 
 def _quant_cuda(x2, packed, scales, zeros, bits, group_size, k, act_bits, bias):
-    if act_bits == 8:
-        raise backends.BackendUnavailable(
-            "quant_linear: the CUDA backend has no act_bits=8 kernel for packed weights yet; "
-            "use backend 'triton' (or int8_linear for plain int8 weights)"
-        )
+    from ..quant import cuda_layout
+
+    why = _no_act8_cuda(x2.device, x2.dtype, act_bits=act_bits, bits=bits, group_size=group_size,
+                        k=k)  # fmt: skip
+    if why:
+        raise backends.BackendUnavailable(f"quant_linear: {why}; use backend 'triton'")
+    try:  # the kernel's own layout, made on the first call for this weight (then cached)
+        lay = cuda_layout.cached_layout(packed, scales, zeros, bits, group_size, k)
+    except ValueError as e:
+        raise backends.BackendUnavailable(f"quant_linear: {e}; use backend 'triton'") from None
     return torch.ops.supernet_kernels._quant_linear_cuda(
-        x2, packed, scales, zeros, bits, group_size, k, bias
+        x2, lay.codes, lay.params, bits, group_size, k, packed.shape[0], bias
     )
 
 
@@ -156,6 +161,10 @@ def _quant_cuda(x2, packed, scales, zeros, bits, group_size, k, act_bits, bias):
 def _no_act8_cuda(device, dtype, *, act_bits=16, **shape):
     if act_bits == 8:
         return "the CUDA backend has no act_bits=8 kernel for packed weights yet"
+    if {"bits", "group_size", "k"} <= shape.keys():
+        from ..quant.cuda_layout import unsupported_reason
+
+        return unsupported_reason(shape["bits"], shape["k"], shape["group_size"])
     return None
 
 
@@ -352,10 +361,6 @@ def _triton_raw8(x2, weight, weight_scale, bias):
     return tq.raw8_linear(x2, weight, weight_scale, bias)
 
 
-def _cuda_int8(x2, weight, weight_scale, bias):
-    return torch.ops.supernet_kernels._int8_linear_cuda(x2, weight, weight_scale, bias)
-
-
 registry.register(
     "int8_linear",
     "torch",
@@ -367,9 +372,6 @@ registry.register(
 )
 registry.register("int8_linear", "triton", kernel=True, doc="our Triton kernel")(
     _raw8_kernel(_triton_raw8)
-)
-registry.register("int8_linear", "cuda", kernel=True, doc="our CUDA C++ kernel")(
-    _raw8_kernel(_cuda_int8)
 )
 
 

@@ -7,9 +7,12 @@
   2304, 3072} of 3072, scaled to the model's hidden width (w * hidden / 3072, rounded). All
   linears stay dense 16-bit. (Blocks 2 and 5 are global-attention blocks of SAM ViT-B, which
   ``convert``'s default space keeps; SuperSAM's set drops them too.) The recipe works on any
-  model whose blocks are ``blocks.{i}`` (a timm ViT as well as the SAM encoder); for a model
-  with fewer blocks the default set keeps the indices that exist, minus the first and the
-  last block.
+  model whose blocks are ``blocks.{i}`` (a timm ViT as well as the SAM encoder) and on
+  Hugging Face transformers SAM and ViT (block i is the i-th layer, e.g.
+  ``vision_encoder.layers.{i}``); for a model with fewer blocks the default set keeps the
+  indices that exist, minus the first and the last block. ``heads=True`` (not in the paper,
+  whose heads are fixed) also makes every attention's head count elastic (convert's default
+  choices, half the heads to all; random subnets draw it uniformly).
 * **Neuron prioritization**: before training, every MLP's hidden units are sorted by
   :func:`~supernet_kernels.nn.importance.activation_importance` (|W| times the input activation
   norm, over a few calibration batches), so a width-w prefix keeps the w most important units.
@@ -18,7 +21,9 @@
   smallest (every droppable block dropped, the smallest widths) and ``num_random`` random ones
   (block b dropped with probability p_b, widths uniform); the largest distills into the rest.
 
-:func:`train_supersam` runs it on a segment-anything ``Sam`` and returns ``(supernet, history)``.
+:func:`train_supersam` runs it on a segment-anything ``Sam`` or a transformers ``SamModel``
+(:class:`~supernet_kernels.train.hf_sam_task.HFSamSegmentationTask`) and returns
+``(supernet, history)``.
 """
 
 from __future__ import annotations
@@ -44,8 +49,12 @@ def scaled_widths(hidden: int, widths=SAM_MLP_WIDTHS, ref: int = SAM_REF_HIDDEN)
     return sorted({min(hidden, max(1, round(w * hidden / ref))) for w in widths})
 
 
-def _num_blocks(lay: fam.Layout) -> int:
-    return sum(1 for b in lay.blocks if b.startswith("blocks."))
+def _block_names(lay: fam.Layout) -> list[str]:
+    """The model's transformer blocks in order: ``blocks.{i}``, or a transformers model's
+    layers."""
+    if lay.family in ("hf_sam", "hf_vit"):
+        return list(lay.blocks)
+    return [b for b in lay.blocks if b.startswith("blocks.")]
 
 
 def default_drop_blocks(n: int) -> list[int]:
@@ -59,23 +68,27 @@ def supersam_space(
     widths: Iterable[int] = SAM_MLP_WIDTHS,
     ref_hidden: int = SAM_REF_HIDDEN,
     full_width_blocks: Iterable[int] = (),
+    heads: bool = False,
 ) -> dict:
-    """SuperSAM's space as a ``convert(space=...)`` override: ``blocks.{i}`` droppable for i in
+    """SuperSAM's space as a ``convert(space=...)`` override: block i droppable for i in
     ``drop_blocks`` (default :func:`default_drop_blocks`), the rest kept; each MLP's widths =
     ``widths`` of ``ref_hidden`` scaled to its hidden size, plus the full width (the largest
     subnet); the MLPs of ``full_width_blocks`` (paper: block 0) at full width only; every
-    linear dense 16-bit; attention heads and resolution fixed."""
+    linear dense 16-bit; the resolution fixed, and the attention heads unless ``heads``."""
     lay = fam.layout(encoder)
-    n = _num_blocks(lay)
+    names = _block_names(lay)
+    n = len(names)
     drop = default_drop_blocks(n) if drop_blocks is None else sorted(set(drop_blocks))
     bad = [i for i in drop if not 0 <= i < n]
     if bad:
         raise ValueError(f"supersam_space: drop_blocks {bad} out of range 0..{n - 1}")
     space = fixed_space(encoder, lay)
     for i in drop:
-        space["depth"][f"blocks.{i}"] = [False, True]
+        space["depth"][names[i]] = [False, True]
+    if heads:
+        del space["heads"]  # convert's default: elastic where the model's attention allows
     mods = dict(encoder.named_modules())
-    fixed = {f"blocks.{i}.mlp" for i in full_width_blocks}
+    fixed = {f"{names[i]}.mlp" for i in full_width_blocks if 0 <= i < n}
     for m, (a, _) in lay.mlps.items():
         hidden = mods[a].out_features
         if m in fixed:
@@ -91,7 +104,8 @@ class SuperSAMSampler:
     num_random]`` (``sandwich=False``: random ones only). A random subnet drops each droppable
     block b with probability ``drop_prob[b]`` (a number applies to all; default 0.5) and draws
     each MLP width uniformly (``random_full_width=False``, SuperSAM's rule: among the widths
-    below full); linears stay at their largest choice (SuperSAM's are dense).
+    below full) and each elastic head count uniformly; linears stay at their largest choice
+    (SuperSAM's are dense).
     Called as ``sampler(step, rng, supernet)``."""
 
     def __init__(
@@ -126,6 +140,9 @@ class SuperSAMSampler:
             if not self.random_full_width and len(widths) > 1:
                 widths = widths[:-1]  # SuperSAM: random subnets never draw the full width
             cfg["mlp"][m] = rng.choice(widths)
+        for a, counts in sp["heads"].items():
+            if len(counts) > 1:
+                cfg["heads"][a] = rng.choice(counts)
         return cfg
 
     def __call__(self, step: int, rng: random.Random, supernet: Supernet) -> list[dict]:
@@ -193,6 +210,7 @@ def train_supersam(
     seed: int = 0,
     resume: bool = False,
     preset=None,
+    heads: bool = False,
     **train_kwargs,
 ) -> tuple[Supernet, dict]:
     """SuperSAM end to end.
@@ -206,8 +224,12 @@ def train_supersam(
     ``sam_model``: a segment-anything ``Sam`` (a copy of its ``image_encoder`` becomes the
     supernet; the task, default ``SegmentationTask(sam_model)``, runs ``sam_model``'s prompt
     encoder and mask decoder on the supernet's embeddings, frozen unless the task trains the
-    decoder) or any other model ``convert`` takes whose blocks are ``blocks.{i}`` (a timm ViT;
-    default task ``ClassificationTask()``).
+    decoder), a transformers ``SamModel`` (a ``SamVisionModel`` holding a copy of its vision
+    encoder becomes the supernet, :func:`~supernet_kernels.supernet.hf.vision_model`; default
+    task :class:`~supernet_kernels.train.hf_sam_task.HFSamSegmentationTask`), or any other
+    model ``convert`` takes whose blocks are ``blocks.{i}`` or transformers layers (a timm or
+    transformers ViT; default task ``ClassificationTask()``). ``heads``: elastic head counts
+    as well (see the module doc).
     Defaults: the space of :func:`supersam_space`, neuron prioritization over
     ``calib_batches`` batches of ``train_data``, ``steps`` steps of SuperSAMSampler
     (largest + smallest + 1 random, drop probability 0.5), in-place distillation from the
@@ -217,10 +239,16 @@ def train_supersam(
     Returns ``(supernet, history)``: the supernet of the encoder (``sam_model`` is untouched),
     history = {"steps": per-step logs, "space": the space}.
     """
+    from ..supernet import hf
     from ..train import ClassificationTask, SegmentationTask
 
     encoder = getattr(sam_model, "image_encoder", None)
     is_sam = encoder is not None
+    seg_task = SegmentationTask
+    if hf.is_sam_model(sam_model):
+        from ..train.hf_sam_task import HFSamSegmentationTask
+
+        encoder, is_sam, seg_task = hf.vision_model(sam_model), True, HFSamSegmentationTask
     if not is_sam:
         encoder = sam_model
     full_width_blocks: tuple = ()
@@ -241,7 +269,7 @@ def train_supersam(
             # keeps the indices a smaller model has)
     if task is None:
         if is_sam and p is not None:
-            task = SegmentationTask(
+            task = seg_task(
                 sam_model,
                 train_decoder=p.train_decoder,
                 focal_weight=p.focal_weight,
@@ -249,8 +277,10 @@ def train_supersam(
                 iou_weight=p.iou_weight,
             )
         else:
-            task = SegmentationTask(sam_model) if is_sam else ClassificationTask()
-    space = supersam_space(encoder, drop_blocks, widths, full_width_blocks=full_width_blocks)
+            task = seg_task(sam_model) if is_sam else ClassificationTask()
+    space = supersam_space(
+        encoder, drop_blocks, widths, full_width_blocks=full_width_blocks, heads=heads
+    )
     kw = {}
     if prioritize:
         batches = as_batches(train_data, calib_batches, batch_size, task)

@@ -20,15 +20,16 @@ given model itself, replacing its layers):
 * each droppable block is wrapped in an :class:`~supernet_kernels.nn.ElasticBlock`;
 * a timm ViT is made to accept any resolution that is a multiple of its patch size (position
   embeddings resampled by timm's ``resample_abs_pos_embed`` on each forward);
-* with ``attention="ours"`` (the default), the attention modules of timm ViT / DeiT, timm Swin
-  and the SAM image encoder are replaced by :mod:`~supernet_kernels.supernet.attention`'s
-  modules, which compute through ``torch.ops.supernet_kernels.attention`` (same parameters and
-  state_dict keys; SAM's relative-position indices precomputed; Swin's relative-position bias
-  and shifted-window mask passed as the op's additive bias). ``"original"`` keeps every
-  model's own attention.
+* with ``attention="ours"`` (the default), the attention modules of timm ViT / DeiT, timm Swin,
+  the SAM image encoder and transformers SAM are replaced by
+  :mod:`~supernet_kernels.supernet.attention`'s modules, which compute through
+  ``torch.ops.supernet_kernels.attention`` (same parameters and state_dict keys; SAM's
+  relative-position indices precomputed; Swin's relative-position bias and shifted-window
+  mask passed as the op's additive bias). ``"original"`` keeps every model's own attention.
 
 Families (see :mod:`supernet_kernels.supernet.families`): timm ViT / DeiT, timm Swin, the
-segment-anything image encoder, and a generic path for any other model.
+segment-anything image encoder, transformers ViT and SAM (:mod:`~supernet_kernels.supernet.hf`),
+and a generic path for any other model.
 
 The space and config are described in :mod:`~supernet_kernels.supernet.space`, the
 :class:`~supernet_kernels.supernet.Supernet` in :mod:`~supernet_kernels.supernet.supernet`.
@@ -53,7 +54,7 @@ from ..nn.importance import (
 )
 from ..nn.mlp import fuse_mlps
 from . import families as fam
-from .attention import ATTENTION_CHOICES, prioritize_heads, swap_attention
+from .attention import ATTENTION_CHOICES, prioritize_heads
 from .default_space import _default_space, _merge_space
 from .space import _check_space
 from .supernet import Supernet
@@ -144,9 +145,10 @@ def convert(
             the meta device; None where that fails), None records nothing (load then needs a
             skeleton), or a record ``{"kind": "timm", "name": ..., "kwargs": {...}}`` /
             ``{"kind": "class", "class": ..., "kwargs": {...}}`` (verified).
-        attention: "ours" (default) replaces the attention of timm ViT / DeiT / Swin and SAM
-            image encoders by modules computing through ``torch.ops.supernet_kernels.attention``
-            (generic models keep theirs); "original" keeps every model's own.
+        attention: "ours" (default) replaces the attention of timm ViT / DeiT / Swin, SAM
+            image encoders and transformers SAM by modules computing through
+            ``torch.ops.supernet_kernels.attention`` (generic models keep theirs); "original"
+            keeps every model's own.
     """
     if not isinstance(model, nn.Module) or isinstance(model, Supernet):
         raise TypeError(f"convert: expected a model (nn.Module), got {type(model).__name__}")
@@ -184,7 +186,7 @@ def convert(
     with torch.no_grad():
         for a, b in lay.mlps.values():
             reorder_mlp(work.get_submodule(a), work.get_submodule(b), imp)
-    swapped = swap_attention(work, family) if attention == "ours" else []
+    swapped = fam.swap_attention(work, family) if attention == "ours" else []
     for a, counts in checked["heads"].items():
         if counts == [lay.heads[a]]:
             continue
@@ -261,8 +263,8 @@ def _warn_if_nearly_empty(model: nn.Module, lay: fam.Layout, space: dict) -> Non
             f"convert: the search space of this generic {type(model).__name__} is nearly empty: "
             f"its {len(space['linear'])} elastic linear layers hold {share:.2%} of the model's "
             f"{total} parameters, with no elastic MLP widths, heads or depth (first-class "
-            "families: timm ViT / DeiT / Swin, SAM's image encoder; declare MLPs and blocks "
-            "with space=)",
+            "families: timm ViT / DeiT / Swin, SAM's image encoder, transformers ViT / SAM; "
+            "declare MLPs and blocks with space=)",
             stacklevel=3,
         )
 

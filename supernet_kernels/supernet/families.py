@@ -14,6 +14,9 @@ layout, attention swap, build records), detected by type in the table's order:
   ``layers.{s}.downsample.reduction`` layers take the generic role;
 * ``sam``: ``segment_anything.modeling.image_encoder.ImageEncoderViT``: ``blocks.{i}.attn.qkv`` /
   ``proj`` and ``blocks.{i}.mlp.lin1`` / ``lin2`` (windowed and global attention alike);
+* ``hf_vit`` / ``hf_sam``: Hugging Face transformers ViT and SAM (:mod:`.hf`; transformers'
+  SAM attention is swapped for :mod:`.hf_sam_attention`'s module, eager and SDPA classes alike,
+  by the family's own ``swap``);
 * ``generic``: any other module; every convertible ``nn.Linear`` has the generic role.
 
 It also records how to rebuild the architecture without code (:func:`describe_build`): a timm
@@ -333,10 +336,13 @@ def _fused_head_linears(attn: str) -> tuple[list[str], str]:
     return [f"{attn}.qkv"], f"{attn}.proj"
 
 
-def _hf_head_linears(attn: str) -> tuple[list[str], str]:
-    from . import hf
+def _hf_head_linears(family: str) -> Callable[[str], tuple[list[str], str]]:
+    def head_linears(attn: str) -> tuple[list[str], str]:
+        from . import hf
 
-    return hf.head_linears(attn)
+        return hf.head_linears(attn, family)
+
+    return head_linears
 
 
 def _is_instance(get_cls: Callable[[], type | None]) -> Callable[[nn.Module], bool]:
@@ -362,6 +368,12 @@ def _is_hf(name: str) -> Callable[[nn.Module], bool]:
     return detect
 
 
+def _hf_sam_swap(model: nn.Module) -> list[str]:
+    from .hf_sam_attention import swap
+
+    return swap(model)
+
+
 def _attention_swap(module: str, cls: str, ours: str) -> tuple[Callable[[], type | None], type]:
     """(getter of the original attention class, our replacement), both from ``module`` (our
     attention modules, imported when first asked for)."""
@@ -377,7 +389,9 @@ class Family:
     ``parts(model)`` gives the layout's roles / mlps / blocks / heads / resolution (what is
     left out is empty); ``head_linears(attn)`` names an attention module's (q, k, v or fused
     qkv) and output linears; ``attention`` names (module, original class getter, our class) for
-    ``attention="ours"`` (None: the model keeps its own); ``own_heads``: the model's own
+    ``attention="ours"`` (None: the model keeps its own); ``swap(model)``: a family's own
+    replacement of its attention modules by ours, in place, returning the names replaced
+    (transformers SAM: two original classes); ``own_heads``: the model's own
     attention runs any head count (transformers ViT), so heads are elastic without ours;
     ``build_class`` / ``get_class`` / ``kwargs`` describe a "class" build record, ``record``
     makes a family's own kind of record (transformers); ``elastic_resolution``: the input
@@ -389,6 +403,7 @@ class Family:
     parts: Callable[[nn.Module], dict]
     head_linears: Callable[[str], tuple[list[str], str]] = _fused_head_linears
     attention: tuple[str, str, str] | None = None
+    swap: Callable[[nn.Module], list[str]] | None = None
     own_heads: bool = False
     build_class: str | None = None
     get_class: Callable[[], type | None] | None = None
@@ -412,11 +427,19 @@ FAMILIES: dict[str, Family] = {
             "hf_vit",
             _is_hf("hf_vit"),
             _hf_parts("hf_vit"),
-            _hf_head_linears,
+            _hf_head_linears("hf_vit"),
             own_heads=True,
             record=_hf_record,
         ),
-        Family("hf_sam", _is_hf("hf_sam"), _hf_parts("hf_sam"), record=_hf_record),
+        Family(
+            "hf_sam",
+            _is_hf("hf_sam"),
+            _hf_parts("hf_sam"),
+            _hf_head_linears("hf_sam"),
+            swap=_hf_sam_swap,
+            record=_hf_record,
+            pad_empty_batch=True,
+        ),
         Family(
             "sam",
             _is_instance(_sam_cls),
@@ -451,6 +474,20 @@ FAMILIES: dict[str, Family] = {
         Family("generic", lambda model: True, lambda model: {}, default_role="generic"),
     )
 }
+
+
+def swap_attention(model: nn.Module, family: str) -> list[str]:
+    """Replace, in place, the attention modules of a ``family`` model with ours (the family's
+    own ``swap``, else :func:`~supernet_kernels.supernet.attention.swap_attention`); returns
+    the names replaced."""
+    spec = FAMILIES.get(family)
+    if spec is not None and spec.swap is not None:
+        return spec.swap(model)
+    from .attention import swap_attention as swap
+
+    return swap(model, family)
+
+
 _CLASSES = {f.build_class: f.get_class for f in FAMILIES.values() if f.build_class}
 
 

@@ -11,14 +11,19 @@ SAM (``SamModel``, ``SamVisionModel``).
 * ``hf_sam``: each ``SamVisionLayer`` of the vision encoder has ``attn.qkv`` (factorized),
   ``attn.proj`` (dense, quantizable) and ``mlp.lin1`` / ``lin2`` (elastic width); windowed
   layers but the first and last are droppable, global-attention layers are kept (as for
-  segment-anything). Heads stay fixed: the fused qkv rows are laid out (3, heads, head_dim) and
-  the attention reshapes with ``num_attention_heads``, so fewer heads are not a prefix (the
-  segment-anything family gets elastic heads through our attention module; that module is not
-  written for transformers' SAM). The prompt encoder and mask decoder linears are converted
-  as fixed dense 16-bit layers ("other").
+  segment-anything). Heads are elastic with ``attention="ours"`` (the default): the fused qkv
+  rows are laid out (3, heads, head_dim) and transformers' attention reshapes with
+  ``num_attention_heads``, so ``convert`` replaces each ``SamVisionAttention`` (eager or SDPA)
+  by :class:`~supernet_kernels.supernet.hf_sam_attention.SKHFSamAttention` and sorts its heads
+  by importance into a head-major qkv, as for segment-anything (windowed and global layers
+  alike). With ``attention="original"`` the heads stay fixed. The prompt encoder and mask
+  decoder linears are converted as fixed dense 16-bit layers ("other").
 
 Build records: ``{"kind": "hf", "class": "ViTForImageClassification", "kwargs": config
-dict}``, rebuilt as ``cls(cls.config_class.from_dict(kwargs))`` for a whitelisted class.
+dict}``, rebuilt as ``cls(cls.config_class.from_dict(kwargs))`` for a whitelisted class, plus
+``"attn_implementation": "eager" | "sdpa"`` where the model runs another attention
+implementation than transformers' default (SAM's eager and SDPA attention are different
+classes, so the rebuilt architecture must pick the same one).
 """
 
 from __future__ import annotations
@@ -83,11 +88,15 @@ def layout_parts(model: nn.Module, family: str):
             roles[f"{name}.mlp.lin1"], roles[f"{name}.mlp.lin2"] = "fc1", "fc2"
             mlps[f"{name}.mlp"] = (f"{name}.mlp.lin1", f"{name}.mlp.lin2")
             blocks[name] = edge and int(layer.window_size) > 0
+            heads[f"{name}.attn"] = int(layer.attn.num_attention_heads)
     return roles, mlps, blocks, heads
 
 
-def head_linears(attn_name: str) -> tuple[list[str], str]:
-    """(q, k, v linear names, output linear name) of a transformers ViT attention."""
+def head_linears(attn_name: str, family: str = "hf_vit") -> tuple[list[str], str]:
+    """(q, k, v linear names, output linear name) of a transformers attention: ViT's separate
+    q, k, v projections, SAM's fused qkv."""
+    if family == "hf_sam":
+        return [f"{attn_name}.qkv"], f"{attn_name}.proj"
     return [f"{attn_name}.{p}" for p in ("q_proj", "k_proj", "v_proj")], f"{attn_name}.o_proj"
 
 
@@ -112,12 +121,19 @@ def prioritize_heads(attn: nn.Module, num_heads: int) -> torch.Tensor:
     return perm
 
 
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+
+
 def build_record(model: nn.Module) -> dict:
-    return {
+    record = {
         "kind": "hf",
         "class": type(model).__name__,
         "kwargs": model.config.to_diff_dict() if hasattr(model.config, "to_diff_dict") else {},
     }
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl in ATTN_IMPLEMENTATIONS:
+        record["attn_implementation"] = impl
+    return record
 
 
 def rebuild(build: dict) -> nn.Module:
@@ -130,9 +146,36 @@ def rebuild(build: dict) -> nn.Module:
         import transformers
     except ImportError as exc:  # pragma: no cover - only without transformers
         raise ValueError(f"the record needs transformers ({exc})") from exc
+    impl = build.get("attn_implementation")
+    if impl is not None and impl not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attn_implementation {impl!r} in build record is not one of {ATTN_IMPLEMENTATIONS}"
+        )
     cls = getattr(transformers, name)
     config = cls.config_class.from_dict(dict(build["kwargs"]))
-    return cls(config).eval()
+    if impl is None:
+        return cls(config).eval()
+    return cls._from_config(config, attn_implementation=impl).eval()
+
+
+def is_sam_model(model: nn.Module) -> bool:
+    """A transformers ``SamModel`` (vision encoder, prompt encoder and mask decoder)."""
+    return detect(model) == "hf_sam" and type(model).__name__ == "SamModel"
+
+
+def vision_model(sam: nn.Module) -> nn.Module:
+    """A transformers ``SamVisionModel`` holding a copy of ``sam``'s (a ``SamModel``) vision
+    encoder, its weights loaded strictly (``sam`` is untouched): the part of SAM a supernet is
+    made of, as segment-anything's ``image_encoder`` is. Its forward returns an output whose
+    ``last_hidden_state`` is ``sam.get_image_embeddings``'s."""
+    if not is_sam_model(sam):
+        raise TypeError(f"vision_model: expected a transformers SamModel, got {type(sam).__name__}")
+    import transformers
+
+    vision = transformers.SamVisionModel(sam.config.vision_config)
+    vision.vision_encoder.load_state_dict(sam.vision_encoder.state_dict(), strict=True)
+    p = next(sam.vision_encoder.parameters())
+    return vision.to(device=p.device, dtype=p.dtype).train(sam.training)
 
 
 def refuse_save_pretrained(model: nn.Module) -> None:

@@ -55,7 +55,6 @@ from .attention import (
     QKV_LAYOUTS,
     SKSamAttention,
     SKViTAttention,
-    swap_attention,
 )
 from .core import SUBNET_FORMAT, Supernet, remove_blocks
 
@@ -414,7 +413,7 @@ def _prepare(model: nn.Module, doc: dict, shapes: dict, where: str) -> None:
     remove_blocks(model, doc["removed"])
     attention = doc.get("attention", "original")
     if attention == "ours":
-        swap_attention(model, have)
+        fam.swap_attention(model, have)
     for name, rec in doc.get("heads", {}).items():
         aw = f"{where} attention {name!r}"
         try:

@@ -222,10 +222,20 @@ class Supernet(nn.Module):
             out = self.model(torch.cat([x, x.new_zeros((1, *x.shape[1:]))]), *args[1:], **kwargs)
             if isinstance(out, torch.Tensor):
                 return out[:0]
+            if hasattr(out, "items"):  # a transformers ModelOutput
+                for k, v in list(out.items()):
+                    if isinstance(v, torch.Tensor):
+                        out[k] = v[:0]
+                return out
             return type(out)(o[:0] for o in out)
         px = kwargs.get("pixel_values")
-        if self._family.own_heads and isinstance(px, torch.Tensor) and px.shape[0] == 0:
-            # transformers' ViT attention views with -1 heads, ambiguous for B = 0: as above.
+        if (
+            self.family in ("hf_vit", "hf_sam")
+            and isinstance(px, torch.Tensor)
+            and px.shape[0] == 0
+        ):
+            # transformers' ViT attention views with -1 heads, its SAM layers unpartition
+            # windows with -1 channels, ambiguous for B = 0: as above.
             one = torch.cat([px, px.new_zeros((1, *px.shape[1:]))])
             out = self.model(*args, **{**kwargs, "pixel_values": one})
             for k, v in list(out.items()):

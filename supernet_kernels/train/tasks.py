@@ -144,6 +144,8 @@ class ClassificationTask(Task):
             if not isinstance(n, int) or n <= 0:
                 head = model.get_classifier() if hasattr(model, "get_classifier") else None
                 n = getattr(head, "out_features", None)
+            if (not isinstance(n, int) or n <= 0) and hasattr(model, "classifier"):
+                n = getattr(model.classifier, "out_features", None)  # transformers
             if not isinstance(n, int) or n <= 0:
                 raise ValueError(
                     "ClassificationTask: cannot read the number of classes off the model; "
@@ -166,6 +168,8 @@ class ClassificationTask(Task):
                 images, size=(r, r), mode="bilinear", align_corners=False, antialias=True
             )
         out = model(images)
+        if hasattr(out, "logits"):  # a transformers ModelOutput
+            out = out.logits
         if isinstance(out, tuple | list):
             out = out[0]
         return out

@@ -1,29 +1,53 @@
-"""Shared benchmark harness: GPU/CPU timers, measured ceilings, roofline maths, result files.
+"""Timers, measured ceilings and provenance: the runner's measuring half.
 
-Everything here is op-agnostic; op-specific FLOP/byte formulas live next to each benchmark.
-Triton is imported lazily so that the pure-Python parts (and the CPU smoke run) work
-on machines without a GPU or without Triton.
+do_bench medians over rotating input sets (so that L2 does not flatter), CUDA-graph replay for
+small launches, a CPU fallback for the smoke runs; the copy and matmul ceilings measured in the
+run; the GPU, commit and versions every record carries. Triton is imported lazily.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+__all__ = [
+    "DEFAULT_L2_BYTES",
+    "MAX_ROTATE",
+    "REPO_ROOT",
+    "RESULTS_DIR",
+    "BenchSettings",
+    "Timing",
+    "Ceilings",
+    "time_floor_s",
+    "percent_of_roofline",
+    "tflops",
+    "gbps",
+    "rotation_count",
+    "l2_cache_bytes",
+    "device_name",
+    "git_commit",
+    "git_dirty",
+    "iso_date",
+    "environment",
+    "bench_gpu",
+    "bench_cpu",
+    "first_call_s",
+    "measure_ceilings",
+    "report_ceilings",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 # Used when the driver does not report an L2 size; 50 MB is the H100's L2.
@@ -221,6 +245,10 @@ def _bench_graph(fns: Sequence[Callable[[], Any]], *, settings: BenchSettings) -
 
     calls = max(settings.graph_calls, len(fns))
     try:
+        # Warm up and capture on the same side stream: the low-rank and quantized kernels keep
+        # their scratch and split-K tickets per stream, and a capture on a stream that has not
+        # run them allocates its own inside the graph (a memset node per replay, timed with the
+        # kernel); torch.cuda.graph's default capture stream would be such a stream.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # capture needs a warm-up on a non-default stream
@@ -228,7 +256,7 @@ def _bench_graph(fns: Sequence[Callable[[], Any]], *, settings: BenchSettings) -
                 f()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=side):
             for i in range(calls):
                 fns[i % len(fns)]()
         graph.replay()
@@ -340,171 +368,3 @@ def report_ceilings(
         )
         env = dict(env, ceilings=c)
     return ceilings, env
-
-
-def op_backends(op: str, wanted: tuple[str, ...]) -> tuple[str, ...]:
-    """The implementations to time for ``op``: every one registered for it (``wanted`` =
-    ("all",): the references, torch's fast paths and our kernels, from
-    ``supernet_kernels.registry``), else those of ``wanted`` registered for it."""
-    try:
-        from supernet_kernels import registry
-
-        names = tuple(registry.implementations(op))
-    except Exception:  # noqa: BLE001 - a half-written package: time what was asked
-        return tuple(b for b in wanted if b != "all")
-    if "all" in wanted:
-        return names
-    return tuple(b for b in wanted if b in names)
-
-
-def import_package(load: Callable[[], Any]) -> tuple[Any, str | None, Any]:
-    """Import what a benchmark needs lazily, so a half-written package costs rows, not the
-    whole run: ``(load(), None, write_dispatch_table)``, or ``(None, reason, None)`` when
-    ``load()`` raises. write_dispatch_table (needed only with --write-dispatch) may be None."""
-    try:
-        got = load()
-    except Exception as exc:  # noqa: BLE001
-        return None, f"supernet_kernels not importable: {type(exc).__name__}: {exc}", None
-    try:
-        from supernet_kernels.dispatch import write_dispatch_table
-    except Exception:  # noqa: BLE001 - only needed with --write-dispatch
-        write_dispatch_table = None
-    return got, None, write_dispatch_table
-
-
-# --------------------------------------------------------------------------- sweeps
-
-
-def run_sweeps(
-    sweeps: Iterable[tuple[Any, Any]],
-    run_group: Callable[..., list[dict[str, Any]]],
-    *,
-    budget_s: float,
-    begin_sweep: Callable[[Any, Any], Any] | None = None,
-    t0: float | None = None,
-) -> tuple[list[dict[str, Any]], int]:
-    """Run every (dtype, M, K, N) group of each (sweep, backends): ``run_group(sweep, backends,
-    state, dtype, m, k, n)``, with ``state = begin_sweep(sweep, backends)`` (None without it).
-    Records are tagged with the sweep's name; groups not started once ``budget_s`` (0: none)
-    has passed since ``t0`` are counted. Ctrl-C (gpu_check's timeout sends SIGINT) keeps what
-    was measured. Returns the records and the number of groups cut by the budget."""
-    t0 = time.perf_counter() if t0 is None else t0
-    records: list[dict[str, Any]] = []
-    not_run = 0
-    try:
-        for sweep, backends in sweeps:
-            state = begin_sweep(sweep, backends) if begin_sweep is not None else None
-            for dtype in sweep.dtypes:
-                for m in sweep.ms:
-                    for k, n in sweep.kns:
-                        if budget_s and time.perf_counter() - t0 > budget_s:
-                            not_run += 1
-                            continue
-                        group = run_group(sweep, backends, state, dtype, m, k, n)
-                        for rec in group:
-                            rec["sweep"] = sweep.name
-                        records.extend(group)
-                        dt = time.perf_counter() - t0
-                        print(f"[bench] {dtype} M={m} K={k} N={n} done ({dt:.1f} s)", flush=True)
-    except KeyboardInterrupt:
-        print("[bench] interrupted: writing the records measured so far", flush=True)
-    return records, not_run
-
-
-def finish_run(
-    bad: list[dict[str, Any]],
-    describe: Callable[[dict[str, Any]], str],
-    summary_json: Path | None,
-    summary: Callable[[], dict[str, Any]],
-) -> int:
-    """Print each failed record (``describe(r)``: where it ran), write ``summary()`` to
-    ``summary_json`` when given; the exit status: 1 when any record failed."""
-    for r in bad:
-        what = r.get("reason") or f"rel_err={r.get('rel_err')}"
-        print(f"[bench] {r['status'].upper()}: {r['backend']} {describe(r)}: {what}")
-    if summary_json:
-        summary_json.parent.mkdir(parents=True, exist_ok=True)
-        summary_json.write_text(json.dumps(jsonable(summary()), indent=1, sort_keys=True))
-    return 1 if bad else 0
-
-
-def copy_dispatch(path: str | os.PathLike[str], out: Path) -> None:
-    """Copy a written dispatch table into --out (so a GPU run's $OUT brings it back)."""
-    path = Path(path)
-    if out.resolve() != path.parent.resolve():
-        shutil.copy(path, out / f"dispatch_{path.name}")
-
-
-# --------------------------------------------------------------------------- results
-
-
-def append_results(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> Path:
-    """Append records as JSON lines. A bare name (no folder) goes under benchmarks/results/."""
-    target = Path(path)
-    if target.parent == Path("."):
-        target = RESULTS_DIR / target
-    if target.suffix != ".jsonl":
-        target = target.with_suffix(".jsonl")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("a", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(jsonable(rec), sort_keys=True) + "\n")
-    return target
-
-
-def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    target = Path(path)
-    if not target.exists():
-        return []
-    with target.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def jsonable(obj: Any) -> Any:
-    if hasattr(obj, "__dataclass_fields__"):
-        return jsonable(asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # JSON has no NaN/inf; None reads as "not measured"
-    if isinstance(obj, (torch.dtype, torch.device, Path)):
-        return str(obj)
-    return obj
-
-
-# --------------------------------------------------------------------------- reporting helpers
-
-
-def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """Plain fixed-width table (numbers right-aligned) for terminal logs."""
-    cells = [[str(h) for h in header]] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "nan"
-        return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}" if abs(v) < 1000 else f"{v:.0f}"
-    return str(v)
-
-
-def bucket_bounds(values: Iterable[int], *, last: int | None = None) -> list[tuple[int, int]]:
-    """(measured value, inclusive upper bound) per bucket. Bounds sit at geometric midpoints
-    between measured values (sizes scale multiplicatively); the last bucket ends at ``last``,
-    by default twice the largest measured value: a table does not extrapolate further (the
-    second H100 run measured quant_linear at M = 1 only, and an open-ended bucket would have
-    sent M = 4096 to a GEMV kernel). Beyond it "auto" falls back to torch."""
-    vs = sorted(set(values))
-    if last is None:
-        last = 2 * vs[-1] if vs else 0
-    return [
-        (v, int(math.sqrt(v * vs[i + 1])) if i + 1 < len(vs) else last) for i, v in enumerate(vs)
-    ]

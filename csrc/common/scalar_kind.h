@@ -1,5 +1,5 @@
 // The element type of a native kernel's float operands, shared by the CUDA sources and the
-// torch bindings (csrc/binding_utils.h maps a tensor's dtype to it). Torch-free.
+// torch bindings (csrc/common/binding_utils.h maps a tensor's dtype to it). Torch-free.
 #pragma once
 
 namespace supernet_kernels {
