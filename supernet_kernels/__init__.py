@@ -7,13 +7,14 @@ both are loaded on first use, and their absence is reported by ``supernet-kernel
 from . import (
     nn,
     ops,  # registers torch.ops.supernet_kernels.*
+    recipes,  # fills the supernet store's recipe table (see supernet.store.register_recipe)
 )
 from ._version import __version__
 from .backends import BackendUnavailable, backend, backend_status, get_backend
 from .compile import capture_cuda_graph, compile
 from .planning import plan
-from .quant import load_quantized, quantize_model, save_quantized
 from .supernet import Supernet, convert, extract, load, save
+from .transform import load_quantized, quantize_model, save_quantized
 
 __all__ = [
     "BackendUnavailable",
@@ -31,6 +32,7 @@ __all__ = [
     "nn",
     "ops",
     "plan",
+    "recipes",
     "quantize_model",
     "save",
     "save_quantized",

@@ -8,15 +8,14 @@ import torch
 from helpers.numerics import rel_err
 from torch import nn
 
-from supernet_kernels.nn import QuantLinear
-from supernet_kernels.quant import (
+from supernet_kernels.nn import FakeQuantLinear, QuantLinear
+from supernet_kernels.quant import quantize_weight
+from supernet_kernels.transform import (
     QuantizeReport,
     load_quantized,
     quantize_model,
-    quantize_weight,
     save_quantized,
 )
-from supernet_kernels.quant.fake import FakeQuantLinear
 
 
 def _mlp(seed=0):

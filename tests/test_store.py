@@ -149,3 +149,16 @@ def test_save_refuses_what_it_cannot_rebuild(tmp_path):
     assert not (tmp_path / "g").exists()
     with pytest.raises(FileNotFoundError):
         sk.load(tmp_path / "missing")
+
+
+def test_the_store_knows_every_recipe_without_importing_recipes():
+    """The store reads the recipe table that recipes fill when the package loads (the store,
+    below recipes, imports none of them)."""
+    from supernet_kernels.recipes import RECIPES
+
+    assert set(store._RECIPES) == set(RECIPES)
+    for name, recipe in RECIPES.items():
+        assert store._RECIPES[name].supernet is recipe.supernet
+        assert store._RECIPES[name].records == recipe.records
+    with pytest.raises(ValueError, match="register_recipe: name must be a non-empty str"):
+        store.register_recipe("")

@@ -16,7 +16,7 @@ exactly representable), symmetric ones are 2**(bits-1). ``export(w)`` gives the 
 :class:`QuantizedWeight`.
 
 The layer trained this way, ``FakeQuantLinear``, is in :mod:`supernet_kernels.nn.fake_quant`
-(still importable from here).
+(still importable from here, deprecated).
 """
 
 from __future__ import annotations
@@ -235,8 +235,16 @@ def __getattr__(name: str):
     # name stays importable from here, resolved on first use so that quant/ never imports nn/
     # while loading.
     if name == "FakeQuantLinear":
+        import warnings
+
         from ..nn.fake_quant import FakeQuantLinear
 
+        warnings.warn(
+            "supernet_kernels.quant.fake.FakeQuantLinear is deprecated: use "
+            "supernet_kernels.nn.FakeQuantLinear",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return FakeQuantLinear
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

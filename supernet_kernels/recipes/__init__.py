@@ -19,6 +19,7 @@ builds itself, the training sampler, the parameters it trains.
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..supernet.store import register_recipe
 from .flora import (
     FloraSampler,
     distill_score,
@@ -102,6 +103,9 @@ RECIPES: dict[str, Recipe] = {
         records=("bits", "lora_rank"),
     ),
 }
+
+for _recipe in RECIPES.values():
+    register_recipe(_recipe.name, supernet=_recipe.supernet, records=_recipe.records)
 
 __all__ = [
     "FloraPreset",

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..supernet import Supernet, convert
 from ..supernet import families as fam
-from .flora import fixed_space, make_trainer, model_output
+from .common import fixed_space, make_trainer, model_output
 from .mixed import MixedPrecisionSupernet, add_grouped_lora, add_weight_lsq
 from .presets import MPLoRAPreset
 from .presets import preset as get_preset

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..supernet import Supernet, convert
 from ..supernet import families as fam
-from .flora import as_batches, batch_inputs, fixed_space, make_trainer
+from .common import as_batches, batch_inputs, fixed_space, make_trainer
 
 SAM_VIT_B_DROP = (1, 2, 5, 6, 9)
 SAM_MLP_WIDTHS = (768, 1020, 1536, 2304, 3072)  # of SAM ViT-B's hidden 3072

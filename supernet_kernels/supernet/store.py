@@ -31,6 +31,8 @@ import json
 import math
 import os
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -46,11 +48,33 @@ STATE_NAME = "supernet.safetensors"
 _STATE_ID = "supernet_kernels.state_id"
 
 
+@dataclass(frozen=True)
+class StoredRecipe:
+    """What the store needs of a recipe (``supernet.json``'s ``recipe`` field): ``supernet(model,
+    doc)`` builds the supernet itself from the document (None: ``convert``), ``records`` the
+    fields it rebuilds from (``lora_rank`` among them: its supernets may hold LoRA adapters)."""
+
+    name: str
+    supernet: Callable | None = None
+    records: tuple[str, ...] = ()
+
+
+# Filled by supernet_kernels.recipes (imported by the package itself, so every import of
+# supernet_kernels fills it): recipes build on convert, so the store, below them, reads this
+# table instead of importing them.
+_RECIPES: dict[str, StoredRecipe] = {}
+
+
+def register_recipe(name: str, supernet: Callable | None = None, records=()) -> None:
+    """Tell the store how a recipe's supernets are rebuilt (see :class:`StoredRecipe`)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_recipe: name must be a non-empty str, got {name!r}")
+    _RECIPES[name] = StoredRecipe(name, supernet, tuple(records))
+
+
 def build_supernet(model: nn.Module, doc: dict) -> Supernet:
     """``convert(model)`` the way ``doc`` (a supernet.json document) records it."""
-    from ..recipes import RECIPES  # recipes build on convert: imported when needed
-
-    recipe = RECIPES.get(doc.get("recipe", "default"))
+    recipe = _RECIPES.get(doc.get("recipe", "default"))
     if recipe is not None and recipe.supernet is not None:
         return recipe.supernet(model, doc)
     override = doc.get("space_override")
@@ -102,10 +126,8 @@ def save_supernet(sn: Supernet, folder: str | os.PathLike, info: dict | None = N
             "could not describe the model); convert it with build={'kind': 'timm', 'name': ..., "
             "'kwargs': {...}} or {'kind': 'class', ...}, or save its state_dict yourself"
         )
-    from ..recipes import RECIPES  # recipes build on convert: imported when needed
-
     lora = [n for n, m in sn.elastic_linears().items() if m.lora_rank]
-    recipe = RECIPES.get((info or {}).get("recipe", "default"))
+    recipe = _RECIPES.get((info or {}).get("recipe", "default"))
     if lora and (recipe is None or "lora_rank" not in recipe.records):
         raise ValueError(
             f"save: the supernet has LoRA adapters ({lora[0]!r}, ...); save it with "
