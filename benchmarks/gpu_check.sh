@@ -356,11 +356,11 @@ mlp = {}
 mlp_path = extras / "mlp_block.jsonl"
 if mlp_path.exists():
     rows = [json.loads(x) for x in mlp_path.read_text().splitlines() if x.strip()]
-    dense = {(r["M"], r["rank"]): r.get("graph_us") for r in rows if r["variant"] == "dense"}
+    dense = {(r["M"], r["rank"]): r.get("graph_us") for r in rows if r.get("variant") == "dense"}
     for r in rows:
-        if r["variant"] in ("ours", "ours_2launch") and r.get("graph_us") and dense.get((r["M"], r["rank"])):
+        if r.get("variant") in ("ours", "ours_2launch") and r.get("graph_us") and dense.get((r["M"], r["rank"])):
             mlp[f"{r['variant']} M={r['M']} r={r['rank']}"] = {
-                "graph_us": round(r["graph_us"], 2), "ok": r.get("ok"),
+                "graph_us": round(r["graph_us"], 2), "ok": r.get("correct", r.get("ok")),
                 "speedup_vs_dense": round(dense[(r["M"], r["rank"])] / r["graph_us"], 2)}
 # the census's predictions beside this run's measurements (records with a measured_us)
 census = None

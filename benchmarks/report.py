@@ -30,7 +30,7 @@ sys.path[:0] = [p for p in (str(_HERE), str(_HERE.parent)) if p not in sys.path]
 
 import harness as H  # noqa: E402
 
-BENCHES = ("lowrank", "quant", "attention")
+BENCHES = ("lowrank", "quant", "attention", "mlp_block")
 OUR_FIRST = ("torch", "triton", "cuda")  # table columns: the reference and our kernels first
 
 
@@ -50,11 +50,13 @@ CONFIG: dict[str, Callable[[dict], tuple]] = {
     ),
     "attention": lambda r: (r.get("shape"), r.get("B"), r.get("T"), int(bool(r.get("rel"))),
                             r.get("pass")),
+    "mlp_block": lambda r: (r.get("rank"),),
 }  # fmt: skip
 CONFIG_HEADER = {
     "lowrank": ("r",),
     "quant": ("bits", "G", "op"),
     "attention": ("shape", "B", "T", "rel", "pass"),
+    "mlp_block": ("r",),
 }
 BEST_KEY: dict[str, Callable[[dict], tuple]] = {
     "lowrank": lambda r: (r["dtype"], r.get("M"), r.get("K"), r.get("N"), r.get("rank")),
@@ -62,6 +64,7 @@ BEST_KEY: dict[str, Callable[[dict], tuple]] = {
                         _quant_act(r)),
     "attention": lambda r: (r["dtype"], r.get("B"), r.get("H"), r.get("T"), r.get("d"),
                             int(bool(r.get("rel"))), r.get("pass")),
+    "mlp_block": lambda r: (r["dtype"], r.get("M"), r.get("K"), r.get("H"), r.get("rank")),
 }  # fmt: skip
 
 
@@ -71,6 +74,8 @@ GROUP_KEY: dict[str, Callable[[dict], tuple]] = {
     "quant": lambda r: (r.get("run_id"), r["dtype"], r.get("M"), r.get("K"), r.get("N")),
     "attention": lambda r: (r.get("run_id"), r["dtype"], r.get("B"), r.get("H"), r.get("T"),
                             r.get("d"), r.get("pass")),
+    "mlp_block": lambda r: (r.get("run_id"), r["dtype"], r.get("M"), r.get("K"), r.get("H"),
+                            r.get("rank")),
 }  # fmt: skip
 
 
@@ -185,12 +190,19 @@ def format_table(bench: str, records: list[dict]) -> str:
     return H.format_table(header, rows) + "\n" + legend
 
 
-SHAPE_HEADER = {"lowrank": ("M", "K", "N"), "quant": ("M", "K", "N"), "attention": ("H", "d")}
+SHAPE_HEADER = {
+    "lowrank": ("M", "K", "N"),
+    "quant": ("M", "K", "N"),
+    "attention": ("H", "d"),
+    "mlp_block": ("M", "K", "H"),
+}
 
 
 def _shape(r: dict) -> tuple:
     if r.get("bench") == "attention":
         return (r.get("H"), r.get("d"))
+    if r.get("bench") == "mlp_block":
+        return (r.get("M"), r.get("K"), r.get("H"))
     return (r.get("M"), r.get("K"), r.get("N"))
 
 

@@ -261,7 +261,8 @@ def _selected(backend: str | None):
 
 def _time(ctx: Context, fn, prep: Prepared, base: dict) -> tuple[T.Timing, T.Timing | None]:
     if not ctx.gpu:
-        reps = 3 if base.get("backend") == "triton" else 20  # the interpreter is slow
+        # the interpreter is slow
+        reps = 3 if str(base.get("backend")).startswith("triton") else 20
         return T.bench_cpu(fn(0), warmup=min(reps, 3), repeats=reps), None
     rot = T.rotation_count(
         set_bytes=prep.bytes or T.DEFAULT_L2_BYTES, l2_bytes=T.l2_cache_bytes(ctx.device),
@@ -363,7 +364,10 @@ def parse_args(bench, argv=None) -> argparse.Namespace:
     p.add_argument("--write-dispatch", action="store_true", help="GPU: write dispatch tables")
     p.add_argument("--warmup-ms", type=int, default=getattr(bench, "WARMUP_MS", 10))
     p.add_argument("--rep-ms", type=int, default=getattr(bench, "REP_MS", 40))
-    p.add_argument("--graph-max-m", type=int, default=256, help="graph replay for M <= this")
+    p.add_argument(
+        "--graph-max-m", type=int, default=getattr(bench, "GRAPH_MAX_M", 256),
+        help="graph replay for M <= this",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     if hasattr(bench, "add_args"):
         bench.add_args(p)
