@@ -351,6 +351,7 @@ quant = json.loads(pathlib.Path(quant_path).read_text()) if pathlib.Path(quant_p
 models = json.loads(pathlib.Path(models_path).read_text()) if pathlib.Path(models_path).exists() else {}
 attn = json.loads(pathlib.Path(attn_path).read_text()) if pathlib.Path(attn_path).exists() else {}
 lat = json.loads(pathlib.Path(lat_path).read_text()) if pathlib.Path(lat_path).exists() else {}
+lat = {k: v for k, v in lat.items() if k not in ("env", "targets")}  # the harness's provenance
 # the MLP block: ours (one launch) against the dense block, graph-replayed, per (M, rank)
 mlp = {}
 mlp_path = extras / "mlp_block.jsonl"
