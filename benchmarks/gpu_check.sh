@@ -13,9 +13,10 @@
 # (plans/<model>_<config>.{json,txt}) and census/census_sm90.{json,md} (predicted vs measured).
 # junit.xml stays in a temp folder (its pass/fail counts go into the summary; the failures
 # themselves are in pytest.log) to make room for models.jsonl; the models plot is redrawn
-# locally with `python benchmarks/models_report.py $OUT/models.jsonl`; every benchmark's tables
-# with `python benchmarks/report.py {lowrank,quant,attention,models} FILE`, its plots with
-# `python benchmarks/plot.py {lowrank,quant,attention} --results FILE`.
+# locally with `python benchmarks/plot.py models --results $OUT/models.jsonl`; every
+# benchmark's tables with `python benchmarks/report.py BENCH FILE` (lowrank, quant, attention,
+# mlp_block, models, latency_table), its plots with `python benchmarks/plot.py BENCH --results
+# FILE` (lowrank, quant, attention, mlp_block, models).
 # models.jsonl also holds the attention-op records of bench_attention.py (kind "attention").
 # Peers for the quant benchmark (bitsandbytes, gemlite) come from wheels in .whl/ at the repo
 # root when it exists (the GPU machine has no network; see benchmarks/README.md).
@@ -198,9 +199,10 @@ latency() {
 
 mlp() {
   # The low-rank MLP block at one ViT-B image and a batch of 8 (dense, torch, ours in one
-  # launch and in two), eager and graph-replayed; ~1 min at the default 32 graph calls.
+  # launch and in two), eager and graph-replayed on the harness; no new group 15 s before the
+  # phase's timeout (its SIGINT also keeps what was measured).
   "$PY" benchmarks/bench_mlp_block.py --graph-calls "${GPU_CHECK_MLP_CALLS:-16}" \
-    --out "$EXTRAS/mlp_block.jsonl"
+    --out "$EXTRAS/mlp_block.jsonl" --time-budget-s $((${GPU_CHECK_MLP_S:-45} - 15))
 }
 
 dispatch() {
