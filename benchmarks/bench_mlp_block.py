@@ -46,6 +46,7 @@ from supernet_kernels.cost import formulas as FM  # noqa: E402
 NAME, DOC = "mlp_block", __doc__
 # Graph replay at every M of the sweep (the block's bars are on graph replay at M = 1576 too).
 GRAPH_MAX_M = 4096
+DISPATCH = False  # lowrank_mlp has no dispatch table: its op picks the one-launch kernel by M
 
 # The H100's per-launch cost, copy ceiling and fp16 peak: the census's constants (one place).
 _H100 = census_model.GPUS["H100"]

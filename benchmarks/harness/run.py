@@ -476,6 +476,9 @@ def write_dispatch(ctx: Context, records: list[dict], sweeps) -> list[str]:
     if not ctx.gpu:
         print(f"[{ctx.bench.NAME}] --write-dispatch ignored: tables come from GPU runs only")
         return []
+    if not getattr(ctx.bench, "DISPATCH", True):
+        print(f"[{ctx.bench.NAME}] --write-dispatch ignored: no dispatch table for this op")
+        return []
     import dispatch_from_results as D
 
     from supernet_kernels.dispatch import write_dispatch_table
