@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import copy  # noqa: F401 - the tests reach copy.deepcopy through this module
+import functools
 import json
 import sys
 import time
@@ -249,7 +250,7 @@ def run_model(spec: ModelSpec, ctx: H.Context) -> Iterator[dict]:
                 except Exception as exc:  # noqa: BLE001 - one config must not stop the others
                     counts[ck] = ({}, f"count failed: {_err(exc)}")
             c, why = counts[ck]
-            mod = None
+            held: dict[str, nn.Module] = {}  # the variant's module, made at its first timing
             for batch in batches:
                 rec = dict(
                     kind=v.kind, model=spec.key, model_title=spec.title,
@@ -260,49 +261,42 @@ def run_model(spec: ModelSpec, ctx: H.Context) -> Iterator[dict]:
                 )  # fmt: skip
                 if why:
                     rec.update(status="error", reason=why)
-                elif not gpu:
-                    rec.update(status="counts_only", reason=None)
-                elif args.no_study_timing and v.kind == "study":
+                elif gpu and args.no_study_timing and v.kind == "study":
                     rec.update(status="counts_only", reason="study timing off")
-                elif ctx.over_budget():
-                    rec.update(status="not_run", reason="time budget")
                 else:
-                    try:
-                        if mod is None:
-                            mod = v.make().to(device=device).eval()
-                        torch.manual_seed(batch)
-                        x = torch.randn(batch, 3, v.resolution, v.resolution, device=device,
-                                        dtype=dtype)  # fmt: skip
-                        got, out = H.time_module(
-                            mod, v.mode, x, ctx.settings, backend=args.backend,
-                            graph=not args.no_graph,
-                            profile=None if args.no_profile else profile_split,
-                        )  # fmt: skip
-                        rec.update(got, status="ok")
-                        if v.kind == "config" and v.name == "dense" and out is not None:
-                            if v.mode == "eager":
-                                refs[batch] = out
-                            elif batch in refs and out.shape == refs[batch].shape:
-                                rec["rel_err"] = rel_err(out, refs[batch])
-                                rec["rel_err_tol"] = REL_TOL[dname]
-                                rec["output_match"] = rec["rel_err"] <= REL_TOL[dname]
-                        out = None
-                    except KeyboardInterrupt:
-                        raise
-                    except Exception as exc:  # noqa: BLE001
-                        rec.update(status="error", reason=_err(exc))
-                        traceback.print_exc(limit=3)
-                        with contextlib.suppress(Exception):
-                            torch.cuda.synchronize()
+                    H.run_case(ctx, rec, functools.partial(_time, ctx, v, held, batch, dtype, refs))
                 if gpu and rec.get("latency_ms"):
                     _print_timed(rec, spec, v, batch, dname)
                 yield rec
-            del mod
+            held.clear()
             if gpu:
                 torch.cuda.empty_cache()
         del model, sns, vs, refs
         if gpu:
             torch.cuda.empty_cache()
+
+
+def _time(ctx: H.Context, v: Variant, held: dict, batch: int, dtype, refs: dict) -> dict:
+    """One (mode, config, batch) timed; the dense configs' output checked against the library's
+    eager one (kept in ``refs`` per batch)."""
+    if "mod" not in held:
+        held["mod"] = v.make().to(device=ctx.device).eval()
+    mod = held["mod"]
+    torch.manual_seed(batch)
+    x = torch.randn(batch, 3, v.resolution, v.resolution, device=ctx.device, dtype=dtype)
+    got, out = H.time_module(
+        mod, v.mode, x, ctx.settings, backend=ctx.args.backend, graph=not ctx.args.no_graph,
+        profile=None if ctx.args.no_profile else profile_split,
+    )  # fmt: skip
+    if v.kind == "config" and v.name == "dense" and out is not None:
+        dname = str(dtype).replace("torch.", "")
+        if v.mode == "eager":
+            refs[batch] = out
+        elif batch in refs and out.shape == refs[batch].shape:
+            got["rel_err"] = rel_err(out, refs[batch])
+            got["rel_err_tol"] = REL_TOL[dname]
+            got["output_match"] = got["rel_err"] <= REL_TOL[dname]
+    return got
 
 
 def _print_timed(rec: dict, spec: ModelSpec, v: Variant, batch: int, dname: str) -> None:

@@ -426,3 +426,26 @@ def test_latency_table_smoke_run(tmp_path):
     assert all(r["predicted_ms"] > 0 and r["measured_ms"] > 0 for r in recs)
     s = json.loads(summary.read_text())
     assert s["configs"] == 2 and s["max_abs_err"] == max(abs(r["rel_err"]) for r in recs)
+
+
+def test_run_case_rules():
+    """One rule for every whole-model record: counts only on a CPU, not_run after the budget,
+    ok with what was measured, error with the reason (the next configuration still runs)."""
+    from types import SimpleNamespace as NS
+
+    import harness as H
+
+    def ctx(gpu, over=False):
+        return NS(gpu=gpu, over_budget=lambda: over)
+
+    def boom():
+        raise RuntimeError("capture failed")
+
+    assert H.run_case(ctx(False), {}, boom)["status"] == "counts_only"
+    assert H.run_case(ctx(True, over=True), {}, boom) == {"status": "not_run",
+                                                          "reason": "time budget"}  # fmt: skip
+    assert H.run_case(ctx(True), {"a": 1}, lambda: {"latency_ms": 2.0}) == {
+        "a": 1, "latency_ms": 2.0, "status": "ok",
+    }  # fmt: skip
+    rec = H.run_case(ctx(True), {}, boom)
+    assert rec["status"] == "error" and "RuntimeError: capture failed" in rec["reason"]

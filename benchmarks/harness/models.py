@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = [
     "MODEL_RECORD_FIELDS",
     "model_args",
     "model_main",
+    "run_case",
     "max_rel_err",
     "module_bytes",
     "peak_bytes",
@@ -143,6 +145,28 @@ def model_main(bench, argv=None) -> int:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         args.summary_json.write_text(json.dumps(RS.jsonable(summary), indent=1, sort_keys=True))
     return 1 if (bad or problems) else 0
+
+
+def run_case(ctx: RUN.Context, rec: dict[str, Any], measure: Callable[[], dict]) -> dict:
+    """One record's outcome, the same rule for every whole-model benchmark: counts only without
+    a GPU (``status: counts_only``), ``not_run`` once the time budget is spent, else
+    ``measure()``'s fields with ``status: ok``, or ``error`` with the reason when it raises (the
+    next configuration still runs). Fills ``rec`` in place and returns it."""
+    if not ctx.gpu:
+        rec.update(status="counts_only", reason=None)
+    elif ctx.over_budget():
+        rec.update(status="not_run", reason="time budget")
+    else:
+        try:
+            rec.update(measure(), status="ok")
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one configuration must not stop the others
+            rec.update(status="error", reason=_err(exc))
+            traceback.print_exc(limit=3)
+            with contextlib.suppress(Exception):
+                torch.cuda.synchronize()
+    return rec
 
 
 # --------------------------------------------------------------------------- timing a module
