@@ -91,3 +91,17 @@ def test_predicted_block_times():
     assert two == pytest.approx(2 * 3.5 + (2 * fac + 2 * x + 2 * hid + bias) / 3e12 * 1e6)
     assert one == pytest.approx(3.5 + (2 * fac + 2 * x + bias) / 3e12 * 1e6)
     assert dense / two > 1.8 and dense / one > 3
+
+
+def test_census_finds_the_block_records():
+    """The census compares its lowrank_mlp predictions with these records (by variant, M, K, H,
+    rank), and never takes one for a lowrank_linear call (no N)."""
+    census = pytest.importorskip("census")
+    rec = dict(bench="mlp_block", backend="triton", variant="ours", op="lowrank_mlp", M=197,
+               K=768, H=3072, rank=64, status="ok", median_us=30.0, graph_us=20.0)  # fmt: skip
+    mlp = dict(shape=dict(m=197, k=768, h=3072, rank=64, act="gelu"), op="lowrank_mlp",
+               implementation="triton")  # fmt: skip
+    assert census._measured_for(mlp, [rec]) is rec
+    lin = dict(shape=dict(m=197, k=768, n=3072, rank=64), op="lowrank_linear",
+               implementation="triton")  # fmt: skip
+    assert census._measured_for(lin, [rec]) is None
