@@ -43,16 +43,20 @@ does the same, since the benchmark uses random weights anyway).
                                                   # ours w8a8; DeiT-B b1 fp16 eager / ours dense
     python benchmarks/bench_models.py             # GPU: every mode, config, batch, dtype, study
     python benchmarks/bench_models.py --smoke     # CPU: counts only, < 60 s
-    python benchmarks/models_report.py benchmarks/results/models.jsonl   # tables + plot again
+    python benchmarks/report.py models benchmarks/results/models.jsonl   # tables + plot again
+
+A whole-model benchmark on the harness (``harness.model_main``: the shared command line, the
+records' provenance, the time budget and Ctrl-C, the summary; ``harness.time_module`` times a
+mode); this module declares the models, configs and plan (models_configs.py) and the op-family
+profile.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy  # noqa: F401 - the tests reach copy.deepcopy through this module
+import functools
 import json
-import os
 import sys
 import time
 import traceback
@@ -93,6 +97,10 @@ from models_configs import (  # noqa: E402, F401 - the models and configs it tim
     uniform_bits,
     variants,
 )
+
+NAME, DOC, RESULTS = "models", __doc__, "models"
+WARMUP_MS, REP_MS = 25, 200
+CPU_NOTE = R.LATENCY_NEEDS_GPU
 
 # --------------------------------------------------------------------------- profiling
 
@@ -188,89 +196,7 @@ def profile_split(fn: Callable[[], Any], module: nn.Module | None, calls: int = 
 
 # --------------------------------------------------------------------------- timing
 
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """max |out - ref| / max |ref| (fp32)."""
-    o, r = out.float(), ref.float()
-    return float((o - r).abs().max() / r.abs().max().clamp_min(1e-30))
-
-
-def _bench_ms(fn: Callable[[], Any], settings: H.BenchSettings) -> float:
-    from triton.testing import do_bench
-
-    return do_bench(fn, warmup=settings.warmup_ms, rep=settings.rep_ms, return_mode="median")
-
-
-def module_bytes(mod: nn.Module) -> int:
-    ts = {id(t): t for t in [*mod.parameters(), *mod.buffers()]}
-    return sum(t.numel() * t.element_size() for t in ts.values())
-
-
-def _peak_bytes(fn: Callable[[], Any], mod: nn.Module) -> int:
-    """The module's weights (parameters + buffers) plus the extra memory one forward peaks at:
-    max_memory_allocated after reset_peak_memory_stats minus what was allocated before (so the
-    other models the benchmark keeps resident do not count)."""
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return module_bytes(mod) + int(torch.cuda.max_memory_allocated()) - base
-
-
-def measure(
-    mod: nn.Module, mode: str, x: torch.Tensor, settings: H.BenchSettings, args
-) -> tuple[dict, torch.Tensor | None]:
-    """Time one (mode, config) on input ``x``; returns (record fields, a copy of its output).
-    eager / compile: the library's model; ours: graph-captured (eager if capture fails)."""
-    import supernet_kernels as sk
-
-    rec: dict[str, Any] = {"backend": args.backend if mode == "ours" else None}
-    ctx = sk.backend(args.backend) if mode == "ours" else contextlib.nullcontext()
-    with torch.no_grad(), ctx:
-        fmod = mod
-        if mode == "compile":
-            t0 = time.perf_counter()
-            fmod = torch.compile(mod)
-            fmod(x)
-            torch.cuda.synchronize()
-            rec["compile_s"] = time.perf_counter() - t0
-
-        def eager():
-            return fmod(x)
-
-        first, out = H.first_call_s(eager, x.device)
-        rec["first_call_ms"] = first * 1e3
-        out = out.detach().clone()
-        rec["eager_ms"] = _bench_ms(eager, settings)
-        runner = None
-        if mode == "ours" and not args.no_graph:
-            try:
-                try:
-                    runner = sk.capture_cuda_graph(mod, x)
-                except RuntimeError as exc:  # the host-work check: record it, capture anyway
-                    if "host work" not in str(exc):
-                        raise
-                    rec["graph_check"] = _err(exc)
-                    runner = sk.capture_cuda_graph(mod, x, check=False)
-                rec["graph_ms"] = _bench_ms(runner.graph.replay, settings)
-                out = runner(x).detach().clone()
-            except Exception as exc:  # noqa: BLE001 - the reason is the result
-                with contextlib.suppress(Exception):
-                    torch.cuda.synchronize()
-                rec["graph_ms"], rec["graph_reason"] = None, _err(exc)
-        rec["latency_ms"] = rec.get("graph_ms") or rec["eager_ms"]
-        rec["median_ms"] = rec["latency_ms"]  # the summary's / older reports' name
-        rec["timing_method"] = "cuda_graph_median" if rec.get("graph_ms") else "do_bench_median"
-        rec["images_per_s"] = x.shape[0] / (rec["latency_ms"] * 1e-3)
-        rec["peak_mem_bytes"] = _peak_bytes(eager, mod)
-        if not args.no_profile:
-            try:
-                rec.update(profile_split(eager, None if mode == "compile" else mod))
-            except Exception as exc:  # noqa: BLE001
-                rec["profile_reason"] = _err(exc)
-        runner = None
-    return rec, out
+rel_err = H.max_rel_err  # max |out - ref| / max |ref| (fp32)
 
 
 # --------------------------------------------------------------------------- run
@@ -292,18 +218,16 @@ def plan(spec: ModelSpec, vs: list[Variant], args, gpu: bool) -> list[tuple[Vari
     return out
 
 
-def run_model(spec: ModelSpec, args, gpu: bool, env: dict, run_id: str, deadline: float):
-    """Count (and time) every (mode, config) of one model per dtype and batch; its records."""
+def run_model(spec: ModelSpec, ctx: H.Context) -> Iterator[dict]:
+    """Count (and time) every (mode, config) of one model per dtype and batch: its records."""
     from supernet_kernels.cost import profile
 
-    device = torch.device("cuda" if gpu else "cpu")
-    dtypes = ["float16"] if (args.quick or not gpu) else [d for d in args.dtypes.split(",") if d]
-    settings = H.BenchSettings(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms)
-    records: list[dict] = []
+    args, gpu, device = ctx.args, ctx.gpu, ctx.device
+    dtypes = ["float16"] if (args.quick or not gpu) else list(args.dtypes or DEFAULT_DTYPES)
     counts: dict[tuple, tuple[dict, str | None]] = {}
     for di, dname in enumerate(dtypes):
         dtype = DTYPES[dname]
-        if time.perf_counter() > deadline:
+        if ctx.over_budget():
             break
         t0 = time.perf_counter()
         model = build_model(spec, device, dtype)
@@ -326,10 +250,10 @@ def run_model(spec: ModelSpec, args, gpu: bool, env: dict, run_id: str, deadline
                 except Exception as exc:  # noqa: BLE001 - one config must not stop the others
                     counts[ck] = ({}, f"count failed: {_err(exc)}")
             c, why = counts[ck]
-            mod = None
+            held: dict[str, nn.Module] = {}  # the variant's module, made at its first timing
             for batch in batches:
                 rec = dict(
-                    env, run_id=run_id, kind=v.kind, model=spec.key, model_title=spec.title,
+                    kind=v.kind, model=spec.key, model_title=spec.title,
                     batch=batch, resolution=v.resolution, dtype=dname, mode=v.mode,
                     config=v.name if v.kind == "config" else None, operator=v.operator,
                     level=v.level, note=v.note, supernet_config=v.config,
@@ -337,180 +261,140 @@ def run_model(spec: ModelSpec, args, gpu: bool, env: dict, run_id: str, deadline
                 )  # fmt: skip
                 if why:
                     rec.update(status="error", reason=why)
-                elif not gpu:
-                    rec.update(status="counts_only", reason=None)
-                elif args.no_study_timing and v.kind == "study":
+                elif gpu and args.no_study_timing and v.kind == "study":
                     rec.update(status="counts_only", reason="study timing off")
-                elif time.perf_counter() > deadline:
-                    rec.update(status="not_run", reason="time budget")
                 else:
-                    try:
-                        if mod is None:
-                            mod = v.make().to(device=device).eval()
-                        torch.manual_seed(batch)
-                        x = torch.randn(batch, 3, v.resolution, v.resolution, device=device,
-                                        dtype=dtype)  # fmt: skip
-                        got, out = measure(mod, v.mode, x, settings, args)
-                        rec.update(got, status="ok")
-                        if v.kind == "config" and v.name == "dense" and out is not None:
-                            if v.mode == "eager":
-                                refs[batch] = out
-                            elif batch in refs and out.shape == refs[batch].shape:
-                                rec["rel_err"] = rel_err(out, refs[batch])
-                                rec["rel_err_tol"] = REL_TOL[dname]
-                                rec["output_match"] = rec["rel_err"] <= REL_TOL[dname]
-                        out = None
-                    except KeyboardInterrupt:
-                        raise
-                    except Exception as exc:  # noqa: BLE001
-                        rec.update(status="error", reason=_err(exc))
-                        traceback.print_exc(limit=3)
-                        with contextlib.suppress(Exception):
-                            torch.cuda.synchronize()
-                records.append(rec)
+                    H.run_case(ctx, rec, functools.partial(_time, ctx, v, held, batch, dtype, refs))
                 if gpu and rec.get("latency_ms"):
-                    split = "/".join(
-                        "-" if rec.get(f"{f}_pct") is None else f"{rec[f'{f}_pct']:.0f}"
-                        for f in R.FAMILIES
-                    )
-                    print(
-                        f"[models] {spec.key} b{batch} {dname} {v.mode}:{v.name}: "
-                        f"{rec['latency_ms']:.3f} ms ({rec['images_per_s']:.0f} img/s, eager "
-                        f"{rec['eager_ms']:.3f} ms, graph "
-                        f"{rec.get('graph_ms') or rec.get('graph_reason')}), "
-                        f"peak {rec['peak_mem_bytes'] / 2**20:.0f} MiB, lin/attn/other % {split}"
-                        + (f", rel_err {rec['rel_err']:.2e}" if "rel_err" in rec else ""),
-                        flush=True,
-                    )  # fmt: skip
-            del mod
+                    _print_timed(rec, spec, v, batch, dname)
+                yield rec
+            held.clear()
             if gpu:
                 torch.cuda.empty_cache()
         del model, sns, vs, refs
         if gpu:
             torch.cuda.empty_cache()
-    return records
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def _time(ctx: H.Context, v: Variant, held: dict, batch: int, dtype, refs: dict) -> dict:
+    """One (mode, config, batch) timed; the dense configs' output checked against the library's
+    eager one (kept in ``refs`` per batch)."""
+    if "mod" not in held:
+        held["mod"] = v.make().to(device=ctx.device).eval()
+    mod = held["mod"]
+    torch.manual_seed(batch)
+    x = torch.randn(batch, 3, v.resolution, v.resolution, device=ctx.device, dtype=dtype)
+    got, out = H.time_module(
+        mod, v.mode, x, ctx.settings, backend=ctx.args.backend, graph=not ctx.args.no_graph,
+        profile=None if ctx.args.no_profile else profile_split,
+    )  # fmt: skip
+    if v.kind == "config" and v.name == "dense" and out is not None:
+        dname = str(dtype).replace("torch.", "")
+        if v.mode == "eager":
+            refs[batch] = out
+        elif batch in refs and out.shape == refs[batch].shape:
+            got["rel_err"] = rel_err(out, refs[batch])
+            got["rel_err_tol"] = REL_TOL[dname]
+            got["output_match"] = got["rel_err"] <= REL_TOL[dname]
+    return got
+
+
+def _print_timed(rec: dict, spec: ModelSpec, v: Variant, batch: int, dname: str) -> None:
+    split = "/".join(
+        "-" if rec.get(f"{f}_pct") is None else f"{rec[f'{f}_pct']:.0f}" for f in R.FAMILIES
     )
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="GPU: b1 fp16, 5 rows (~90 s)")
-    mode.add_argument("--smoke", action="store_true", help="counts only, even with a GPU")
+    print(
+        f"[models] {spec.key} b{batch} {dname} {v.mode}:{v.name}: "
+        f"{rec['latency_ms']:.3f} ms ({rec['images_per_s']:.0f} img/s, eager "
+        f"{rec['eager_ms']:.3f} ms, graph "
+        f"{rec.get('graph_ms') or rec.get('graph_reason')}), "
+        f"peak {rec['peak_mem_bytes'] / 2**20:.0f} MiB, lin/attn/other % {split}"
+        + (f", rel_err {rec['rel_err']:.2e}" if "rel_err" in rec else ""),
+        flush=True,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the harness's hooks
+
+DEFAULT_DTYPES = ("float16", "bfloat16")
+
+
+def add_args(p) -> None:
     p.add_argument("--models", default=",".join(MODELS), help="comma list of " + ",".join(MODELS))
-    p.add_argument("--dtypes", default="float16,bfloat16", help="full mode: comma list")
     p.add_argument("--backend", default="triton", help="supernet_kernels backend of mode ours")
-    p.add_argument("--out", type=Path, default=H.RESULTS_DIR, help="folder for models.jsonl")
     p.add_argument("--plot-dir", type=Path, default=H.RESULTS_DIR, help="folder for the plot")
-    p.add_argument("--summary-json", type=Path, default=None)
-    p.add_argument("--time-budget-s", type=float, default=0.0, help="no new timings after this")
-    p.add_argument("--warmup-ms", type=int, default=25)
-    p.add_argument("--rep-ms", type=int, default=200)
     p.add_argument("--no-graph", action="store_true", help="mode ours: no CUDA-graph capture")
     p.add_argument("--no-compile", action="store_true", help="full mode: skip torch.compile")
     p.add_argument("--no-profile", action="store_true", help="no op-family split")
     p.add_argument("--no-study-timing", action="store_true", help="study: counts only")
-    return p.parse_args(argv)
+
+
+def parse_args(argv=None):
+    """The harness's shared arguments (--quick, --smoke, --out, --dtypes, --time-budget-s,
+    --warmup-ms 25, --rep-ms 200...) and this benchmark's."""
+    return H.model_args(sys.modules[__name__], argv)
+
+
+def configure(ctx: H.Context) -> None:
+    ctx.state["failed"] = {}
+    if ctx.gpu and ctx.args.quick:
+        print("[models] --quick: fp16 b1 only, no torch.compile (its compile time: full mode)")
+
+
+def records(ctx: H.Context) -> Iterator[dict]:
+    """Every model of --models in turn; one that fails is noted and the next still runs."""
+    for key in [k for k in ctx.args.models.split(",") if k]:
+        try:
+            yield from run_model(MODELS[key], ctx)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the other model still runs
+            ctx.state["failed"][key] = _err(exc)
+            traceback.print_exc(limit=4)
+            print(f"[models] {key} failed: {ctx.state['failed'][key]}")
+
+
+def finish(ctx: H.Context, records: list[dict]) -> None:
+    """Ratios to the dense rows, then (GPU) the latency-vs-BitOPs plot (plot.py models)."""
+    R.add_ratios(records)
+    if not ctx.gpu:
+        return
+    try:
+        plot = R.plot_scatter(records, ctx.args.plot_dir / PLOT_NAME)
+    except Exception as exc:  # noqa: BLE001
+        print(f"[models] plot failed: {_err(exc)}")
+        return
+    if plot:
+        print(f"[models] plot: {plot}")
+
+
+def summary(ctx: H.Context, records: list[dict]) -> dict:
+    """gpu_check.sh's models entries (errors, not_run and targets come from the harness)."""
+    return {
+        "models_failed": ctx.state.get("failed", {}),
+        "latency_ms": {
+            f"{r['model']}/b{r['batch']}/{R.short_dtype(r['dtype'])}/{r['mode']}/{r['config']}":
+            r.get("latency_ms") for r in records if r["kind"] == "config"
+        },
+        "rel_err": {f"{r['model']}/b{r['batch']}/{R.short_dtype(r['dtype'])}/{r['mode']}":
+                    r["rel_err"] for r in records if "rel_err" in r},
+        "output_mismatch": sum(r.get("output_match") is False for r in records),
+    }  # fmt: skip
+
+
+def problems(ctx: H.Context, records: list[dict]) -> list[str]:
+    """Failed models and dense outputs off the library's: the exit status is 1."""
+    out = [f"{k} failed: {why}" for k, why in ctx.state.get("failed", {}).items()]
+    out += [
+        f"OUTPUT MISMATCH: {r['model']} b{r['batch']} {r['dtype']} {r['mode']}: rel_err "
+        f"{r['rel_err']:.2e} > {r['rel_err_tol']}"
+        for r in records if r.get("output_match") is False
+    ]  # fmt: skip
+    return out
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    t_start = time.perf_counter()
-    gpu = torch.cuda.is_available() and not args.smoke
-    device = torch.device("cuda" if gpu else "cpu")
-    if not gpu:
-        why = "--smoke" if args.smoke else "no GPU found"
-        print(f"[models] {why}: {R.LATENCY_NEEDS_GPU}")
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    elif args.quick:
-        print("[models] --quick: fp16 b1 only, no torch.compile (its compile time: full mode)")
-    env = H.environment(device)
-    run_id = f"{env['date']}-{os.getpid()}"
-    if gpu:
-        print(f"[models] {env['gpu']}  commit {env['commit'][:12]}  torch {env['torch']}")
-    deadline = t_start + args.time_budget_s if args.time_budget_s else float("inf")
-    records: list[dict] = []
-    failed: dict[str, str] = {}
-    try:
-        for key in [k for k in args.models.split(",") if k]:
-            try:
-                records += run_model(MODELS[key], args, gpu, env, run_id, deadline)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the other model still runs
-                failed[key] = _err(exc)
-                traceback.print_exc(limit=4)
-                print(f"[models] {key} failed: {failed[key]}")
-    except KeyboardInterrupt:
-        print("[models] interrupted: writing the records measured so far", flush=True)
-    R.add_ratios(records)
-    path = H.append_results(args.out / "models.jsonl", records)
-    print(R.format_main(records))
-    if any(r["kind"] == "study" for r in records):
-        print("\nsearch-space study (each operator alone; ratios vs dense at the same batch):")
-        print(R.format_study(records))
-    if any(r["model"] == "sam_vit_b" for r in records):
-        print("\n" + R.SAM_NOTE)
-        print("  (Amdahl estimate for the configs that change linear layers only)")
-        sam = [r for r in records if r["model"] == "sam_vit_b" and r.get("kind") == "config"]
-        for r in sam:
-            d = next(
-                (x for x in sam if x["config"] == "dense" and x["mode"] == r["mode"]
-                 and x["batch"] == r["batch"] and x["dtype"] == r["dtype"]),
-                None,
-            )  # fmt: skip
-            if d and r.get("linear_bitops") is not None and r["config"] in LINEAR_ONLY:
-                lin_ratio = (r["linear_bitops"] / d["linear_bitops"]) if d["linear_bitops"] else 1
-                share = (d.get("linear_pct") or 100 * R.SAM_LINEAR_SHARE) / 100
-                exp = R.amdahl_latency_ratio(share, lin_ratio)
-                lat = r.get("latency_ratio")
-                measured = "-" if lat is None else f"x{lat:.2f}"
-                print(
-                    f"  {r['config']:<10} b{r['batch']} {r['dtype']}: linear BitOPs "
-                    f"x{lin_ratio:.2f} -> expected latency x{exp:.2f} at {100 * share:.1f}% "
-                    f"linear time; measured {measured}"
-                )
-    targets = R.evaluate_targets(records)
-    if gpu:
-        print("\n[models] targets:\n" + R.format_targets(targets))
-    else:
-        print(f"\n[models] {R.LATENCY_NEEDS_GPU}")
-    fails = R.format_failures(records)
-    if fails:
-        print("\n[models] failures / graph capture:\n" + fails)
-    plot = None
-    if gpu:
-        try:
-            plot = R.plot_scatter(records, args.plot_dir / PLOT_NAME)
-        except Exception as exc:  # noqa: BLE001
-            print(f"[models] plot failed: {_err(exc)}")
-    if plot:
-        print(f"[models] plot: {plot}")
-    print(
-        f"[models] {len(records)} records appended to {path} in "
-        f"{time.perf_counter() - t_start:.1f} s"
-    )
-    bad = [r for r in records if r.get("status") == "error"]
-    mismatch = [r for r in records if r.get("output_match") is False]
-    if args.summary_json:
-        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-        keys = ("model", "batch", "dtype", "mode", "config", "operator", "level", "reason")
-        summary = {
-            "env": env, "records": len(records), "models_failed": failed,
-            "errors": [{k: r.get(k) for k in keys} for r in bad],
-            "not_run": sum(r.get("status") == "not_run" for r in records),
-            "latency_ms": {
-                f"{r['model']}/b{r['batch']}/{R.short_dtype(r['dtype'])}/{r['mode']}/{r['config']}":
-                r.get("latency_ms") for r in records if r["kind"] == "config"
-            },
-            "rel_err": {f"{r['model']}/b{r['batch']}/{R.short_dtype(r['dtype'])}/{r['mode']}":
-                        r["rel_err"] for r in records if "rel_err" in r},
-            "output_mismatch": len(mismatch),
-            "targets": targets,
-        }  # fmt: skip
-        args.summary_json.write_text(json.dumps(H.jsonable(summary), indent=1, sort_keys=True))
-    return 1 if (bad or failed or mismatch) else 0
+    return H.model_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@
 # (plans/<model>_<config>.{json,txt}) and census/census_sm90.{json,md} (predicted vs measured).
 # junit.xml stays in a temp folder (its pass/fail counts go into the summary; the failures
 # themselves are in pytest.log) to make room for models.jsonl; the models plot is redrawn
-# locally with `python benchmarks/models_report.py $OUT/models.jsonl`; every benchmark's tables
-# with `python benchmarks/report.py {lowrank,quant,attention,models} FILE`, its plots with
-# `python benchmarks/plot.py {lowrank,quant,attention} --results FILE`.
+# locally with `python benchmarks/plot.py models --results $OUT/models.jsonl`; every
+# benchmark's tables with `python benchmarks/report.py BENCH FILE` (lowrank, quant, attention,
+# mlp_block, models, latency_table), its plots with `python benchmarks/plot.py BENCH --results
+# FILE` (lowrank, quant, attention, mlp_block, models).
 # models.jsonl also holds the attention-op records of bench_attention.py (kind "attention").
 # Peers for the quant benchmark (bitsandbytes, gemlite) come from wheels in .whl/ at the repo
 # root when it exists (the GPU machine has no network; see benchmarks/README.md).
@@ -198,9 +199,10 @@ latency() {
 
 mlp() {
   # The low-rank MLP block at one ViT-B image and a batch of 8 (dense, torch, ours in one
-  # launch and in two), eager and graph-replayed; ~1 min at the default 32 graph calls.
+  # launch and in two), eager and graph-replayed on the harness; no new group 15 s before the
+  # phase's timeout (its SIGINT also keeps what was measured).
   "$PY" benchmarks/bench_mlp_block.py --graph-calls "${GPU_CHECK_MLP_CALLS:-16}" \
-    --out "$EXTRAS/mlp_block.jsonl"
+    --out "$EXTRAS/mlp_block.jsonl" --time-budget-s $((${GPU_CHECK_MLP_S:-45} - 15))
 }
 
 dispatch() {
@@ -351,16 +353,17 @@ quant = json.loads(pathlib.Path(quant_path).read_text()) if pathlib.Path(quant_p
 models = json.loads(pathlib.Path(models_path).read_text()) if pathlib.Path(models_path).exists() else {}
 attn = json.loads(pathlib.Path(attn_path).read_text()) if pathlib.Path(attn_path).exists() else {}
 lat = json.loads(pathlib.Path(lat_path).read_text()) if pathlib.Path(lat_path).exists() else {}
+lat = {k: v for k, v in lat.items() if k not in ("env", "targets")}  # the harness's provenance
 # the MLP block: ours (one launch) against the dense block, graph-replayed, per (M, rank)
 mlp = {}
 mlp_path = extras / "mlp_block.jsonl"
 if mlp_path.exists():
     rows = [json.loads(x) for x in mlp_path.read_text().splitlines() if x.strip()]
-    dense = {(r["M"], r["rank"]): r.get("graph_us") for r in rows if r["variant"] == "dense"}
+    dense = {(r["M"], r["rank"]): r.get("graph_us") for r in rows if r.get("variant") == "dense"}
     for r in rows:
-        if r["variant"] in ("ours", "ours_2launch") and r.get("graph_us") and dense.get((r["M"], r["rank"])):
+        if r.get("variant") in ("ours", "ours_2launch") and r.get("graph_us") and dense.get((r["M"], r["rank"])):
             mlp[f"{r['variant']} M={r['M']} r={r['rank']}"] = {
-                "graph_us": round(r["graph_us"], 2), "ok": r.get("ok"),
+                "graph_us": round(r["graph_us"], 2), "ok": r.get("correct", r.get("ok")),
                 "speedup_vs_dense": round(dense[(r["M"], r["rank"])] / r["graph_us"], 2)}
 # the census's predictions beside this run's measurements (records with a measured_us)
 census = None

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -274,6 +276,84 @@ def format_failures(records: Iterable[dict]) -> str:
                     f"{_mode(r)} {what}: {key} {r[key]}"
                 )
     return "\n".join(lines)
+
+
+def format_sam_amdahl(records: Sequence[dict]) -> str:
+    """Per SAM config that changes linear layers only: the latency ratio the linear BitOPs cut
+    predicts at the linear share of the GPU time (the profiled share of our dense path where
+    there is one, else the shared measurement's 8.5%), beside the measured ratio."""
+    from models_configs import LINEAR_ONLY
+
+    lines = ["  (Amdahl estimate for the configs that change linear layers only)"]
+    sam = [r for r in records if r.get("model") == "sam_vit_b" and r.get("kind") == "config"]
+    for r in sam:
+        d = next(
+            (x for x in sam if x["config"] == "dense" and x["mode"] == r["mode"]
+             and x["batch"] == r["batch"] and x["dtype"] == r["dtype"]),
+            None,
+        )  # fmt: skip
+        if d and r.get("linear_bitops") is not None and r["config"] in LINEAR_ONLY:
+            lin_ratio = (r["linear_bitops"] / d["linear_bitops"]) if d["linear_bitops"] else 1
+            share = (d.get("linear_pct") or 100 * SAM_LINEAR_SHARE) / 100
+            exp = amdahl_latency_ratio(share, lin_ratio)
+            lat = r.get("latency_ratio")
+            measured = "-" if lat is None else f"x{lat:.2f}"
+            lines.append(
+                f"  {r['config']:<10} b{r['batch']} {r['dtype']}: linear BitOPs "
+                f"x{lin_ratio:.2f} -> expected latency x{exp:.2f} at {100 * share:.1f}% "
+                f"linear time; measured {measured}"
+            )
+    return "\n".join(lines)
+
+
+def print_run(records: Sequence[dict], *, gpu: bool) -> dict:
+    """The report of one bench_models.py run (the harness prints it at the end); its targets."""
+    print(format_main(records))
+    if any(r.get("kind") == "study" for r in records):
+        print("\nsearch-space study (each operator alone; ratios vs dense at the same batch):")
+        print(format_study(records))
+    if any(r.get("model") == "sam_vit_b" for r in records):
+        print("\n" + SAM_NOTE)
+        print(format_sam_amdahl(records))
+    targets = evaluate_targets(records)
+    print(
+        "\n[models] targets:\n" + format_targets(targets)
+        if gpu
+        else f"\n[models] {LATENCY_NEEDS_GPU}"
+    )
+    fails = format_failures(records)
+    if fails:
+        print("\n[models] failures / graph capture:\n" + fails)
+    return targets
+
+
+# --------------------------------------------------------------------------- latency table
+
+
+def latency_summary(records: Sequence[dict]) -> dict:
+    """bench_latency_table.py's summary: the table's prediction error over the configs."""
+    rows = [r for r in records if r.get("kind") == "latency_table"]
+    errs = [abs(r["rel_err"]) for r in rows if r.get("rel_err") is not None]
+    first = rows[0] if rows else {}
+    return {
+        "device": first.get("gpu") or first.get("device"),
+        "table_build_s": None if not rows else round(first.get("build_s") or 0.0, 1),
+        "configs": len(rows),
+        "median_abs_err": statistics.median(errs) if errs else None,
+        "max_abs_err": max(errs) if errs else None,
+        "other_ms": first.get("other_ms"),
+    }
+
+
+def format_latency(records: Sequence[dict]) -> str:
+    """One line per latency_table record (predicted, measured, error), then the summary."""
+    rows = [
+        [r.get("model"), r.get("dtype"), r.get("config_index"), r.get("predicted_ms"),
+         r.get("measured_ms"), None if r.get("rel_err") is None else 100 * r["rel_err"]]
+        for r in records if r.get("kind") == "latency_table"
+    ]  # fmt: skip
+    header = ["model", "dtype", "config", "predicted_ms", "measured_ms", "err %"]
+    return H.format_table(header, rows) + "\nsummary " + json.dumps(latency_summary(records))
 
 
 # --------------------------------------------------------------------------- attention op

@@ -7,7 +7,9 @@
 One PNG per (GPU, dtype), from the latest commit measured on that GPU: lowrank, one panel per
 (M, K, N), speedup against rank per implementation; quant, one panel per (K, N), speedup
 against M per bit-width (our best solid, the best peer dotted); attention, one panel per pass
-and rel pos, speedup against T per implementation. The dashed line is the dense layer.
+and rel pos, speedup against T per implementation; mlp_block, one panel per (M, K, H), speedup
+against rank per implementation. The dashed line is the dense layer. models: the whole-model
+latency against BitOPs of the last run (models_report.plot_scatter).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ LAYOUTS = {
     "attention": Layout(
         lambda r: (r.get("pass"), int(bool(r.get("rel")))), lambda p: "{} rel={}".format(*p),
         "T", lambda r: r["backend"],
+    ),
+    "mlp_block": Layout(
+        lambda r: (r["M"], r["K"], r["H"]), lambda p: "M={} K={} H={}".format(*p), "rank",
+        lambda r: r["backend"],
     ),
 }  # fmt: skip
 
@@ -119,14 +125,29 @@ def plot_group(bench: str, gpu: str, dtype: str, rows: list[dict], out_dir: Path
     return path
 
 
+def plot_models(files: list[Path], out_dir: Path) -> int:
+    """Whole models: latency against BitOPs of the last run in the files (models_report)."""
+    import models_report
+
+    records = models_report.latest_run([r for f in files for r in H.read_results(f)])
+    models_report.add_ratios(records)
+    from models_configs import PLOT_NAME
+
+    path = models_report.plot_scatter(records, out_dir / PLOT_NAME)
+    print(path if path else f"no models records with latency in {', '.join(map(str, files))}")
+    return 0 if path else 1
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("bench", choices=tuple(LAYOUTS))
+    p.add_argument("bench", choices=(*LAYOUTS, "models"))
     p.add_argument("--results", type=Path, nargs="+", default=None,
                    help="JSON-lines files (default: results/<bench>.jsonl)")  # fmt: skip
     p.add_argument("--out", type=Path, default=H.RESULTS_DIR, help="folder for the PNGs")
     args = p.parse_args(argv)
     files = args.results or [H.RESULTS_DIR / f"{args.bench}.jsonl"]
+    if args.bench == "models":
+        return plot_models(files, args.out)
     rows = [
         r for r in report.load(files, args.bench)
         if r["role"] != "dense" and report.ok(r) and r.get("speedup_vs_dense")

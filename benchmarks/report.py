@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""The report of any benchmark's records, keyed by the benchmark (lowrank, quant, attention;
-models: models_report.py's tables).
+"""The report of any benchmark's records, keyed by the benchmark (lowrank, quant, attention,
+mlp_block; the whole-model ones, models and latency_table: models_report.py's tables).
 
     python benchmarks/report.py quant benchmarks/results/h100_run2/quant.jsonl
     python benchmarks/report.py lowrank benchmarks/results/h100_run1/lowrank.jsonl
@@ -30,7 +30,7 @@ sys.path[:0] = [p for p in (str(_HERE), str(_HERE.parent)) if p not in sys.path]
 
 import harness as H  # noqa: E402
 
-BENCHES = ("lowrank", "quant", "attention")
+BENCHES = ("lowrank", "quant", "attention", "mlp_block")
 OUR_FIRST = ("torch", "triton", "cuda")  # table columns: the reference and our kernels first
 
 
@@ -50,11 +50,13 @@ CONFIG: dict[str, Callable[[dict], tuple]] = {
     ),
     "attention": lambda r: (r.get("shape"), r.get("B"), r.get("T"), int(bool(r.get("rel"))),
                             r.get("pass")),
+    "mlp_block": lambda r: (r.get("rank"),),
 }  # fmt: skip
 CONFIG_HEADER = {
     "lowrank": ("r",),
     "quant": ("bits", "G", "op"),
     "attention": ("shape", "B", "T", "rel", "pass"),
+    "mlp_block": ("r",),
 }
 BEST_KEY: dict[str, Callable[[dict], tuple]] = {
     "lowrank": lambda r: (r["dtype"], r.get("M"), r.get("K"), r.get("N"), r.get("rank")),
@@ -62,6 +64,7 @@ BEST_KEY: dict[str, Callable[[dict], tuple]] = {
                         _quant_act(r)),
     "attention": lambda r: (r["dtype"], r.get("B"), r.get("H"), r.get("T"), r.get("d"),
                             int(bool(r.get("rel"))), r.get("pass")),
+    "mlp_block": lambda r: (r["dtype"], r.get("M"), r.get("K"), r.get("H"), r.get("rank")),
 }  # fmt: skip
 
 
@@ -71,6 +74,8 @@ GROUP_KEY: dict[str, Callable[[dict], tuple]] = {
     "quant": lambda r: (r.get("run_id"), r["dtype"], r.get("M"), r.get("K"), r.get("N")),
     "attention": lambda r: (r.get("run_id"), r["dtype"], r.get("B"), r.get("H"), r.get("T"),
                             r.get("d"), r.get("pass")),
+    "mlp_block": lambda r: (r.get("run_id"), r["dtype"], r.get("M"), r.get("K"), r.get("H"),
+                            r.get("rank")),
 }  # fmt: skip
 
 
@@ -185,12 +190,19 @@ def format_table(bench: str, records: list[dict]) -> str:
     return H.format_table(header, rows) + "\n" + legend
 
 
-SHAPE_HEADER = {"lowrank": ("M", "K", "N"), "quant": ("M", "K", "N"), "attention": ("H", "d")}
+SHAPE_HEADER = {
+    "lowrank": ("M", "K", "N"),
+    "quant": ("M", "K", "N"),
+    "attention": ("H", "d"),
+    "mlp_block": ("M", "K", "H"),
+}
 
 
 def _shape(r: dict) -> tuple:
     if r.get("bench") == "attention":
         return (r.get("H"), r.get("d"))
+    if r.get("bench") == "mlp_block":
+        return (r.get("M"), r.get("K"), r.get("H"))
     return (r.get("M"), r.get("K"), r.get("N"))
 
 
@@ -360,9 +372,23 @@ def print_report(bench: str, records: list[dict]) -> dict[str, dict]:
     return targets
 
 
+# Whole-model benchmarks (harness.models): their reports live in models_report.py.
+MODEL_BENCHES = ("models", "latency_table")
+
+
+def print_model_report(bench: str, records: list[dict], *, gpu: bool) -> dict:
+    """The report at the end of a whole-model run; its targets (none for the latency table)."""
+    import models_report
+
+    if bench == "latency_table":
+        print(models_report.format_latency(records))
+        return {}
+    return models_report.print_run(records, gpu=gpu)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("bench", choices=(*BENCHES, "models"))
+    p.add_argument("bench", choices=(*BENCHES, *MODEL_BENCHES))
     p.add_argument("results", nargs="+", type=Path, help="JSON-lines files")
     p.add_argument("--summary-json", type=Path, default=None, help="the targets here")
     args = p.parse_args(argv)
@@ -370,6 +396,15 @@ def main(argv=None) -> int:
         import models_report
 
         return models_report.main([str(r) for r in args.results])
+    if args.bench == "latency_table":
+        rows = [
+            r for f in args.results for r in H.read_results(f) if r.get("kind") == "latency_table"
+        ]
+        if not rows:
+            print(f"no latency_table records in {', '.join(map(str, args.results))}")
+            return 1
+        print_model_report("latency_table", rows, gpu=False)
+        return 0
     records = load(args.results, args.bench)
     if not records:
         print(f"no {args.bench} records in {', '.join(map(str, args.results))}")

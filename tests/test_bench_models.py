@@ -313,3 +313,139 @@ def test_smoke_counts_only_run(tmp_path):
     assert {r["operator"] for r in recs if r["kind"] == "study"} >= {
         "resolution", "mlp_width", "depth", "rank", "bits",
     }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the harness's runner
+
+
+def _fake_bench(tmp_path, records, *, fail_after=None, problems=()):
+    """A whole-model benchmark module declaring only what harness.model_main asks for."""
+    import types
+
+    def gen(ctx):
+        for i, rec in enumerate(records):
+            if fail_after is not None and i == fail_after:
+                raise KeyboardInterrupt  # gpu_check's timeout: SIGINT
+            yield dict(rec, status="not_run" if ctx.over_budget() else rec["status"])
+
+    mod = types.SimpleNamespace(
+        NAME="models", DOC="fake", RESULTS="models", records=gen,
+        summary=lambda ctx, recs: {"n_config": sum(r["kind"] == "config" for r in recs)},
+        problems=lambda ctx, recs: list(problems),
+    )  # fmt: skip
+    return mod
+
+
+def test_model_main_stamps_keeps_and_summarizes(tmp_path, capsys):
+    import harness as H
+
+    recs = [
+        dict(kind="config", model="deit_b", batch=1, dtype="float32", mode="ours",
+             config=c, status="counts_only", macs=1e9, bitops=2.56e11, params=1e6,
+             weight_bytes=2e6)
+        for c in ("dense", "w8a8", "w4a16")
+    ]  # fmt: skip
+    summary = tmp_path / "s.json"
+    mod = _fake_bench(tmp_path, recs, fail_after=2)
+    code = H.model_main(mod, ["--smoke", "--out", str(tmp_path), "--summary-json", str(summary)])
+    assert code == 0
+    got = H.read_results(tmp_path / "models.jsonl")
+    # interrupted after two records: both kept, with the harness's provenance
+    assert [r["config"] for r in got] == ["dense", "w8a8"]
+    assert all(r["bench"] == "models" and r["commit"] and r["run_id"] == got[0]["run_id"]
+               for r in got)  # fmt: skip
+    s = json.loads(summary.read_text())
+    assert s["records"] == 2 and s["n_config"] == 2 and s["errors"] == [] and s["env"]["date"]
+    assert "interrupted" in capsys.readouterr().out
+    # an error record or a problem the module reports makes the exit status 1
+    bad = [dict(recs[0], status="error", reason="boom")]
+    assert H.model_main(_fake_bench(tmp_path, bad), ["--smoke", "--out", str(tmp_path)]) == 1
+    mod = _fake_bench(tmp_path, recs, problems=["sam_vit_b failed"])
+    assert H.model_main(mod, ["--smoke", "--out", str(tmp_path / "x.jsonl")]) == 1
+    assert len(H.read_results(tmp_path / "x.jsonl")) == 3
+
+
+def test_model_args_shared_with_the_op_benchmarks():
+    args = B.parse_args(["--dtypes", "bfloat16", "--time-budget-s", "5", "--no-graph"])
+    assert args.dtypes == ("bfloat16",) and args.time_budget_s == 5 and args.no_graph
+    assert (args.warmup_ms, args.rep_ms, args.backend) == (25, 200, "triton")
+    assert B.parse_args(["--out", "r.jsonl"]).out.name == "r.jsonl"
+
+
+@pytest.mark.parametrize("run", ["h100_run1", "h100_run2"])
+def test_report_reads_the_committed_h100_records(run, tmp_path, capsys):
+    """The whole-model records written before the harness still report and plot."""
+    import report
+
+    path = BENCH / "results" / run / "models.jsonl"
+    assert R.main([str(path), "--plot", str(tmp_path / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "sam_vit_b" in out and "targets:" in out
+    recs = R.latest_run(_read(path))
+    assert any(r.get("latency_ms") for r in recs if r.get("kind") == "config")
+    assert report.main(["latency_table", str(path)]) == 1  # none in those runs: says so
+
+
+def _read(path):
+    import harness as H
+
+    return H.read_results(path)
+
+
+def test_latency_table_report(tmp_path, capsys):
+    import report
+
+    path = tmp_path / "models.jsonl"
+    rows = [
+        dict(kind="latency_table", model="deit_b", dtype="float16", config_index=i, gpu="H100",
+             predicted_ms=p, measured_ms=m, rel_err=(p - m) / m, other_ms=0.2, build_s=12.0,
+             status="ok")
+        for i, (p, m) in enumerate(((1.1, 1.0), (0.9, 1.0), (1.0, 1.0)))
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert report.main(["latency_table", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "predicted_ms" in out and '"configs": 3' in out
+    s = R.latency_summary(rows)
+    assert s["median_abs_err"] == pytest.approx(0.1) and s["max_abs_err"] == pytest.approx(0.1)
+    assert s["table_build_s"] == 12.0 and s["device"] == "H100"
+
+
+@pytest.mark.slow
+def test_latency_table_smoke_run(tmp_path):
+    import bench_latency_table as L
+
+    summary = tmp_path / "s.json"
+    argv = ["--smoke", "--configs", "2", "--out", str(tmp_path), "--summary-json", str(summary)]
+    assert L.main(argv) == 0
+    import harness as H
+
+    recs = H.read_results(tmp_path / "models.jsonl")
+    assert [r["config_index"] for r in recs] == [0, 1]
+    assert all(r["kind"] == "latency_table" and r["bench"] == "latency_table" for r in recs)
+    assert all(r["predicted_ms"] > 0 and r["measured_ms"] > 0 for r in recs)
+    s = json.loads(summary.read_text())
+    assert s["configs"] == 2 and s["max_abs_err"] == max(abs(r["rel_err"]) for r in recs)
+
+
+def test_run_case_rules():
+    """One rule for every whole-model record: counts only on a CPU, not_run after the budget,
+    ok with what was measured, error with the reason (the next configuration still runs)."""
+    from types import SimpleNamespace as NS
+
+    import harness as H
+
+    def ctx(gpu, over=False):
+        return NS(gpu=gpu, over_budget=lambda: over)
+
+    def boom():
+        raise RuntimeError("capture failed")
+
+    assert H.run_case(ctx(False), {}, boom)["status"] == "counts_only"
+    assert H.run_case(ctx(True, over=True), {}, boom) == {"status": "not_run",
+                                                          "reason": "time budget"}  # fmt: skip
+    assert H.run_case(ctx(True), {"a": 1}, lambda: {"latency_ms": 2.0}) == {
+        "a": 1, "latency_ms": 2.0, "status": "ok",
+    }  # fmt: skip
+    rec = H.run_case(ctx(True), {}, boom)
+    assert rec["status"] == "error" and "RuntimeError: capture failed" in rec["reason"]

@@ -7,9 +7,13 @@
   through ``normalize``;
 * :mod:`.run`: the command line (``--smoke``, ``--quick``, ``--out``, ``--m/--k/--n``
   filters...), the loop over a module's declared sweeps and implementations, the ratio to the
-  dense layer, the report at the end and the dispatch-table writing.
+  dense layer, the report at the end and the dispatch-table writing;
+* :mod:`.models`: the same for whole-model benchmarks (bench_models.py, bench_latency_table.py):
+  their record kinds, the loop over a module's records with its time budget, a module's timing
+  (eager, compiled, graph-replayed; peak memory), the report and the summary.
 """
 
+from .models import *  # noqa: F403
 from .records import *  # noqa: F403
 from .run import *  # noqa: F403
 from .timers import *  # noqa: F403

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 RECORD_FIELDS = {
-    "bench": "the benchmark (lowrank, quant, attention): the report's and plot's key",
+    "bench": "the benchmark (lowrank, quant, attention, mlp_block): the report's and plot's key",
     "op": "the registered op timed (None: dense layer, bare GEMM or peer outside the registry)",
     "role": "ours (an implementation registered for the op), dense (the 16-bit layer every "
     "ratio is against), peer (another library's complete layer), gemm (a bare GEMM baseline)",
@@ -105,10 +105,19 @@ def call_roofline_us(rec: dict[str, Any]) -> float | None:
     if rec.get("a_bits") == 8:
         int8 = peaks.get("int8") if rec.get("op") != "fp8_linear" else None
         peak = int8 * 1e12 if int8 else 2 * peak
-    return F.per_call_roofline_us(
-        bytes_moved=rec["bytes"], flops=rec.get("flops") or 0, copy_bytes_per_s=copy,
-        peak_flops=peak, launch_us=params["launch_us"],
-    )  # fmt: skip
+    # A call of several kernels (the MLP block: `launches`, [bytes, FLOPs] each) pays each
+    # launch's fixed cost and is bound per kernel: their rooflines add up.
+    launches = rec.get("launches") or [(rec["bytes"], rec.get("flops") or 0)]
+    return sum(
+        F.per_call_roofline_us(
+            bytes_moved=b,
+            flops=f,
+            copy_bytes_per_s=copy,
+            peak_flops=peak,
+            launch_us=params["launch_us"],
+        )  # fmt: skip
+        for b, f in launches
+    )
 
 
 def add_derived(rec: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +136,8 @@ def normalize(rec: dict[str, Any], bench: str | None = None) -> dict[str, Any]:
     """A record in this schema, from one written by any earlier version of the benchmarks
     (a copy; ``bench`` names the benchmark where the record does not)."""
     r = dict(rec)
+    if r.get("bench") is None and "variant" in r and "eager_us" in r:
+        _normalize_mlp_block(r)
     if r.get("bench") is None:
         if r.get("kind") in ("attention", "attention_sweep"):
             r["bench"] = "attention"
@@ -158,6 +169,26 @@ def normalize(rec: dict[str, Any], bench: str | None = None) -> dict[str, Any]:
     if "roofline_us" not in r and r.get("bytes"):
         add_derived(r)
     return r
+
+
+# bench_mlp_block.py's variants (its records before the harness named rows by `variant` only):
+# the backend and role each is recorded under now.
+MLP_BLOCK_VARIANTS = {
+    "dense": ("dense", "dense"),
+    "torch_lowrank": ("torch", "ours"),
+    "ours": ("triton", "ours"),
+    "ours_2launch": ("triton_2launch", "ours"),
+}
+
+
+def _normalize_mlp_block(r: dict[str, Any]) -> None:
+    """An MLP-block record of the runner before the harness (variant, eager_us, ok): in place."""
+    backend, role = MLP_BLOCK_VARIANTS.get(r["variant"], (r["variant"], "ours"))
+    r.update(bench="mlp_block", backend=backend, role=role, kind=role, median_us=r["eager_us"])
+    r["op"] = "lowrank_mlp" if role == "ours" else None
+    if "status" not in r:
+        r["status"] = "ok" if r.get("ok") else "incorrect"
+        r["correct"] = bool(r.get("ok"))
 
 
 # --------------------------------------------------------------------------- JSON lines

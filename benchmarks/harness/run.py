@@ -53,6 +53,7 @@ __all__ = [
     "measure",
     "run_group",
     "run",
+    "shared_args",
     "parse_args",
     "results_path",
     "main",
@@ -127,6 +128,13 @@ class Context:
     env: dict[str, Any]
     run_id: str
     _unusable: dict[str, str | None] = field(default_factory=dict)
+    # whole-model benchmarks (harness.models): no new timing after the deadline (perf_counter),
+    # and what a module keeps between its records (a table's build time, failed models)
+    deadline: float = float("inf")
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def over_budget(self) -> bool:
+        return time.perf_counter() > self.deadline
 
     @property
     def gpu(self) -> bool:
@@ -261,7 +269,8 @@ def _selected(backend: str | None):
 
 def _time(ctx: Context, fn, prep: Prepared, base: dict) -> tuple[T.Timing, T.Timing | None]:
     if not ctx.gpu:
-        reps = 3 if base.get("backend") == "triton" else 20  # the interpreter is slow
+        # the interpreter is slow
+        reps = 3 if str(base.get("backend")).startswith("triton") else 20
         return T.bench_cpu(fn(0), warmup=min(reps, 3), repeats=reps), None
     rot = T.rotation_count(
         set_bytes=prep.bytes or T.DEFAULT_L2_BYTES, l2_bytes=T.l2_cache_bytes(ctx.device),
@@ -335,19 +344,31 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
 
 
-def parse_args(bench, argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=bench.DOC, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def shared_args(bench, p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments every benchmark has, op and whole-model alike: the sweep (``--quick`` /
+    ``--smoke``), ``--out``, ``--summary-json``, ``--time-budget-s``, ``--dtypes``, the timer's
+    budgets (the module's ``WARMUP_MS`` / ``REP_MS``) and ``--seed``."""
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="the GPU subset (gpu_check.sh)")
     mode.add_argument("--smoke", action="store_true", help="the CPU smoke sweep, even on a GPU")
     p.add_argument(
         "--out", type=Path, default=T.RESULTS_DIR,
-        help=f"folder for {bench.NAME}.jsonl (and a dispatch copy), or a .jsonl file",
+        help=f"folder for {_results_name(bench)}.jsonl (and a dispatch copy), or a .jsonl file",
     )  # fmt: skip
     p.add_argument("--summary-json", type=Path, default=None, help="targets and summary here")
     p.add_argument("--time-budget-s", type=float, default=0.0, help="no new groups after this")
+    p.add_argument("--dtypes", type=lambda s: tuple(s.split(",")), default=None)
+    p.add_argument("--warmup-ms", type=int, default=getattr(bench, "WARMUP_MS", 10))
+    p.add_argument("--rep-ms", type=int, default=getattr(bench, "REP_MS", 40))
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def parse_args(bench, argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=bench.DOC, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    shared_args(bench, p)
     p.add_argument(
         "--backends", default="all",
         help="our implementations to time, comma list; 'all': every one registered for the op",
@@ -356,15 +377,14 @@ def parse_args(bench, argv=None) -> argparse.Namespace:
         "--peers", default=",".join(getattr(bench, "PEERS", ())),
         help="baselines and other libraries, comma list ('' = none)",
     )  # fmt: skip
-    p.add_argument("--dtypes", type=lambda s: tuple(s.split(",")), default=None)
     p.add_argument("--m", type=_ints, default=None, help="only these M (comma list)")
     p.add_argument("--k", type=_ints, default=None, help="only these K")
     p.add_argument("--n", type=_ints, default=None, help="only these N")
     p.add_argument("--write-dispatch", action="store_true", help="GPU: write dispatch tables")
-    p.add_argument("--warmup-ms", type=int, default=getattr(bench, "WARMUP_MS", 10))
-    p.add_argument("--rep-ms", type=int, default=getattr(bench, "REP_MS", 40))
-    p.add_argument("--graph-max-m", type=int, default=256, help="graph replay for M <= this")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--graph-max-m", type=int, default=getattr(bench, "GRAPH_MAX_M", 256),
+        help="graph replay for M <= this",
+    )  # fmt: skip
     if hasattr(bench, "add_args"):
         bench.add_args(p)
     args = p.parse_args(argv)
@@ -373,8 +393,14 @@ def parse_args(bench, argv=None) -> argparse.Namespace:
     return args
 
 
+def _results_name(bench) -> str:
+    """The results file's stem: the module's ``RESULTS`` (the whole-model benchmarks share
+    models.jsonl), else its ``NAME``."""
+    return getattr(bench, "RESULTS", bench.NAME)
+
+
 def results_path(bench, out: Path) -> Path:
-    return out if out.suffix == ".jsonl" else out / f"{bench.NAME}.jsonl"
+    return out if out.suffix == ".jsonl" else out / f"{_results_name(bench)}.jsonl"
 
 
 def main(bench, argv=None) -> int:
@@ -449,6 +475,9 @@ def write_dispatch(ctx: Context, records: list[dict], sweeps) -> list[str]:
     a copy goes to --out so that a remote run brings it back."""
     if not ctx.gpu:
         print(f"[{ctx.bench.NAME}] --write-dispatch ignored: tables come from GPU runs only")
+        return []
+    if not getattr(ctx.bench, "DISPATCH", True):
+        print(f"[{ctx.bench.NAME}] --write-dispatch ignored: no dispatch table for this op")
         return []
     import dispatch_from_results as D
 
