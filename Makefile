@@ -39,7 +39,7 @@ test-all: install ctest census test  ## what CI runs (README's test command)
 
 # The kernel benchmarks on the harness (benchmarks/harness/): GPU, the full sweeps; no GPU, the
 # smoke sweeps. BENCH=quant picks one; BENCH_ARGS=--quick passes flags to each.
-BENCH ?= lowrank quant attention
+BENCH ?= lowrank quant attention mlp_block
 bench:  ## the kernel benchmarks, then their reports (results in benchmarks/results/)
 	for b in $(BENCH); do $(PYTHON) benchmarks/bench_$$b.py $(BENCH_ARGS) || exit 1; done
 
