@@ -552,11 +552,41 @@ def _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ: tl.constexpr, BITS: tl.
 
 
 @triton.jit
+def _group_pair(p_ptr, rows, stride_sn, g, DEQ: tl.constexpr):
+    """Per row of a tile, from its scale pair (quant.packing.fold_scales: one int32 per row and
+    group): magic + z and the scale, both in the activation dtype (DEQ 0 float16, 1 bfloat16),
+    or for DEQ 3 (bfloat16 under the CPU interpreter) the same bfloat16 numbers widened to fp32
+    (exact: a bfloat16 is the top half of an fp32)."""
+    v = tl.load(p_ptr + rows * stride_sn + g)
+    if DEQ == 0:
+        s = (v & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+        zc = (v >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+    elif DEQ == 1:
+        s = (v & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True)
+        zc = (v >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    else:
+        s = (v << 16).to(tl.float32, bitcast=True)
+        zc = ((v >> 16) << 16).to(tl.float32, bitcast=True)
+    return zc, s
+
+
+@triton.jit
+def _scaled(w, s, DEQ: tl.constexpr, WDT: tl.constexpr, RNE_BF16: tl.constexpr):
+    """(q - z) * s in the activation dtype: one packed HMUL2 per pair of codes, rounded once
+    (q - z is exact). DEQ 3 multiplies in fp32 (exact: 8-bit by 8-bit significands) and rounds
+    to bfloat16 to nearest even, as the GPU's bfloat16 multiply does."""
+    if DEQ == 3:
+        return _round(w.to(tl.float32) * s[:, None], WDT, RNE_BF16)
+    return w * s[:, None]
+
+
+@triton.jit
 def _wq_matmul_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, lock_ptr,
-    M, N, K, G, k_split, stride_xm, stride_wn, stride_sn, stride_ym,
+    M, N, K, NG, TPG, k_split, stride_xm, stride_wn, stride_sn, stride_ym,
     BITS: tl.constexpr,
     DEQ: tl.constexpr,
+    FOLD: tl.constexpr,
     EVEN_K: tl.constexpr,
     SPG: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -610,12 +640,22 @@ def _wq_matmul_kernel(
         hs = h
         for j in tl.static_range(C):
             if j % SPG == 0:  # a new group: SPG slices of E codes share its scale
-                # (the padding past K reads the last group; x is 0 there)
-                g = tl.minimum((k0 + j * E) // G, (K - 1) // G)
-                zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ, BITS)
-                part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+                # the group index without a division by a runtime group size (an integer
+                # division took 12 instructions per K tile): several groups per tile, or
+                # TPG tiles per group (1 at g128 with 128-code tiles: a constant)
+                if SPG < C:  # (the padding past K reads the last group; x is 0 there)
+                    g = tl.minimum(t * (C // SPG) + j // SPG, NG - 1)
+                else:
+                    g = t // TPG
+                if FOLD:
+                    zc, sc = _group_pair(s_ptr, rows, stride_sn, g, DEQ)
+                else:
+                    zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ, BITS)
+                    part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
             hs = _base(h, hs, j, BITS, DEQ, ASM)
             w = _centered(h, hs, j, zc, BITS, DEQ, x_ptr.dtype.element_ty, ASM)
+            if FOLD:
+                w = _scaled(w, sc, DEQ, x_ptr.dtype.element_ty, RNE_BF16)
             offs_k = k0 + j * E + offs_e
             if EVEN_K:
                 xt = tl.load(x_rows + offs_k[:, None], mask=mask_m[None, :], other=0.0)
@@ -625,9 +665,12 @@ def _wq_matmul_kernel(
                     mask=mask_m[None, :] & (offs_k < K)[:, None],
                     other=0.0,
                 )
-            part = _dot(w, xt, part, DOT_FP32)
-            if j % SPG == SPG - 1:
-                acc += part * sc[:, None]
+            if FOLD:
+                acc = _dot(w, xt, acc, DOT_FP32)
+            else:
+                part = _dot(w, xt, part, DOT_FP32)
+                if j % SPG == SPG - 1:
+                    acc += part * sc[:, None]
     mask_y = (offs_n < N)[:, None] & mask_m[None, :]
     y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
     if SPLIT_K > 1:
@@ -664,6 +707,7 @@ def _wq_matmul_kernel(
 GEMV_MAX_M = 16  # x^T is the MMA's 16-wide side: up to 16 rows share one weight pass
 _TILES: dict = {}  # id(packed) -> (weak reference to packed, key, tile layout)
 _LOCKS: dict = {}  # (device, stream handle) -> int32 tickets, see _locks
+_PAIRS: dict = {}  # (id(scales), id(zeros), bits, dtype) -> scale pairs, see scale_pairs_of
 
 
 def tile_for(bits: int, group_size: int, k: int) -> int | None:
@@ -754,7 +798,7 @@ def tiled_config(m: int, n: int, k: int, tile: int, bits: int, num_sms: int, int
     elif m <= 64:  # 2- and 8-bit bf16 at 128 x 64 spill (255 registers, sm_90 compile)
         block_m, block_n, warps, stages = 64, (128 if bits == 4 else 64), 4, 3
     else:
-        block_m, block_n, warps, stages = 128, 128, 8, 3
+        block_m, block_n, warps, stages = 128, (128 if bits == 8 else 256), 8, 3
     tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
     k_tiles = triton.cdiv(k, tile)
     # K tiles per program: as many as keep tiles * splits >= 2 programs per SM (rounded down,
@@ -781,6 +825,40 @@ def _deq_mode(dtype, bits: int, interpret: bool) -> int:
     return 2
 
 
+def scale_pairs_of(s, z, bits: int, dtype):
+    """The scale pairs (quant.packing.fold_scales) of float32 scales and zero points for
+    activations of ``dtype``, made on first use and kept while the scales live (recomputed if
+    either is modified in place)."""
+    from ..quant.packing import fold_scales
+
+    key = (id(s), id(z), bits, dtype)
+    version = (s._version, z._version)
+    hit = _PAIRS.get(key)
+    if hit is not None and hit[0]() is s and hit[1]() is z and hit[2] == version:
+        return hit[3]
+    pairs = fold_scales(s, z, bits, dtype)
+    ref_s = weakref.ref(s, lambda _, kk=key: _PAIRS.pop(kk, None))
+    _PAIRS[key] = (ref_s, weakref.ref(z), version, pairs)
+    return pairs
+
+
+def folds_scale(m: int, dtype, interpret: bool) -> bool:
+    """Whether the kernel scales the weight in 16 bits (FOLD, w = (q - z) * s by HMUL2 before
+    the MMA) rather than the fp32 MMA result of each group (acc += part * s).
+
+    The fp32 rescale costs BLOCK_M / G FFMAs per code (one per accumulator element per group),
+    the 16-bit one half an instruction per code (one HMUL2 per pair), whatever BLOCK_M. sm_90
+    compile, 4096x11008 g128, SASS instructions per code in the main loop (exact / folded):
+    M = 1 and 16 (BLOCK_M 16): 4-bit 2.64 / 2.9, 2-bit 1.9 / 2.2, so below 17 rows the
+    exact path stays (and with it fp32 scales: the weight times x is exact there); M = 4096
+    (BLOCK_M 128): 4-bit 4.56 / see FOLD_FIGURES, 2-bit 4.12 / ...; BLOCK_M 64 (17-64 rows)
+    is even (0.5 each). float32 activations keep the exact path (a 32-bit scale multiply per
+    code). Under the CPU interpreter both paths run (folded above 16 rows)."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        return False
+    return m > GEMV_MAX_M if interpret else m > 64
+
+
 def launch_tiled(x, tiles, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: int):
     """y (M, N) = x @ W.T (+ bias) for a weight in the tile layout (see _wq_matmul_kernel)."""
     m = x.shape[0]
@@ -793,6 +871,9 @@ def launch_tiled(x, tiles, s, z, bias, n: int, k: int, group_size: int, bits: in
     block_m, block_n, split, k_split, warps, stages = tiled_config(
         m, n, k, tile, bits, num_sms, interpret
     )
+    fold = folds_scale(m, x.dtype, interpret)
+    if fold:  # s_ptr: the scale pairs (magic + zero and scale per row and group)
+        s = z = scale_pairs_of(s, z, bits, x.dtype)
     n_tiles, m_tiles = triton.cdiv(n, block_n), triton.cdiv(m, block_m)
     if split > 1:
         part = torch.empty((split, m_tiles * n_tiles * block_n * block_m), dtype=torch.float32,
@@ -802,9 +883,11 @@ def launch_tiled(x, tiles, s, z, bias, n: int, k: int, group_size: int, bits: in
         part = locks = y
     _wq_matmul_kernel[(n_tiles, m_tiles, split)](
         x, tiles.view(torch.int32), s, z, bias if bias is not None else y, y, part, locks,
-        m, n, k, group_size, k_split, x.stride(0), tiles.stride(0), s.stride(0), y.stride(0),
+        m, n, k, k // group_size, triton.cdiv(group_size, tile), k_split,
+        x.stride(0), tiles.stride(0), s.stride(0), y.stride(0),
         BITS=bits,
         DEQ=_deq_mode(x.dtype, bits, interpret),
+        FOLD=fold,
         EVEN_K=k % tile == 0,
         SPG=_slices_per_group(bits, group_size, k, tile),
         HAS_BIAS=bias is not None,

@@ -90,8 +90,19 @@ def unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
 # and masking gives the weights of K range [t + jE, t + (j+1)E) for every row: contiguous K
 # slices, so x is read contiguously and no reshape stands between the load and the MMA. Rows
 # are K-contiguous and padded to a whole number of tiles with code 0 (x is masked past K).
-# Scales and zero points stay the float32 (N, K // G) tensors of sk-pack-v1: at G = 128 they
-# add 8 bytes per 128 codes (0.0625 B/code; 12.5% over 4-bit codes), read once per tile.
+# Scales and zero points stay the float32 (N, K // G) tensors of sk-pack-v1 for the kernel's
+# exact-integer path (M <= 64, see kernels.triton_quant): at G = 128 they add 8 bytes per 128
+# codes (0.0625 B/code; 12.5% over 4-bit codes), read once per tile.
+#
+# Scale pairs ("sk-scale16-v1"), for the path that scales the weight in 16 bits (M > 64):
+# int32 (N, K // G), one word per row and group holding two numbers of the activation dtype
+# (float16 or bfloat16): bits [0, 16) the scale s rounded to nearest, bits [16, 32) the zero
+# point plus the magic constant of the dequantization, c = z + MAGIC (1024 for float16 codes
+# below 8 bits... see magic_offset), an integer below 2**11 and so exact in either dtype. One
+# 4-byte load per row and group instead of two, and the kernel computes
+# w = (f - c) * s = (q - z) * s from the code's magic-number bits f = MAGIC + q: the
+# subtraction is exact (integers), so the only roundings are s to 16 bits and the product.
+# Made once per weight and activation dtype (kernels.triton_quant.scale_pairs_of); never saved.
 
 
 def tile_codes(k: int, bits: int, tile: int) -> tuple[int, int]:
@@ -137,3 +148,35 @@ def unpack_tiles(tiles: torch.Tensor, bits: int, k: int, tile: int) -> torch.Ten
 def from_tiles(tiles: torch.Tensor, bits: int, k: int, tile: int) -> torch.Tensor:
     """Inverse of :func:`to_tiles`: the tile layout (N, W16) -> sk-pack-v1 words (N, W)."""
     return pack(unpack_tiles(tiles, bits, k, tile), bits)
+
+
+def magic_offset(bits: int, dtype: torch.dtype) -> float:
+    """The constant MAGIC that the 16-bit dequantization reads a code on: a code ORed into the
+    mantissa of 1024.0 (float16, 10 mantissa bits) or 128.0 (bfloat16, 7 bits) reads as
+    MAGIC + q. 8-bit codes on bfloat16 pass the 7 mantissa bits: the kernel rebuilds q itself
+    there, MAGIC 0."""
+    if dtype == torch.float16:
+        return 1024.0
+    if dtype == torch.bfloat16:
+        return 0.0 if bits == 8 else 128.0
+    raise ValueError(f"magic_offset: dtype must be float16 or bfloat16, got {dtype}")
+
+
+def fold_scales(scales: torch.Tensor, zeros: torch.Tensor, bits: int, dtype: torch.dtype):
+    """sk-pack-v1 scales and zero points (N, G) float32 -> scale pairs int32 (N, G) (see the
+    layout notes above): the scale in ``dtype`` in the low half, zero + MAGIC in the high."""
+    if scales.shape != zeros.shape or scales.dim() != 2:
+        raise ValueError(
+            f"fold_scales: scales and zeros must be 2-D of one shape, got "
+            f"{tuple(scales.shape)} and {tuple(zeros.shape)}"
+        )
+    lo = scales.to(dtype).view(torch.int16).to(torch.int32) & 0xFFFF
+    hi = (zeros + magic_offset(bits, dtype)).to(dtype).view(torch.int16).to(torch.int32)
+    return ((hi << 16) | lo).contiguous()
+
+
+def unfold_scales(pairs: torch.Tensor, bits: int, dtype: torch.dtype):
+    """Inverse of :func:`fold_scales`: (scales, zeros) float32, the scales as rounded."""
+    lo = (pairs & 0xFFFF).to(torch.int16).view(dtype)
+    hi = (pairs >> 16).to(torch.int16).view(dtype)
+    return lo.to(torch.float32), hi.to(torch.float32) - magic_offset(bits, dtype)
