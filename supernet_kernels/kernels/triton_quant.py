@@ -509,6 +509,66 @@ def _base(h, hs, j: tl.constexpr, BITS: tl.constexpr, DEQ: tl.constexpr, ASM: tl
 
 
 @triton.jit
+def _shifted(h, S: tl.constexpr, ASM: tl.constexpr):
+    """Every int16 word of h shifted right by S (left by -S when S < 0). ASM: two words per
+    32-bit shift; what crosses between the halves lands outside the fields read after it."""
+    if S == 0:
+        return h
+    if ASM:
+        asm: tl.constexpr = f"shr.b32 $0, $1, {S};" if S > 0 else f"shl.b32 $0, $1, {-S};"
+        return tl.inline_asm_elementwise(asm, "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
+    return h >> S if S > 0 else h << (-S)
+
+
+@triton.jit
+def _centered3(hl, hh, j: tl.constexpr, zc, DEQ: tl.constexpr, WDT: tl.constexpr,
+               ASM: tl.constexpr):  # fmt: skip
+    """q - z for slice j of a 3-bit tile (quant.packing, sk-tiles3-v1), exact, in WDT: the low
+    two bits from word tile hl (slice j % 8 at bits 2(j % 8)), the high bit from hh (bit j).
+
+    DEQ 0 / 1: both fields ORed into the mantissa of the magic constant B (1024.0 fp16, 128.0
+    bf16), the low field at bit a (F = B + lo 2**a), the high bit at bit b (H = B + hi 2**b),
+    then two packed FMAs per pair: u = H * 4 * 2**-b - c, with c = 4B 2**-b + B 2**-a + z,
+    gives 4 hi - B 2**-a - z, and w = F * 2**-a + u gives lo + 4 hi - z. Every value is an
+    integer the 16-bit type holds exactly when b >= 3 (c < 2048 in fp16, < 256 in bf16), so
+    the high bit is read at bits 3..MB-1: the word shifted left by 3 for the first MB - 3
+    slices, then right in steps of MB - 3. So a pair of codes costs two LOP3 and two HFMA2
+    (HADD2), and the shifts are shared by all the codes of a word.
+    DEQ 2 / 3: q from plain integer fields, then as _centered.
+    """
+    J: tl.constexpr = j % 8
+    if DEQ == 0 or DEQ == 1:
+        MB: tl.constexpr = 10 if DEQ == 0 else 7
+        MAGIC: tl.constexpr = 0x64006400 if DEQ == 0 else 0x43004300
+        B: tl.constexpr = 1024.0 if DEQ == 0 else 128.0
+        PER: tl.constexpr = MB // 2  # low fields per base: 5 (fp16), 3 (bf16)
+        A: tl.constexpr = 2 * (J % PER)
+        W: tl.constexpr = MB - 3  # high bits per base
+        SB: tl.constexpr = (j // W) * W - 3
+        HB: tl.constexpr = j - SB
+        lo = _codes(_shifted(hl, 2 * PER * (J // PER), ASM), A, 2, MAGIC, ASM)
+        hi = _codes(_shifted(hh, SB, ASM), HB, 1, MAGIC, ASM)
+        if DEQ == 0:
+            f = lo.to(tl.float16, bitcast=True)
+            g = hi.to(tl.float16, bitcast=True)
+        else:
+            f = lo.to(tl.bfloat16, bitcast=True)
+            g = hi.to(tl.bfloat16, bitcast=True)
+        c = zc + (4.0 * B / (1 << HB) + B / (1 << A) - B)  # zc = B + z; integers, exact
+        u = g * (4.0 / (1 << HB)) - c[:, None]
+        if A == 0:
+            w = f + u
+        else:
+            w = f * (1.0 / (1 << A)) + u
+    else:
+        lo = _codes(hl, 2 * J, 2, 0, False).to(tl.int32)
+        hi = _codes(hh, j, 1, 0, False).to(tl.int32)
+        f = (lo + 4 * hi).to(tl.float32) + (8388608.0 if DEQ == 2 else 128.0)
+        w = (f - zc[:, None]).to(WDT)
+    return w
+
+
+@triton.jit
 def _codes(h, R: tl.constexpr, BITS: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr):
     """The BITS-wide field at bit R of every int16 word of h, left in place and ORed with
     MAGIC (exponent bits), as int16 bits; with MAGIC 0, the field shifted down to bit 0.
@@ -617,8 +677,9 @@ def _wq_matmul_kernel(
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
-    C: tl.constexpr = 16 // BITS
+    C: tl.constexpr = 16 if BITS == 3 else 16 // BITS  # K slices per tile
     E: tl.constexpr = BLOCK_K // C
+    WT: tl.constexpr = 3 * E if BITS == 3 else E  # int16 words per row and tile
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(offs_n, N - 1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -636,7 +697,10 @@ def _wq_matmul_kernel(
     t_hi = tl.minimum(t_lo + k_split // BLOCK_K, tl.cdiv(K, BLOCK_K))
     for t in range(t_lo, t_hi):
         k0 = t * BLOCK_K
-        h = tl.load(w_rows + (t * E + offs_e)[None, :])
+        h = tl.load(w_rows + (t * WT + offs_e)[None, :])
+        if BITS == 3:  # the low bits of slices 8-15, then the high bits of all 16
+            h2 = tl.load(w_rows + (t * WT + E + offs_e)[None, :])
+            h3 = tl.load(w_rows + (t * WT + 2 * E + offs_e)[None, :])
         hs = h
         for j in tl.static_range(C):
             if j % SPG == 0:  # a new group: SPG slices of E codes share its scale
@@ -652,8 +716,11 @@ def _wq_matmul_kernel(
                 else:
                     zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ, BITS)
                     part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-            hs = _base(h, hs, j, BITS, DEQ, ASM)
-            w = _centered(h, hs, j, zc, BITS, DEQ, x_ptr.dtype.element_ty, ASM)
+            if BITS == 3:
+                w = _centered3(h if j < 8 else h2, h3, j, zc, DEQ, x_ptr.dtype.element_ty, ASM)
+            else:
+                hs = _base(h, hs, j, BITS, DEQ, ASM)
+                w = _centered(h, hs, j, zc, BITS, DEQ, x_ptr.dtype.element_ty, ASM)
             if FOLD:
                 w = _scaled(w, sc, DEQ, x_ptr.dtype.element_ty, RNE_BF16)
             offs_k = k0 + j * E + offs_e
@@ -711,12 +778,15 @@ _PAIRS: dict = {}  # (id(scales), id(zeros), bits, dtype) -> scale pairs, see sc
 
 
 def tile_for(bits: int, group_size: int, k: int) -> int | None:
-    """Codes per K tile of the tile layout for this weight, None where it does not apply (3
-    bits; groups that are neither whole tiles nor whole MMA slices of one)."""
-    if bits not in (2, 4, 8):
+    """Codes per K tile of the tile layout for this weight, None where it does not apply
+    (groups that are neither whole tiles nor whole MMA slices of one). 3 bits: 16 slices of
+    at least 16 codes (the MMA's K), so tiles of 256."""
+    from ..quant.packing import slices_per_tile
+
+    if bits not in (2, 3, 4, 8):
         return None
-    c = 16 // bits
-    for t in (256, 128) if bits == 2 else (128, 64, 32):
+    c = slices_per_tile(bits)
+    for t in (256, 128) if bits == 2 else (256,) if bits == 3 else (128, 64, 32):
         if t % (16 * c):
             continue
         # one group per tile, or whole MMA slices of the tile per group
@@ -786,18 +856,23 @@ def _locks(device, n: int):
 def tiled_config(m: int, n: int, k: int, tile: int, bits: int, num_sms: int, interpret: bool):
     """(BLOCK_M, BLOCK_N, SPLIT_K, k_split, warps, stages).
 
-    M <= 16: one 16-wide column tile; 2-bit rows of 256 (more codes per lane per iteration
-    for the same loop overhead: 1.9 instead of 2.1 SASS instructions per code). Larger M:
-    64- or 128-wide column tiles (wgmma N), 8 warps at 128. K is split until there are two
-    programs per SM, the partial tiles reduced in the same launch.
+    M <= 16: one 16-wide column tile; 2- and 3-bit rows of 256 (more codes per lane per
+    iteration for the same loop overhead: 1.9 instead of 2.1 SASS instructions per code at 2
+    bits, 3.1 instead of 3.5 at 3). Larger M: 64- or 128-wide column tiles (wgmma N), 8 warps
+    and 256 rows (2, 3 and 4 bits) at 128. K is split until there are two programs per SM,
+    the partial tiles reduced in the same launch.
     """
     if interpret:
         block_m, block_n, warps, stages = (16 if m <= GEMV_MAX_M else 32), 16, 1, 1
     elif m <= GEMV_MAX_M:
-        block_m, block_n, warps, stages = 16, (256 if bits == 2 else 128), 4, 4
+        block_m, block_n, warps, stages = 16, (256 if bits in (2, 3) else 128), 4, 4
     elif m <= 64:  # 2- and 8-bit bf16 at 128 x 64 spill (255 registers, sm_90 compile)
         block_m, block_n, warps, stages = 64, (128 if bits == 4 else 64), 4, 3
     else:
+        # the folded path (no second accumulator): 256 weight rows per program halve the
+        # per-code share of the loop's fixed work (x^T staging, wgmma fences, addresses):
+        # W4 3.69 -> 2.72 SASS instructions per code, W2 3.22 -> 2.44 (244-255 registers, no
+        # spills); 8 bits spill at 256 (64 bytes) and keep 128
         block_m, block_n, warps, stages = 128, (128 if bits == 8 else 256), 8, 3
     tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
     k_tiles = triton.cdiv(k, tile)
@@ -813,7 +888,9 @@ def tiled_config(m: int, n: int, k: int, tile: int, bits: int, num_sms: int, int
 
 def _slices_per_group(bits: int, group_size: int, k: int, tile: int) -> int:
     """Slices of tile // C codes that share one scale (all C when a group spans the tile)."""
-    c = 16 // bits
+    from ..quant.packing import slices_per_tile
+
+    c = slices_per_tile(bits)
     return c if group_size == k or group_size >= tile else group_size * c // tile
 
 
@@ -843,17 +920,21 @@ def scale_pairs_of(s, z, bits: int, dtype):
 
 
 def folds_scale(m: int, dtype, interpret: bool) -> bool:
-    """Whether the kernel scales the weight in 16 bits (FOLD, w = (q - z) * s by HMUL2 before
-    the MMA) rather than the fp32 MMA result of each group (acc += part * s).
+    """Whether the kernel scales the weight in 16 bits (FOLD: w = (q - z) * s by one HMUL2 per
+    pair, from the scale pairs) rather than the fp32 MMA result of each group (acc += part * s,
+    with the exact integers q - z in the MMA).
 
-    The fp32 rescale costs BLOCK_M / G FFMAs per code (one per accumulator element per group),
-    the 16-bit one half an instruction per code (one HMUL2 per pair), whatever BLOCK_M. sm_90
-    compile, 4096x11008 g128, SASS instructions per code in the main loop (exact / folded):
-    M = 1 and 16 (BLOCK_M 16): 4-bit 2.64 / 2.9, 2-bit 1.9 / 2.2, so below 17 rows the
-    exact path stays (and with it fp32 scales: the weight times x is exact there); M = 4096
-    (BLOCK_M 128): 4-bit 4.56 / see FOLD_FIGURES, 2-bit 4.12 / ...; BLOCK_M 64 (17-64 rows)
-    is even (0.5 each). float32 activations keep the exact path (a 32-bit scale multiply per
-    code). Under the CPU interpreter both paths run (folded above 16 rows)."""
+    The fp32 rescale costs BLOCK_M / G FFMAs per code (one per accumulator element per group)
+    and a second accumulator; the 16-bit scale half an instruction per code, whatever BLOCK_M.
+    sm_90 compile, 4096x11008 g128 fp16, SASS instructions per code in the main loop, exact /
+    folded: M = 1 (BLOCK_M 16): W4 2.45 / 2.87, W2 1.84 / 2.34, W8 2.48 / 2.98, so up to 16
+    rows the exact path stays (within the budgets of 3 and 2, and fp32 scales: no rounding of
+    the weight at all); M = 48 (BLOCK_M 64): W4 2.85 / 2.92, W2 3.24 / 3.21, W8 3.88 / 3.97,
+    even, so the exact path keeps 17-64 rows too (the more accurate one); M = 4096 (BLOCK_M
+    128): W4 4.56 / 3.69 at 128-row tiles (2.72 at 256, which the exact path cannot hold: its
+    second accumulator), W2 4.12 / 3.22 (2.44 at 256), W8 4.70 / 3.83. float32 activations
+    keep the exact path (the scale would be a 32-bit multiply per code). Under the CPU
+    interpreter the folded path runs above 16 rows, so the tests check both."""
     if dtype not in (torch.float16, torch.bfloat16):
         return False
     return m > GEMV_MAX_M if interpret else m > 64

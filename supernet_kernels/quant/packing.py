@@ -105,44 +105,86 @@ def unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
 # Made once per weight and activation dtype (kernels.triton_quant.scale_pairs_of); never saved.
 
 
+# 3 bits ("sk-tiles3-v1"): two planes in the same form, q = lo + 4 * hi. A tile of T codes is
+# 16 slices of E = T // 16 codes; per row it holds 3E int16 words: words [0, E) and [E, 2E)
+# the low two bits of slices 0-7 and 8-15 (word e of part p: code t + (8p + j)E + e at bits
+# [2j, 2j + 2), the 2-bit form), words [2E, 3E) the high bit of all 16 slices (word e: code
+# t + jE + e at bit j). 3 bits per code exactly, every part of a tile a contiguous (rows, E)
+# int16 block (16-byte loads for E >= 8), and both planes dequantize by the magic-number
+# trick with shifts shared by all codes of a word (see kernels.triton_quant._centered3).
+# Why not 10 codes per int32 as sk-pack-v1: 10 does not split into 16-bit halves, so the
+# packed-half arithmetic cannot take it (the generic kernel ran 24.5 SASS instructions per
+# code on it, with 4-byte gathers).
+
+
+def slices_per_tile(bits: int) -> int:
+    """C: the K slices a tile of the tile layout splits into (codes per int16 word for 2, 4 and
+    8 bits; 16 for 3 bits, one per bit of the high plane)."""
+    return 16 if bits == 3 else 16 // bits
+
+
 def tile_codes(k: int, bits: int, tile: int) -> tuple[int, int]:
-    """(codes per int16 word, int16 words per row) of the tile layout for K = k."""
-    c = 16 // bits
-    return c, -(-k // tile) * (tile // c)
+    """(slices per tile, int16 words per row) of the tile layout for K = k."""
+    c = slices_per_tile(bits)
+    words = 3 * (tile // 16) if bits == 3 else tile // c
+    return c, -(-k // tile) * words
+
+
+def _check_tile_bits(bits, tile, where: str) -> int:
+    if bits not in (2, 3, 4, 8):
+        raise ValueError(f"{where}: the tile layout takes 2, 3, 4 or 8 bits, got {bits!r}")
+    c = slices_per_tile(bits)
+    if not isinstance(tile, int) or tile < 1 or tile % (16 * c):
+        raise ValueError(f"{where}: tile {tile!r} must be a multiple of {16 * c} at {bits} bits")
+    return c
+
+
+def _words(codes: torch.Tensor, bits: int, c: int) -> torch.Tensor:
+    """codes (N, tiles, c, E) -> int16 words (N, tiles, E): slice j at bits [bits*j, ...)."""
+    shifts = (torch.arange(c, device=codes.device, dtype=torch.int32) * bits).view(1, 1, c, 1)
+    words = (codes << shifts).sum(2)  # disjoint bit fields: the sum is an OR; < 2**16
+    return torch.where(words >= 2**15, words - 2**16, words).to(torch.int16)
+
+
+def _fields(words: torch.Tensor, bits: int, c: int) -> torch.Tensor:
+    """int16 words (N, tiles, E) -> codes (N, tiles, c, E), the inverse of _words."""
+    w = (words.to(torch.int32) & 0xFFFF).unsqueeze(2)
+    shifts = (torch.arange(c, device=words.device, dtype=torch.int32) * bits).view(1, 1, c, 1)
+    return (w >> shifts) & (2**bits - 1)
 
 
 def to_tiles(packed: torch.Tensor, bits: int, k: int, tile: int) -> torch.Tensor:
-    """sk-pack-v1 words (N, W) -> the tile layout: int16 (N, ceil(k / tile) * tile / C)."""
-    if bits not in (2, 4, 8):
-        raise ValueError(f"to_tiles: the tile layout takes 2, 4 or 8 bits, got {bits!r}")
-    c, width = tile_codes(k, bits, tile)
-    if tile % (16 * c):
-        raise ValueError(f"to_tiles: tile {tile} must be a multiple of {16 * c} at {bits} bits")
-    n = packed.shape[0]
+    """sk-pack-v1 words (N, W) -> the tile layout: int16 (N, tile_codes(k, bits, tile)[1])."""
+    c = _check_tile_bits(bits, tile, "to_tiles")
+    _, width = tile_codes(k, bits, tile)
+    n, e = packed.shape[0], tile // c
     codes = unpack(packed, bits, k).to(torch.int32)
-    codes = torch.nn.functional.pad(codes, (0, width * c - k))  # (N, tiles * T)
-    codes = codes.view(n, -1, c, tile // c)  # [tile, j, e]
-    shifts = (torch.arange(c, device=packed.device, dtype=torch.int32) * bits).view(1, 1, c, 1)
-    words = (codes << shifts).sum(2)  # disjoint bit fields: the sum is an OR; < 2**16
-    words = torch.where(words >= 2**15, words - 2**16, words)
-    return words.to(torch.int16).reshape(n, width).contiguous()
+    codes = torch.nn.functional.pad(codes, (0, -(-k // tile) * tile - k))
+    codes = codes.view(n, -1, c, e)  # [tile, j, e]: code t + j*E + e
+    if bits != 3:
+        return _words(codes, bits, c).reshape(n, width).contiguous()
+    lo = codes & 3
+    parts = (_words(lo[:, :, :8], 2, 8), _words(lo[:, :, 8:], 2, 8), _words(codes >> 2, 1, 16))
+    return torch.cat(parts, dim=2).reshape(n, width).contiguous()
 
 
 def unpack_tiles(tiles: torch.Tensor, bits: int, k: int, tile: int) -> torch.Tensor:
     """The codes (N, k) as uint8 of a weight in the tile layout (see :func:`to_tiles`)."""
-    if bits not in (2, 4, 8):
-        raise ValueError(f"unpack_tiles: the tile layout takes 2, 4 or 8 bits, got {bits!r}")
-    c, width = tile_codes(k, bits, tile)
+    c = _check_tile_bits(bits, tile, "unpack_tiles")
+    _, width = tile_codes(k, bits, tile)
     if tiles.dtype != torch.int16 or tiles.dim() != 2 or tiles.shape[1] != width:
         raise ValueError(
             f"unpack_tiles: tiles must be int16 of shape (N, {width}) for K={k}, {bits} bits, "
             f"tile {tile}; got {tiles.dtype} {tuple(tiles.shape)}"
         )
-    n = tiles.shape[0]
-    words = (tiles.to(torch.int32) & 0xFFFF).view(n, -1, 1, tile // c)  # [tile, 1, e]
-    shifts = (torch.arange(c, device=tiles.device, dtype=torch.int32) * bits).view(1, 1, c, 1)
-    codes = (words >> shifts) & (2**bits - 1)  # [tile, j, e]: code t + j*E + e
-    return codes.reshape(n, width * c)[:, :k].to(torch.uint8)
+    n, e = tiles.shape[0], tile // c
+    if bits != 3:
+        codes = _fields(tiles.view(n, -1, e), bits, c)
+    else:
+        parts = tiles.view(n, -1, 3, e)
+        lo = torch.cat((_fields(parts[:, :, 0], 2, 8), _fields(parts[:, :, 1], 2, 8)), dim=2)
+        codes = lo + 4 * _fields(parts[:, :, 2], 1, 16)
+    return codes.reshape(n, -1)[:, :k].to(torch.uint8)
 
 
 def from_tiles(tiles: torch.Tensor, bits: int, k: int, tile: int) -> torch.Tensor:
