@@ -154,7 +154,7 @@ class QuantLinear(nn.Module):
     def use_tile_layout(self) -> bool:
         """Hold the codes in the Triton kernel's tile layout instead of sk-pack-v1 (same bytes
         up to the padding of K to a whole tile); True if the layer now does (weight-only
-        layers of 2, 4 or 8 bits whose groups the layout takes)."""
+        layers of 2, 3, 4 or 8 bits whose groups the layout takes)."""
         if self.tile_layout:
             return True
         tile = self._tile_size()
