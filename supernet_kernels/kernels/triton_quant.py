@@ -1,20 +1,23 @@
 """Triton kernels for quantized matmul.
 
-Weight-only (A16) with 2, 4 or 8 bits: ``_wq_matmul_kernel``, on the tile layout of
+Weight-only (A16) with 2, 3, 4 or 8 bits: ``_wq_matmul_kernel``, on the tile layout of
 :func:`supernet_kernels.quant.packing.to_tiles` (made once per weight from sk-pack-v1 and
-cached while the weight lives). One kernel for every M; the dequantized weight is the MMA's
-row side, read from registers (wgmma A operand on sm_90), x^T the column side from shared
-memory, with 16 (M <= 16), 64 or 128 columns. Codes become exact ``q - z`` with one LOP3 and
-one packed HFMA2/HADD2 per pair (magic-exponent trick, see ``_centered``); the group scale is
-applied once per group to the fp32 tile. K is split until there are two programs per SM, and
-the split is reduced inside the same launch (last program per tile, by ticket). sm_90 compile,
-M = 1, 4096x11008, g128 (main loop, per code): 2.6 SASS instructions at 4 bits (fp16), 1.9
-at 2 bits, 16-byte cp.async weight loads, no spills.
+cached while the weight lives; 3 bits as a 2-bit and a 1-bit plane). One kernel for every M;
+the dequantized weight is the MMA's row side, read from registers (wgmma A operand on sm_90),
+x^T the column side from shared memory, with 16 (M <= 16), 64 or 128 columns. Codes become
+exact ``q - z`` with one LOP3 and one packed HFMA2/HADD2 per pair (two of each at 3 bits;
+magic-exponent trick, see ``_centered``). Up to 64 rows the group scale is applied once per
+group to the fp32 tile; above, the weight is scaled in 16 bits before the MMA from the scale
+pairs (``folds_scale``). K is split until there are two programs per SM, and the split is
+reduced inside the same launch (last program per tile, by ticket). sm_90 compile, 4096x11008,
+g128, fp16, SASS instructions per code in the main loop at M = 1 / 4096: 4-bit 2.45 / 2.72,
+2-bit 1.84 / 2.44, 3-bit 3.12 / 3.95, 8-bit 2.48 / 3.83; 16-byte cp.async weight loads, no
+spills.
 
-``_quant_matmul_kernel`` serves the rest: 3-bit weights (10 codes per word do not split into
-16-bit halves), 8-bit activations (A8) and plain int8 / float8 weights (W_RAW8), and group
-sizes the tile layout cannot take. BITS and PER_WORD are compile-time constants: code k of row
-n is ``(packed[n, k // PER_WORD] >> (k % PER_WORD) * BITS) & (2**BITS - 1)``; each K tile lies
+``_quant_matmul_kernel`` serves the rest: 8-bit activations (A8) and plain int8 / float8
+weights (W_RAW8), and group sizes the tile layout cannot take. BITS and PER_WORD are
+compile-time constants: code k of row n is
+``(packed[n, k // PER_WORD] >> (k % PER_WORD) * BITS) & (2**BITS - 1)``; each K tile lies
 inside one quantization group (BLOCK_K divides the group size).
 
 * A16: codes are dequantized in registers, ``(q - z) * s`` cast to x's dtype, and multiplied
@@ -866,8 +869,10 @@ def tiled_config(m: int, n: int, k: int, tile: int, bits: int, num_sms: int, int
         block_m, block_n, warps, stages = (16 if m <= GEMV_MAX_M else 32), 16, 1, 1
     elif m <= GEMV_MAX_M:
         block_m, block_n, warps, stages = 16, (256 if bits in (2, 3) else 128), 4, 4
-    elif m <= 64:  # 2- and 8-bit bf16 at 128 x 64 spill (255 registers, sm_90 compile)
-        block_m, block_n, warps, stages = 64, (128 if bits == 4 else 64), 4, 3
+    elif m <= 64:
+        # 2- and 8-bit bf16 at 128 x 64 spill (255 registers, sm_90 compile); 3-bit at 128
+        # rows: 3.9 SASS instructions per code against 5.1 at 64 (M = 48, fp16, no spills)
+        block_m, block_n, warps, stages = 64, (128 if bits in (3, 4) else 64), 4, 3
     else:
         # the folded path (no second accumulator): 256 weight rows per program halve the
         # per-code share of the loop's fixed work (x^T staging, wgmma fences, addresses):
