@@ -535,6 +535,28 @@ def test_tile_layout_follows_in_place_changes():
     assert rel_norm(y2, ref) < 1e-5
 
 
+def test_scale_pairs_follow_in_place_changes():
+    """The 16-bit path's scale pairs are made once per weight and dtype, and remade when the
+    scales or zero points change in place."""
+    _triton_or_skip()
+    from supernet_kernels.kernels import triton_quant as tq
+
+    x, q, _ = _qcase((20,), 128, 9, 64, 4, torch.float16, "cpu", "pairs-inplace")
+    assert tq.folds_scale(20, torch.float16, True)  # 20 rows: the 16-bit path here
+    with sk.backend("triton"):
+        y1 = sk.ops.quant_linear(x, q)
+        pairs = tq.scale_pairs_of(q.scales, q.zeros, 4, torch.float16)
+        assert tq.scale_pairs_of(q.scales, q.zeros, 4, torch.float16) is pairs  # kept
+        q.scales.mul_(2.0)
+        y2 = sk.ops.quant_linear(x, q)
+        q.zeros.copy_(torch.randint(0, 16, q.zeros.shape, generator=_gen("z")).float())
+        y3 = sk.ops.quant_linear(x, q)
+    assert torch.equal(y2, 2 * y1)  # powers of two: exact
+    ref = _ref64(x, q, 16, None)
+    plain = quant_linear_reference(x, q.packed, q.scales, q.zeros, 4, 64, 128, 16, None)
+    assert_matches(y3, ref, plain, "after zeros changed in place")
+
+
 def test_gpu_launch_plans_fill_the_gpu():
     """Static properties of the H100 plans (132 SMs): two programs per SM at least where K
     allows it, tiles of the wgmma shapes, one launch (no separate reduction kernel)."""

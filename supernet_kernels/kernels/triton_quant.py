@@ -919,6 +919,10 @@ def scale_pairs_of(s, z, bits: int, dtype):
     if hit is not None and hit[0]() is s and hit[1]() is z and hit[2] == version:
         return hit[3]
     pairs = fold_scales(s, z, bits, dtype)
+    if _stream_key(s.device)[2]:
+        # made during CUDA graph capture: the graph's pool owns it, so it is not kept for
+        # eager calls (a forward before capture makes the one that is kept)
+        return pairs
     ref_s = weakref.ref(s, lambda _, kk=key: _PAIRS.pop(kk, None))
     _PAIRS[key] = (ref_s, weakref.ref(z), version, pairs)
     return pairs
