@@ -856,7 +856,9 @@ def _locks(device, n: int):
     return buf
 
 
-def tiled_config(m: int, n: int, k: int, tile: int, bits: int, num_sms: int, interpret: bool):
+def tiled_config(
+    m: int, n: int, k: int, tile: int, bits: int, num_sms: int, interpret: bool, dtype=None
+):
     """(BLOCK_M, BLOCK_N, SPLIT_K, k_split, warps, stages).
 
     M <= 16: one 16-wide column tile; 2- and 3-bit rows of 256 (more codes per lane per
@@ -868,7 +870,10 @@ def tiled_config(m: int, n: int, k: int, tile: int, bits: int, num_sms: int, int
     if interpret:
         block_m, block_n, warps, stages = (16 if m <= GEMV_MAX_M else 32), 16, 1, 1
     elif m <= GEMV_MAX_M:
-        block_m, block_n, warps, stages = 16, (256 if bits in (2, 3) else 128), 4, 4
+        # float32 x (no tensor cores: the dot runs on FMAs) spills at 256 rows: 1376 bytes at
+        # 2 bits, 2572 at 3 (sm_90 compile, M = 1)
+        wide = bits in (2, 3) and dtype != torch.float32
+        block_m, block_n, warps, stages = 16, (256 if wide else 128), 4, 4
     elif m <= 64:
         # 2- and 8-bit bf16 at 128 x 64 spill (255 registers, sm_90 compile); 3-bit at 128
         # rows: 3.9 SASS instructions per code against 5.1 at 64 (M = 48, fp16, no spills)
@@ -959,7 +964,7 @@ def launch_tiled(x, tiles, s, z, bias, n: int, k: int, group_size: int, bits: in
     if x.stride(1) != 1:
         x = x.contiguous()
     block_m, block_n, split, k_split, warps, stages = tiled_config(
-        m, n, k, tile, bits, num_sms, interpret
+        m, n, k, tile, bits, num_sms, interpret, x.dtype
     )
     fold = folds_scale(m, x.dtype, interpret)
     if fold:  # s_ptr: the scale pairs (magic + zero and scale per row and group)
