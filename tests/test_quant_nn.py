@@ -235,7 +235,9 @@ def test_exported_from_package():
 
 
 # ------------------------------------------------------------------ the tile layout held alone
-@pytest.mark.parametrize(("bits", "group_size", "k"), [(4, 64, 192), (2, 128, 256), (8, None, 100)])
+@pytest.mark.parametrize(
+    ("bits", "group_size", "k"), [(4, 64, 192), (2, 128, 256), (8, None, 100), (3, 32, 288)]
+)
 def test_tile_layout_replaces_packed(bits, group_size, k, tmp_path):
     """On the Triton backend the layer keeps the tile layout only (no second copy of the codes),
     gives the same outputs and gradients, and still saves / loads sk-pack-v1."""
@@ -298,7 +300,8 @@ def test_tile_layout_returns_to_packed_for_other_backends():
     assert not layer.tile_layout and torch.equal(layer.packed, packed)
     assert rel_err(out.double(), _reference64(layer, x)) < 1e-5
     # layers the layout cannot take keep packed
-    assert not QuantLinear(96, 8, bits=3, group_size=32).use_tile_layout()
+    assert QuantLinear(96, 8, bits=3, group_size=32).use_tile_layout()  # 3 bits too
+    assert not QuantLinear(96, 8, bits=4, group_size=24).use_tile_layout()  # 24: no slices
     assert not QuantLinear(128, 8, bits=4, group_size=64, act_bits=8).use_tile_layout()
 
 

@@ -376,6 +376,50 @@ def test_gpu_launch_config_of_empty_inputs():
 # ----------------------------------------------------------------------------- tile layout
 
 
+@pytest.mark.parametrize("k", [32, 200, 256, 700])
+def test_3bit_tile_layout_is_the_documented_one(k):
+    """sk-tiles3-v1: per tile of 16 slices of E codes, 3E int16 words per row: the low two
+    bits of slices 0-7 and 8-15 in the 2-bit form, then the high bit of slice j at bit j."""
+    from supernet_kernels.quant.packing import tile_codes, to_tiles, unpack_tiles
+
+    tile = 256
+    codes = torch.randint(0, 8, (5, k), generator=_gen("tiles3", k))
+    words = to_tiles(pack(codes, 3), 3, k, tile)
+    c, width = tile_codes(k, 3, tile)
+    e = tile // 16
+    assert c == 16 and words.dtype == torch.int16 and words.shape == (5, -(-k // tile) * 3 * e)
+    assert words.shape[1] == width and width * 16 == 3 * -(-k // tile) * tile  # 3 bits a code
+    u = words.to(torch.int64) & 0xFFFF
+    for t in range(width // (3 * e)):
+        for j in range(16):
+            ks = torch.arange(t * tile + j * e, t * tile + (j + 1) * e)
+            want = torch.where(ks < k, codes[:, ks.clamp(max=k - 1)], 0)
+            part = u[:, t * 3 * e + (j // 8) * e :][:, :e]
+            assert torch.equal((part >> (2 * (j % 8))) & 3, want & 3)
+            assert torch.equal((u[:, t * 3 * e + 2 * e :][:, :e] >> j) & 1, want >> 2)
+    assert torch.equal(unpack_tiles(words, 3, k, tile).long(), codes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bits", BITS)
+def test_scale_pairs_are_the_documented_ones(dtype, bits):
+    """The 16-bit path's scale pairs: the scale rounded to the activation dtype in the low
+    half, zero + magic (exact) in the high half; unfold_scales reads them back."""
+    from supernet_kernels.quant.packing import fold_scales, magic_offset, unfold_scales
+
+    q = quantize_weight(torch.randn(7, 96, generator=_gen("pairs", bits)), bits, 32)
+    pairs = fold_scales(q.scales, q.zeros, bits, dtype)
+    assert pairs.dtype == torch.int32 and pairs.shape == q.scales.shape
+    lo = (pairs & 0xFFFF).to(torch.int16).view(dtype)
+    hi = (pairs >> 16).to(torch.int16).view(dtype)
+    assert torch.equal(lo, q.scales.to(dtype))
+    assert torch.equal(hi.float(), q.zeros + magic_offset(bits, dtype))  # exact integers
+    s, z = unfold_scales(pairs, bits, dtype)
+    assert torch.equal(s, q.scales.to(dtype).float()) and torch.equal(z, q.zeros)
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        fold_scales(q.scales, q.zeros, bits, torch.float32)
+
+
 @pytest.mark.parametrize("bits,tile", [(2, 256), (2, 128), (4, 128), (4, 64), (8, 128), (8, 32)])
 @pytest.mark.parametrize("k", [32, 200, 256])
 def test_tile_layout_is_the_documented_one(bits, tile, k):
@@ -401,10 +445,11 @@ def _triton_or_skip():
 
 
 # Every M regime of the Triton kernels (GEMV <= 16 < 64-wide tiles < 128-wide tiles; several
-# row tiles at 130 under the interpreter's 32-row tiles), every bit-width (3-bit takes the
-# generic kernel), each dtype, group sizes from 32 to per-channel, odd N and K not a multiple
-# of the tile. The dtype and group are cycled over the cases to keep the interpreter's count
-# small while every pair appears.
+# row tiles at 130 under the interpreter's 32-row tiles; the exact-integer path up to 16 rows,
+# the weight scaled in 16 bits above under the interpreter), every bit-width, each dtype,
+# group sizes from 32 to per-channel, odd N and K not a multiple of the tile. The dtype and
+# group are cycled over the cases to keep the interpreter's count small while every pair
+# appears.
 TILED = [
     (m, bits, DTYPES[i % 3], (32, 64, 128, None)[(i // 3) % 4])
     for i, (m, bits) in enumerate((m, b) for m in (1, 5, 16, 17, 33, 130) for b in BITS)
@@ -418,7 +463,7 @@ def test_triton_paths_match_float64(m, bits, dtype, group):
 
     k, n = (384 if group in (64, 128) else 160), 37
     x, q, b = _qcase((m,), k, n, group, bits, dtype, "cpu", ("tiled", m, bits, str(dtype)))
-    assert (tq.tile_for(bits, q.group_size, k) is None) == (bits == 3)
+    assert tq.tile_for(bits, q.group_size, k) is not None  # every bit-width: the tile kernel
     ref = _ref64(x, q, 16, b)
     plain = quant_linear_reference(x, q.packed, q.scales, q.zeros, bits, q.group_size, k, 16, b)
     with sk.backend("triton"):
@@ -490,6 +535,28 @@ def test_tile_layout_follows_in_place_changes():
     ref = _ref64(x, q, 16, None)
     assert not torch.allclose(y1, y2)
     assert rel_norm(y2, ref) < 1e-5
+
+
+def test_scale_pairs_follow_in_place_changes():
+    """The 16-bit path's scale pairs are made once per weight and dtype, and remade when the
+    scales or zero points change in place."""
+    _triton_or_skip()
+    from supernet_kernels.kernels import triton_quant as tq
+
+    x, q, _ = _qcase((20,), 128, 9, 64, 4, torch.float16, "cpu", "pairs-inplace")
+    assert tq.folds_scale(20, torch.float16, True)  # 20 rows: the 16-bit path here
+    with sk.backend("triton"):
+        y1 = sk.ops.quant_linear(x, q)
+        pairs = tq.scale_pairs_of(q.scales, q.zeros, 4, torch.float16)
+        assert tq.scale_pairs_of(q.scales, q.zeros, 4, torch.float16) is pairs  # kept
+        q.scales.mul_(2.0)
+        y2 = sk.ops.quant_linear(x, q)
+        q.zeros.copy_(torch.randint(0, 16, q.zeros.shape, generator=_gen("z")).float())
+        y3 = sk.ops.quant_linear(x, q)
+    assert torch.equal(y2, 2 * y1)  # powers of two: exact
+    ref = _ref64(x, q, 16, None)
+    plain = quant_linear_reference(x, q.packed, q.scales, q.zeros, 4, 64, 128, 16, None)
+    assert_matches(y3, ref, plain, "after zeros changed in place")
 
 
 def test_gpu_launch_plans_fill_the_gpu():

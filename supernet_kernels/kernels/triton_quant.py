@@ -1,20 +1,23 @@
 """Triton kernels for quantized matmul.
 
-Weight-only (A16) with 2, 4 or 8 bits: ``_wq_matmul_kernel``, on the tile layout of
+Weight-only (A16) with 2, 3, 4 or 8 bits: ``_wq_matmul_kernel``, on the tile layout of
 :func:`supernet_kernels.quant.packing.to_tiles` (made once per weight from sk-pack-v1 and
-cached while the weight lives). One kernel for every M; the dequantized weight is the MMA's
-row side, read from registers (wgmma A operand on sm_90), x^T the column side from shared
-memory, with 16 (M <= 16), 64 or 128 columns. Codes become exact ``q - z`` with one LOP3 and
-one packed HFMA2/HADD2 per pair (magic-exponent trick, see ``_centered``); the group scale is
-applied once per group to the fp32 tile. K is split until there are two programs per SM, and
-the split is reduced inside the same launch (last program per tile, by ticket). sm_90 compile,
-M = 1, 4096x11008, g128 (main loop, per code): 2.6 SASS instructions at 4 bits (fp16), 1.9
-at 2 bits, 16-byte cp.async weight loads, no spills.
+cached while the weight lives; 3 bits as a 2-bit and a 1-bit plane). One kernel for every M;
+the dequantized weight is the MMA's row side, read from registers (wgmma A operand on sm_90),
+x^T the column side from shared memory, with 16 (M <= 16), 64 or 128 columns. Codes become
+exact ``q - z`` with one LOP3 and one packed HFMA2/HADD2 per pair (two of each at 3 bits;
+magic-exponent trick, see ``_centered``). Up to 64 rows the group scale is applied once per
+group to the fp32 tile; above, the weight is scaled in 16 bits before the MMA from the scale
+pairs (``folds_scale``). K is split until there are two programs per SM, and the split is
+reduced inside the same launch (last program per tile, by ticket). sm_90 compile, 4096x11008,
+g128, fp16, SASS instructions per code in the main loop at M = 1 / 4096: 4-bit 2.45 / 2.72,
+2-bit 1.84 / 2.44, 3-bit 3.12 / 3.95, 8-bit 2.48 / 3.83; 16-byte cp.async weight loads, no
+spills.
 
-``_quant_matmul_kernel`` serves the rest: 3-bit weights (10 codes per word do not split into
-16-bit halves), 8-bit activations (A8) and plain int8 / float8 weights (W_RAW8), and group
-sizes the tile layout cannot take. BITS and PER_WORD are compile-time constants: code k of row
-n is ``(packed[n, k // PER_WORD] >> (k % PER_WORD) * BITS) & (2**BITS - 1)``; each K tile lies
+``_quant_matmul_kernel`` serves the rest: 8-bit activations (A8) and plain int8 / float8
+weights (W_RAW8), and group sizes the tile layout cannot take. BITS and PER_WORD are
+compile-time constants: code k of row n is
+``(packed[n, k // PER_WORD] >> (k % PER_WORD) * BITS) & (2**BITS - 1)``; each K tile lies
 inside one quantization group (BLOCK_K divides the group size).
 
 * A16: codes are dequantized in registers, ``(q - z) * s`` cast to x's dtype, and multiplied
@@ -509,6 +512,66 @@ def _base(h, hs, j: tl.constexpr, BITS: tl.constexpr, DEQ: tl.constexpr, ASM: tl
 
 
 @triton.jit
+def _shifted(h, S: tl.constexpr, ASM: tl.constexpr):
+    """Every int16 word of h shifted right by S (left by -S when S < 0). ASM: two words per
+    32-bit shift; what crosses between the halves lands outside the fields read after it."""
+    if S == 0:
+        return h
+    if ASM:
+        asm: tl.constexpr = f"shr.b32 $0, $1, {S};" if S > 0 else f"shl.b32 $0, $1, {-S};"
+        return tl.inline_asm_elementwise(asm, "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
+    return h >> S if S > 0 else h << (-S)
+
+
+@triton.jit
+def _centered3(hl, hh, j: tl.constexpr, zc, DEQ: tl.constexpr, WDT: tl.constexpr,
+               ASM: tl.constexpr):  # fmt: skip
+    """q - z for slice j of a 3-bit tile (quant.packing, sk-tiles3-v1), exact, in WDT: the low
+    two bits from word tile hl (slice j % 8 at bits 2(j % 8)), the high bit from hh (bit j).
+
+    DEQ 0 / 1: both fields ORed into the mantissa of the magic constant B (1024.0 fp16, 128.0
+    bf16), the low field at bit a (F = B + lo 2**a), the high bit at bit b (H = B + hi 2**b),
+    then two packed FMAs per pair: u = H * 4 * 2**-b - c, with c = 4B 2**-b + B 2**-a + z,
+    gives 4 hi - B 2**-a - z, and w = F * 2**-a + u gives lo + 4 hi - z. Every value is an
+    integer the 16-bit type holds exactly when b >= 3 (c < 2048 in fp16, < 256 in bf16), so
+    the high bit is read at bits 3..MB-1: the word shifted left by 3 for the first MB - 3
+    slices, then right in steps of MB - 3. So a pair of codes costs two LOP3 and two HFMA2
+    (HADD2), and the shifts are shared by all the codes of a word.
+    DEQ 2 / 3: q from plain integer fields, then as _centered.
+    """
+    J: tl.constexpr = j % 8
+    if DEQ == 0 or DEQ == 1:
+        MB: tl.constexpr = 10 if DEQ == 0 else 7
+        MAGIC: tl.constexpr = 0x64006400 if DEQ == 0 else 0x43004300
+        B: tl.constexpr = 1024.0 if DEQ == 0 else 128.0
+        PER: tl.constexpr = MB // 2  # low fields per base: 5 (fp16), 3 (bf16)
+        A: tl.constexpr = 2 * (J % PER)
+        W: tl.constexpr = MB - 3  # high bits per base
+        SB: tl.constexpr = (j // W) * W - 3
+        HB: tl.constexpr = j - SB
+        lo = _codes(_shifted(hl, 2 * PER * (J // PER), ASM), A, 2, MAGIC, ASM)
+        hi = _codes(_shifted(hh, SB, ASM), HB, 1, MAGIC, ASM)
+        if DEQ == 0:
+            f = lo.to(tl.float16, bitcast=True)
+            g = hi.to(tl.float16, bitcast=True)
+        else:
+            f = lo.to(tl.bfloat16, bitcast=True)
+            g = hi.to(tl.bfloat16, bitcast=True)
+        c = zc + (4.0 * B / (1 << HB) + B / (1 << A) - B)  # zc = B + z; integers, exact
+        u = g * (4.0 / (1 << HB)) - c[:, None]
+        if A == 0:
+            w = f + u
+        else:
+            w = f * (1.0 / (1 << A)) + u
+    else:
+        lo = _codes(hl, 2 * J, 2, 0, False).to(tl.int32)
+        hi = _codes(hh, j, 1, 0, False).to(tl.int32)
+        f = (lo + 4 * hi).to(tl.float32) + (8388608.0 if DEQ == 2 else 128.0)
+        w = (f - zc[:, None]).to(WDT)
+    return w
+
+
+@triton.jit
 def _codes(h, R: tl.constexpr, BITS: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr):
     """The BITS-wide field at bit R of every int16 word of h, left in place and ORed with
     MAGIC (exponent bits), as int16 bits; with MAGIC 0, the field shifted down to bit 0.
@@ -552,11 +615,41 @@ def _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ: tl.constexpr, BITS: tl.
 
 
 @triton.jit
+def _group_pair(p_ptr, rows, stride_sn, g, DEQ: tl.constexpr):
+    """Per row of a tile, from its scale pair (quant.packing.fold_scales: one int32 per row and
+    group): magic + z and the scale, both in the activation dtype (DEQ 0 float16, 1 bfloat16),
+    or for DEQ 3 (bfloat16 under the CPU interpreter) the same bfloat16 numbers widened to fp32
+    (exact: a bfloat16 is the top half of an fp32)."""
+    v = tl.load(p_ptr + rows * stride_sn + g)
+    if DEQ == 0:
+        s = (v & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+        zc = (v >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+    elif DEQ == 1:
+        s = (v & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True)
+        zc = (v >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    else:
+        s = (v << 16).to(tl.float32, bitcast=True)
+        zc = ((v >> 16) << 16).to(tl.float32, bitcast=True)
+    return zc, s
+
+
+@triton.jit
+def _scaled(w, s, DEQ: tl.constexpr, WDT: tl.constexpr, RNE_BF16: tl.constexpr):
+    """(q - z) * s in the activation dtype: one packed HMUL2 per pair of codes, rounded once
+    (q - z is exact). DEQ 3 multiplies in fp32 (exact: 8-bit by 8-bit significands) and rounds
+    to bfloat16 to nearest even, as the GPU's bfloat16 multiply does."""
+    if DEQ == 3:
+        return _round(w.to(tl.float32) * s[:, None], WDT, RNE_BF16)
+    return w * s[:, None]
+
+
+@triton.jit
 def _wq_matmul_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, part_ptr, lock_ptr,
-    M, N, K, G, k_split, stride_xm, stride_wn, stride_sn, stride_ym,
+    M, N, K, NG, TPG, k_split, stride_xm, stride_wn, stride_sn, stride_ym,
     BITS: tl.constexpr,
     DEQ: tl.constexpr,
+    FOLD: tl.constexpr,
     EVEN_K: tl.constexpr,
     SPG: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -587,8 +680,9 @@ def _wq_matmul_kernel(
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
-    C: tl.constexpr = 16 // BITS
+    C: tl.constexpr = 16 if BITS == 3 else 16 // BITS  # K slices per tile
     E: tl.constexpr = BLOCK_K // C
+    WT: tl.constexpr = 3 * E if BITS == 3 else E  # int16 words per row and tile
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(offs_n, N - 1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -606,16 +700,32 @@ def _wq_matmul_kernel(
     t_hi = tl.minimum(t_lo + k_split // BLOCK_K, tl.cdiv(K, BLOCK_K))
     for t in range(t_lo, t_hi):
         k0 = t * BLOCK_K
-        h = tl.load(w_rows + (t * E + offs_e)[None, :])
+        h = tl.load(w_rows + (t * WT + offs_e)[None, :])
+        if BITS == 3:  # the low bits of slices 8-15, then the high bits of all 16
+            h2 = tl.load(w_rows + (t * WT + E + offs_e)[None, :])
+            h3 = tl.load(w_rows + (t * WT + 2 * E + offs_e)[None, :])
         hs = h
         for j in tl.static_range(C):
             if j % SPG == 0:  # a new group: SPG slices of E codes share its scale
-                # (the padding past K reads the last group; x is 0 there)
-                g = tl.minimum((k0 + j * E) // G, (K - 1) // G)
-                zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ, BITS)
-                part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-            hs = _base(h, hs, j, BITS, DEQ, ASM)
-            w = _centered(h, hs, j, zc, BITS, DEQ, x_ptr.dtype.element_ty, ASM)
+                # the group index without a division by a runtime group size (an integer
+                # division took 12 instructions per K tile): several groups per tile, or
+                # TPG tiles per group (1 at g128 with 128-code tiles: a constant)
+                if SPG < C:  # (the padding past K reads the last group; x is 0 there)
+                    g = tl.minimum(t * (C // SPG) + j // SPG, NG - 1)
+                else:
+                    g = t // TPG
+                if FOLD:
+                    zc, sc = _group_pair(s_ptr, rows, stride_sn, g, DEQ)
+                else:
+                    zc, sc = _group_consts(s_ptr, z_ptr, rows, stride_sn, g, DEQ, BITS)
+                    part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            if BITS == 3:
+                w = _centered3(h if j < 8 else h2, h3, j, zc, DEQ, x_ptr.dtype.element_ty, ASM)
+            else:
+                hs = _base(h, hs, j, BITS, DEQ, ASM)
+                w = _centered(h, hs, j, zc, BITS, DEQ, x_ptr.dtype.element_ty, ASM)
+            if FOLD:
+                w = _scaled(w, sc, DEQ, x_ptr.dtype.element_ty, RNE_BF16)
             offs_k = k0 + j * E + offs_e
             if EVEN_K:
                 xt = tl.load(x_rows + offs_k[:, None], mask=mask_m[None, :], other=0.0)
@@ -625,9 +735,12 @@ def _wq_matmul_kernel(
                     mask=mask_m[None, :] & (offs_k < K)[:, None],
                     other=0.0,
                 )
-            part = _dot(w, xt, part, DOT_FP32)
-            if j % SPG == SPG - 1:
-                acc += part * sc[:, None]
+            if FOLD:
+                acc = _dot(w, xt, acc, DOT_FP32)
+            else:
+                part = _dot(w, xt, part, DOT_FP32)
+                if j % SPG == SPG - 1:
+                    acc += part * sc[:, None]
     mask_y = (offs_n < N)[:, None] & mask_m[None, :]
     y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
     if SPLIT_K > 1:
@@ -664,15 +777,19 @@ def _wq_matmul_kernel(
 GEMV_MAX_M = 16  # x^T is the MMA's 16-wide side: up to 16 rows share one weight pass
 _TILES: dict = {}  # id(packed) -> (weak reference to packed, key, tile layout)
 _LOCKS: dict = {}  # (device, stream handle) -> int32 tickets, see _locks
+_PAIRS: dict = {}  # (id(scales), id(zeros), bits, dtype) -> scale pairs, see scale_pairs_of
 
 
 def tile_for(bits: int, group_size: int, k: int) -> int | None:
-    """Codes per K tile of the tile layout for this weight, None where it does not apply (3
-    bits; groups that are neither whole tiles nor whole MMA slices of one)."""
-    if bits not in (2, 4, 8):
+    """Codes per K tile of the tile layout for this weight, None where it does not apply
+    (groups that are neither whole tiles nor whole MMA slices of one). 3 bits: 16 slices of
+    at least 16 codes (the MMA's K), so tiles of 256."""
+    from ..quant.packing import slices_per_tile
+
+    if bits not in (2, 3, 4, 8):
         return None
-    c = 16 // bits
-    for t in (256, 128) if bits == 2 else (128, 64, 32):
+    c = slices_per_tile(bits)
+    for t in (256, 128) if bits == 2 else (256,) if bits == 3 else (128, 64, 32):
         if t % (16 * c):
             continue
         # one group per tile, or whole MMA slices of the tile per group
@@ -739,22 +856,34 @@ def _locks(device, n: int):
     return buf
 
 
-def tiled_config(m: int, n: int, k: int, tile: int, bits: int, num_sms: int, interpret: bool):
+def tiled_config(
+    m: int, n: int, k: int, tile: int, bits: int, num_sms: int, interpret: bool, dtype=None
+):
     """(BLOCK_M, BLOCK_N, SPLIT_K, k_split, warps, stages).
 
-    M <= 16: one 16-wide column tile; 2-bit rows of 256 (more codes per lane per iteration
-    for the same loop overhead: 1.9 instead of 2.1 SASS instructions per code). Larger M:
-    64- or 128-wide column tiles (wgmma N), 8 warps at 128. K is split until there are two
-    programs per SM, the partial tiles reduced in the same launch.
+    M <= 16: one 16-wide column tile; 2- and 3-bit rows of 256 (more codes per lane per
+    iteration for the same loop overhead: 1.9 instead of 2.1 SASS instructions per code at 2
+    bits, 3.1 instead of 3.5 at 3). Larger M: 64- or 128-wide column tiles (wgmma N), 8 warps
+    and 256 rows (2, 3 and 4 bits) at 128. K is split until there are two programs per SM,
+    the partial tiles reduced in the same launch.
     """
     if interpret:
         block_m, block_n, warps, stages = (16 if m <= GEMV_MAX_M else 32), 16, 1, 1
     elif m <= GEMV_MAX_M:
-        block_m, block_n, warps, stages = 16, (256 if bits == 2 else 128), 4, 4
-    elif m <= 64:  # 2- and 8-bit bf16 at 128 x 64 spill (255 registers, sm_90 compile)
-        block_m, block_n, warps, stages = 64, (128 if bits == 4 else 64), 4, 3
+        # float32 x (no tensor cores: the dot runs on FMAs) spills at 256 rows: 1376 bytes at
+        # 2 bits, 2572 at 3 (sm_90 compile, M = 1)
+        wide = bits in (2, 3) and dtype != torch.float32
+        block_m, block_n, warps, stages = 16, (256 if wide else 128), 4, 4
+    elif m <= 64:
+        # 2- and 8-bit bf16 at 128 x 64 spill (255 registers, sm_90 compile); 3-bit at 128
+        # rows: 3.9 SASS instructions per code against 5.1 at 64 (M = 48, fp16, no spills)
+        block_m, block_n, warps, stages = 64, (128 if bits in (3, 4) else 64), 4, 3
     else:
-        block_m, block_n, warps, stages = 128, 128, 8, 3
+        # the folded path (no second accumulator): 256 weight rows per program halve the
+        # per-code share of the loop's fixed work (x^T staging, wgmma fences, addresses):
+        # W4 3.69 -> 2.72 SASS instructions per code, W2 3.22 -> 2.44 (244-255 registers, no
+        # spills); 8 bits spill at 256 (64 bytes) and keep 128
+        block_m, block_n, warps, stages = 128, (128 if bits == 8 else 256), 8, 3
     tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
     k_tiles = triton.cdiv(k, tile)
     # K tiles per program: as many as keep tiles * splits >= 2 programs per SM (rounded down,
@@ -769,7 +898,9 @@ def tiled_config(m: int, n: int, k: int, tile: int, bits: int, num_sms: int, int
 
 def _slices_per_group(bits: int, group_size: int, k: int, tile: int) -> int:
     """Slices of tile // C codes that share one scale (all C when a group spans the tile)."""
-    c = 16 // bits
+    from ..quant.packing import slices_per_tile
+
+    c = slices_per_tile(bits)
     return c if group_size == k or group_size >= tile else group_size * c // tile
 
 
@@ -779,6 +910,48 @@ def _deq_mode(dtype, bits: int, interpret: bool) -> int:
     if dtype == torch.bfloat16:
         return 3 if interpret else 1
     return 2
+
+
+def scale_pairs_of(s, z, bits: int, dtype):
+    """The scale pairs (quant.packing.fold_scales) of float32 scales and zero points for
+    activations of ``dtype``, made on first use and kept while the scales live (recomputed if
+    either is modified in place)."""
+    from ..quant.packing import fold_scales
+
+    key = (id(s), id(z), bits, dtype)
+    version = (s._version, z._version)
+    hit = _PAIRS.get(key)
+    if hit is not None and hit[0]() is s and hit[1]() is z and hit[2] == version:
+        return hit[3]
+    pairs = fold_scales(s, z, bits, dtype)
+    if _stream_key(s.device)[2]:
+        # made during CUDA graph capture: the graph's pool owns it, so it is not kept for
+        # eager calls (a forward before capture makes the one that is kept)
+        return pairs
+    ref_s = weakref.ref(s, lambda _, kk=key: _PAIRS.pop(kk, None))
+    _PAIRS[key] = (ref_s, weakref.ref(z), version, pairs)
+    return pairs
+
+
+def folds_scale(m: int, dtype, interpret: bool) -> bool:
+    """Whether the kernel scales the weight in 16 bits (FOLD: w = (q - z) * s by one HMUL2 per
+    pair, from the scale pairs) rather than the fp32 MMA result of each group (acc += part * s,
+    with the exact integers q - z in the MMA).
+
+    The fp32 rescale costs BLOCK_M / G FFMAs per code (one per accumulator element per group)
+    and a second accumulator; the 16-bit scale half an instruction per code, whatever BLOCK_M.
+    sm_90 compile, 4096x11008 g128 fp16, SASS instructions per code in the main loop, exact /
+    folded: M = 1 (BLOCK_M 16): W4 2.45 / 2.87, W2 1.84 / 2.34, W8 2.48 / 2.98, so up to 16
+    rows the exact path stays (within the budgets of 3 and 2, and fp32 scales: no rounding of
+    the weight at all); M = 48 (BLOCK_M 64): W4 2.85 / 2.92, W2 3.24 / 3.21, W8 3.88 / 3.97,
+    even, so the exact path keeps 17-64 rows too (the more accurate one); M = 4096 (BLOCK_M
+    128): W4 4.56 / 3.69 at 128-row tiles (2.72 at 256, which the exact path cannot hold: its
+    second accumulator), W2 4.12 / 3.22 (2.44 at 256), W8 4.70 / 3.83. float32 activations
+    keep the exact path (the scale would be a 32-bit multiply per code). Under the CPU
+    interpreter the folded path runs above 16 rows, so the tests check both."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        return False
+    return m > GEMV_MAX_M if interpret else m > 64
 
 
 def launch_tiled(x, tiles, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: int):
@@ -791,8 +964,11 @@ def launch_tiled(x, tiles, s, z, bias, n: int, k: int, group_size: int, bits: in
     if x.stride(1) != 1:
         x = x.contiguous()
     block_m, block_n, split, k_split, warps, stages = tiled_config(
-        m, n, k, tile, bits, num_sms, interpret
+        m, n, k, tile, bits, num_sms, interpret, x.dtype
     )
+    fold = folds_scale(m, x.dtype, interpret)
+    if fold:  # s_ptr: the scale pairs (magic + zero and scale per row and group)
+        s = z = scale_pairs_of(s, z, bits, x.dtype)
     n_tiles, m_tiles = triton.cdiv(n, block_n), triton.cdiv(m, block_m)
     if split > 1:
         part = torch.empty((split, m_tiles * n_tiles * block_n * block_m), dtype=torch.float32,
@@ -802,9 +978,11 @@ def launch_tiled(x, tiles, s, z, bias, n: int, k: int, group_size: int, bits: in
         part = locks = y
     _wq_matmul_kernel[(n_tiles, m_tiles, split)](
         x, tiles.view(torch.int32), s, z, bias if bias is not None else y, y, part, locks,
-        m, n, k, group_size, k_split, x.stride(0), tiles.stride(0), s.stride(0), y.stride(0),
+        m, n, k, k // group_size, triton.cdiv(group_size, tile), k_split,
+        x.stride(0), tiles.stride(0), s.stride(0), y.stride(0),
         BITS=bits,
         DEQ=_deq_mode(x.dtype, bits, interpret),
+        FOLD=fold,
         EVEN_K=k % tile == 0,
         SPG=_slices_per_group(bits, group_size, k, tile),
         HAS_BIAS=bias is not None,

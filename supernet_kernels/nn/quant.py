@@ -19,6 +19,10 @@ Triton kernel runs (or by :meth:`QuantLinear.use_tile_layout`), after which ``au
 Triton at every M (not converting with each M); ``packed`` then reads as the
 sk-pack-v1 words derived from the tiles (a new tensor each time), ``state_dict`` saves them, and
 ``load_state_dict`` or a forward on another backend returns the layer to ``packed``.
+Above 64 rows of x the kernel reads the scales as 16-bit scale pairs
+(:func:`~supernet_kernels.quant.packing.fold_scales`), made on first use per activation dtype
+and kept beside the layer while its scales live: 4 bytes per row and group (1.4 MB for the
+layer above), not counted in ``weight_nbytes``.
 """
 
 from __future__ import annotations
@@ -154,7 +158,7 @@ class QuantLinear(nn.Module):
     def use_tile_layout(self) -> bool:
         """Hold the codes in the Triton kernel's tile layout instead of sk-pack-v1 (same bytes
         up to the padding of K to a whole tile); True if the layer now does (weight-only
-        layers of 2, 4 or 8 bits whose groups the layout takes)."""
+        layers of 2, 3, 4 or 8 bits whose groups the layout takes)."""
         if self.tile_layout:
             return True
         tile = self._tile_size()

@@ -261,7 +261,7 @@ def check_tiled_args(x, tiles, scales, zeros, bits, group_size, in_features, til
     from ..quant.packing import tile_codes
 
     op = "quant_linear_tiled"
-    if bits not in (2, 4, 8) or tile != tile_for(bits, group_size, in_features):
+    if bits not in (2, 3, 4, 8) or tile != tile_for(bits, group_size, in_features):
         raise ValueError(
             f"{op}: bits {bits!r}, group_size {group_size!r}, in_features {in_features!r} "
             f"have no tile layout of tile {tile!r}"
