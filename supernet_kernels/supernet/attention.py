@@ -239,24 +239,29 @@ class SKSamAttention(_ElasticHeads, nn.Module):
         if att is None or type(m) is not att:
             raise TypeError(f"SKSamAttention.from_module: expected SAM Attention, got {type(m)}")
         new = cls()
-        new.num_heads = int(m.num_heads)
-        new.head_dim = m.qkv.out_features // (3 * new.num_heads)
-        new.scale = float(m.scale)
-        new.qkv = m.qkv
-        new.proj = m.proj
-        new.use_rel_pos = bool(m.use_rel_pos)
-        if new.use_rel_pos:
-            new.rel_pos_h = m.rel_pos_h
-            new.rel_pos_w = m.rel_pos_w
+        new._adopt(m, int(m.num_heads), input_size)
+        return new
+
+    def _adopt(self, m: nn.Module, num_heads: int, input_size: tuple[int, int] | None) -> None:
+        """Take the layers and relative-position tables of ``m`` (segment-anything's or
+        transformers' SAM attention: the same attribute names) by reference, and its mode."""
+        self.num_heads = num_heads
+        self.head_dim = m.qkv.out_features // (3 * num_heads)
+        self.scale = float(m.scale)
+        self.qkv = m.qkv
+        self.proj = m.proj
+        self.use_rel_pos = bool(m.use_rel_pos)
+        if self.use_rel_pos:
+            self.rel_pos_h = m.rel_pos_h
+            self.rel_pos_w = m.rel_pos_w
             if input_size is None:
                 input_size = ((m.rel_pos_h.shape[0] + 1) // 2, (m.rel_pos_w.shape[0] + 1) // 2)
-            new.input_size = (int(input_size[0]), int(input_size[1]))
+            self.input_size = (int(input_size[0]), int(input_size[1]))
             dev = m.rel_pos_h.device
-            h, w = new.input_size
-            new.register_buffer("rel_index_h", _rel_index(h, dev), persistent=False)
-            new.register_buffer("rel_index_w", _rel_index(w, dev), persistent=False)
-        new.train(m.training)
-        return new
+            h, w = self.input_size
+            self.register_buffer("rel_index_h", _rel_index(h, dev), persistent=False)
+            self.register_buffer("rel_index_w", _rel_index(w, dev), persistent=False)
+        self.train(m.training)
 
     def _rel_table(self, rel_pos: torch.Tensor, size: int, index: torch.Tensor) -> torch.Tensor:
         """(size, size, C): get_rel_pos(size, size, rel_pos) with the precomputed index."""
@@ -265,11 +270,14 @@ class SKSamAttention(_ElasticHeads, nn.Module):
             index = _rel_index(size, rel_pos.device)
         return resized[index]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _heads(self, x: torch.Tensor):
+        """q, k, v (B, nH, T, d) of a (B, H, W, C) input, and the decomposed relative-position
+        terms rel_h (B, nH, T, H) and rel_w (B, nH, T, W) (None without relative positions)."""
         B, H, W, _ = x.shape
         T, nh = H * W, self.num_heads
         qkv = self.qkv(x).reshape(B, T, -1)
         q, k, v = _split_qkv(qkv, nh, self.head_dim, self.qkv_layout)  # (B, nH, T, d)
+        rel_h = rel_w = None
         if self.use_rel_pos:
             d = q.shape[-1]
             Rh = self._rel_table(self.rel_pos_h, H, self.rel_index_h)  # (H, H, d)
@@ -277,18 +285,34 @@ class SKSamAttention(_ElasticHeads, nn.Module):
             r_q = q.reshape(B, nh, H, W, d)
             rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh.to(q.dtype)).reshape(B, nh, T, H)
             rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw.to(q.dtype)).reshape(B, nh, T, W)
-            aq = _quantized(self)
-            if aq is not None:  # the op's bias: rel_h over key rows, rel_w over key columns
-                bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, nh, T, T)
-                out = aq.attend(q, k, v, self.scale, bias)
-            else:
-                out = torch.ops.supernet_kernels.attention(q, k, v, rel_h, rel_w, self.scale)[0]
-        elif _quantized(self) is not None:
-            out = _quantized(self).attend(q, k, v, self.scale)
+        return q, k, v, rel_h, rel_w
+
+    @staticmethod
+    def _bias(rel_h, rel_w) -> torch.Tensor | None:
+        """The decomposed relative-position bias as one (B, nH, T, T) tensor, rel_h over key
+        rows and rel_w over key columns (for the fake-quantized attention, which takes an
+        additive bias)."""
+        if rel_h is None:
+            return None
+        B, nh, T, _ = rel_h.shape
+        return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, nh, T, T)
+
+    def _out(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs (B, nH, T, d) back to the (B, H, W, C) grid of ``x``, projected."""
+        B, H, W, _ = x.shape
+        out = out.view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+        return self.proj(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v, rel_h, rel_w = self._heads(x)
+        aq = _quantized(self)
+        if aq is not None:
+            out = aq.attend(q, k, v, self.scale, self._bias(rel_h, rel_w))
+        elif rel_h is not None:
+            out = torch.ops.supernet_kernels.attention(q, k, v, rel_h, rel_w, self.scale)[0]
         else:
             out = sk_attention(q, k, v, scale=self.scale)
-        out = out.view(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
-        return self.proj(out)
+        return self._out(out, x)
 
     def extra_repr(self) -> str:
         return (

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import SKSamAttention, _quantized, _rel_index, _split_qkv
+from .attention import SKSamAttention, _quantized
 
 try:
     from transformers.models.sam.modeling_sam import SamVisionAttention
@@ -115,44 +115,18 @@ class SKHFSamAttention(SKSamAttention, *((SamVisionAttention,) if SamVisionAtten
                 f"got {type(m).__name__}"
             )
         new = cls()
-        new.num_heads = int(m.num_attention_heads)
-        new.head_dim = m.qkv.out_features // (3 * new.num_heads)
-        new.scale = float(m.scale)
+        new._adopt(m, int(m.num_attention_heads), input_size)
         new.dropout = float(m.dropout)
-        new.qkv = m.qkv
-        new.proj = m.proj
-        new.use_rel_pos = bool(m.use_rel_pos)
-        if new.use_rel_pos:
-            new.rel_pos_h = m.rel_pos_h
-            new.rel_pos_w = m.rel_pos_w
-            if input_size is None:
-                input_size = ((m.rel_pos_h.shape[0] + 1) // 2, (m.rel_pos_w.shape[0] + 1) // 2)
-            new.input_size = (int(input_size[0]), int(input_size[1]))
-            dev = m.rel_pos_h.device
-            h, w = new.input_size
-            new.register_buffer("rel_index_h", _rel_index(h, dev), persistent=False)
-            new.register_buffer("rel_index_w", _rel_index(w, dev), persistent=False)
         for name in _HOOK_DICTS:
             if hasattr(m, name):
                 setattr(new, name, type(getattr(m, name))(getattr(m, name)))
-        new.train(m.training)
         return new
 
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, H, W, _ = hidden_states.shape
-        T, nh = H * W, self.num_heads
-        qkv = self.qkv(hidden_states).reshape(B, T, -1)
-        q, k, v = _split_qkv(qkv, nh, self.head_dim, self.qkv_layout)  # (B, nH, T, d)
-        rel_h = rel_w = None
-        if self.use_rel_pos:
-            d = q.shape[-1]
-            Rh = self._rel_table(self.rel_pos_h, H, self.rel_index_h)  # (H, H, d)
-            Rw = self._rel_table(self.rel_pos_w, W, self.rel_index_w)  # (W, W, d)
-            r_q = q.reshape(B, nh, H, W, d)
-            rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh.to(q.dtype)).reshape(B, nh, T, H)
-            rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw.to(q.dtype)).reshape(B, nh, T, W)
+        q, k, v, rel_h, rel_w = self._heads(hidden_states)
+        B, nh, T, _ = q.shape
         want = _weights_requested(output_attentions)
         drop = self.dropout if self.training else 0.0
         aq = _quantized(self)
@@ -163,28 +137,17 @@ class SKHFSamAttention(SKSamAttention, *((SamVisionAttention,) if SamVisionAtten
             acc = torch.float64 if q.dtype == torch.float64 else torch.float32
             s = (q.to(acc) * self.scale) @ k.to(acc).transpose(-2, -1)
             if rel_h is not None:
-                s = s + (rel_h.to(acc)[..., :, None] + rel_w.to(acc)[..., None, :]).reshape(
-                    B, nh, T, T
-                )
+                s = s + self._bias(rel_h.to(acc), rel_w.to(acc))
             p = s.softmax(-1).to(q.dtype)
             weights = p.reshape(B * nh, T, T) if want else None
             out = F.dropout(p, drop, training=True) @ v if drop > 0 else p @ v
             if aq is not None:
-                out = aq.attend(q, k, v, self.scale, self._bias(rel_h, rel_w, B, nh, T))
+                out = aq.attend(q, k, v, self.scale, self._bias(rel_h, rel_w))
         elif aq is not None:
-            out = aq.attend(q, k, v, self.scale, self._bias(rel_h, rel_w, B, nh, T))
+            out = aq.attend(q, k, v, self.scale, self._bias(rel_h, rel_w))
         else:
             out = torch.ops.supernet_kernels.attention(q, k, v, rel_h, rel_w, self.scale)[0]
-        out = out.view(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
-        return self.proj(out), weights
-
-    @staticmethod
-    def _bias(rel_h, rel_w, B: int, nh: int, T: int) -> torch.Tensor | None:
-        """The decomposed relative-position bias as one (B, nH, T, T) tensor (for the
-        fake-quantized attention, which takes an additive bias)."""
-        if rel_h is None:
-            return None
-        return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, nh, T, T)
+        return self._out(out, hidden_states), weights
 
 
 def swap(model: nn.Module) -> list[str]:
