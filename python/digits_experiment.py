@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import platform
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from supernet_kernels.quickstart.data import train_dense
 from supernet_kernels.recipes import flora, mplora, supersam
 from supernet_kernels.search import search
 from supernet_kernels.supernet import convert
@@ -88,32 +88,11 @@ def make_vit():
 
 
 def train_base(model, train, epochs: int, lr: float, batch: int = 64, seed: int = 0):
+    """The quickstart's dense training (AdamW, warm-up + cosine, label smoothing 0.1) on a
+    list of (image, label) samples."""
     x = torch.stack([s[0] for s in train])
     y = torch.tensor([s[1] for s in train])
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    steps = epochs * math.ceil(len(x) / batch)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            (s + 1) / warm
-            if s < warm
-            else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
-        ),
-    )
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), batch):
-            b = perm[i : i + batch]
-            loss = F.cross_entropy(model(x[b]), y[b], label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    return model
+    return train_dense(model, x, y, epochs, lr=lr, batch=batch, seed=seed)
 
 
 def accuracy(task, model, data) -> float:
