@@ -156,37 +156,6 @@ def pretrain(model, data, steps: int = 150, lr: float = 1e-3, batch_size: int = 
     return model.eval()
 
 
-def tiny_sam(depth: int = 4, global_attn_indexes=(1, 3), embed_dim: int = 32):
-    """A seeded small segment-anything model (encoder img 64, patch 16; prompt encoder and
-    mask decoder of width 16): the smoke runs' stand-in for SAM ViT-B."""
-    import torch
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
-
-    torch.manual_seed(0)
-    enc = ImageEncoderViT(
-        img_size=64, patch_size=16, embed_dim=embed_dim, depth=depth, num_heads=2,
-        mlp_ratio=4.0, out_chans=16, global_attn_indexes=tuple(global_attn_indexes),
-        window_size=2, use_rel_pos=True,
-    )  # fmt: skip
-    pe = PromptEncoder(
-        embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4
-    )
-    dec = MaskDecoder(
-        transformer_dim=16,
-        transformer=TwoWayTransformer(depth=1, embedding_dim=16, mlp_dim=32, num_heads=2),
-        num_multimask_outputs=3,
-        iou_head_depth=2,
-        iou_head_hidden_dim=16,
-    )
-    return Sam(enc, pe, dec)
-
-
 def shapes_data(n: int = 32, seed: int = 0):
     """Synthetic segmentation samples (image 3 x 64 x 64, two boolean masks): bright
     rectangles on noise, each rectangle a mask (what the SAM task trains on)."""

@@ -43,7 +43,6 @@ from _common import (
     run_kwargs,
     save_subnet,
     shapes_data,
-    tiny_sam,
 )
 
 
@@ -70,6 +69,7 @@ def main(argv=None) -> None:
     from supernet_kernels.search import search
     from supernet_kernels.search.objectives import CostModel
     from supernet_kernels.train import SegmentationTask
+    from supernet_kernels.train.tiny_sam import tiny_sam
 
     if args.smoke:
         torch.set_num_threads(1)  # tiny matmuls: more threads only spin

@@ -42,7 +42,6 @@ from _common import (
     run_kwargs,
     save_subnet,
     shapes_data,
-    tiny_sam,
 )
 
 
@@ -65,6 +64,7 @@ def main(argv=None) -> None:
     import torch
 
     from supernet_kernels.recipes import supersam
+    from supernet_kernels.train.tiny_sam import tiny_sam
 
     if args.smoke:
         torch.set_num_threads(1)  # tiny matmuls: more threads only spin

@@ -12,6 +12,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.train import seg_data
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -462,19 +463,6 @@ def tiny_hf_sam():
             if "layer_norm" not in name and p.dim() > 1:
                 p.normal_(0, p.shape[-1] ** -0.5)
     return model.eval()
-
-
-def seg_data(n: int = 4, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        img = torch.rand(3, 64, 64, generator=g)
-        masks = torch.zeros(2, 64, 64, dtype=torch.bool)
-        for j in range(2):
-            y0, x0 = torch.randint(0, 40, (2,), generator=g).tolist()
-            masks[j, y0 : y0 + 16, x0 : x0 + 20] = True
-        out.append((img, masks))
-    return out
 
 
 def test_supersam_trains_hf_sam_with_depth_mlp_and_heads_changing(monkeypatch):

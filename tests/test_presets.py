@@ -18,6 +18,7 @@ from supernet_kernels.search.space import SearchSpace
 timm = pytest.importorskip("timm")
 
 from helpers import models as _models  # noqa: E402
+from helpers.train import seg_data  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -219,19 +220,6 @@ def test_stratified_initial_population_spreads_cost(flora_run):
 # --------------------------------------------------------------------------- SuperSAM
 def tiny_sam():
     return _models.tiny_sam(depth=4, global_attn_indexes=(1, 3)).eval()
-
-
-def seg_data(n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        img = torch.rand(3, 64, 64, generator=g)
-        masks = torch.zeros(2, 64, 64, dtype=torch.bool)
-        for j in range(2):
-            y0, x0 = torch.randint(0, 40, (2,), generator=g).tolist()
-            masks[j, y0 : y0 + 16, x0 : x0 + 20] = True
-        out.append((img, masks))
-    return out
 
 
 def test_supersam_paper_preset_rules():

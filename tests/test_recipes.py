@@ -15,6 +15,7 @@ from supernet_kernels.supernet import convert
 timm = pytest.importorskip("timm")
 
 from helpers import models as _models  # noqa: E402
+from helpers.train import seg_data  # noqa: E402
 
 NUM_CLASSES = 5
 
@@ -250,19 +251,6 @@ def tiny_sam():
     return _models.tiny_sam(depth=4, global_attn_indexes=(1, 3)).eval()
 
 
-def seg_data(n: int = 8, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        img = torch.rand(3, 64, 64, generator=g)
-        masks = torch.zeros(2, 64, 64, dtype=torch.bool)
-        for j in range(2):
-            y0, x0 = torch.randint(0, 40, (2,), generator=g).tolist()
-            masks[j, y0 : y0 + 16, x0 : x0 + 20] = True
-        out.append((img, masks))
-    return out
-
-
 def test_train_supersam_on_sam_runs():
     from supernet_kernels.train import SegmentationTask
 
@@ -270,7 +258,7 @@ def test_train_supersam_on_sam_runs():
     enc_before = {k: v.clone() for k, v in sam.image_encoder.state_dict().items()}
     task = SegmentationTask(sam)
     sn, hist = supersam.train_supersam(
-        sam, seg_data(), task=task, steps=2, batch_size=2, calib_batches=1
+        sam, seg_data(8), task=task, steps=2, batch_size=2, calib_batches=1
     )
     assert len(hist["steps"]) == 2 and len(hist["steps"][0]["loss"]) == 3  # sandwich
     # SAM ViT-B's set restricted to 1..depth-2; a global-attention block (1) may be listed
@@ -292,7 +280,7 @@ def test_train_mplora_on_sam_and_memory_report():
     sam = tiny_sam()
     task = SegmentationTask(sam)
     sn, hist = mplora.train_mplora(
-        sam.image_encoder, seg_data(), task=task, steps=3, batch_size=2, lora_rank=2
+        sam.image_encoder, seg_data(8), task=task, steps=3, batch_size=2, lora_rank=2
     )
     assert len(hist["steps"]) == 3
     assert all(lin.lora_rank == 2 for lin in sn.elastic_linears().values())

@@ -16,7 +16,6 @@ transformers' ``SamImageProcessor`` does (ImageNet mean / std), which is segment
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .tasks import SegmentationTask
@@ -26,29 +25,10 @@ class HFSamSegmentationTask(SegmentationTask):
     """SegmentationTask for a transformers ``SamModel`` (module doc); the same arguments."""
 
     name = "segmentation"
+    _sam_attrs = ("vision_encoder", "prompt_encoder", "mask_decoder", "config")
+    _sam_kind = "a transformers SamModel"
 
-    def __init__(
-        self,
-        sam: nn.Module,
-        *,
-        masks_per_image: int = 4,
-        point_prob: float = 0.5,
-        train_decoder: bool = False,
-        distill: str = "bce",
-        focal_weight: float = 20.0,
-        dice_weight: float = 1.0,
-        iou_weight: float = 1.0,
-        eval_seed: int = 0,
-    ):
-        for attr in ("vision_encoder", "prompt_encoder", "mask_decoder", "config"):
-            if not hasattr(sam, attr):
-                raise TypeError(
-                    f"HFSamSegmentationTask: sam has no {attr} (expected a transformers SamModel)"
-                )
-        if distill not in ("bce", "mse"):
-            raise ValueError(
-                f'HFSamSegmentationTask: distill must be "bce" or "mse", got {distill!r}'
-            )
+    def _frame(self, sam: nn.Module) -> None:
         size = int(sam.config.vision_config.image_size)
         prompt_size = int(sam.config.prompt_encoder_config.image_size)
         if size != prompt_size:
@@ -56,23 +36,12 @@ class HFSamSegmentationTask(SegmentationTask):
                 f"HFSamSegmentationTask: the vision encoder's image_size {size} differs from "
                 f"the prompt encoder's {prompt_size} (the frame of the prompt coordinates)"
             )
-        self.sam = sam
-        self.prompt_encoder = sam.prompt_encoder
-        self.mask_decoder = sam.mask_decoder
-        self.masks_per_image = masks_per_image
-        self.point_prob = point_prob
-        self.train_decoder = train_decoder
-        self.distill = distill
-        self.focal_weight, self.dice_weight, self.iou_weight = focal_weight, dice_weight, iou_weight
-        self.eval_seed = eval_seed
         # SamImageProcessor: rescale by 1 / 255, then ImageNet mean / std (in 0..255 units here,
         # as SegmentationTask keeps them).
         self.pixel_mean = torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1)
         self.pixel_std = torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1)
         self.img_size = size
-        self.prompt_encoder.requires_grad_(False)
         self.sam.shared_image_embedding.requires_grad_(False)
-        self.mask_decoder.requires_grad_(train_decoder)
 
     def to(self, device) -> HFSamSegmentationTask:
         self.sam.shared_image_embedding.to(device)
@@ -81,8 +50,7 @@ class HFSamSegmentationTask(SegmentationTask):
 
     def forward(self, model: nn.Module, batch):
         images = batch["images"]
-        x = (images * 255.0 - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
-        emb = model(x)
+        emb = model(self._normalize(images))
         emb = getattr(emb, "last_hidden_state", emb)  # a SamVisionModel's output
         img_idx, is_point = batch["img_idx"], batch["is_point"]
         order, logits, ious = [], [], []
@@ -103,11 +71,5 @@ class HFSamSegmentationTask(SegmentationTask):
                 ious.append(out.iou_scores[0, :, 0])
         # back into the order of batch["gt"]
         inverse = torch.argsort(torch.cat(order))
-        low = torch.cat(logits)[inverse]
-        masks = F.interpolate(
-            low[:, None].float(),
-            size=tuple(images.shape[-2:]),
-            mode="bilinear",
-            align_corners=False,
-        )[:, 0]
+        masks = self._upsample(torch.cat(logits)[inverse], images)
         return {"masks": masks, "iou": torch.cat(ious)[inverse]}

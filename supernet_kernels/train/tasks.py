@@ -297,6 +297,10 @@ class SegmentationTask(Task):
     name = "segmentation"
     metric_name = "miou"
 
+    # What ``sam`` must have, and what it is expected to be (for the error).
+    _sam_attrs = ("image_encoder", "prompt_encoder", "mask_decoder")
+    _sam_kind = "a segment-anything Sam"
+
     def __init__(
         self,
         sam: nn.Module,
@@ -310,13 +314,12 @@ class SegmentationTask(Task):
         iou_weight: float = 1.0,
         eval_seed: int = 0,
     ):
-        for attr in ("image_encoder", "prompt_encoder", "mask_decoder"):
+        cls = type(self).__name__
+        for attr in self._sam_attrs:
             if not hasattr(sam, attr):
-                raise TypeError(
-                    f"SegmentationTask: sam has no {attr} (expected a segment-anything Sam)"
-                )
+                raise TypeError(f"{cls}: sam has no {attr} (expected {self._sam_kind})")
         if distill not in ("bce", "mse"):
-            raise ValueError(f'SegmentationTask: distill must be "bce" or "mse", got {distill!r}')
+            raise ValueError(f'{cls}: distill must be "bce" or "mse", got {distill!r}')
         self.sam = sam
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
@@ -326,13 +329,32 @@ class SegmentationTask(Task):
         self.distill = distill
         self.focal_weight, self.dice_weight, self.iou_weight = focal_weight, dice_weight, iou_weight
         self.eval_seed = eval_seed
+        self.prompt_encoder.requires_grad_(False)
+        self.mask_decoder.requires_grad_(train_decoder)
+        self._frame(sam)
+
+    def _frame(self, sam: nn.Module) -> None:
+        """The encoder's input: ``pixel_mean`` / ``pixel_std`` (0..255 units) and ``img_size``
+        (segment-anything's ``Sam`` keeps them; its defaults otherwise)."""
         mean = getattr(sam, "pixel_mean", torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1))
         std = getattr(sam, "pixel_std", torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1))
         self.pixel_mean = mean.detach().clone().view(-1, 1, 1)
         self.pixel_std = std.detach().clone().view(-1, 1, 1)
         self.img_size = int(getattr(sam.image_encoder, "img_size", 1024))
-        self.prompt_encoder.requires_grad_(False)
-        self.mask_decoder.requires_grad_(train_decoder)
+
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] as the encoder takes them: ``(255 x - pixel_mean) / pixel_std``."""
+        return (images * 255.0 - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
+
+    @staticmethod
+    def _upsample(low: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The decoder's low-resolution mask logits (M, h, w) at the images' size (M, S, S)."""
+        return F.interpolate(
+            low[:, None].float(),
+            size=tuple(images.shape[-2:]),
+            mode="bilinear",
+            align_corners=False,
+        )[:, 0]
 
     def modules(self) -> dict[str, nn.Module]:
         return {"mask_decoder": self.mask_decoder} if self.train_decoder else {}
@@ -393,8 +415,7 @@ class SegmentationTask(Task):
 
     def forward(self, model: nn.Module, batch):
         images = batch["images"]
-        x = (images * 255.0 - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
-        emb = model(x)
+        emb = model(self._normalize(images))
         pe = self.prompt_encoder
         m = batch["gt"].shape[0]
         dev = emb.device
@@ -421,13 +442,7 @@ class SegmentationTask(Task):
             )
             logits.append(low[:, 0])
             ious.append(iou[:, 0])
-        low = torch.cat(logits)
-        masks = F.interpolate(
-            low[:, None].float(),
-            size=tuple(images.shape[-2:]),
-            mode="bilinear",
-            align_corners=False,
-        )[:, 0]
+        masks = self._upsample(torch.cat(logits), images)
         return {"masks": masks, "iou": torch.cat(ious)}
 
     def loss(self, out, batch) -> torch.Tensor:

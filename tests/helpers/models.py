@@ -43,30 +43,9 @@ def tiny_sam_encoder(depth: int, num_heads: int = 2) -> nn.Module:
 
 
 def tiny_sam(depth: int, global_attn_indexes: tuple[int, ...]) -> nn.Module:
-    """A whole segment-anything model (encoder img 64, patch 16, embed 32; prompt encoder and
-    mask decoder of width 16), seed 0, in training mode; skips without segment_anything."""
+    """The package's tiny segment-anything model (encoder embed 32, mlp_ratio 2), seed 0, in
+    training mode; skips without segment_anything."""
     pytest.importorskip("segment_anything")
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
+    from supernet_kernels.train.tiny_sam import tiny_sam as build
 
-    torch.manual_seed(0)
-    enc = ImageEncoderViT(
-        img_size=64, patch_size=16, embed_dim=32, depth=depth, num_heads=2, mlp_ratio=2.0,
-        out_chans=16, global_attn_indexes=global_attn_indexes, window_size=2, use_rel_pos=True,
-    )  # fmt: skip
-    pe = PromptEncoder(
-        embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4
-    )
-    dec = MaskDecoder(
-        transformer_dim=16,
-        transformer=TwoWayTransformer(depth=1, embedding_dim=16, mlp_dim=32, num_heads=2),
-        num_multimask_outputs=3,
-        iou_head_depth=2,
-        iou_head_hidden_dim=16,
-    )
-    return Sam(enc, pe, dec)
+    return build(depth, global_attn_indexes, embed_dim=32, mlp_ratio=2.0)

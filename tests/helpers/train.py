@@ -13,6 +13,7 @@ __all__ = [
     "make_generic_supernet",
     "make_mini_supernet",
     "make_vit_supernet",
+    "seg_data",
 ]
 
 
@@ -31,6 +32,21 @@ def make_vit_supernet(num_classes: int = 4, depth: int = 3):
         num_classes=num_classes,
     )
     return sk.convert(model), model
+
+
+def seg_data(n: int = 4, seed: int = 0):
+    """Segmentation samples for the tiny SAMs (image 3 x 64 x 64 uniform noise, two boolean
+    16 x 20 rectangles as masks)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        img = torch.rand(3, 64, 64, generator=g)
+        masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+        for j in range(2):
+            y0, x0 = torch.randint(0, 40, (2,), generator=g).tolist()
+            masks[j, y0 : y0 + 16, x0 : x0 + 20] = True
+        out.append((img, masks))
+    return out
 
 
 def class_data(n: int = 64, num_classes: int = 4, seed: int = 0, size: int = 16):
