@@ -5,7 +5,7 @@ those within a tolerance of full rank (:func:`filter_candidates`)."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,66 @@ def _score(supernet, teacher_outs, batches, cfg, temperature, task) -> float:
     return total / len(batches)
 
 
+def _per_block(
+    supernet: Supernet,
+    task,
+    data,
+    teacher: nn.Module | None,
+    layers: dict,
+    batches: list,
+    score_block: Callable,
+    *,
+    sampler: Callable,
+    steps_per_block: int,
+    restore: bool,
+    seed: int,
+    **trainer_kwargs,
+) -> None:
+    """The loop both filters run: for each block group of ``layers`` (its weights put back
+    first when ``restore``), ``steps_per_block`` trainer steps on ``data`` with
+    ``sampler(names)`` drawing the subnets (distilled from ``teacher`` where there is one),
+    then the supernet in eval mode and ``score_block(block, names, full_cfg, references)``,
+    references being what its choices are scored against on ``batches``: the teacher's
+    outputs, or without a teacher the largest subnet's after the block's training. Weights
+    (``restore``), active config and mode are put back at the end, also on an error."""
+    saved_state = copy.deepcopy(supernet.state_dict()) if restore else None
+    saved_cfg = supernet.active_config()
+    was_training = supernet.training
+    full_cfg = supernet.max_config()
+    try:
+        if teacher is not None:
+            teacher.eval()
+            with torch.no_grad():
+                teacher_outs = [model_output(teacher, b, task) for b in batches]
+        for gi, (block, names) in enumerate(block_groups(supernet, layers).items()):
+            if saved_state is not None:
+                supernet.load_state_dict(saved_state)
+            if steps_per_block > 0:
+                trainer = make_trainer(
+                    supernet,
+                    task,
+                    data,
+                    steps=steps_per_block,
+                    sampler=sampler(names),
+                    teacher=teacher,
+                    distill="teacher" if teacher is not None else "none",
+                    seed=seed + gi,
+                    **trainer_kwargs,
+                )
+                trainer.train()
+            supernet.eval()
+            if teacher is None:
+                supernet.set_active(full_cfg)
+                with torch.no_grad():
+                    teacher_outs = [model_output(supernet, b, task) for b in batches]
+            score_block(block, names, full_cfg, teacher_outs)
+    finally:
+        if saved_state is not None:
+            supernet.load_state_dict(saved_state)
+        supernet.set_active(saved_cfg)
+        supernet.train(was_training)
+
+
 def filter_candidates(
     supernet: Supernet,
     task,
@@ -118,60 +178,42 @@ def filter_candidates(
     batches = as_batches(
         heldout if heldout is not None else data, heldout_batches, batch_size, task, seed
     )
-    saved_state = copy.deepcopy(supernet.state_dict()) if restore else None
-    saved_cfg = supernet.active_config()
-    was_training = supernet.training
-    full_cfg = supernet.max_config()
     scores: dict[str, dict[int, float]] = {}
-    try:
-        if teacher is not None:
-            teacher.eval()
-            with torch.no_grad():
-                teacher_outs = [model_output(teacher, b, task) for b in batches]
-        for gi, (_, names) in enumerate(block_groups(supernet, layers).items()):
-            if saved_state is not None:
-                supernet.load_state_dict(saved_state)
-            if steps_per_block > 0:
-                trainer = make_trainer(
-                    supernet,
-                    task,
-                    data,
-                    steps=steps_per_block,
-                    lr=lr,
-                    batch_size=batch_size,
-                    sampler=_BlockSampler({n: layers[n] for n in names}),
-                    teacher=teacher,
-                    distill="teacher" if teacher is not None else "none",
-                    device=device,
-                    seed=seed + gi,
-                    **train_kwargs,
-                )
-                trainer.train()
-            supernet.eval()
-            if teacher is None:
-                supernet.set_active(full_cfg)
-                with torch.no_grad():
-                    teacher_outs = [model_output(supernet, b, task) for b in batches]
-            base = _score(supernet, teacher_outs, batches, full_cfg, temperature, task)
-            for n in names:
-                full = max(layers[n])
-                res = {full: base}
-                for r in layers[n]:
-                    if r == full:
-                        continue
-                    cfg = copy.deepcopy(full_cfg)
-                    cfg["linear"][n]["rank"] = r
-                    res[r] = _score(supernet, teacher_outs, batches, cfg, temperature, task)
-                scores[n] = res
-                limit = (1 + tau) * base + atol
-                passed = [r for r in layers[n] if r == full or res[r] <= limit]
-                if keep is not None and len(passed) > keep:
-                    others = sorted((r for r in passed if r != full), key=lambda r: res[r])
-                    passed = sorted([full] + others[: keep - 1])
-                space["linear"][n]["rank"] = passed
-    finally:
-        if saved_state is not None:
-            supernet.load_state_dict(saved_state)
-        supernet.set_active(saved_cfg)
-        supernet.train(was_training)
+
+    def score_block(block, names, full_cfg, teacher_outs):
+        base = _score(supernet, teacher_outs, batches, full_cfg, temperature, task)
+        for n in names:
+            full = max(layers[n])
+            res = {full: base}
+            for r in layers[n]:
+                if r == full:
+                    continue
+                cfg = copy.deepcopy(full_cfg)
+                cfg["linear"][n]["rank"] = r
+                res[r] = _score(supernet, teacher_outs, batches, cfg, temperature, task)
+            scores[n] = res
+            limit = (1 + tau) * base + atol
+            passed = [r for r in layers[n] if r == full or res[r] <= limit]
+            if keep is not None and len(passed) > keep:
+                others = sorted((r for r in passed if r != full), key=lambda r: res[r])
+                passed = sorted([full] + others[: keep - 1])
+            space["linear"][n]["rank"] = passed
+
+    _per_block(
+        supernet,
+        task,
+        data,
+        teacher,
+        layers,
+        batches,
+        score_block,
+        sampler=lambda names: _BlockSampler({n: layers[n] for n in names}),
+        steps_per_block=steps_per_block,
+        restore=restore,
+        seed=seed,
+        lr=lr,
+        batch_size=batch_size,
+        device=device,
+        **train_kwargs,
+    )
     return (space, scores) if return_scores else space

@@ -13,14 +13,19 @@ import torch
 from torch import nn
 
 from ...supernet import Supernet
-from ..common import as_batches, make_trainer, model_output
-from .filtering import _score, block_groups
+from ..common import as_batches
+from .filtering import _per_block, _score
 from .sampling import _factorized
 
 
 def _per_token_macs(lin, r: int) -> int:
     n, k = lin.in_features, lin.out_features
     return min(n * k, r * (n + k))
+
+
+def _joint_choices(layers: dict, names: list[str]) -> list[tuple]:
+    """Every joint rank choice of a block's layers ``names``."""
+    return list(itertools.product(*(layers[n] for n in names)))
 
 
 def keep_rule(
@@ -109,69 +114,51 @@ def filter_triples(
     )
     local_data = _fraction(data, p.filter_train_fraction, seed)
     lins = supernet.elastic_linears()
-    saved_state = copy.deepcopy(supernet.state_dict()) if restore else None
-    saved_cfg = supernet.active_config()
-    was_training = supernet.training
-    full_cfg = supernet.max_config()
     scores: dict[str, dict[tuple, float]] = {}
     joint: dict[str, dict] = {}
-    try:
-        if teacher is not None:
-            teacher.eval()
-            with torch.no_grad():
-                teacher_outs = [model_output(teacher, b, task) for b in batches]
-        for gi, (block, names) in enumerate(block_groups(supernet, layers).items()):
-            if saved_state is not None:
-                supernet.load_state_dict(saved_state)
-            triples = list(itertools.product(*(layers[n] for n in names)))
-            if steps_per_block > 0:
-                trainer = make_trainer(
-                    supernet,
-                    task,
-                    local_data,
-                    steps=steps_per_block,
-                    lr=p.filter_lr,
-                    weight_decay=p.weight_decay,
-                    batch_size=batch_size,
-                    sampler=_JointUniform(names, triples),
-                    teacher=teacher,
-                    distill="teacher" if teacher is not None else "none",
-                    label_weight=p.label_weight if teacher is not None else 1.0,
-                    device=device,
-                    seed=seed + gi,
-                    **train_kwargs,
-                )
-                trainer.train()
-            supernet.eval()
-            if teacher is None:
-                supernet.set_active(full_cfg)
-                with torch.no_grad():
-                    teacher_outs = [model_output(supernet, b, task) for b in batches]
-            res = {}
-            for t in triples:
-                cfg = copy.deepcopy(full_cfg)
-                for n, r in zip(names, t, strict=True):
-                    cfg["linear"][n]["rank"] = r
-                res[t] = _score(supernet, teacher_outs, batches, cfg, p.temperature, task)
-            costs = [sum(_per_token_macs(lins[n], r) for n, r in zip(names, t, strict=True))
-                     for t in triples]  # fmt: skip
-            kept = keep_rule(
-                triples,
-                [res[t] for t in triples],
-                costs,
-                cheap=p.keep_fraction_cheap,
-                costly=p.keep_fraction_costly,
-                bins=p.keep_bins,
-            )
-            scores[block] = res
-            joint[block] = {"layers": list(names), "choices": [list(t) for t in kept]}
-            for i, n in enumerate(names):
-                space["linear"][n]["rank"] = sorted({t[i] for t in kept})
-    finally:
-        if saved_state is not None:
-            supernet.load_state_dict(saved_state)
-        supernet.set_active(saved_cfg)
-        supernet.train(was_training)
+
+    def score_block(block, names, full_cfg, teacher_outs):
+        triples = _joint_choices(layers, names)
+        res = {}
+        for t in triples:
+            cfg = copy.deepcopy(full_cfg)
+            for n, r in zip(names, t, strict=True):
+                cfg["linear"][n]["rank"] = r
+            res[t] = _score(supernet, teacher_outs, batches, cfg, p.temperature, task)
+        costs = [sum(_per_token_macs(lins[n], r) for n, r in zip(names, t, strict=True))
+                 for t in triples]  # fmt: skip
+        kept = keep_rule(
+            triples,
+            [res[t] for t in triples],
+            costs,
+            cheap=p.keep_fraction_cheap,
+            costly=p.keep_fraction_costly,
+            bins=p.keep_bins,
+        )
+        scores[block] = res
+        joint[block] = {"layers": list(names), "choices": [list(t) for t in kept]}
+        for i, n in enumerate(names):
+            space["linear"][n]["rank"] = sorted({t[i] for t in kept})
+
+    _per_block(
+        supernet,
+        task,
+        local_data,
+        teacher,
+        layers,
+        batches,
+        score_block,
+        sampler=lambda names: _JointUniform(names, _joint_choices(layers, names)),
+        steps_per_block=steps_per_block,
+        restore=restore,
+        seed=seed,
+        lr=p.filter_lr,
+        weight_decay=p.weight_decay,
+        batch_size=batch_size,
+        label_weight=p.label_weight if teacher is not None else 1.0,
+        device=device,
+        **train_kwargs,
+    )
     space["joint"] = joint
     return space, scores
 
