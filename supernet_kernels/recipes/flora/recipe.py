@@ -79,15 +79,12 @@ def train_flora(
             device=device, seed=seed, resume=resume, preset=preset, **train_kwargs,
         )  # fmt: skip
     lr = 1e-4 if lr is None else lr
-    supernet = convert(model, space=flora_space(model, ratios))
-    supernet.requires_grad_(True)  # the whole supernet trains, even from a frozen model
-    scores: dict = {}
-    if space is not None:
-        space = copy.deepcopy(space)
-    elif not filter:
-        space = supernet.space
-    else:
-        space, scores = filter_candidates(
+    supernet, space, scores = _supernet_and_space(
+        model,
+        ratios,
+        space,
+        filter,
+        lambda supernet: filter_candidates(
             supernet,
             task,
             train_data,
@@ -104,7 +101,8 @@ def train_flora(
             return_scores=True,
             device=device,
             seed=seed,
-        )
+        ),
+    )
     trainer = make_trainer(
         supernet,
         task,
@@ -125,6 +123,21 @@ def train_flora(
     return supernet, {"steps": logs, "space": space, "scores": scores}
 
 
+def _supernet_and_space(model, ratios, space, filter, run_filter):
+    """The FLORA supernet of ``model`` at ``ratios`` (all of it trainable, even from a frozen
+    model) and the space to train it on: ``space`` where given, else the supernet's own
+    without ``filter``, else the filter's (``run_filter(supernet)`` returns (space, scores)).
+    Returns ``(supernet, space, scores)``."""
+    supernet = convert(model, space=flora_space(model, ratios))
+    supernet.requires_grad_(True)
+    if space is not None:
+        return supernet, copy.deepcopy(space), {}
+    if not filter:
+        return supernet, supernet.space, {}
+    space, scores = run_filter(supernet)
+    return supernet, space, scores
+
+
 def _train_flora_preset(
     model, train_data, *, task, steps, lr, batch_size, ratios, teacher, filter, space,
     filter_steps_per_block, heldout, heldout_batches, num_random, eval_data, device, seed,
@@ -135,19 +148,17 @@ def _train_flora_preset(
     p = get_preset("flora", preset)
     if ratios is None:
         ratios = p.ratios_deit_s if _embed_width(model) == 384 else p.ratios_deit_b
-    supernet = convert(model, space=flora_space(model, ratios))
-    supernet.requires_grad_(True)
-    scores: dict = {}
-    if space is not None:
-        space = copy.deepcopy(space)
-    elif not filter:
-        space = supernet.space
-    else:
-        space, scores = filter_triples(
+    supernet, space, scores = _supernet_and_space(
+        model,
+        ratios,
+        space,
+        filter,
+        lambda supernet: filter_triples(
             supernet, task, train_data, teacher, preset=p, heldout=heldout,
             heldout_batches=heldout_batches, steps_per_block=filter_steps_per_block,
             batch_size=batch_size, device=device, seed=seed,
-        )  # fmt: skip
+        ),
+    )  # fmt: skip
     train_kwargs.setdefault("weight_decay", p.weight_decay)
     train_kwargs.setdefault("min_lr", p.min_lr)
     train_kwargs.setdefault("label_weight", p.label_weight)
