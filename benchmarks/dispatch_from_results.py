@@ -91,6 +91,27 @@ def dense_times(
     return cell_times(rows, lambda r: "dense", lambda r: True, config).get("dense")
 
 
+def cell_dense(
+    cell: list[dict],
+    dense_rows: list[dict],
+    dtype: str,
+    m: int,
+    config: Callable[[dict], tuple],
+    times: dict[str, dict[str, float | None]],
+) -> tuple[set, dict[str, float | None] | None]:
+    """The cell's configurations and the dense layer's times over them (its rows at the cell's
+    dtype and M); in older records, which have no ``torch_dense`` rows, the dense row's GEMM
+    stands in for it in ``times``."""
+    shapes = {config(r) for r in cell}
+    dcell = [
+        r for r in dense_rows if r["dtype"] == dtype and r["M"] == m and config(r) in shapes
+    ]  # fmt: skip
+    dense = dense_times(dcell, cell, config)
+    if dense is not None and not (times.get("torch_dense") or {}).get("eager"):
+        times["torch_dense"] = dict(dense)
+    return shapes, dense
+
+
 def ranked_entry(
     times: dict[str, dict[str, float | None]], dense: dict[str, float | None] | None,
     pick: Callable[[list[str], dict, dict], str], call: dict,
@@ -179,11 +200,6 @@ def lowrank_entries(records: list[dict], capability: str | None = None) -> list[
                 cell = [r for r in rows_d if r["M"] == m and r["rank"] == rank]
                 if not cell:
                     continue
-                shapes = {config(r) for r in cell}
-                dcell = [
-                    r for r in dense_rows
-                    if r["dtype"] == dtype and r["M"] == m and config(r) in shapes
-                ]  # fmt: skip
                 # records of an implementation no longer registered (the CUDA C++ kernel,
                 # removed after it lost at every shape) are left out
                 times = cell_times(
@@ -192,9 +208,7 @@ def lowrank_entries(records: list[dict], capability: str | None = None) -> list[
                 if "torch" in times and "torch_two_gemm" not in times:
                     # older records: the reference's rows time the two GEMMs on slices
                     times["torch_two_gemm"] = dict(times["torch"])
-                dense = dense_times(dcell, cell, config)
-                if dense is not None and not (times.get("torch_dense") or {}).get("eager"):
-                    times["torch_dense"] = dict(dense)  # older records: the dense row's GEMM
+                shapes, dense = cell_dense(cell, dense_rows, dtype, m, config, times)
                 entry = {"dtype": dtype, "m_max": m_max, "rank_max": rank_max,
                          "shapes": sorted([list(c) for c in shapes])}  # fmt: skip
                 k, n = min(shapes)
@@ -273,15 +287,8 @@ def quant_entries(records: list[dict], capability: str | None = None) -> dict[st
                     ]  # fmt: skip
                     if not cell:
                         continue
-                    shapes = {config(r) for r in cell}
-                    dcell = [
-                        r for r in dense_rows
-                        if r["dtype"] == dtype and r["M"] == m and config(r) in shapes
-                    ]  # fmt: skip
                     times = cell_times(cell, lambda r, op=op: impl_name(r, op), _correct, config)
-                    dense = dense_times(dcell, cell, config)
-                    if dense is not None and not (times.get("torch_dense") or {}).get("eager"):
-                        times["torch_dense"] = dict(dense)  # older records: the dense row
+                    shapes, dense = cell_dense(cell, dense_rows, dtype, m, config, times)
                     entry = {"dtype": dtype, "m_max": m_max, **pins,
                              "shapes": sorted([list(c) for c in shapes])}  # fmt: skip
                     k, n = min(shapes)
