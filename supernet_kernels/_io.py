@@ -75,6 +75,27 @@ def check_dtypes(tensors: dict, state: dict, where: str) -> None:
         raise ValueError(f"{where} does not match the model (dtype mismatch): {bad[:8]}")
 
 
+def check_shapes(expected: dict, shapes: dict, where: str) -> None:
+    """Refuse a file whose tensor names or shapes (``shapes``: name -> shape, from its header)
+    differ from what the model expects (``expected``: name -> shape, or None where another
+    loader checks the shape), before anything is loaded."""
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{where} does not match the model (from another model?): missing keys "
+            f"{missing[:8]}{' ...' if len(missing) > 8 else ''}, unexpected keys "
+            f"{extra[:8]}{' ...' if len(extra) > 8 else ''}"
+        )
+    bad = [
+        f"{k}: file {shapes[k]}, model {s}"
+        for k, s in expected.items()
+        if s is not None and shapes[k] != s
+    ]
+    if bad:
+        raise ValueError(f"{where} does not match the model (shape mismatch): {bad[:8]}")
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a rename inside the folder ``path`` durable (where the file system allows it)."""
     try:

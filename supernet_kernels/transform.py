@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from ._direct_reads import direct_reads
-from ._io import check_dtypes, load_tensors, read_header, save_tensors, unshared
+from ._io import check_dtypes, check_shapes, load_tensors, read_header, save_tensors, unshared
 from .nn.fake_quant import FakeQuantLinear
 from .nn.quant import QuantLinear
 from .quant.packing import SUPPORTED_BITS, packed_width
@@ -514,23 +514,7 @@ def load_quantized(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         expected.pop(f"{name}.weight", None)
         for buf in ("packed", "scales", "zeros", "qmeta"):
             expected[f"{name}.{buf}"] = None  # checked by QuantLinear's loader
-    missing = sorted(set(expected) - set(shapes))
-    extra = sorted(set(shapes) - set(expected))
-    if missing or extra:
-        raise ValueError(
-            f"load_quantized: {path} does not match the model (from another model?): "
-            f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
-            f"unexpected keys {extra[:8]}{' ...' if len(extra) > 8 else ''}"
-        )
-    bad = [
-        f"{k}: file {shapes[k]}, model {s}"
-        for k, s in expected.items()
-        if s is not None and shapes[k] != s
-    ]
-    if bad:
-        raise ValueError(
-            f"load_quantized: {path} does not match the model (shape mismatch): {bad[:8]}"
-        )
+    check_shapes(expected, shapes, f"load_quantized: {path}")
 
     # 2. Convert (every place a converted module is registered), then load.
     swap = {id(mod): q for _, mod, q in plan if q is not None}

@@ -46,7 +46,7 @@ from typing import Any
 
 from torch import nn
 
-from .._io import check_dtypes, load_tensors, read_header, save_tensors, unshared
+from .._io import check_dtypes, check_shapes, load_tensors, read_header, save_tensors, unshared
 from ..nn.lowrank import LowRankLinear
 from ..nn.quant import QuantLinear
 from . import families as fam
@@ -456,14 +456,4 @@ def _prepare(model: nn.Module, doc: dict, shapes: dict, where: str) -> None:
         setattr(model.get_submodule(head) if head else model, attr, new)
 
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(shapes))
-    extra = sorted(set(shapes) - set(expected))
-    if missing or extra:
-        raise ValueError(
-            f"{where} does not match the model (from another model?): missing keys "
-            f"{missing[:8]}{' ...' if len(missing) > 8 else ''}, unexpected keys "
-            f"{extra[:8]}{' ...' if len(extra) > 8 else ''}"
-        )
-    bad = [f"{k}: file {shapes[k]}, model {s}" for k, s in expected.items() if shapes[k] != s]
-    if bad:
-        raise ValueError(f"{where} does not match the model (shape mismatch): {bad[:8]}")
+    check_shapes(expected, shapes, where)
