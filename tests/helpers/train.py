@@ -68,23 +68,31 @@ class _Block(torch.nn.Module):
         return x + self.ff(self.norm(x))
 
 
-class TinyNet(torch.nn.Module):
-    """A generic (non-timm) classifier on (3, 16, 16) images: imports nothing heavy, for the
-    2-process test whose workers start from scratch."""
+class _BlockNet(torch.nn.Module):
+    """A generic classifier: a linear embedding of the flattened image to width ``d``,
+    ``depth`` residual MLP blocks (hidden ``h``), a linear head."""
 
     num_classes = 4
 
-    def __init__(self):
+    def __init__(self, pixels: int, d: int, h: int, depth: int):
         super().__init__()
-        self.embed = torch.nn.Linear(3 * 16 * 16, 32)
-        self.layers = torch.nn.ModuleList([_Block() for _ in range(3)])
-        self.head = torch.nn.Linear(32, self.num_classes)
+        self.embed = torch.nn.Linear(pixels, d)
+        self.layers = torch.nn.ModuleList([_Block(d, h) for _ in range(depth)])
+        self.head = torch.nn.Linear(d, self.num_classes)
 
     def forward(self, x):
         x = self.embed(x.flatten(1))
         for blk in self.layers:
             x = blk(x)
         return self.head(x)
+
+
+class TinyNet(_BlockNet):
+    """A generic (non-timm) classifier on (3, 16, 16) images: imports nothing heavy, for the
+    2-process test whose workers start from scratch."""
+
+    def __init__(self):
+        super().__init__(3 * 16 * 16, 32, 64, depth=3)
 
 
 def make_generic_supernet():
@@ -96,23 +104,12 @@ def make_generic_supernet():
     return sk.convert(TinyNet(), space)
 
 
-class MiniNet(torch.nn.Module):
+class MiniNet(_BlockNet):
     """A generic classifier on (3, 4, 4) images, small enough that a checkpoint of it (Adam
     states included) is a ~100 KB test file."""
 
-    num_classes = 4
-
     def __init__(self):
-        super().__init__()
-        self.embed = torch.nn.Linear(3 * 4 * 4, 16)
-        self.layers = torch.nn.ModuleList([_Block(16, 32) for _ in range(2)])
-        self.head = torch.nn.Linear(16, self.num_classes)
-
-    def forward(self, x):
-        x = self.embed(x.flatten(1))
-        for blk in self.layers:
-            x = blk(x)
-        return self.head(x)
+        super().__init__(3 * 4 * 4, 16, 32, depth=2)
 
 
 def make_mini_supernet():
