@@ -393,11 +393,17 @@ def swap_attention(model: nn.Module, family: str) -> list[str]:
     cls, ours = pair[0](), pair[1]
     if cls is None:  # pragma: no cover
         return []
+    return replace_modules(model, (cls,), ours.from_module)
+
+
+def replace_modules(model: nn.Module, classes: tuple[type, ...], build) -> list[str]:
+    """Replace, in place, every submodule of ``model`` whose type is one of ``classes`` (exactly:
+    not a subclass) with ``build(module)``; returns the names replaced."""
     done = []
     for pname, parent in list(model.named_modules()):
         for attr, child in list(parent._modules.items()):
-            if child is not None and type(child) is cls:
-                parent._modules[attr] = ours.from_module(child)
+            if child is not None and type(child) in classes:
+                parent._modules[attr] = build(child)
                 done.append(f"{pname}.{attr}" if pname else attr)
     return done
 

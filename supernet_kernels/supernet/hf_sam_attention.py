@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import SKSamAttention, _quantized
+from .attention import SKSamAttention, _quantized, replace_modules
 
 try:
     from transformers.models.sam.modeling_sam import SamVisionAttention
@@ -153,11 +153,4 @@ class SKHFSamAttention(SKSamAttention, *((SamVisionAttention,) if SamVisionAtten
 def swap(model: nn.Module) -> list[str]:
     """Replace, in place, every transformers SAM vision attention module (eager or SDPA) of
     ``model`` with :class:`SKHFSamAttention`; returns the names replaced."""
-    classes = _original_classes()
-    done = []
-    for pname, parent in list(model.named_modules()):
-        for attr, child in list(parent._modules.items()):
-            if child is not None and type(child) in classes:
-                parent._modules[attr] = SKHFSamAttention.from_module(child)
-                done.append(f"{pname}.{attr}" if pname else attr)
-    return done
+    return replace_modules(model, _original_classes(), SKHFSamAttention.from_module)

@@ -95,13 +95,18 @@ class TinyNet(_BlockNet):
         super().__init__(3 * 16 * 16, 32, 64, depth=3)
 
 
-def make_generic_supernet():
-    torch.manual_seed(0)
+def _block_supernet(net: _BlockNet, widths: list[int]):
+    """``net``'s supernet: every block's MLP at ``widths``, block 1 droppable."""
     space = {
-        "mlp": {f"layers.{i}.ff": [16, 32, 64] for i in range(3)},
+        "mlp": {f"layers.{i}.ff": list(widths) for i in range(len(net.layers))},
         "depth": {"layers.1": [False, True]},
     }
-    return sk.convert(TinyNet(), space)
+    return sk.convert(net, space)
+
+
+def make_generic_supernet():
+    torch.manual_seed(0)
+    return _block_supernet(TinyNet(), [16, 32, 64])
 
 
 class MiniNet(_BlockNet):
@@ -114,8 +119,4 @@ class MiniNet(_BlockNet):
 
 def make_mini_supernet():
     torch.manual_seed(0)
-    space = {
-        "mlp": {f"layers.{i}.ff": [8, 16, 32] for i in range(2)},
-        "depth": {"layers.1": [False, True]},
-    }
-    return sk.convert(MiniNet(), space)
+    return _block_supernet(MiniNet(), [8, 16, 32])
