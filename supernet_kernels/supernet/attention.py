@@ -223,6 +223,10 @@ class SKSamAttention(_ElasticHeads, nn.Module):
 
     def __init__(self) -> None:  # use from_module
         super().__init__()
+        self._placeholders()
+
+    def _placeholders(self) -> None:
+        """The attributes :meth:`from_module` sets, at placeholder values."""
         self.num_heads = 1
         self.head_dim = 1
         self.scale = 1.0

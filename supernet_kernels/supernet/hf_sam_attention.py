@@ -89,12 +89,7 @@ class SKHFSamAttention(SKSamAttention, *((SamVisionAttention,) if SamVisionAtten
         # SamVisionAttention.__init__ needs a config and would make fresh parameters: set up
         # the module state only, then what SKSamAttention's constructor sets.
         nn.Module.__init__(self)
-        self.num_heads = 1
-        self.head_dim = 1
-        self.scale = 1.0
-        self.qkv_layout = "qkv"
-        self.use_rel_pos = False
-        self.input_size: tuple[int, int] | None = None
+        self._placeholders()
         self.dropout = 0.0
 
     @property
