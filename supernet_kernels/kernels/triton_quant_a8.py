@@ -55,7 +55,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import _round, interp_bf16
+from .triton_common import (
+    _store_or_reduce,
+    interp_bf16,
+    output_for,
+    split_over_k,
+    split_partials,
+)
 from .triton_lowrank import _wait
 from .triton_quant import _act_codes, _device_info, _locks, _row_scale
 
@@ -292,31 +298,15 @@ def _a8_matmul_kernel(
             acc -= tl.dot(sz, xg, input_precision="tf32x3")
     xs = tl.load(xs_ptr + offs_mm)
     acc = acc * xs[None, :]  # NaN for a row holding NaN or inf
-    # ---- store, or reduce the split over K in this launch
+    # ---- store, or reduce the split over K in this launch (tickets after the row counters)
     mask_m = offs_m < M - pid_m * BLOCK_M
     mask_y = (offs_n < N)[:, None] & mask_m[None, :]
     y_ptrs = y_ptr + (m0 + offs_m)[None, :] * stride_ym + offs_n[:, None]
-    if SPLIT_K > 1:
-        lock = 2 + m_tiles + pid_m * tl.num_programs(0) + pid_n
-        tile = (pid_m * tl.num_programs(0) + pid_n).to(tl.int64) * BLOCK_N * BLOCK_M
-        tile += tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + offs_m[None, :]
-        tile_size = tl.num_programs(0) * tl.num_programs(1) * BLOCK_N * BLOCK_M
-        tl.store(part_ptr + pid_k * tile_size + tile, acc, mask=mask_m[None, :])
-        tl.debug_barrier()  # every lane's partial is written before the ticket is taken
-        ticket = tl.atomic_add(cnt_ptr + lock, 1, sem="acq_rel")
-        if ticket == SPLIT_K - 1:
-            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-            for p in range(0, SPLIT_K):
-                acc += tl.load(part_ptr + p * tile_size + tile, mask=mask_m[None, :], other=0.0,
-                               cache_modifier=".cg")  # fmt: skip
-            if HAS_BIAS:
-                acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
-            tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
-            tl.atomic_xchg(cnt_ptr + lock, 0, sem="relaxed")
-    else:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
-        tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
+    _store_or_reduce(
+        acc, y_ptrs, mask_y, b_ptr + rows[:, None], None, part_ptr, mask_m[None, :],
+        cnt_ptr + 2 + m_tiles, pid_m * tl.num_programs(0) + pid_n, pid_k,
+        HAS_BIAS, SPLIT_K, RNE_BF16,
+    )  # fmt: skip
     # ---- the last program to finish zeroes the counters for the next launch
     tl.debug_barrier()
     nprog = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
@@ -457,12 +447,7 @@ def a8_config(m: int, n: int, k: int, step: int, bits: int, per_channel: bool, n
     budget = (64 if m <= GEMV_MAX_M else 160 if block_m == 128 else 96) * 1024
     stages = 1 if interpret else max(2, min(4, budget // stage))
     tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-    steps = triton.cdiv(k, step)
-    if interpret:
-        per = max(1, triton.cdiv(steps, 2))
-    else:
-        per = max(1, min(steps, steps * tiles // (2 * num_sms)))
-    split = triton.cdiv(steps, per)
+    per, split = split_over_k(triton.cdiv(k, step), tiles, num_sms, interpret)
     return block_m, block_n, split, per * step, qrows, qk, warps, stages
 
 
@@ -470,11 +455,9 @@ def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: 
             fp8: bool):  # fmt: skip
     m = x.shape[0]
     _, num_sms, interpret = _device_info(x)
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    y, x = output_for(x, n)
     if m == 0 or n == 0:
         return y
-    if x.stride(1) != 1:
-        x = x.contiguous()
     groups = k // group_size
     code_bits = 8 if bits in (0, 8) else 4 if bits == 3 else bits
     block_m, block_n, split, k_split, qrows, qk, warps, stages = a8_config(
@@ -495,11 +478,7 @@ def _launch(x, w, s, z, bias, n: int, k: int, group_size: int, bits: int, tile: 
     xsum = torch.empty((m_tiles * block_m, ngp) if has_zero else (1,), dtype=torch.float32,
                        device=x.device)  # fmt: skip
     cnt = _locks(x.device, 2 + m_tiles + (m_tiles * n_tiles if split > 1 else 0))
-    if split > 1:
-        part = torch.empty((split, m_tiles * n_tiles * block_n * block_m), dtype=torch.float32,
-                           device=x.device)  # fmt: skip
-    else:
-        part = y
+    part = split_partials(y, split, m_tiles * n_tiles, block_n * block_m)
     sb = _blocks("scales", s, ngp, lambda: s) if groups > 1 else s
     # scales read per step: the step's 4 groups, or a window of 8 where the tile has fewer
     # rows than threads (see the kernel's main loop); the CPU interpreter takes the window
