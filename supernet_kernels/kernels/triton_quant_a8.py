@@ -42,8 +42,8 @@ cores (about fp32's precision). The token scale is applied last (NaN rows come o
 fp8: e4m3 codes on fp8 wgmma with fp32 accumulation.
 
 Small M splits K over programs; the split is reduced in the same launch (fp32 partials, a
-ticket per output tile, the last program sums, adds the bias and writes y), as in
-``_wq_matmul_kernel``. The counters (items, programs done, row tiles, tickets) come zeroed from
+ticket per output tile, the last program sums, adds the bias and writes y:
+``triton_common._store_or_reduce``). The counters (items, programs done, row tiles, tickets) come zeroed from
 ``triton_quant._locks`` and the last program to finish zeroes them again.
 """
 
