@@ -561,17 +561,23 @@ def test_scale_pairs_follow_in_place_changes():
 
 def test_gpu_launch_plans_fill_the_gpu():
     """Static properties of the H100 plans (132 SMs): two programs per SM at least where K
-    allows it, tiles of the wgmma shapes, one launch (no separate reduction kernel)."""
+    allows it, tiles of the wgmma shapes, one launch (no separate reduction kernel), and
+    pipeline stages that fit the shared memory a block may have (227 KB: 232448 bytes)."""
     from supernet_kernels.kernels import triton_quant as tq
 
-    for bits in (2, 4, 8):
+    for bits in (2, 3, 4, 8):
         t = tq.tile_for(bits, 128, 4096)
         for m in (1, 16, 48, 4096):
-            plan = tq.tiled_config(m, 11008, 4096, t, bits, 132, False)
-            bm, bn, split, k_split, warps, stages = plan
-            programs = -(-11008 // bn) * -(-m // bm) * split
-            assert programs >= 2 * 132 and k_split % t == 0 and stages >= 3
-            assert split == -(-4096 // k_split)  # no empty K splits
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                plan = tq.tiled_config(m, 11008, 4096, t, bits, 132, False, dtype)
+                bm, bn, split, k_split, warps, stages = plan
+                programs = -(-11008 // bn) * -(-m // bm) * split
+                assert programs >= 2 * 132 and k_split % t == 0 and stages >= 2
+                assert split == -(-4096 // k_split)  # no empty K splits
+                # staged per K tile: the codes, x^T and at most 8 bytes of scales per row
+                # and group (an upper bound: the compiler stages no more than this)
+                per_stage = bn * t * bits // 8 + bm * t * dtype.itemsize + bn * 8 * t // 128
+                assert stages * per_stage <= 232448, (bits, m, dtype, plan)
 
 
 # ----------------------------------------------------------------------------- NaN rows

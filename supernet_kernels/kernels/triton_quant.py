@@ -11,7 +11,7 @@ group to the fp32 tile; above, the weight is scaled in 16 bits before the MMA fr
 pairs (``folds_scale``). K is split until there are two programs per SM, and the split is
 reduced inside the same launch (last program per tile, by ticket). sm_90 compile, 4096x11008,
 g128, fp16, SASS instructions per code in the main loop at M = 1 / 4096: 4-bit 2.45 / 2.72,
-2-bit 1.84 / 2.44, 3-bit 3.12 / 3.95, 8-bit 2.48 / 3.83; 16-byte cp.async weight loads, no
+2-bit 1.84 / 2.40, 3-bit 3.12 / 3.91, 8-bit 2.48 / 3.83; 16-byte cp.async weight loads, no
 spills.
 
 ``_quant_matmul_kernel`` serves the rest: 8-bit activations (A8) and plain int8 / float8
@@ -874,6 +874,12 @@ def tiled_config(
         # 2 bits, 2572 at 3 (sm_90 compile, M = 1)
         wide = bits in (2, 3) and dtype != torch.float32
         block_m, block_n, warps, stages = 16, (256 if wide else 128), 4, 4
+    elif dtype == torch.float32:
+        # float32 x: the dot runs on FMAs (no tensor cores); the 16-bit tiles below spill there
+        # (M = 197, sm_90 compile: 14 KB at 2 bits, 9.3 KB at 4) and ask for more shared
+        # memory than a block may have (324 KB at 2 and 3 bits). 64 x 32, 2 stages: no
+        # spills, 29-46 KB, 42-45 SASS instructions per code (159 before)
+        block_m, block_n, warps, stages = 32, 64, 4, 2
     elif m <= 64:
         # 2- and 8-bit bf16 at 128 x 64 spill (255 registers, sm_90 compile); 3-bit at 128
         # rows: 3.9 SASS instructions per code against 5.1 at 64 (M = 48, fp16, no spills)
@@ -881,9 +887,14 @@ def tiled_config(
     else:
         # the folded path (no second accumulator): 256 weight rows per program halve the
         # per-code share of the loop's fixed work (x^T staging, wgmma fences, addresses):
-        # W4 3.69 -> 2.72 SASS instructions per code, W2 3.22 -> 2.44 (244-255 registers, no
-        # spills); 8 bits spill at 256 (64 bytes) and keep 128
-        block_m, block_n, warps, stages = 128, (128 if bits == 8 else 256), 8, 3
+        # W4 3.69 -> 2.72 SASS instructions per code, W2 3.22 -> 2.40 (244-255 registers, no
+        # spills); 8 bits spill at 256 (64 bytes) and keep 128. A block may have 227 KB of
+        # shared memory on an H100 (232448 bytes): at 256 rows, 2 and 3 bits (tiles of 256
+        # codes, x^T 64 KB per stage) take 228 and 244 KB with 3 stages, which the launch
+        # refuses, so they keep 2 (146 and 154 KB; an iteration's MMAs take ~3 us at the
+        # tensor peak, against ~1 us of memory latency: one tile in flight hides it)
+        block_m, block_n = 128, (128 if bits == 8 else 256)
+        warps, stages = 8, (2 if bits in (2, 3) else 3)
     tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
     k_tiles = triton.cdiv(k, tile)
     # K tiles per program: as many as keep tiles * splits >= 2 programs per SM (rounded down,
