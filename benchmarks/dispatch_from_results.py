@@ -239,7 +239,12 @@ def impl_name(r: dict, op: str) -> str | None:
     if r.get("kind") in ("ours", "peer") and r.get("op") is not None:
         # a registered implementation of an op (torch's paths are role "peer" since the
         # harness's one schema; records before it have them as "ours")
-        return r["backend"] if r.get("op") == op else None
+        # (records of an implementation no longer registered, such as the deleted CUDA int8
+        # GEMM, are left out)
+        from supernet_kernels import registry
+
+        known = r.get("op") == op and r["backend"] in registry.implementations(op)
+        return r["backend"] if known else None
     hit = REGISTERED_PEERS.get((r.get("kind"), r.get("backend")))
     return hit[1] if hit and hit[0] == op else None
 
