@@ -50,7 +50,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import _dot, _load_tile, _round, _tile_offsets, dot_fp32, interp_bf16
+from .triton_common import (
+    _dot,
+    _load_tile,
+    _round,
+    _store_or_reduce,
+    _tile_offsets,
+    dot_fp32,
+    interp_bf16,
+)
 
 
 @triton.jit
@@ -245,28 +253,10 @@ def _quant_matmul_kernel(
         acc = acc * xs[:, None]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
     mask_y = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K > 1:  # reduced in this launch, as in _wq_matmul_kernel
-        lock = pid_m * tl.num_programs(1) + pid_n
-        tile = lock.to(tl.int64) * BLOCK_M * BLOCK_N + tl.arange(0, BLOCK_M)[:, None] * BLOCK_N
-        tile += tl.arange(0, BLOCK_N)[None, :]
-        tile_size = tl.num_programs(0) * tl.num_programs(1) * BLOCK_M * BLOCK_N
-        tl.store(part_ptr + pid_k * tile_size + tile, acc, mask=mask_y)
-        tl.debug_barrier()  # every lane's partial is written before the ticket is taken
-        ticket = tl.atomic_add(lock_ptr + lock, 1, sem="acq_rel")
-        if ticket == SPLIT_K - 1:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for p in range(0, SPLIT_K):
-                acc += tl.load(
-                    part_ptr + p * tile_size + tile, mask=mask_y, other=0.0, cache_modifier=".cg"
-                )
-            if HAS_BIAS:
-                acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-            tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
-            tl.atomic_xchg(lock_ptr + lock, 0)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
+    # split over K reduced in this launch (triton_common._store_or_reduce)
+    _store_or_reduce(acc, y_ptrs, mask_y, b_ptr + offs_n[None, :], mask_n[None, :], part_ptr,
+                     mask_y, lock_ptr, pid_m * tl.num_programs(1) + pid_n, pid_k, HAS_BIAS,
+                     SPLIT_K, RNE_BF16)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,32 +733,10 @@ def _wq_matmul_kernel(
                     acc += part * sc[:, None]
     mask_y = (offs_n < N)[:, None] & mask_m[None, :]
     y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
-    if SPLIT_K > 1:
-        lock = pid_m * tl.num_programs(0) + pid_n
-        tile = lock.to(tl.int64) * BLOCK_N * BLOCK_M + tl.arange(0, BLOCK_N)[:, None] * BLOCK_M
-        tile += offs_m[None, :]
-        tile_size = tl.num_programs(0) * tl.num_programs(1) * BLOCK_N * BLOCK_M
-        # only the rows of x that exist: at M = 1 the partials are 1/16 of the tile
-        tl.store(part_ptr + pid_k * tile_size + tile, acc, mask=mask_m[None, :])
-        tl.debug_barrier()  # every lane's partial is written before the ticket is taken
-        ticket = tl.atomic_add(lock_ptr + lock, 1, sem="acq_rel")
-        if ticket == SPLIT_K - 1:
-            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-            for p in range(0, SPLIT_K):
-                acc += tl.load(
-                    part_ptr + p * tile_size + tile,
-                    mask=mask_m[None, :],
-                    other=0.0,
-                    cache_modifier=".cg",
-                )
-            if HAS_BIAS:
-                acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
-            tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
-            tl.atomic_xchg(lock_ptr + lock, 0)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
-        tl.store(y_ptrs, _round(acc, y_ptr.dtype.element_ty, RNE_BF16), mask=mask_y)
+    # only the rows of x that exist are kept as partials: at M = 1, 1/16 of the tile
+    _store_or_reduce(acc, y_ptrs, mask_y, b_ptr + rows[:, None], None, part_ptr,
+                     mask_m[None, :], lock_ptr, pid_m * tl.num_programs(0) + pid_n, pid_k,
+                     HAS_BIAS, SPLIT_K, RNE_BF16)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
