@@ -1,4 +1,4 @@
-"""Argument parsing and loading shared by the checkpoint scripts in this folder."""
+"""Argument parsing, loading and evaluation shared by the checkpoint scripts in this folder."""
 
 from __future__ import annotations
 
@@ -171,4 +171,30 @@ def shapes_data(n: int = 32, seed: int = 0):
             masks[j, y0 : y0 + 16, x0 : x0 + 20] = True
             img[j, y0 : y0 + 16, x0 : x0 + 20] += 0.8
         out.append((img, masks))
+    return out
+
+
+def held_out_evaluator(task, train, val, batches: int, batch_size: int):
+    """The search's metric: the task's metric on the first ``batches`` held-out batches (val,
+    else train), always the same samples so that candidates compare."""
+    import torch
+
+    held = val if val is not None else train
+    subset = torch.utils.data.Subset(held, list(range(min(len(held), batches * batch_size))))
+
+    def evaluate(m):
+        m.eval()
+        return task.metric(m, subset, batch_size=batch_size)
+
+    return evaluate
+
+
+def extremes_metrics(task, supernet, largest, smallest, val, batch_size: int, key: str) -> dict:
+    """``{"largest_<key>": ..., "smallest_<key>": ...}``: the supernet's metric on ``val`` at
+    its largest and smallest configs (left active at the smallest)."""
+    out = {}
+    for name, cfg in (("largest", largest), ("smallest", smallest)):
+        supernet.set_active(cfg)
+        supernet.eval()
+        out[f"{name}_{key}"] = task.metric(supernet, val, batch_size=batch_size)
     return out

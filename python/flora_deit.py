@@ -35,6 +35,7 @@ from _common import (
     add_run_args,
     add_schedule_args,
     digits_data,
+    extremes_metrics,
     make_parser,
     out_dir,
     pretrain,
@@ -150,10 +151,8 @@ def main(argv=None) -> None:
         from supernet_kernels.search.space import SearchSpace
 
         sp = SearchSpace(sn, space)
-        for name, cfg in (("largest", sp.max_config()), ("smallest", sp.min_config())):
-            sn.set_active(cfg)
-            sn.eval()
-            results[f"{name}_top1"] = task.metric(sn, val, batch_size=args.batch_size)
+        results.update(extremes_metrics(task, sn, sp.max_config(), sp.min_config(), val,
+                                        args.batch_size, "top1"))  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
     print(f"wrote {path} and {out}")

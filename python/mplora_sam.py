@@ -37,6 +37,8 @@ from _common import (
     add_run_args,
     add_sam_args,
     add_schedule_args,
+    extremes_metrics,
+    held_out_evaluator,
     load_sam,
     make_parser,
     out_dir,
@@ -99,13 +101,8 @@ def main(argv=None) -> None:
     print(f"BitOPs floor of the space: {100 * floor:.1f}% of dense fp16")
     if args.smoke:  # a 4-block width-32 encoder on 16 tokens: the 16-bit patch embedding and
         args.budget = max(args.budget, round(1.2 * floor, 3))  # neck are a third of it
-    held = val if val is not None else train
-    n = min(len(held), args.search_batches * args.batch_size)
-    subset = torch.utils.data.Subset(held, list(range(n)))
-
-    def evaluate(m):  # mIoU on the first search_batches held-out batches (fixed prompts)
-        m.eval()
-        return task.metric(m, subset, batch_size=args.batch_size)
+    # mIoU on the first search_batches held-out batches (fixed prompts)
+    evaluate = held_out_evaluator(task, train, val, args.search_batches, args.batch_size)
 
     res = search(sn, evaluate, shape, objective="bitops", budget=f"bitops <= {args.budget} * dense",
                  generations=args.generations, population=args.population, seed=args.seed,
@@ -123,10 +120,8 @@ def main(argv=None) -> None:
     if val is not None:
         sub = sn.extract(best["config"]).eval()
         results["searched_miou"] = task.metric(sub, val, batch_size=args.batch_size)
-        for name, cfg in (("largest", sn.max_config()), ("smallest", sn.min_config())):
-            sn.set_active(cfg)
-            sn.eval()
-            results[f"{name}_miou"] = task.metric(sn, val, batch_size=args.batch_size)
+        results.update(extremes_metrics(task, sn, sn.max_config(), sn.min_config(), val,
+                                        args.batch_size, "miou"))  # fmt: skip
         sn.set_active(sn.max_config())
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))

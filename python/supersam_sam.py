@@ -36,6 +36,8 @@ from _common import (
     add_run_args,
     add_sam_args,
     add_schedule_args,
+    extremes_metrics,
+    held_out_evaluator,
     load_sam,
     make_parser,
     out_dir,
@@ -85,13 +87,8 @@ def main(argv=None) -> None:
     )  # fmt: skip
     task = hist["task"]
     (out / "space.json").write_text(json.dumps(hist["space"], indent=1))
-    held = val if val is not None else train
-    n = min(len(held), args.search_batches * args.batch_size)
-    subset = torch.utils.data.Subset(held, list(range(n)))
-
-    def evaluate(m):  # mIoU on the first search_batches held-out batches (fixed prompts)
-        m.eval()
-        return task.metric(m, subset, batch_size=args.batch_size)
+    # mIoU on the first search_batches held-out batches (fixed prompts)
+    evaluate = held_out_evaluator(task, train, val, args.search_batches, args.batch_size)
 
     size = sam.image_encoder.img_size
     res = supersam.supersam_search(
@@ -105,10 +102,8 @@ def main(argv=None) -> None:
     if val is not None:
         sub = sn.extract(best["config"]).eval()
         results["searched_miou"] = task.metric(sub, val, batch_size=args.batch_size)
-        for name, cfg in (("largest", sn.max_config()), ("smallest", sn.min_config())):
-            sn.set_active(cfg)
-            sn.eval()
-            results[f"{name}_miou"] = task.metric(sn, val, batch_size=args.batch_size)
+        results.update(extremes_metrics(task, sn, sn.max_config(), sn.min_config(), val,
+                                        args.batch_size, "miou"))  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
     print(f"wrote {path} and {out}")
