@@ -110,29 +110,16 @@ def describe_build(model: nn.Module, family: str) -> dict | None:
     reader = spec.kwargs
     if reader is None:
         # Any timm model made by name: its name plus the generic arguments, verified.
-        cfg = getattr(model, "pretrained_cfg", None)
-        name = cfg.get("architecture") if isinstance(cfg, dict) else None
-        if not isinstance(name, str):
+        name = _timm_name(model)
+        if name is None:
             return None
-        want = fingerprint(model)
-        for build in _generic_timm_candidates(model, name):
-            for device in ("meta", "cpu"):
-                try:
-                    if fingerprint(rebuild(build, device=device)) == want:
-                        return build
-                    break
-                except Exception:
-                    continue
-        return None
+        return _first_rebuilding(model, _generic_timm_candidates(model, name))
     try:
         kwargs = json.loads(json.dumps(reader(model)))
     except Exception:
         return None
     candidates = []
-    name = None
-    cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str):
-        name = cfg["architecture"]
+    name = _timm_name(model)
     if name is not None:
         try:
             default = rebuild({"kind": "timm", "name": name, "kwargs": {}}, device="meta")
@@ -142,6 +129,18 @@ def describe_build(model: nn.Module, family: str) -> dict | None:
         except Exception:
             pass
     candidates.append({"kind": "class", "class": spec.build_class, "kwargs": kwargs})
+    return _first_rebuilding(model, candidates)
+
+
+def _timm_name(model: nn.Module) -> str | None:
+    """The timm architecture name a model was made by, if it says."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    name = cfg.get("architecture") if isinstance(cfg, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _first_rebuilding(model: nn.Module, candidates: list[dict]) -> dict | None:
+    """The first record whose rebuild has ``model``'s fingerprint, else None."""
     want = fingerprint(model)
     for build in candidates:
         # On the meta device (no memory, no init); some timm versions (1.0.15) copy data while
